@@ -1,0 +1,207 @@
+"""Passage corpora (DPR/CORA TSV, JSONL, Parquet) read as a stream, one schema out:
+``pid, lang, title, text`` (all strings).
+
+CORA's ``all_w100.tsv`` is 26 GB, so nothing here loads a whole file: TSV and JSONL are split into
+lines chunk by chunk, Parquet is read a record batch at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from ray_cora.data.records import BadRecords
+from ray_cora.errors import ConfigError, RayCoraError
+from ray_cora.languages import normalize_lang
+from ray_cora.storage import Location, iter_lines, list_files, open_input, resolve
+
+PASSAGE_FIELDS = ("pid", "lang", "title", "text")
+PASSAGE_SCHEMA = pa.schema([(name, pa.string()) for name in PASSAGE_FIELDS])
+FORMATS = ("tsv", "jsonl", "parquet")
+
+_SUFFIXES = {
+    "tsv": (".tsv", ".tsv.gz", ".tsv.bz2", ".tsv.zst"),
+    "jsonl": (".jsonl", ".jsonl.gz", ".json.gz", ".jsonl.bz2", ".jsonl.zst", ".json"),
+    "parquet": (".parquet",),
+}
+_TSV_POSITIONAL = ("id", "text", "title", "lang")
+
+
+def detect_format(uri: str) -> str:
+    """The passage format from a file name: ``tsv``, ``jsonl`` or ``parquet``."""
+    name = uri.lower()
+    for fmt, suffixes in _SUFFIXES.items():
+        if name.endswith(suffixes):
+            return fmt
+    raise ConfigError(f"{uri}: cannot tell the passage format from the file name; name it *.tsv, "
+                      "*.jsonl or *.parquet (optionally .gz), or pass --format tsv|jsonl|parquet")
+
+
+def passage_files(uri: str, *, format: str | None = None) -> list[Location]:
+    """The passage files at ``uri``: the file itself, or every passage file in the folder."""
+    loc = resolve(uri)
+    if loc.is_file():
+        return [loc]
+    suffixes = _SUFFIXES[format] if format else tuple(s for v in _SUFFIXES.values() for s in v)
+    found = [f for f in list_files(loc) if f.path.lower().endswith(suffixes)]
+    if not found:
+        raise ConfigError(f"{uri}: folder holds no passage files ({', '.join(suffixes)})")
+    return found
+
+
+def iter_passages(
+    uri: str | Location,
+    *,
+    format: str | None = None,
+    lang: str | None = None,
+    bad_records: BadRecords | None = None,
+    stats: dict[str, int] | None = None,
+) -> Iterator[dict[str, str]]:
+    """Stream the passages of one file as ``{pid, lang, title, text}`` dicts.
+
+    ``lang`` sets the language when the file has no ``lang`` column/field. Malformed records go
+    to ``bad_records`` (default: raise :class:`~ray_cora.errors.BadRecordError` naming file:line).
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "p.tsv")
+    >>> _ = open(path, "w").write("id\\ttext\\ttitle\\n1\\tMount Fuji is 3,776 m high.\\tMount Fuji\\n")
+    >>> next(iter_passages(path, lang="en"))["title"]
+    'Mount Fuji'
+    """
+    loc = uri if isinstance(uri, Location) else resolve(uri)
+    fmt = format or detect_format(loc.uri)
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown passage format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    default_lang = normalize_lang(lang) if lang else None
+    bad = bad_records if bad_records is not None else BadRecords("error")
+    counts = stats if stats is not None else {}
+    for key in ("read", "yielded", "bad"):
+        counts.setdefault(key, 0)
+    reader = {"tsv": _tsv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}[fmt]
+    for line, row, raw in reader(loc):
+        counts["read"] += 1
+        try:
+            if isinstance(row, str):
+                raise _Bad(row)
+            passage = _to_passage(row, default_lang, loc.uri)
+        except _Bad as exc:
+            counts["bad"] += 1
+            bad.report(loc.uri, line, str(exc), raw=raw)
+            continue
+        counts["yielded"] += 1
+        yield passage
+
+
+def iter_passage_batches(
+    uri: str | Location, *, batch_size: int = 4096, **kwargs: Any
+) -> Iterator[pa.Table]:
+    """:func:`iter_passages` grouped into Arrow tables of at most ``batch_size`` rows."""
+    rows: list[dict[str, str]] = []
+    for passage in iter_passages(uri, **kwargs):
+        rows.append(passage)
+        if len(rows) >= batch_size:
+            yield pa.Table.from_pylist(rows, schema=PASSAGE_SCHEMA)
+            rows = []
+    if rows:
+        yield pa.Table.from_pylist(rows, schema=PASSAGE_SCHEMA)
+
+
+class _Bad(Exception):
+    pass
+
+
+def _to_passage(row: dict[str, Any], default_lang: str | None, uri: str) -> dict[str, str]:
+    pid = row.get("pid", row.get("id"))
+    if pid is None or (isinstance(pid, str) and not pid.strip()):
+        raise _Bad("missing field 'id' (or 'pid')")
+    if isinstance(pid, (bool, float)) or not isinstance(pid, (str, int)):
+        raise _Bad(f"field 'id' must be a string or an integer, got {type(pid).__name__}")
+    text = row.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise _Bad("missing or empty field 'text'")
+    title = row.get("title") or ""
+    if not isinstance(title, str):
+        raise _Bad(f"field 'title' must be a string, got {type(title).__name__}")
+    raw_lang = row.get("lang") or default_lang
+    if not raw_lang:
+        raise ConfigError(f"{uri}: passages have no 'lang' column and no language was given: pass "
+                          "--lang CODE for a single-language file, or add a lang column")
+    try:
+        lang = normalize_lang(raw_lang) if raw_lang != default_lang else raw_lang
+    except RayCoraError:
+        raise _Bad(f"unknown language code {raw_lang!r} in field 'lang'") from None
+    return {"pid": str(pid).strip(), "lang": lang, "title": title.strip(), "text": text.strip()}
+
+
+def _decoded_lines(loc: Location) -> Iterator[tuple[int, str | None, bytes]]:
+    """(line number, text or None when not UTF-8, raw bytes) for every non-blank line."""
+    with open_input(loc) as stream:
+        for number, raw in enumerate(iter_lines(stream), start=1):
+            raw = raw.rstrip(b"\r")
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, None, raw
+                continue
+            yield number, text.removeprefix("\ufeff") if number == 1 else text, raw
+
+
+def _tsv_rows(loc: Location) -> Iterator[tuple[int, dict | str, bytes]]:
+    columns: tuple[str, ...] | None = None
+    for number, text, raw in _decoded_lines(loc):
+        if text is None:
+            yield number, "invalid UTF-8", raw
+            continue
+        fields = next(csv.reader([text], delimiter="\t")) if '"' in text else text.split("\t")
+        if columns is None:
+            names = tuple(f.strip().lower() for f in fields)
+            if ("id" in names or "pid" in names) and "text" in names:
+                columns = names
+                continue
+            columns = _TSV_POSITIONAL[: max(3, min(len(fields), 4))]
+        if len(fields) != len(columns):
+            yield number, (f"expected {len(columns)} tab-separated columns ({', '.join(columns)}), "
+                           f"found {len(fields)}"), raw
+            continue
+        yield number, dict(zip(columns, fields)), raw
+
+
+def _jsonl_rows(loc: Location) -> Iterator[tuple[int, dict | str, bytes]]:
+    for number, text, raw in _decoded_lines(loc):
+        if text is None:
+            yield number, "invalid UTF-8", raw
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield number, f"invalid JSON: {exc.msg} at column {exc.colno}", raw
+            continue
+        if not isinstance(obj, dict):
+            yield number, f"expected a JSON object, got {type(obj).__name__}", raw
+            continue
+        yield number, obj, raw
+
+
+def _parquet_rows(loc: Location) -> Iterator[tuple[int, dict | str, bytes]]:
+    import pyarrow.parquet as pq
+
+    with loc.fs.open_input_file(loc.path) as handle:
+        try:
+            parquet = pq.ParquetFile(handle)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ConfigError(f"{loc.uri}: not a readable Parquet file: {exc}") from exc
+        names = set(parquet.schema_arrow.names)
+        if "text" not in names or not names & {"pid", "id"}:
+            raise ConfigError(f"{loc.uri}: Parquet passages need columns 'pid' (or 'id') and 'text'; "
+                              f"found {sorted(names)}")
+        wanted = [c for c in ("pid", "id", "lang", "title", "text") if c in names]
+        row_number = 0
+        for batch in parquet.iter_batches(batch_size=8192, columns=wanted):
+            for row in batch.to_pylist():
+                row_number += 1
+                yield row_number, row, json.dumps(row, ensure_ascii=False, default=str).encode()

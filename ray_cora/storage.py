@@ -1,0 +1,365 @@
+"""Storage URIs (local path, ``file://``, ``s3://``) as ``pyarrow.fs`` filesystems, and artifacts
+published atomically with a manifest written last.
+
+S3 settings come from the standard AWS variables, so the same code talks to AWS and to a local
+S3 server: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+``AWS_REGION`` (or ``AWS_DEFAULT_REGION``), ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``).
+
+An artifact is a folder of files plus ``manifest.json``. Writers put every data file first and the
+manifest last; the manifest lists each file with its size and sha256, so a reader that starts from
+the manifest never sees a half-written artifact, and :meth:`Artifact.open` verifies checksums.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import IO, Any, Iterator
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from ray_cora.errors import ChecksumError, StorageError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT_VERSION = 1
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Location:
+    """A filesystem and a path on it; ``uri`` is how the user wrote it (for messages)."""
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+
+    def join(self, *parts: str) -> "Location":
+        path = posixpath.join(self.path, *parts) if self.path else posixpath.join(*parts)
+        uri = self.uri.rstrip("/") + "/" + "/".join(p.strip("/") for p in parts)
+        return Location(self.fs, path, uri)
+
+    @property
+    def is_s3(self) -> bool:
+        return isinstance(self.fs, pafs.S3FileSystem)
+
+    def info(self) -> pafs.FileInfo:
+        try:
+            return self.fs.get_file_info(self.path)
+        except OSError as exc:
+            raise StorageError(f"{self.uri}: {exc} (for s3:// check the AWS_* credential, region "
+                               "and endpoint variables)") from exc
+
+    def exists(self) -> bool:
+        return self.info().type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self.info().type == pafs.FileType.File
+
+
+def resolve(uri: str | os.PathLike) -> Location:
+    """Turn a local path, ``file://`` URI or ``s3://bucket/prefix`` into a :class:`Location`.
+
+    >>> resolve("/tmp/x").path
+    '/tmp/x'
+    """
+    uri = os.fspath(uri)
+    if not uri:
+        raise StorageError("empty storage URI: give a local path, file:///path or s3://bucket/prefix")
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
+        path = parsed.path if scheme == "file" else uri
+        return Location(pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path)), uri)
+    if scheme in ("s3", "s3a"):
+        if not parsed.netloc:
+            raise StorageError(f"{uri}: an s3 URI needs a bucket, as in s3://bucket/prefix")
+        path = parsed.netloc + "/" + parsed.path.lstrip("/")
+        return Location(s3_filesystem(), path.rstrip("/"), uri)
+    raise StorageError(f"{uri}: unsupported URI scheme {scheme!r}; use a local path, file:// or s3://")
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """An S3 filesystem configured from the standard AWS environment variables."""
+    env = os.environ
+    kwargs: dict[str, Any] = {
+        "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+    }
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        kwargs["access_key"] = env["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = env["AWS_SECRET_ACCESS_KEY"]
+        if env.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = env["AWS_SESSION_TOKEN"]
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else "https://" + endpoint)
+        kwargs["endpoint_override"] = parsed.netloc
+        kwargs["scheme"] = parsed.scheme or "https"
+    return pafs.S3FileSystem(**kwargs)
+
+
+def _not_found(loc: Location, what: str = "file") -> StorageError:
+    return StorageError(f"{loc.uri}: no such {what}; check the path (and for s3:// the bucket and "
+                        "the AWS_* credentials/endpoint variables)")
+
+
+@contextlib.contextmanager
+def open_input(uri: str | Location, *, decompress: bool = True) -> Iterator[IO[bytes]]:
+    """Open a file for streaming binary reads; ``.gz``/``.bz2``/``.zst`` are decompressed."""
+    loc = uri if isinstance(uri, Location) else resolve(uri)
+    info = loc.info()
+    if info.type == pafs.FileType.NotFound:
+        raise _not_found(loc)
+    if info.type == pafs.FileType.Directory:
+        raise StorageError(f"{loc.uri}: is a directory, expected a file")
+    try:
+        stream = loc.fs.open_input_stream(loc.path, compression="detect" if decompress else None)
+    except OSError as exc:
+        raise StorageError(f"{loc.uri}: cannot open: {exc}") from exc
+    with stream:
+        yield stream
+
+
+def iter_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """Split a binary stream into lines (without the newline), reading it in chunks."""
+    # Not ``for line in stream``: pyarrow input streams do not implement readline.
+    pending: list[bytes] = []  # pieces of the unfinished line; joined once, not per chunk
+    while chunk := stream.read(_CHUNK):
+        parts = chunk.split(b"\n")
+        if len(parts) == 1:
+            pending.append(chunk)
+            continue
+        if pending:
+            parts[0] = b"".join(pending) + parts[0]
+        pending = [parts.pop()]
+        yield from parts
+    tail = b"".join(pending)
+    if tail:
+        yield tail
+
+
+def read_bytes(uri: str | Location, *, decompress: bool = True) -> bytes:
+    with open_input(uri, decompress=decompress) as stream:
+        return stream.read()
+
+
+@contextlib.contextmanager
+def open_output(uri: str | Location) -> Iterator[IO[bytes]]:
+    """Open a file for writing so that readers never see it half-written.
+
+    Locally the data goes to a temporary name in the same folder and is renamed into place on
+    success. On S3 an object becomes visible only when its upload completes; if the writer fails,
+    the key is deleted so no partial object is left behind.
+    """
+    loc = uri if isinstance(uri, Location) else resolve(uri)
+    parent = posixpath.dirname(loc.path)
+    try:
+        if parent:
+            loc.fs.create_dir(parent, recursive=True)
+    except OSError as exc:
+        raise StorageError(f"{loc.uri}: cannot create parent folder: {exc}") from exc
+    if loc.is_s3:
+        try:
+            stream = loc.fs.open_output_stream(loc.path, compression=None)
+        except OSError as exc:
+            raise StorageError(f"{loc.uri}: cannot write: {exc}") from exc
+        try:
+            yield stream
+            stream.close()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                stream.close()
+            with contextlib.suppress(Exception):
+                loc.fs.delete_file(loc.path)
+            raise
+        return
+    tmp = posixpath.join(parent, f".{posixpath.basename(loc.path)}.{uuid.uuid4().hex}.tmp")
+    stream = loc.fs.open_output_stream(tmp, compression=None)
+    try:
+        yield stream
+        stream.close()
+        os.replace(tmp, loc.path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            stream.close()
+        with contextlib.suppress(Exception):
+            os.remove(tmp)
+        raise
+
+
+def write_bytes(uri: str | Location, data: bytes) -> None:
+    with open_output(uri) as stream:
+        stream.write(data)
+
+
+class _HashingWriter(io.RawIOBase):
+    """Passes writes through to a stream while counting bytes and computing sha256."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self.inner = inner
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        view = memoryview(data).cast("B")
+        self.inner.write(view)
+        self.sha256.update(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+
+def sha256_of(uri: str | Location) -> tuple[str, int]:
+    """The sha256 hex digest and size in bytes of a file, read as stored (not decompressed)."""
+    digest, size = hashlib.sha256(), 0
+    with open_input(uri, decompress=False) as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class ArtifactWriter:
+    """Writes the files of one artifact, then commits by writing ``manifest.json`` last.
+
+    >>> import tempfile
+    >>> w = ArtifactWriter(tempfile.mkdtemp(), kind="example")
+    >>> w.write_bytes("data/a.txt", b"hello")
+    >>> w.commit({"note": "anything JSON"})["files"]["data/a.txt"]["size"]
+    5
+    """
+
+    def __init__(self, uri: str | Location, *, kind: str, config: dict | None = None) -> None:
+        self.root = uri if isinstance(uri, Location) else resolve(uri)
+        self.kind = kind
+        self.config = config or {}
+        self.files: dict[str, dict[str, Any]] = {}
+
+    @contextlib.contextmanager
+    def open(self, relpath: str) -> Iterator[IO[bytes]]:
+        _check_relpath(relpath)
+        with open_output(self.root.join(relpath)) as stream:
+            hashing = _HashingWriter(stream)
+            yield hashing  # type: ignore[misc]
+        self.files[relpath] = {"size": hashing.size, "sha256": hashing.sha256.hexdigest()}
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        with self.open(relpath) as stream:
+            stream.write(data)
+
+    def add_existing(self, relpath: str, *, size: int, sha256: str) -> None:
+        """Record a file written earlier (e.g. by a resumed job) without rewriting it."""
+        _check_relpath(relpath)
+        self.files[relpath] = {"size": size, "sha256": sha256}
+
+    def commit(self, extra: dict | None = None) -> dict:
+        manifest = {
+            "format_version": MANIFEST_FORMAT_VERSION,
+            "kind": self.kind,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": self.config,
+            "files": dict(sorted(self.files.items())),
+            **(extra or {}),
+        }
+        write_bytes(self.root.join(MANIFEST_NAME),
+                    json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
+        return manifest
+
+
+class Artifact:
+    """A committed artifact, opened from its manifest; reads verify sha256.
+
+    Raises :class:`StorageError` when there is no manifest (never committed) and
+    :class:`ChecksumError` when a file differs from what the manifest recorded.
+    """
+
+    def __init__(self, uri: str | Location, *, kind: str | None = None) -> None:
+        self.root = uri if isinstance(uri, Location) else resolve(uri)
+        manifest_loc = self.root.join(MANIFEST_NAME)
+        if not manifest_loc.is_file():
+            raise StorageError(f"{manifest_loc.uri}: not found; the artifact at {self.root.uri} is missing "
+                               "or was never committed (its writer may have been interrupted): rerun the "
+                               "job that makes it")
+        try:
+            self.manifest = json.loads(read_bytes(manifest_loc))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StorageError(f"{manifest_loc.uri}: not valid JSON: {exc}") from exc
+        version = self.manifest.get("format_version")
+        if version != MANIFEST_FORMAT_VERSION:
+            raise StorageError(f"{manifest_loc.uri}: format_version {version!r}, this ray_cora reads "
+                               f"{MANIFEST_FORMAT_VERSION}: rebuild the artifact or upgrade ray_cora")
+        if kind is not None and self.manifest.get("kind") != kind:
+            raise StorageError(f"{manifest_loc.uri}: is a {self.manifest.get('kind')!r} artifact, "
+                               f"expected {kind!r}")
+
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        return self.manifest.get("files", {})
+
+    def _entry(self, relpath: str) -> dict[str, Any]:
+        if relpath not in self.files:
+            raise StorageError(f"{self.root.uri}: {relpath} is not listed in {MANIFEST_NAME}")
+        return self.files[relpath]
+
+    def read_bytes(self, relpath: str, *, verify: bool = True) -> bytes:
+        entry = self._entry(relpath)
+        loc = self.root.join(relpath)
+        data = read_bytes(loc, decompress=False)
+        if verify:
+            _check_digest(loc, hashlib.sha256(data).hexdigest(), len(data), entry)
+        return data
+
+    def verify(self, relpath: str) -> None:
+        """Stream one file and compare its size and sha256 with the manifest."""
+        entry = self._entry(relpath)
+        loc = self.root.join(relpath)
+        _check_digest(loc, *sha256_of(loc), entry)
+
+    def verify_all(self) -> None:
+        for relpath in self.files:
+            self.verify(relpath)
+
+    def location(self, relpath: str) -> Location:
+        self._entry(relpath)
+        return self.root.join(relpath)
+
+
+def _check_digest(loc: Location, sha256: str, size: int, entry: dict[str, Any]) -> None:
+    if size != entry.get("size") or sha256 != entry.get("sha256"):
+        raise ChecksumError(f"{loc.uri}: checksum mismatch (manifest: {entry.get('size')} bytes, "
+                            f"sha256 {str(entry.get('sha256'))[:12]}…; found: {size} bytes, sha256 "
+                            f"{sha256[:12]}…): the file was changed or corrupted; rerun the job that "
+                            "wrote it")
+
+
+def _check_relpath(relpath: str) -> None:
+    if relpath.startswith("/") or ".." in relpath.split("/") or relpath == MANIFEST_NAME:
+        raise ValueError(f"artifact file path must be relative and not {MANIFEST_NAME}: {relpath!r}")
+
+
+def list_files(uri: str | Location, *, suffix: str = "") -> list[Location]:
+    """Files under a folder (recursively), sorted by path, skipping hidden/temporary names."""
+    loc = uri if isinstance(uri, Location) else resolve(uri)
+    info = loc.info()
+    if info.type == pafs.FileType.File:
+        return [loc]
+    if info.type == pafs.FileType.NotFound:
+        raise _not_found(loc, "file or folder")
+    selector = pafs.FileSelector(loc.path, recursive=True)
+    found = []
+    for item in loc.fs.get_file_info(selector):
+        name = posixpath.basename(item.path)
+        if item.type != pafs.FileType.File or name.startswith((".", "_")) or not name.endswith(suffix):
+            continue
+        rel = posixpath.relpath(item.path, loc.path)
+        found.append(loc.join(rel))
+    return sorted(found, key=lambda l: l.path)

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow.fs as pafs
+import pytest
+
+from ray_cora import storage
+from ray_cora.errors import ChecksumError, StorageError
+
+
+def test_resolve_local_and_file_uri(tmp_path):
+    plain = storage.resolve(str(tmp_path / "a"))
+    file_uri = storage.resolve(f"file://{tmp_path}/a")
+    assert isinstance(plain.fs, pafs.LocalFileSystem)
+    assert plain.path == file_uri.path == str(tmp_path / "a")
+    assert plain.join("b", "c.txt").path == str(tmp_path / "a" / "b" / "c.txt")
+
+
+def test_resolve_s3_reads_standard_aws_variables(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    loc = storage.resolve("s3://bucket/some/prefix/")
+    assert isinstance(loc.fs, pafs.S3FileSystem)
+    assert loc.path == "bucket/some/prefix"
+    assert loc.fs.region == "eu-west-3"
+    assert loc.join("x").uri == "s3://bucket/some/prefix/x"
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("", "empty storage URI"),
+    ("gs://bucket/x", "unsupported URI scheme 'gs'"),
+    ("s3:///nobucket", "needs a bucket"),
+])
+def test_resolve_rejects_bad_uris(uri, message):
+    with pytest.raises(StorageError, match=message):
+        storage.resolve(uri)
+
+
+def test_roundtrip_bytes_and_gzip(storage_root):
+    root = storage.resolve(storage_root)
+    storage.write_bytes(root.join("plain.txt"), b"hello\nworld")
+    storage.write_bytes(root.join("z.jsonl.gz"), gzip.compress(b'{"a": 1}\n'))
+    assert storage.read_bytes(root.join("plain.txt")) == b"hello\nworld"
+    assert storage.read_bytes(root.join("z.jsonl.gz")) == b'{"a": 1}\n'
+    with storage.open_input(root.join("plain.txt")) as stream:
+        assert list(storage.iter_lines(stream)) == [b"hello", b"world"]
+    assert [l.uri.rsplit("/", 1)[1] for l in storage.list_files(root)] == ["plain.txt", "z.jsonl.gz"]
+
+
+def test_missing_file_is_a_clear_error(storage_root):
+    with pytest.raises(StorageError, match="no such file"):
+        storage.read_bytes(storage.resolve(storage_root).join("missing.tsv"))
+
+
+def test_failed_write_leaves_nothing_behind(storage_root):
+    target = storage.resolve(storage_root).join("part.bin")
+    with pytest.raises(RuntimeError):
+        with storage.open_output(target) as out:
+            out.write(b"x" * 1000)
+            raise RuntimeError("writer killed")
+    assert not target.exists()
+    parent = storage.resolve(storage_root)
+    leftovers = parent.fs.get_file_info(pafs.FileSelector(parent.path, allow_not_found=True, recursive=True))
+    assert [i.path for i in leftovers if i.type == pafs.FileType.File] == []
+
+
+def test_artifact_commit_and_verified_read(storage_root):
+    writer = storage.ArtifactWriter(storage_root, kind="test", config={"k": 1})
+    writer.write_bytes("data/a.bin", b"a" * 10)
+    with writer.open("data/b.txt") as out:
+        out.write(b"bbb")
+        out.write(memoryview(b"cc"))
+    # Before commit there is no artifact, only loose files.
+    with pytest.raises(StorageError, match="never committed"):
+        storage.Artifact(storage_root)
+    manifest = writer.commit({"num_things": 2})
+    assert manifest["files"]["data/b.txt"]["size"] == 5
+
+    art = storage.Artifact(storage_root, kind="test")
+    assert art.manifest["num_things"] == 2 and art.manifest["config"] == {"k": 1}
+    assert art.read_bytes("data/b.txt") == b"bbbcc"
+    art.verify_all()
+    with pytest.raises(StorageError, match="expected 'index'"):
+        storage.Artifact(storage_root, kind="index")
+
+
+def test_corrupted_file_fails_checksum(storage_root):
+    writer = storage.ArtifactWriter(storage_root, kind="test")
+    writer.write_bytes("a.bin", b"original")
+    writer.commit()
+    storage.write_bytes(storage.resolve(storage_root).join("a.bin"), b"tampered")
+    art = storage.Artifact(storage_root)
+    with pytest.raises(ChecksumError, match="a.bin: checksum mismatch"):
+        art.read_bytes("a.bin")
+    with pytest.raises(ChecksumError):
+        art.verify("a.bin")
+
+
+def test_compressed_artifact_file_is_checksummed_as_stored(storage_root):
+    writer = storage.ArtifactWriter(storage_root, kind="test")
+    payload = gzip.compress(b"line\n" * 100)
+    writer.write_bytes("x.jsonl.gz", payload)
+    writer.commit()
+    art = storage.Artifact(storage_root)
+    art.verify("x.jsonl.gz")
+    assert art.read_bytes("x.jsonl.gz") == payload
+
+
+def test_manifest_version_mismatch_is_reported(storage_root):
+    root = storage.resolve(storage_root)
+    storage.write_bytes(root.join("manifest.json"), json.dumps({"format_version": 99}).encode())
+    with pytest.raises(StorageError, match="format_version 99"):
+        storage.Artifact(storage_root)
+
+
+def test_s3_server_rejects_wrong_credentials(s3_server, monkeypatch):
+    """The fixture's server enforces auth, so the S3 tests really exercise the credential path."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server["endpoint"])
+    with pytest.raises(StorageError):
+        storage.read_bytes(f"s3://{s3_server['bucket']}/_ready")
