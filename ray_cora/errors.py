@@ -26,5 +26,13 @@ class BadRecordError(RayCoraError):
         self.source = source
         self.line = line
         self.reason = reason
-        hint = hint or "fix the record, or pass --on-bad-record skip to quarantine it and go on"
-        super().__init__(f"{source}:{line}: {reason} ({hint})")
+        self.hint = hint or "fix the record, or pass --on-bad-record skip to quarantine it and go on"
+        super().__init__(f"{source}:{line}: {reason} ({self.hint})")
+
+    def __reduce__(self):
+        # Ray ships exceptions between processes by pickling; keep the keyword-only hint.
+        return (_rebuild_bad_record, (self.source, self.line, self.reason, self.hint))
+
+
+def _rebuild_bad_record(source: str, line: int, reason: str, hint: str) -> BadRecordError:
+    return BadRecordError(source, line, reason, hint=hint)

@@ -128,3 +128,16 @@ def storage_root(request, tmp_path):
         return str(tmp_path / "store")
     server = request.getfixturevalue("s3_env")
     return f"s3://{server['bucket']}/{request.node.name.replace('[', '-').replace(']', '')}-{time.time_ns()}"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray on 127.0.0.1 with 2 CPUs for one test module, shut down afterwards."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level="WARNING", log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

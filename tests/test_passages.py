@@ -127,3 +127,12 @@ def test_real_xquad_paragraphs_as_passages():
     paragraphs = list(iter_squad_paragraphs(str(path)))
     assert len(paragraphs) == 240 and all(p["lang"] == "th" for p in paragraphs)
     assert set(paragraphs[0]) == {"pid", "lang", "title", "text"}
+
+
+def test_bad_record_error_survives_pickling():
+    """Ray ships task errors by pickle; the located message must arrive intact."""
+    import pickle
+
+    err = BadRecordError("s3://b/p.tsv", 12, "invalid UTF-8")
+    again = pickle.loads(pickle.dumps(err))
+    assert str(again) == str(err) and (again.source, again.line) == ("s3://b/p.tsv", 12)

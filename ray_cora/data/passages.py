@@ -83,13 +83,15 @@ def iter_passages(
     reader = {"tsv": _tsv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}[fmt]
     for line, row, raw in reader(loc):
         counts["read"] += 1
-        try:
-            if isinstance(row, str):
-                raise _Bad(row)
-            passage = _to_passage(row, default_lang, loc.uri)
-        except _Bad as exc:
+        problem = row if isinstance(row, str) else None
+        if problem is None:
+            try:
+                passage = _to_passage(row, default_lang, loc.uri)
+            except _Bad as exc:
+                problem = str(exc)
+        if problem is not None:
             counts["bad"] += 1
-            bad.report(loc.uri, line, str(exc), raw=raw)
+            bad.report(loc.uri, line, problem, raw=raw)
             continue
         counts["yielded"] += 1
         yield passage

@@ -1,0 +1,73 @@
+"""The ``ray-cora`` command: one subcommand per job, each a thin map from a config onto a library call."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+
+from ray_cora import __version__
+from ray_cora.config import add_config_arguments, config_from_args
+from ray_cora.errors import RayCoraError
+
+
+@dataclass(frozen=True)
+class Job:
+    config: str  # "module:ConfigClass", imported lazily so --help stays fast
+    run: str  # "module:function" taking the config
+    help: str
+
+
+JOBS: dict[str, Job] = {
+    "demo": Job("ray_cora.demo:DemoConfig", "ray_cora.pipelines.demo:run_demo",
+                "offline end-to-end demo: embed the bundled multilingual corpus with mUSE on Ray "
+                "Data, index it with FAISS, retrieve for every demo question, print recall per language"),
+    "validate": Job("ray_cora.validate:ValidateConfig", "ray_cora.validate:run_validate",
+                    "check a passage corpus or QA file: counts per language, malformed records by file:line"),
+}
+
+
+def _load(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ray-cora", description="Multilingual open-domain QA (CORA, RM-MIPS pivot) on Ray.")
+    parser.add_argument("--version", action="version", version=f"ray-cora {__version__}")
+    sub = parser.add_subparsers(dest="job", metavar="JOB")
+    for name, job in JOBS.items():
+        config_cls = _load(job.config)
+        job_parser = sub.add_parser(name, help=job.help, description=(config_cls.__doc__ or job.help).strip())
+        add_config_arguments(job_parser, config_cls)
+    return parser
+
+
+def run_job(name: str, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` as the options of one job and run it (used by ``jobs/*.py``)."""
+    return main([name, *(sys.argv[1:] if argv is None else argv)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.job:
+        parser.print_help()
+        return 2
+    job = JOBS[args.job]
+    try:
+        config = config_from_args(_load(job.config), args)
+        _load(job.run)(config)
+    except RayCoraError as exc:
+        print(f"ray-cora {args.job}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ray-cora {args.job}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

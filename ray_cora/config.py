@@ -1,0 +1,123 @@
+"""One frozen config model per job, loaded from YAML and overridden from the command line.
+
+Precedence: field defaults < ``--config file.yaml`` < ``--field-name value`` on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ray_cora.errors import ConfigError
+
+C = TypeVar("C", bound="JobConfig")
+
+
+class JobConfig(BaseModel):
+    """Base of every job config: frozen, unknown keys rejected, saved beside what the job makes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def load(cls: type[C], yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> C:
+        """Build the config from an optional YAML file and command-line overrides.
+
+        >>> class Example(JobConfig):
+        ...     k: int = 10
+        >>> Example.load(overrides={"k": "5"}).k
+        5
+        """
+        values: dict[str, Any] = {}
+        source = "command line"
+        if yaml_path:
+            values.update(_read_yaml(yaml_path))
+            source = f"{yaml_path} / command line"
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid {cls.__name__} ({source}): {_describe(exc)}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(config)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown option '{field}'")
+        else:
+            parts.append(f"option '{field}': {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def _is_list(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_list(a) for a in typing.get_args(annotation) if a is not type(None))
+    return False
+
+
+def _is_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_bool(a) for a in typing.get_args(annotation) if a is not type(None))
+    return False
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[JobConfig]) -> None:
+    """One ``--option`` per config field, documented from the field's description and default."""
+    parser.add_argument("--config", metavar="YAML", help="YAML file with any of the options below; "
+                        "options given on the command line override it")
+    for name, field in config_cls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = field.get_default(call_default_factory=True)
+        help_text = (field.description or "").rstrip(".")
+        if default is not None and default != "" and default != []:
+            shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+            help_text += f" (default: {shown})"
+        if _is_bool(field.annotation):
+            parser.add_argument(flag, dest=name, nargs="?", const="true", default=None,
+                                metavar="true|false", help=help_text)
+        else:
+            metavar = "A,B,..." if _is_list(field.annotation) else name.split("_")[-1].upper()
+            parser.add_argument(flag, dest=name, default=None, metavar=metavar, help=help_text)
+
+
+def config_from_args(config_cls: type[C], args: argparse.Namespace) -> C:
+    overrides: dict[str, Any] = {}
+    for name, field in config_cls.model_fields.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if _is_list(field.annotation):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        overrides[name] = value
+    return config_cls.load(getattr(args, "config", None), overrides)

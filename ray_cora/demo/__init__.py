@@ -1,0 +1,39 @@
+"""The offline demo: a small multilingual corpus shipped in the package, and its job config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from ray_cora.config import JobConfig
+from ray_cora.encoders import check_encoder_spec
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEMO_PASSAGES = ASSETS / "passages.jsonl"
+DEMO_QUESTIONS = ASSETS / "questions.jsonl"
+DEMO_PIVOT_DB = ASSETS / "pivot_db.jsonl"
+DEMO_WIKIDATA_LABELS = ASSETS / "wikidata_labels.jsonl"
+
+
+class DemoConfig(JobConfig):
+    """Embed the demo corpus with Ray Data, index it with FAISS, retrieve for every demo question."""
+
+    out: str = Field("demo-out", description="Output folder or URI for report.md, metrics.json, "
+                     "retrieval.jsonl and the index")
+    encoder: str = Field("muse", description="Encoder spec for questions and passages")
+    passages: str = Field(str(DEMO_PASSAGES), description="Passage file or folder (TSV/JSONL/Parquet)")
+    questions: str = Field(str(DEMO_QUESTIONS), description="Questions in ray_cora's QA JSONL format")
+    k: int = Field(10, ge=1, le=1000, description="Passages retrieved per question")
+    batch_size: int = Field(64, ge=1, description="Texts per encoder batch")
+    num_actors: int = Field(1, ge=1, description="Encoder actors in the Ray Data actor pool")
+    actor_cpus: float = Field(0.5, gt=0, description="CPUs reserved per encoder actor (keep below the "
+                              "machine's CPU count so read tasks can run)")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a locally started Ray (default: all)")
+    ray_address: str | None = Field(None, description="Join this Ray cluster instead of starting a "
+                                    "local one (RAY_ADDRESS also works)")
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, value: str) -> str:
+        return check_encoder_spec(value)

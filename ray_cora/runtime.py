@@ -1,0 +1,57 @@
+"""Starting or joining Ray, and turning errors raised inside Ray tasks back into user errors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator
+
+from ray_cora.errors import RayCoraError
+
+
+def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray on 127.0.0.1.
+
+    Returns True when this call started Ray (the caller then shuts it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"], **quiet)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(*, address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """Ray for the duration of a job: shut down on exit only if this job started it."""
+    import ray
+
+    started = init_ray(address=address, num_cpus=num_cpus)
+    try:
+        with user_errors_from_ray():
+            yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def user_errors_from_ray() -> Iterator[None]:
+    """Re-raise a :class:`RayCoraError` that a Ray task or actor raised as itself, not wrapped."""
+    try:
+        yield
+    except RayCoraError:
+        raise
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, RayCoraError):
+                raise cause from None
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        raise

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ray_cora.cli import main
+from ray_cora.demo import DemoConfig
+from ray_cora.errors import ConfigError
+from ray_cora.validate import ValidateConfig
+
+
+def test_config_precedence_defaults_yaml_cli(tmp_path):
+    yaml_file = tmp_path / "demo.yaml"
+    yaml_file.write_text("k: 7\nbatch-size: 16\nout: /tmp/x\n")
+    config = DemoConfig.load(str(yaml_file), {"k": "3"})
+    assert (config.k, config.batch_size, config.out, config.encoder) == (3, 16, "/tmp/x", "muse")
+    with pytest.raises(Exception):
+        config.k = 5  # frozen
+
+
+@pytest.mark.parametrize("content, message", [
+    ("kk: 3\n", "unknown option 'kk'"),
+    ("k: zero\n", "option 'k'"),
+    ("k: [1,\n", "demo.yaml:"),
+    ("- a list\n", "must be a mapping"),
+])
+def test_bad_yaml_config_is_one_clear_error(tmp_path, content, message):
+    yaml_file = tmp_path / "demo.yaml"
+    yaml_file.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        DemoConfig.load(str(yaml_file))
+
+
+def test_every_option_is_documented_in_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    help_text = capsys.readouterr().out
+    for name in DemoConfig.model_fields:
+        assert "--" + name.replace("_", "-") in help_text
+
+
+def test_unknown_encoder_fails_before_any_work(capsys):
+    assert main(["demo", "--encoder", "nope", "--out", "/nonexistent/should-not-be-created"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown encoder spec 'nope'" in err and "muse" in err
+
+
+def test_validate_reports_bad_record_by_file_and_line(tmp_path, capsys):
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("1\tfine\tT\n2\tbroken row\n3\talso fine\tT\n", encoding="utf-8")
+    assert main(["validate", "--input", str(corpus), "--lang", "en"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"ray-cora validate: error: {corpus}:2: expected 3 tab-separated columns "
+                   "(id, text, title), found 2 (fix the record, or pass --on-bad-record skip to "
+                   "quarantine it and go on)")
+
+
+def test_validate_skip_quarantines_and_keeps_counting(tmp_path, capsys):
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("1\tfine\tT\n2\tbroken row\n3\talso fine\tT\n", encoding="utf-8")
+    assert main(["validate", "--input", str(corpus), "--lang", "en", "--on-bad-record", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "2 passages records" in out and "skipped 1 malformed records" in out
+    quarantined = [json.loads(l) for l in (tmp_path / "corpus.tsv.quarantine.jsonl").read_text().splitlines()]
+    assert [(q["line"], q["raw"]) for q in quarantined] == [(2, "2\tbroken row")]
+
+
+def test_list_option_and_validation_of_choices():
+    with pytest.raises(ConfigError, match="option 'on_bad_record'"):
+        ValidateConfig.load(overrides={"input": "x", "on_bad_record": "ignore"})
+
+
+def test_python_dash_m_lists_jobs():
+    result = subprocess.run([sys.executable, "-m", "ray_cora", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0
+    assert "demo" in result.stdout and "validate" in result.stdout
