@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -28,6 +29,25 @@ _SUFFIXES = {
     "parquet": (".parquet",),
 }
 _TSV_POSITIONAL = ("id", "text", "title", "lang")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A contiguous run of one file's records, so several workers can share a large file.
+
+    Text formats: ``num_lines`` physical lines starting at 1-based ``first_line``, found at
+    ``start_byte`` (a seek, for uncompressed files; compressed files are read up to it).
+    ``tsv_columns`` carries the header of a TSV whose header line lies before the segment.
+    Parquet: rows ``first_line - 1 .. first_line - 1 + num_lines``.
+    """
+
+    first_line: int = 1
+    num_lines: int | None = None
+    start_byte: int = 0
+    tsv_columns: tuple[str, ...] | None = None
+
+
+WHOLE_FILE = Segment()
 
 
 def detect_format(uri: str) -> str:
@@ -59,8 +79,9 @@ def iter_passages(
     lang: str | None = None,
     bad_records: BadRecords | None = None,
     stats: dict[str, int] | None = None,
+    segment: Segment = WHOLE_FILE,
 ) -> Iterator[dict[str, str]]:
-    """Stream the passages of one file as ``{pid, lang, title, text}`` dicts.
+    """Stream the passages of one file (or one :class:`Segment` of it) as ``{pid, lang, title, text}``.
 
     ``lang`` sets the language when the file has no ``lang`` column/field. Malformed records go
     to ``bad_records`` (default: raise :class:`~ray_cora.errors.BadRecordError` naming file:line).
@@ -81,7 +102,7 @@ def iter_passages(
     for key in ("read", "yielded", "bad"):
         counts.setdefault(key, 0)
     reader = {"tsv": _tsv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}[fmt]
-    for line, row, raw in reader(loc):
+    for line, row, raw in reader(loc, segment):
         counts["read"] += 1
         problem = row if isinstance(row, str) else None
         if problem is None:
@@ -138,32 +159,54 @@ def _to_passage(row: dict[str, Any], default_lang: str | None, uri: str) -> dict
     return {"pid": str(pid).strip(), "lang": lang, "title": title.strip(), "text": text.strip()}
 
 
-def _decoded_lines(loc: Location) -> Iterator[tuple[int, str | None, bytes]]:
+def _decoded_lines(loc: Location, segment: Segment) -> Iterator[tuple[int, str | None, bytes]]:
     """(line number, text or None when not UTF-8, raw bytes) for every non-blank line."""
-    with open_input(loc) as stream:
-        for number, raw in enumerate(iter_lines(stream), start=1):
+    seek = segment.start_byte > 0 and detect_compression(loc.path) is None
+    with (loc.fs.open_input_file(loc.path) if seek else open_input(loc)) as stream:
+        if seek:
+            stream.seek(segment.start_byte)
+        number = segment.first_line - 1 if seek else 0
+        end = None if segment.num_lines is None else segment.first_line - 1 + segment.num_lines
+        for raw in iter_lines(stream):
+            number += 1
+            if number < segment.first_line:
+                continue
+            if end is not None and number > end:
+                return
             raw = raw.rstrip(b"\r")
             if not raw.strip():
                 continue
             try:
                 text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
+            except UnicodeDecodeError:
                 yield number, None, raw
                 continue
             yield number, text.removeprefix("\ufeff") if number == 1 else text, raw
 
 
-def _tsv_rows(loc: Location) -> Iterator[tuple[int, dict | str, bytes]]:
-    columns: tuple[str, ...] | None = None
-    for number, text, raw in _decoded_lines(loc):
+def detect_compression(path: str) -> str | None:
+    for suffix, name in ((".gz", "gzip"), (".bz2", "bz2"), (".zst", "zstd"), (".lz4", "lz4")):
+        if path.endswith(suffix):
+            return name
+    return None
+
+
+def parse_tsv_header(first_line: str) -> tuple[str, ...] | None:
+    """The column names when ``first_line`` is a header (has ``id``/``pid`` and ``text``)."""
+    names = tuple(f.strip().lower() for f in first_line.split("\t"))
+    return names if ("id" in names or "pid" in names) and "text" in names else None
+
+
+def _tsv_rows(loc: Location, segment: Segment) -> Iterator[tuple[int, dict | str, bytes]]:
+    columns = segment.tsv_columns
+    for number, text, raw in _decoded_lines(loc, segment):
         if text is None:
             yield number, "invalid UTF-8", raw
             continue
         fields = next(csv.reader([text], delimiter="\t")) if '"' in text else text.split("\t")
         if columns is None:
-            names = tuple(f.strip().lower() for f in fields)
-            if ("id" in names or "pid" in names) and "text" in names:
-                columns = names
+            columns = parse_tsv_header(text)
+            if columns is not None:
                 continue
             columns = _TSV_POSITIONAL[: max(3, min(len(fields), 4))]
         if len(fields) != len(columns):
@@ -173,8 +216,8 @@ def _tsv_rows(loc: Location) -> Iterator[tuple[int, dict | str, bytes]]:
         yield number, dict(zip(columns, fields)), raw
 
 
-def _jsonl_rows(loc: Location) -> Iterator[tuple[int, dict | str, bytes]]:
-    for number, text, raw in _decoded_lines(loc):
+def _jsonl_rows(loc: Location, segment: Segment) -> Iterator[tuple[int, dict | str, bytes]]:
+    for number, text, raw in _decoded_lines(loc, segment):
         if text is None:
             yield number, "invalid UTF-8", raw
             continue
@@ -189,7 +232,7 @@ def _jsonl_rows(loc: Location) -> Iterator[tuple[int, dict | str, bytes]]:
         yield number, obj, raw
 
 
-def _parquet_rows(loc: Location) -> Iterator[tuple[int, dict | str, bytes]]:
+def _parquet_rows(loc: Location, segment: Segment) -> Iterator[tuple[int, dict | str, bytes]]:
     import pyarrow.parquet as pq
 
     with loc.fs.open_input_file(loc.path) as handle:
@@ -202,8 +245,21 @@ def _parquet_rows(loc: Location) -> Iterator[tuple[int, dict | str, bytes]]:
             raise ConfigError(f"{loc.uri}: Parquet passages need columns 'pid' (or 'id') and 'text'; "
                               f"found {sorted(names)}")
         wanted = [c for c in ("pid", "id", "lang", "title", "text") if c in names]
-        row_number = 0
-        for batch in parquet.iter_batches(batch_size=8192, columns=wanted):
+        first = segment.first_line
+        end = None if segment.num_lines is None else first - 1 + segment.num_lines
+        row_number, offset, groups = 0, 0, []
+        for group in range(parquet.num_row_groups):  # read only the row groups the segment touches
+            group_rows = parquet.metadata.row_group(group).num_rows
+            if offset + group_rows >= first and (end is None or offset < end):
+                groups.append(group)
+            elif not groups:
+                row_number += group_rows
+            offset += group_rows
+        for batch in parquet.iter_batches(batch_size=8192, row_groups=groups, columns=wanted):
             for row in batch.to_pylist():
                 row_number += 1
+                if row_number < first:
+                    continue
+                if end is not None and row_number > end:
+                    return
                 yield row_number, row, json.dumps(row, ensure_ascii=False, default=str).encode()
