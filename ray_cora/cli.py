@@ -23,6 +23,9 @@ JOBS: dict[str, Job] = {
     "demo": Job("ray_cora.demo:DemoConfig", "ray_cora.pipelines.demo:run_demo",
                 "offline end-to-end demo: embed the bundled multilingual corpus with mUSE on Ray "
                 "Data, index it with FAISS, retrieve for every demo question, print recall per language"),
+    "embed": Job("ray_cora.embed_job:EmbedConfig", "ray_cora.embed_job:run_embed",
+                 "embed a passage corpus on a Ray Data actor pool into a sharded FAISS index "
+                 "(resumable; any storage URI)"),
     "validate": Job("ray_cora.validate:ValidateConfig", "ray_cora.validate:run_validate",
                     "check a passage corpus or QA file: counts per language, malformed records by file:line"),
 }

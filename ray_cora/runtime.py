@@ -27,6 +27,17 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> bool
     return True
 
 
+STORAGE_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+                    "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def worker_runtime_env() -> dict:
+    """A ``runtime_env`` that hands the driver's storage settings (AWS_* variables) to Ray workers,
+    which may have been started before they were set, or on other nodes."""
+    env_vars = {name: os.environ[name] for name in STORAGE_ENV_VARS if os.environ.get(name)}
+    return {"env_vars": env_vars} if env_vars else {}
+
+
 @contextlib.contextmanager
 def ray_session(*, address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
     """Ray for the duration of a job: shut down on exit only if this job started it."""

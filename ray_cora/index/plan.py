@@ -40,6 +40,11 @@ class ShardSpec:
     start_byte: int
     tsv_columns: tuple[str, ...] | None = None
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "ShardSpec":
+        columns = data.get("tsv_columns")
+        return cls(**{**data, "tsv_columns": tuple(columns) if columns else None})
+
     @property
     def segment(self) -> Segment:
         return Segment(self.first_line, self.num_lines, self.start_byte, self.tsv_columns)

@@ -25,10 +25,12 @@ KS = (1, 5, 10)
 def _embed(dataset, udf, *, config: DemoConfig, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
     from ray.data import ActorPoolStrategy
 
+    from ray_cora.runtime import worker_runtime_env
+
     embedded = dataset.map_batches(
         udf, fn_constructor_kwargs={"spec": config.encoder}, batch_size=config.batch_size,
         batch_format="numpy", compute=ActorPoolStrategy(size=config.num_actors),
-        num_cpus=config.actor_cpus)
+        num_cpus=config.actor_cpus, runtime_env=worker_runtime_env())
     parts: dict[str, list] = {c: [] for c in columns + ("embedding",)}
     for batch in embedded.iter_batches(batch_size=1024, batch_format="numpy"):
         for column in parts:
@@ -47,7 +49,8 @@ def run_demo(config: DemoConfig) -> dict:
     out = storage.resolve(config.out)
     questions = list(iter_qa(config.questions, dataset="jsonl"))
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
-        passages = ray.data.read_datasource(PassageDatasource(config.passages))
+        passages = ray.data.read_datasource(PassageDatasource(config.passages),
+                                            runtime_env=worker_runtime_env())
         corpus = _embed(passages, EncodePassages, config=config, columns=("pid", "lang"))
         text_by_pid = {row["pid"]: row for row in passages.iter_rows()}
         queries = ray.data.from_items([{k: q[k] for k in ("qid", "lang", "question")} for q in questions])

@@ -1,0 +1,193 @@
+"""The corpus embedding job on Ray Data: shard tasks → encoder actor pool → FAISS shards → manifest.
+
+Each task of the plan (:mod:`ray_cora.index.plan`) goes to an encoder actor, which streams the
+shard's passages from storage, embeds them in batches, writes the shard's FAISS index and id file,
+and then the shard's marker ``shards/shard-NNNNN.json`` (its manifest entry): a shard exists once
+its marker does. The driver never holds passages or vectors; it collects the small entries and
+commits ``manifest.json`` last. A rerun reuses the saved plan and skips every shard whose marker
+and checksums verify, so a killed job resumes where it stopped; a killed actor is replaced by
+Ray Data and its task rerun, which rewrites the same deterministic paths — no duplicates, no gaps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from ray_cora import storage
+from ray_cora.data.passages import iter_passages
+from ray_cora.errors import ChecksumError, ConfigError, StorageError
+from ray_cora.index.plan import ShardSpec, plan_corpus, plan_fingerprint
+from ray_cora.index.sharded import IndexSpec, commit_index, write_shard
+
+PLAN_NAME = "plan.json"
+
+
+def shard_marker(number: int) -> str:
+    return f"shards/shard-{number:05d}.json"
+
+
+class EmbedShards:
+    """Actor body: embeds whole shards; built once per actor (the model loads once)."""
+
+    def __init__(self, *, encoder: str, out: str, index_spec: dict, batch_size: int, lang: str | None,
+                 threads: int = 1, crash_once_marker: str | None = None, crash_at_shard: int | None = None):
+        from ray_cora.encoders import load_encoder
+
+        self.encoder = load_encoder(encoder, threads=threads)
+        self.out = out
+        self.spec = IndexSpec(**index_spec)
+        self.batch_size = batch_size
+        self.lang = lang
+        # Test hook, as in FAISS's big_batch_search: die once at a given shard to prove recovery.
+        self.crash_once_marker, self.crash_at_shard = crash_once_marker, crash_at_shard
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        entries, passages, seconds = [], [], []
+        for task_json in batch["task"]:
+            for spec_dict in json.loads(task_json):
+                spec = ShardSpec.from_dict(spec_dict)
+                started = time.perf_counter()
+                entry = self.embed_shard(spec)
+                entries.append(json.dumps(entry))
+                passages.append(entry["count"])
+                seconds.append(time.perf_counter() - started)
+        return {"entry": np.array(entries, dtype=object), "passages": np.array(passages),
+                "seconds": np.array(seconds)}
+
+    def embed_shard(self, spec: ShardSpec) -> dict:
+        pids, langs, vectors = [], [], []
+        titles: list[str] = []
+        texts: list[str] = []
+
+        def flush() -> None:
+            if texts:
+                vectors.append(self.encoder.encode_passages(titles, texts))
+                titles.clear()
+                texts.clear()
+
+        for passage in iter_passages(spec.uri, format=spec.format, lang=self.lang, segment=spec.segment):
+            pids.append(passage["pid"])
+            langs.append(passage["lang"])
+            titles.append(passage["title"])
+            texts.append(passage["text"])
+            if len(texts) >= self.batch_size:
+                flush()
+            if (self.crash_at_shard == spec.number and self.crash_once_marker
+                    and not os.path.exists(self.crash_once_marker) and len(pids) > 1):
+                open(self.crash_once_marker, "w").close()
+                os._exit(1)
+        flush()
+        matrix = np.concatenate(vectors) if vectors else np.zeros((0, self.encoder.dim), np.float32)
+        root = storage.resolve(self.out)
+        entry = write_shard(root, spec.number, pids, matrix, self.spec, langs=langs) if pids else \
+            {"index": None, "ids": None, "count": 0}
+        entry = {**entry, "number": spec.number, "source": spec.uri, "first_line": spec.first_line,
+                 "num_lines": spec.num_lines}
+        storage.write_bytes(root.join(shard_marker(spec.number)), json.dumps(entry).encode())
+        return entry
+
+
+def load_or_make_plan(out: storage.Location, *, passages: str, shard_size: int,
+                      format: str | None) -> list[list[ShardSpec]]:
+    """The saved plan when it was made for the same input and shard size, else a new one."""
+    plan_loc = out.join(PLAN_NAME)
+    key = {"passages": passages, "shard_size": shard_size, "format": format}
+    if plan_loc.is_file():
+        saved = json.loads(storage.read_bytes(plan_loc))
+        if saved["key"] != key:
+            raise ConfigError(f"{out.uri} holds an index job for {saved['key']}, not {key}: use "
+                              "another --out, or delete that folder to start over")
+        tasks = [[ShardSpec.from_dict(s) for s in task] for task in saved["tasks"]]
+        if plan_fingerprint(tasks) != saved["fingerprint"]:
+            raise StorageError(f"{plan_loc.uri}: plan does not match its fingerprint; delete it to replan")
+        return tasks
+    tasks = plan_corpus(passages, shard_size=shard_size, format=format)
+    payload = {"key": key, "fingerprint": plan_fingerprint(tasks),
+               "tasks": [[asdict(s) for s in task] for task in tasks]}
+    storage.write_bytes(plan_loc, json.dumps(payload).encode())
+    return tasks
+
+
+def finished_shards(out: storage.Location, tasks: list[list[ShardSpec]], *, verify: bool = True) -> dict[int, dict]:
+    """Entries of shards already written (marker present, files matching their checksums)."""
+    done = {}
+    for task in tasks:
+        for spec in task:
+            marker = out.join(shard_marker(spec.number))
+            if not marker.is_file():
+                continue
+            entry = json.loads(storage.read_bytes(marker))
+            if entry["count"] and verify:
+                try:
+                    for role in ("index", "ids"):
+                        sha, size = storage.sha256_of(out.join(entry[role]))
+                        if (sha, size) != (entry["sha256"][role], entry["size"][role]):
+                            raise ChecksumError(role)
+                except (StorageError, ChecksumError):
+                    continue  # damaged or partial: recompute this shard
+            done[spec.number] = entry
+    return done
+
+
+def embed_corpus(config, *, crash_at_shard: int | None = None, crash_once_marker: str | None = None) -> dict:
+    """Run the embedding job described by an :class:`~ray_cora.embed_job.EmbedConfig`.
+
+    ``crash_at_shard``/``crash_once_marker`` are for tests: one actor dies once at that shard.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from ray_cora.encoders import load_encoder
+    from ray_cora.runtime import ray_session, worker_runtime_env
+
+    started = time.perf_counter()
+    out = storage.resolve(config.out)
+    tasks = load_or_make_plan(out, passages=config.passages, shard_size=config.shard_size,
+                              format=config.format)
+    done = finished_shards(out, tasks)
+    pending = [task for task in tasks if not all(spec.number in done for spec in task)]
+    num_shards = sum(len(t) for t in tasks)
+    print(f"plan: {num_shards} shards in {len(tasks)} tasks; {len(done)} already written, "
+          f"{sum(len(t) for t in pending)} to embed")
+    index_spec = config.index_spec()
+    new_passages = 0
+    if pending:
+        with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+            items = [{"task": json.dumps([asdict(s) for s in task])} for task in pending]
+            results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                EmbedShards, batch_size=1, batch_format="numpy",
+                compute=ActorPoolStrategy(size=config.concurrency),
+                num_cpus=config.actor_cpus, num_gpus=config.actor_gpus, runtime_env=worker_runtime_env(),
+                fn_constructor_kwargs={
+                    "encoder": config.encoder, "out": config.out, "index_spec": index_spec.to_dict(),
+                    "batch_size": config.batch_size, "lang": config.lang, "threads": config.threads,
+                    "crash_once_marker": crash_once_marker, "crash_at_shard": crash_at_shard})
+            for row in results.iter_rows():
+                entry = json.loads(row["entry"])
+                done[entry["number"]] = entry
+                new_passages += entry["count"]
+    missing = [spec.number for task in tasks for spec in task if spec.number not in done]
+    if missing:
+        raise StorageError(f"{out.uri}: shards {missing[:10]} were not written; rerun the job to resume")
+    encoder = load_encoder(config.encoder)
+    shards = [entry for _, entry in sorted(done.items()) if entry["count"]]
+    manifest = commit_index(
+        out, shards, spec=index_spec, config=config.to_dict(),
+        encoder={"spec": config.encoder, "dim": encoder.dim, "normalized": encoder.normalized},
+        extra={"passages": config.passages})
+    elapsed = time.perf_counter() - started
+    bytes_written = sum(s["size"]["index"] + s["size"]["ids"] for s in shards)
+    summary = {"passages": manifest["num_vectors"], "embedded_now": new_passages,
+               "passages_per_second": round(new_passages / elapsed, 1) if new_passages else None,
+               "shards": len(shards), "bytes": bytes_written, "seconds": round(elapsed, 1),
+               "manifest": out.join("manifest.json").uri}
+    print(f"index: {summary['passages']} passages in {summary['shards']} shards "
+          f"({bytes_written / 1e6:.1f} MB); embedded {new_passages} now"
+          + (f" at {summary['passages_per_second']} passages/s" if new_passages else "")
+          + f"; manifest: {summary['manifest']}")
+    return summary

@@ -1,0 +1,120 @@
+"""The embedding job: index equals brute force, resumes, survives a killed actor and a killed driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ray_cora import storage
+from ray_cora.data.passages import iter_passages
+from ray_cora.embed_job import EmbedConfig
+from ray_cora.encoders import load_encoder
+from ray_cora.index.sharded import ShardedIndex, iter_shard_ids
+from ray_cora.pipelines.embed_corpus import embed_corpus, shard_marker
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = ["How tall is Mount Fuji?", "富士山の高さは？", "¿Quién escribió Don Quijote?", "Когда построили Эйфелеву башню?"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A 3-file corpus (TSV with header, JSONL, Parquet) of 61 passages cut from the demo set."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ray_cora.demo import DEMO_PASSAGES
+
+    passages = list(iter_passages(str(DEMO_PASSAGES)))[:61]
+    folder = tmp_path_factory.mktemp("corpus")
+    with open(folder / "a.tsv", "w", encoding="utf-8") as f:
+        f.write("id\ttext\ttitle\tlang\n")
+        for p in passages[:23]:
+            f.write(f"{p['pid']}\t{p['text']}\t{p['title']}\t{p['lang']}\n")
+    with open(folder / "b.jsonl", "w", encoding="utf-8") as f:
+        for p in passages[23:40]:
+            f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    pq.write_table(pa.Table.from_pylist(passages[40:]), folder / "c.parquet", row_group_size=8)
+    return str(folder), passages
+
+
+def _config(passages, out, **overrides):
+    return EmbedConfig.load(overrides={"passages": passages, "out": out, "shard_size": 10,
+                                       "batch_size": 8, "actor_cpus": 0.5, **overrides})
+
+
+def _all_pids(out):
+    return [pid for _, pids in iter_shard_ids(out) for pid in pids]
+
+
+def test_embedded_index_equals_brute_force(ray_local, corpus, storage_root):
+    folder, passages = corpus
+    summary = embed_corpus(_config(folder, storage_root))
+    assert summary["passages"] == 61 and summary["shards"] == 3 + 2 + 3
+    index = ShardedIndex.open(storage_root)
+    assert sorted(_all_pids(storage_root)) == sorted(p["pid"] for p in passages)
+    encoder = load_encoder("muse")
+    vectors = encoder.encode_passages([p["title"] for p in passages], [p["text"] for p in passages])
+    queries = encoder.encode_queries(QUESTIONS)
+    scores, got = index.search(queries, 10)
+    brute = queries @ vectors.T
+    order = np.argsort(-brute, axis=1, kind="stable")[:, :10]
+    np.testing.assert_allclose(scores, np.take_along_axis(brute, order, axis=1), atol=1e-4)
+    # Ties aside, the same passages in the same order.
+    assert [row[:5] for row in got] == [[passages[j]["pid"] for j in row[:5]] for row in order]
+
+
+def test_rerun_skips_finished_shards_and_redoes_a_deleted_one(ray_local, corpus, tmp_path):
+    folder, _ = corpus
+    out = str(tmp_path / "index")
+    embed_corpus(_config(folder, out))
+    before = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    marker_mtimes = {n: os.path.getmtime(tmp_path / "index" / shard_marker(n)) for n in range(8)}
+    os.remove(tmp_path / "index" / shard_marker(4))
+    (tmp_path / "index" / before["shards"][5]["index"]).write_bytes(b"damaged")
+    summary = embed_corpus(_config(folder, out))
+    assert summary["embedded_now"] == before["shards"][4]["count"] + before["shards"][5]["count"]
+    after = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    assert [s["sha256"] for s in after["shards"]] == [s["sha256"] for s in before["shards"]]
+    for n in (0, 1, 2, 3, 6, 7):
+        assert os.path.getmtime(tmp_path / "index" / shard_marker(n)) == marker_mtimes[n]
+    ShardedIndex.open(out)  # verifies every checksum
+
+
+def test_killed_actor_is_replaced_and_the_index_is_complete(ray_local, corpus, tmp_path):
+    folder, passages = corpus
+    marker = tmp_path / "crashed"
+    out = str(tmp_path / "index")
+    embed_corpus(_config(folder, out), crash_at_shard=2, crash_once_marker=str(marker))
+    assert marker.exists()  # the actor really died mid-shard
+    pids = _all_pids(out)
+    assert sorted(pids) == sorted(p["pid"] for p in passages) and len(pids) == len(set(pids))
+
+
+def test_killed_driver_resumes_to_the_same_index(corpus, tmp_path):
+    folder, passages = corpus
+    out = tmp_path / "index"
+    cmd = [sys.executable, "-m", "ray_cora", "embed", "--passages", folder, "--out", str(out),
+           "--shard-size", "3", "--batch-size", "4", "--actor-cpus", "0.5", "--num-cpus", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / shard_marker(1)).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "job ended before the kill"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert not (out / "manifest.json").exists()
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "already written" in result.stdout and " 0 already written" not in result.stdout
+    pids = _all_pids(str(out))
+    assert sorted(pids) == sorted(p["pid"] for p in passages) and len(pids) == len(set(pids))
