@@ -23,7 +23,10 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> bool
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or os.environ["RAY_ADDRESS"], **quiet)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+        # address="local": start a new Ray even if another one runs on this machine (plain
+        # ray.init() would silently join it, with its resources and its auth settings).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", **quiet)
     return True
 
 

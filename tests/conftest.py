@@ -141,3 +141,53 @@ def ray_local():
         yield ray
     finally:
         ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A real `ray start --head` on 127.0.0.1 with token authentication on, stopped by its pid.
+
+    Yields the environment a client needs (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN) and the job API URL.
+    """
+    import secrets
+    import urllib.request
+
+    token_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {**os.environ, **token_env}
+    gcs_port, dashboard_port, client_port = _free_port(), _free_port(), _free_port()
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    log = open(tmp_path_factory.mktemp("ray-head") / "head.log", "wb")
+    proc = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
+         f"--ray-client-server-port={client_port}", "--num-cpus=2", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, "ray start --head exited early; see its log"
+            try:
+                request = urllib.request.Request(f"{address}/api/version",
+                                                 headers={"Authorization": f"Bearer {token_env['RAY_AUTH_TOKEN']}"})
+                urllib.request.urlopen(request, timeout=2)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Ray dashboard did not answer on {address} within 120 s")
+                time.sleep(0.5)
+        yield {"address": address, "gcs": f"127.0.0.1:{gcs_port}", "env": env, "pid": proc.pid}
+    finally:
+        proc.terminate()  # `ray start --block` stops the processes it started on SIGTERM
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
