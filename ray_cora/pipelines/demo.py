@@ -17,15 +17,13 @@ from ray_cora.demo import DemoConfig
 from ray_cora.index.flat import FlatIndex
 from ray_cora.metrics.retrieval import first_answer_rank, first_gold_rank, recall_by_language
 from ray_cora.reports import retrieval_markdown
-from ray_cora.runtime import ray_session
+from ray_cora.runtime import ray_session, worker_runtime_env
 
 KS = (1, 5, 10)
 
 
 def _embed(dataset, udf, *, config: DemoConfig, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
     from ray.data import ActorPoolStrategy
-
-    from ray_cora.runtime import worker_runtime_env
 
     embedded = dataset.map_batches(
         udf, fn_constructor_kwargs={"spec": config.encoder}, batch_size=config.batch_size,

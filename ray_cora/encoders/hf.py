@@ -1,0 +1,494 @@
+"""Hugging Face encoders: ``hf:<name-or-path>[?options]`` (any ``AutoModel`` text encoder).
+
+Spec grammar (options are URL query parameters, values URL-encoded: a space is ``+`` or ``%20``)::
+
+    hf:<source>[?pooling=cls|mean&max_length=N&normalize=true|false
+                &query_prefix=TEXT&passage_prefix=TEXT&tokenizer=<source>]
+
+``<source>`` is a local folder, a ``file://`` or ``s3://`` URI (the folder is downloaded to a
+temporary directory first) or a model name found in the local Hugging Face cache. A folder holding
+``question_encoder/`` and ``ctx_encoder/`` subfolders (what our mDPR training exports) is a
+bi-encoder: questions go through ``question_encoder``, passages through ``ctx_encoder``.
+
+Passages are encoded DPR-style as the pair ``(title, text)`` — ``[CLS] title [SEP] text [SEP]`` —
+or the text alone when the title is empty. Pooling is the ``[CLS]`` vector (default, as DPR) or
+the attention-masked mean of the last hidden states.
+
+The building blocks (:class:`Tower`, :func:`parse_spec`, :func:`pad_batch`, :func:`pool`,
+:func:`resolve_device`, :func:`local_model_dir`) are shared with :mod:`ray_cora.encoders.dpr`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+from urllib.parse import parse_qsl
+
+import numpy as np
+
+from ray_cora.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+HF_OPTIONS = ("pooling", "max_length", "normalize", "query_prefix", "passage_prefix", "tokenizer")
+POOLINGS = ("cls", "mean")
+DEFAULT_MAX_LENGTH = 256
+FORWARD_BATCH = 64  # texts per forward pass; callers may hand over much larger batches
+TOWER_DIRS = ("question_encoder", "ctx_encoder")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model",
+                    "spiece.model")
+# Weights that may be absent or extra without changing what the encoder computes: position_ids is
+# a (non-persistent) buffer in current transformers but a saved tensor in old checkpoints, and the
+# pooler is never used by CLS/mean pooling.
+_HARMLESS_KEY_SUFFIXES = ("embeddings.position_ids", "embeddings.token_type_ids")
+_HARMLESS_KEY_PREFIXES = ("pooler.",)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+# ---------------------------------------------------------------- spec parsing (pure)
+
+def parse_spec(spec: str, scheme: str, allowed: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """Split ``<scheme>:<source>?k=v&...`` into the source and its options, checking option names.
+
+    >>> parse_spec("hf:/models/x?pooling=mean&query_prefix=query:+", "hf", HF_OPTIONS)
+    ('/models/x', {'pooling': 'mean', 'query_prefix': 'query: '})
+    """
+    text = spec.strip()
+    if not text.startswith(scheme + ":"):
+        raise ConfigError(f"encoder spec {spec!r} does not start with {scheme + ':'!r}")
+    body = text[len(scheme) + 1:]
+    source, _, query = body.partition("?")
+    if not source:
+        raise ConfigError(f"encoder spec {spec!r} names no model: write {scheme}:<path-or-uri>")
+    options: dict[str, str] = {}
+    if query:
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+        except ValueError as exc:
+            raise ConfigError(f"encoder spec {spec!r}: malformed options {query!r} ({exc}); write "
+                              "them as ?name=value&name=value") from exc
+        for key, value in pairs:
+            if key not in allowed:
+                raise ConfigError(f"encoder spec {spec!r}: unknown option {key!r}; {scheme}: accepts "
+                                  f"{', '.join(allowed)}")
+            if key in options:
+                raise ConfigError(f"encoder spec {spec!r}: option {key!r} given twice; keep one")
+            options[key] = value
+    return source, options
+
+
+def option_int(spec: str, options: dict[str, str], key: str, default: int | None,
+               *, minimum: int = 1) -> int | None:
+    """An integer option (``None``/default when absent), with an error naming the bad value."""
+    if key not in options:
+        return default
+    raw = options[key]
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise ConfigError(f"encoder spec {spec!r}: {key}={raw!r} is not an integer >= {minimum}")
+    return value
+
+
+def option_bool(spec: str, options: dict[str, str], key: str, default: bool) -> bool:
+    """A boolean option: true/false, yes/no, 1/0, on/off."""
+    if key not in options:
+        return default
+    raw = options[key].lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigError(f"encoder spec {spec!r}: {key}={options[key]!r} is not a boolean; use true or false")
+
+
+@dataclass(frozen=True)
+class HFSpec:
+    """A parsed ``hf:`` spec; building it checks every option but loads nothing."""
+
+    spec: str
+    source: str
+    pooling: str = "cls"
+    max_length: int = DEFAULT_MAX_LENGTH
+    normalize: bool = False
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    tokenizer: str | None = None
+
+
+def parse_hf_spec(spec: str) -> HFSpec:
+    """Parse and validate an ``hf:`` spec.
+
+    >>> parse_hf_spec("hf:/m?pooling=mean&normalize=true&max_length=128").max_length
+    128
+    """
+    source, options = parse_spec(spec, "hf", HF_OPTIONS)
+    pooling = options.get("pooling", "cls")
+    if pooling not in POOLINGS:
+        raise ConfigError(f"encoder spec {spec!r}: pooling={pooling!r} is not one of {', '.join(POOLINGS)}")
+    return HFSpec(
+        spec=spec.strip(),
+        source=source,
+        pooling=pooling,
+        max_length=option_int(spec, options, "max_length", DEFAULT_MAX_LENGTH, minimum=2),  # type: ignore[arg-type]
+        normalize=option_bool(spec, options, "normalize", False),
+        query_prefix=options.get("query_prefix", ""),
+        passage_prefix=options.get("passage_prefix", ""),
+        tokenizer=options.get("tokenizer") or None,
+    )
+
+
+# ---------------------------------------------------------------- tensors (pure)
+
+def pad_batch(features: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
+    """Right-pad tokenized examples into ``(n, longest)`` int64 tensors.
+
+    ``input_ids`` are padded with ``pad_id``, every other field (attention mask, token types)
+    with 0.
+
+    >>> pad_batch([{"input_ids": [5, 6, 7]}, {"input_ids": [5]}], 0)["input_ids"].tolist()
+    [[5, 6, 7], [5, 0, 0]]
+    """
+    import torch
+
+    longest = max(len(f["input_ids"]) for f in features)
+    out = {}
+    for key in features[0]:
+        fill = pad_id if key == "input_ids" else 0
+        rows = [list(f[key]) + [fill] * (longest - len(f[key])) for f in features]
+        out[key] = torch.tensor(rows, dtype=torch.long)
+    return out
+
+
+def pool(hidden: Any, attention_mask: Any, pooling: str) -> Any:
+    """Pool ``(n, seq, dim)`` hidden states to ``(n, dim)``: the first token or the masked mean.
+
+    >>> import torch
+    >>> h = torch.arange(12.).reshape(1, 3, 4); m = torch.tensor([[1, 1, 0]])
+    >>> pool(h, m, "mean").tolist()
+    [[2.0, 3.0, 4.0, 5.0]]
+    """
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (n, seq, 1)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
+
+
+def is_harmless_key(key: str) -> bool:
+    """Weight names whose absence or presence does not change CLS/mean embeddings."""
+    return key.endswith(_HARMLESS_KEY_SUFFIXES) or key.startswith(_HARMLESS_KEY_PREFIXES)
+
+
+# ---------------------------------------------------------------- devices and files
+
+def resolve_device(device: Any = None, dtype: Any = None) -> tuple[Any, Any]:
+    """The torch device and the autocast dtype (``None`` = plain float32) to run on.
+
+    ``device=None`` picks CUDA when available. ``dtype=None`` means bf16 autocast on GPU and
+    float32 on CPU; half precision on CPU is refused.
+    """
+    import torch
+
+    dev = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        compute = torch.bfloat16 if dev.type == "cuda" else None
+    else:
+        names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+        compute = names.get(dtype) if isinstance(dtype, str) else dtype
+        if compute not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ConfigError(f"encoder dtype {dtype!r} is not supported; use float32, bfloat16 or float16")
+        if compute == torch.float32:
+            compute = None
+        elif dev.type != "cuda":
+            raise ConfigError(f"encoder dtype {dtype!r} runs as autocast on GPU only; on {dev} "
+                              "leave dtype unset (float32) or pass a CUDA device")
+    return dev, compute
+
+
+@contextlib.contextmanager
+def local_model_dir(source: str) -> Iterator[str]:
+    """A name ``from_pretrained`` can read: a local folder as is, an ``s3://`` folder downloaded to
+    a temporary directory (removed on exit), a hub name (resolved from the HF cache) unchanged."""
+    from ray_cora import storage
+
+    if source.startswith("file://"):
+        yield storage.resolve(source).path
+        return
+    if "://" not in source:
+        yield os.path.expanduser(source)
+        return
+    root = storage.resolve(source)  # raises a clear StorageError for unknown schemes
+    with tempfile.TemporaryDirectory(prefix="ray-cora-model-") as tmp:
+        for loc in storage.list_files(root):
+            rel = posixpath.relpath(loc.path, root.path)
+            target = os.path.join(tmp, *rel.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with storage.open_input(loc, decompress=False) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        yield tmp
+
+
+def _load_hint(source: str) -> str:
+    return (f"give a local folder with config.json and tokenizer files, an s3:// folder, or a model "
+            f"name present in the local Hugging Face cache (this code never downloads; "
+            f"{source!r} was not found as any of these)")
+
+
+def load_tokenizer(path: str, *, source: str) -> Any:
+    """``AutoTokenizer.from_pretrained`` with errors that say what to pass instead."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load a tokenizer from {source!r}: {exc}; {_load_hint(source)}") from exc
+
+
+def load_config(path: str, *, source: str) -> Any:
+    """``AutoConfig.from_pretrained`` with errors that say what to pass instead."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load a model config from {source!r}: {exc}; {_load_hint(source)}") from exc
+
+
+def report_key_mismatch(what: str, missing: Sequence[str], unexpected: Sequence[str], *,
+                        max_missing: int, fix: str) -> None:
+    """Log weights that did not load (ignoring harmless ones); raise when too many are missing.
+
+    A few missing weights are logged (the model still mostly works); more than ``max_missing``
+    means the weights belong to another architecture, and the error says so.
+    """
+    missing = sorted(k for k in missing if not is_harmless_key(k))
+    unexpected = sorted(k for k in unexpected if not is_harmless_key(k))
+    if len(missing) > max_missing:
+        shown = ", ".join(missing[:8]) + (", …" if len(missing) > 8 else "")
+        extra = (f"; it has instead e.g. {', '.join(unexpected[:3])}" if unexpected else "")
+        raise ConfigError(f"{what}: {len(missing)} weights missing ({shown}){extra}: the checkpoint does "
+                          f"not match the model it is loaded into; {fix}")
+    if missing:
+        logger.warning("%s: weights missing from the checkpoint, left randomly initialised: %s",
+                       what, ", ".join(missing))
+    if unexpected:
+        logger.warning("%s: checkpoint weights not used by the model: %s", what, ", ".join(unexpected))
+
+
+# ---------------------------------------------------------------- one encoder tower
+
+class Tower:
+    """One transformer, its tokenizer and pooling: texts (or title/text pairs) → float32 vectors.
+
+    ``zero_token_types`` feeds all-zero segment ids, as DPR/CORA do for both questions and
+    passages; otherwise the tokenizer's token types are used (1s on the second segment of a pair)
+    when the model has more than one token type.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, pooling: str, max_length: int, device: Any,
+                 autocast_dtype: Any = None, prefix: str = "", zero_token_types: bool = False,
+                 projection: Any = None) -> None:
+        import inspect
+
+        import torch
+
+        self.model = model.eval().to(device=device, dtype=torch.float32)
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.prefix = prefix
+        self.zero_token_types = zero_token_types
+        self.projection = projection.eval().to(device) if projection is not None else None
+        config = model.config
+        self.max_length = _cap_max_length(max_length, tokenizer, config)
+        accepts_types = "token_type_ids" in inspect.signature(model.forward).parameters
+        self.use_token_types = accepts_types and (zero_token_types or getattr(config, "type_vocab_size", 1) > 1)
+        if tokenizer.pad_token_id is None:
+            raise ConfigError("the tokenizer has no padding token; save it with a pad_token "
+                              "(e.g. tokenizer.pad_token = tokenizer.unk_token) and try again")
+        self.dim = int(projection.out_features if projection is not None else config.hidden_size)
+
+    def tokenize(self, firsts: Sequence[str], seconds: Sequence[str | None]) -> list[dict[str, list[int]]]:
+        """Tokenize ``first`` alone, or the pair ``(first, second)`` where ``second`` is not None."""
+        features: list[dict[str, list[int]]] = [{} for _ in firsts]
+        for is_pair in (False, True):
+            idx = [i for i, s in enumerate(seconds) if (s is not None) == is_pair]
+            if not idx:
+                continue
+            enc = self.tokenizer(
+                [self.prefix + firsts[i] for i in idx],
+                [seconds[i] for i in idx] if is_pair else None,
+                truncation=True, max_length=self.max_length, padding=False,
+                return_attention_mask=True, return_token_type_ids=self.use_token_types,
+            )
+            for row, i in enumerate(idx):
+                item = {"input_ids": enc["input_ids"][row], "attention_mask": enc["attention_mask"][row]}
+                if self.use_token_types:
+                    types = enc["token_type_ids"][row]
+                    item["token_type_ids"] = [0] * len(types) if self.zero_token_types else types
+                features[i] = item
+        return features
+
+    def encode(self, firsts: Sequence[str], seconds: Sequence[str | None]) -> np.ndarray:
+        """``(n, dim)`` float32 embeddings; texts are run longest-first in chunks to limit padding."""
+        import torch
+
+        n = len(firsts)
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        features = self.tokenize(firsts, seconds)
+        order = sorted(range(n), key=lambda i: -len(features[i]["input_ids"]))
+        autocast = (torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            for start in range(0, n, FORWARD_BATCH):
+                chunk = order[start:start + FORWARD_BATCH]
+                batch = {k: v.to(self.device) for k, v in
+                         pad_batch([features[i] for i in chunk], self.tokenizer.pad_token_id).items()}
+                hidden = self.model(**batch).last_hidden_state
+                vectors = pool(hidden.float(), batch["attention_mask"], self.pooling)  # (b, hidden)
+                if self.projection is not None:
+                    vectors = self.projection(vectors).float()
+                out[chunk] = vectors.cpu().numpy()
+        return out
+
+
+def _cap_max_length(max_length: int, tokenizer: Any, config: Any) -> int:
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 1_000_000:
+        max_length = min(max_length, limit)
+    positions = getattr(config, "max_position_embeddings", None)
+    if getattr(config, "model_type", "") == "bert" and isinstance(positions, int):
+        max_length = min(max_length, positions)
+    return max_length
+
+
+def load_pretrained(path: str, *, source: str) -> Any:
+    """``AutoModel.from_pretrained`` (float32, eval) that reports weights it could not load."""
+    from transformers import AutoModel
+
+    config = load_config(path, source=source)
+    if getattr(config, "model_type", "") == "dpr":
+        raise ConfigError(f"{source}: is a transformers DPR{'/'.join(config.architectures or [])} "
+                          "model; hf: expects the plain encoder inside it: save "
+                          "model.question_encoder.bert_model / model.ctx_encoder.bert_model (with the "
+                          "tokenizer) as question_encoder/ and ctx_encoder/ of one folder")
+    try:
+        model, info = AutoModel.from_pretrained(path, output_loading_info=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load model weights from {source!r}: {exc}; {_load_hint(source)}") from exc
+    report_key_mismatch(source, info.get("missing_keys", ()), info.get("unexpected_keys", ()),
+                        max_missing=5, fix="check that the folder holds the weights its config.json describes")
+    if info.get("mismatched_keys"):
+        raise ConfigError(f"{source}: weights with the wrong shape: {info['mismatched_keys']}; the "
+                          "weights do not match config.json")
+    return model
+
+
+def _has_tokenizer(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, name)) for name in _TOKENIZER_FILES)
+
+
+def set_cpu_threads(device: Any, threads: int) -> None:
+    """``torch.set_num_threads`` on CPU (a process-wide setting); nothing on GPU."""
+    import torch
+
+    if device.type == "cpu" and threads > 0:
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- the hf: encoder
+
+class HFEncoder:
+    """A Hugging Face text encoder (one model for both sides, or a question/ctx pair of folders).
+
+    >>> enc = HFEncoder("hf:/path/to/model?pooling=mean&normalize=true")  # doctest: +SKIP
+    >>> enc.encode_passages(["Paris"], ["Paris is the capital of France."]).shape  # doctest: +SKIP
+    (1, 768)
+    """
+
+    def __init__(self, spec: str | HFSpec, *, threads: int = 1, device: Any = None, dtype: Any = None) -> None:
+        parsed = spec if isinstance(spec, HFSpec) else parse_hf_spec(spec)
+        self.spec = parsed.spec
+        self.normalized = parsed.normalize
+        dev, autocast_dtype = resolve_device(device, dtype)
+        set_cpu_threads(dev, threads)
+
+        def tower(model_path: str, tok_path: str, prefix: str, label: str) -> Tower:
+            tokenizer = load_tokenizer(tok_path, source=label)
+            model = load_pretrained(model_path, source=label)
+            return Tower(model, tokenizer, pooling=parsed.pooling, max_length=parsed.max_length,
+                         device=dev, autocast_dtype=autocast_dtype, prefix=prefix)
+
+        with local_model_dir(parsed.source) as path, contextlib.ExitStack() as stack:
+            two = os.path.isdir(path) and all(
+                os.path.isfile(os.path.join(path, d, "config.json")) for d in TOWER_DIRS)
+            tok_root = stack.enter_context(local_model_dir(parsed.tokenizer)) if parsed.tokenizer else None
+            if two:
+                paths = {d: os.path.join(path, d) for d in TOWER_DIRS}
+                if tok_root is None and _has_tokenizer(path):
+                    tok_root = path
+                self._question = tower(paths["question_encoder"], tok_root or paths["question_encoder"],
+                                       parsed.query_prefix, f"{parsed.source}/question_encoder")
+                self._passage = tower(paths["ctx_encoder"], tok_root or paths["ctx_encoder"],
+                                      parsed.passage_prefix, f"{parsed.source}/ctx_encoder")
+                if self._question.dim != self._passage.dim:
+                    raise ConfigError(f"{parsed.source}: question_encoder ({self._question.dim}-d) and "
+                                      f"ctx_encoder ({self._passage.dim}-d) disagree on the vector size")
+            else:
+                self._question = tower(path, tok_root or path, parsed.query_prefix, parsed.source)
+                self._passage = Tower(self._question.model, self._question.tokenizer,
+                                      pooling=parsed.pooling, max_length=parsed.max_length, device=dev,
+                                      autocast_dtype=autocast_dtype, prefix=parsed.passage_prefix)
+        self.dim = self._question.dim
+        self.bi_encoder = two
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        texts = [clean_text(t) for t in texts]
+        return self._finish(self._question.encode(texts, [None] * len(texts)))
+
+    def encode_passages(self, titles: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        firsts, seconds = passage_inputs(titles, texts)
+        return self._finish(self._passage.encode(firsts, seconds))
+
+    def _finish(self, vectors: np.ndarray) -> np.ndarray:
+        if self.normalized and len(vectors):
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.maximum(norms, 1e-12)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def clean_text(text: str | None) -> str:
+    """A text as DPR feeds it: ``str`` and stripped; ``None`` becomes empty."""
+    return "" if text is None else str(text).strip()
+
+
+def passage_inputs(titles: Sequence[str | None], texts: Sequence[str | None]) -> tuple[list[str], list[str | None]]:
+    """DPR's passage input: ``(title, text)`` as a pair, or the text alone when the title is empty.
+
+    >>> passage_inputs(["Paris", ""], ["Capital of France.", "No title."])
+    (['Paris', 'No title.'], ['Capital of France.', None])
+    """
+    if len(titles) != len(texts):
+        raise ValueError(f"encode_passages got {len(titles)} titles but {len(texts)} texts")
+    firsts: list[str] = []
+    seconds: list[str | None] = []
+    for title, text in zip(titles, texts):
+        title, text = clean_text(title), clean_text(text)
+        firsts.append(title if title else text)
+        seconds.append(text if title else None)
+    return firsts, seconds

@@ -1,0 +1,167 @@
+"""Tiny, deterministic BERT encoders for tests and benchmarks: built offline, in a second.
+
+:func:`build_tiny_bert` trains a WordPiece tokenizer on the given texts and saves it with a
+seeded random ``BertModel`` so that ``hf:<dir>`` loads it; :func:`build_tiny_dpr_checkpoint`
+writes a CORA/DPR-style ``.cpt`` so that ``dpr:<path>`` loads it. The same call always gives the
+same tokenizer and weights.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+MAX_POSITIONS = 512
+
+
+def train_wordpiece(texts: Iterable[str], *, vocab_size: int = 500) -> Any:
+    """A BERT-style (lowercasing) WordPiece tokenizer whose vocabulary is learnt from ``texts``,
+    wrapped as a ``transformers.PreTrainedTokenizerFast`` that returns token type ids.
+
+    The vocabulary is the special tokens, then characters (each also as a ``##`` continuation),
+    then whole words, each by falling frequency with ties broken alphabetically, cut at
+    ``vocab_size``. ``tokenizers``' own ``WordPieceTrainer`` is not used because its result varies
+    from run to run (hash-map order decides ties), and these models must be reproducible.
+
+    >>> tok = train_wordpiece(["hello world", "bonjour le monde"], vocab_size=100)
+    >>> tok("hello", "world")["token_type_ids"]
+    [0, 0, 0, 1, 1]
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars: Counter[str] = Counter()
+    for word, count in words.items():
+        for ch in word:
+            chars[ch] += count
+
+    def by_frequency(counts: Counter[str]) -> list[str]:
+        return sorted(counts, key=lambda item: (-counts[item], item))
+
+    vocab: dict[str, int] = {}
+    for token in [*SPECIAL_TOKENS,
+                  *(piece for ch in by_frequency(chars) for piece in (ch, "##" + ch)),
+                  *(w for w in by_frequency(words) if len(w) > 1)]:
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(token, len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    tok.decoder = decoders.WordPiece()
+    # transformers 5 wrappers default to input_ids + attention_mask only: ask for token types too.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+        cls_token="[CLS]", mask_token="[MASK]", model_max_length=MAX_POSITIONS,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+
+
+def tiny_bert_config(vocab_size: int, *, hidden: int = 32, layers: int = 2, heads: int = 2) -> Any:
+    """A small ``BertConfig`` (intermediate size 4 × hidden, 512 positions, 2 token types)."""
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                      num_attention_heads=heads, intermediate_size=4 * hidden,
+                      max_position_embeddings=MAX_POSITIONS, type_vocab_size=2)
+
+
+def seeded_bert(config: Any, seed: int) -> Any:
+    """``BertModel(config)`` whose random weights depend only on ``seed`` (global RNG untouched)."""
+    import torch
+    from transformers import BertModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertModel(config)
+    return model.eval()
+
+
+def build_tiny_bert(dir: str | os.PathLike, texts: Iterable[str], *, hidden: int = 32, layers: int = 2,
+                    heads: int = 2, vocab_size: int = 500, seed: int = 0) -> str:
+    """Save a tokenizer trained on ``texts`` and a seeded random BERT into ``dir``; return ``dir``.
+
+    >>> import tempfile
+    >>> path = build_tiny_bert(tempfile.mkdtemp(), ["hello world", "hallo welt"], vocab_size=60)
+    >>> from ray_cora.encoders import load_encoder
+    >>> load_encoder(f"hf:{path}").dim
+    32
+    """
+    path = os.fspath(dir)
+    os.makedirs(path, exist_ok=True)
+    tokenizer = train_wordpiece(texts, vocab_size=vocab_size)
+    config = tiny_bert_config(len(tokenizer), hidden=hidden, layers=layers, heads=heads)
+    seeded_bert(config, seed).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_dpr_state(bert_dir: str | os.PathLike, *, ctx_seed: int = 1, projection_dim: int = 0,
+                   projection_seed: int = 2) -> dict[str, Any]:
+    """The dict :func:`build_tiny_dpr_checkpoint` saves, for tests that edit it before saving.
+
+    ``question_model.*`` are the weights saved in ``bert_dir``; ``ctx_model.*`` those of
+    ``seeded_bert(config, ctx_seed)``; with ``projection_dim`` both towers get a seeded
+    ``encode_proj`` (``projection_seed`` for the question, ``projection_seed + 1`` for ctx).
+    ``embeddings.position_ids`` is left out, like old DPR checkpoints.
+    """
+    import torch
+    from transformers import BertConfig, BertModel
+
+    bert_dir = os.fspath(bert_dir)
+    question = BertModel.from_pretrained(bert_dir)
+    config = BertConfig.from_pretrained(bert_dir)
+    ctx = seeded_bert(config, ctx_seed)
+    model_dict: dict[str, Any] = {}
+    for prefix, model, proj_seed in (("question_model.", question, projection_seed),
+                                     ("ctx_model.", ctx, projection_seed + 1)):
+        for key, value in model.state_dict().items():
+            if not key.endswith("position_ids"):
+                model_dict[prefix + key] = value.detach().clone()
+        if projection_dim:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(proj_seed)
+                proj = torch.nn.Linear(config.hidden_size, projection_dim)
+            model_dict[prefix + "encode_proj.weight"] = proj.weight.detach().clone()
+            model_dict[prefix + "encode_proj.bias"] = proj.bias.detach().clone()
+    return {
+        "model_dict": model_dict,
+        "encoder_params": {"pretrained_model_cfg": bert_dir, "encoder_model_type": "hf_bert",
+                           "pretrained_file": None, "projection_dim": projection_dim,
+                           "sequence_length": 64, "do_lower_case": True},
+        "epoch": 0,
+        "offset": 0,
+    }
+
+
+def build_tiny_dpr_checkpoint(path: str | os.PathLike, bert_dir: str | os.PathLike, *, ctx_seed: int = 1,
+                              projection_dim: int = 0) -> str:
+    """Write a CORA/DPR-style bi-encoder ``.cpt`` built from the tiny BERT in ``bert_dir``.
+
+    The question tower is the BERT in ``bert_dir``, the passage tower a differently seeded BERT of
+    the same config (:func:`seeded_bert` with ``ctx_seed``); ``encoder_params.pretrained_model_cfg``
+    points at ``bert_dir``. Returns ``path``.
+
+    >>> import tempfile
+    >>> d = build_tiny_bert(tempfile.mkdtemp(), ["hello world"], vocab_size=40)
+    >>> cpt = build_tiny_dpr_checkpoint(os.path.join(d, "tiny.cpt"), d)
+    >>> from ray_cora.encoders import load_encoder
+    >>> load_encoder(f"dpr:{cpt}").dim
+    32
+    """
+    import torch
+
+    out = os.fspath(path)
+    torch.save(tiny_dpr_state(bert_dir, ctx_seed=ctx_seed, projection_dim=projection_dim), out)
+    return out

@@ -1,0 +1,157 @@
+"""Read the passage embeddings CORA/DPR released, without running the code a pickle may carry.
+
+CORA (``wiki_emb_<lang>_<shard>``) and DPR (``wikipedia_passages_<n>``) ship embeddings as a Python
+pickle of a list of ``(id, vector)`` tuples, each vector a 1-d numpy float32 array (768-d for
+mDPR). Unpickling can call any importable function, so :class:`RestrictedUnpickler` only lets
+through the few numpy globals needed to rebuild arrays, dtypes and scalars, and names any other
+global it meets.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from typing import IO, Any, Iterator
+
+import numpy as np
+
+from ray_cora.errors import StorageError
+
+_ALLOWED_GLOBALS = frozenset({
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # protocol-5 pickles of arrays
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # protocol-2 pickles store raw bytes as latin-1 text through it
+})
+
+
+def _numpy_global(module: str, name: str) -> Any:
+    """The object a whitelisted global names, taken from numpy itself (numpy 1 or 2 layout)."""
+    if (module, name) in (("numpy", "ndarray"), ("numpy", "dtype")):
+        return getattr(np, name)
+    if module == "_codecs":
+        return _latin1_encode
+    try:  # numpy >= 2 moved numpy.core to numpy._core; both spellings occur in old files
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    return getattr(numeric if module.endswith("numeric") else multiarray, name)
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` limited to latin-1, the only use numpy's protocol-2 pickles make of it."""
+    if encoding.replace("-", "").replace("_", "").lower() not in ("latin1", "iso88591"):
+        raise StorageError(f"refused to unpickle: _codecs.encode with encoding {encoding!r} (only "
+                           "latin-1, as numpy writes it, is allowed)")
+    return text.encode("latin-1")
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that only rebuilds numpy arrays, dtypes, scalars and plain Python values.
+
+    >>> import io
+    >>> RestrictedUnpickler(io.BytesIO(pickle.dumps([("a", np.ones(2, np.float32))])), "x").load()[0][1]
+    array([1., 1.], dtype=float32)
+    """
+
+    def __init__(self, file: IO[bytes], source: str) -> None:
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return _numpy_global(module, name)
+        raise StorageError(f"{self.source}: refused to unpickle: the file references the Python global "
+                           f"{module}.{name}, but a CORA/DPR embedding file holds only (id, numpy "
+                           "array) tuples; loading it could run code. If the file comes from a source you "
+                           "trust, convert it to a plain list of (str id, float32 array) tuples first")
+
+
+class _StreamReader(io.RawIOBase):
+    """Adapts a ``read(n)``-only stream (pyarrow) to the buffered file API pickle needs."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def load_cora_pickle(uri: str) -> Any:
+    """Unpickle one file (local, ``file://``, ``s3://``; ``.gz`` decompressed) with
+    :class:`RestrictedUnpickler`, streaming it rather than reading it into memory first."""
+    from ray_cora import storage
+
+    with storage.open_input(uri) as stream:
+        reader = io.BufferedReader(_StreamReader(stream), buffer_size=1 << 20)
+        try:
+            return RestrictedUnpickler(reader, uri).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
+                AttributeError) as exc:
+            raise StorageError(f"{uri}: not a readable pickle ({type(exc).__name__}: {exc}); the file may "
+                               "be truncated or in another format: CORA/DPR embedding files are pickled "
+                               "lists of (id, vector) tuples") from exc
+
+
+def check_item(item: Any, index: int, dim: int | None, source: str) -> tuple[str, np.ndarray]:
+    """Validate one ``(id, vector)`` item; return the id as ``str`` and the vector as float32.
+
+    >>> check_item((7, np.zeros(3, np.float32)), 0, 3, "f")[0]
+    '7'
+    """
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        what = f"a {type(item).__name__}" + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else "")
+        raise StorageError(f"{source}: item {index} is {what}, expected an (id, vector) pair")
+    pid, vector = item
+    if isinstance(pid, (bool, np.bool_)) or not isinstance(pid, (str, int, np.integer)):
+        raise StorageError(f"{source}: item {index} has id {pid!r} of type {type(pid).__name__}, "
+                           "expected a str or int")
+    if not isinstance(vector, np.ndarray) or vector.ndim != 1 or vector.dtype.kind != "f":
+        shape = f"a {vector.dtype} array of shape {vector.shape}" if isinstance(vector, np.ndarray) \
+            else f"a {type(vector).__name__}"
+        raise StorageError(f"{source}: item {index} (id {pid!r}) has {shape}, expected a 1-d float vector")
+    if dim is not None and vector.shape[0] != dim:
+        raise StorageError(f"{source}: item {index} (id {pid!r}) has a {vector.shape[0]}-d vector, but "
+                           f"earlier items are {dim}-d")
+    return str(pid), vector.astype(np.float32, copy=False)
+
+
+def iter_cora_embeddings(uri: str, *, batch_size: int = 10000) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Yield ``(ids, vectors)`` batches, ``vectors`` float32 ``(n, dim)``, from one CORA/DPR
+    embedding file.
+
+    A pickle cannot be read incrementally, so the whole file is unpickled first: one file (a
+    shard, a few GB in CORA's release) is held in memory at a time; call this once per file.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "wiki_emb_en_0")
+    >>> _ = open(path, "wb").write(pickle.dumps([("en_1", np.arange(4, dtype=np.float32))]))
+    >>> [(ids, vecs.shape) for ids, vecs in iter_cora_embeddings(path)]
+    [(['en_1'], (1, 4))]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    items = load_cora_pickle(uri)
+    if not isinstance(items, (list, tuple)):
+        raise StorageError(f"{uri}: holds a {type(items).__name__}, expected a list of (id, vector) tuples "
+                           "(the CORA/DPR embedding format)")
+    dim: int | None = None
+    for start in range(0, len(items), batch_size):
+        ids: list[str] = []
+        vectors: list[np.ndarray] = []
+        for index in range(start, min(start + batch_size, len(items))):
+            pid, vector = check_item(items[index], index, dim, uri)
+            dim = vector.shape[0]
+            ids.append(pid)
+            vectors.append(vector)
+        yield ids, np.stack(vectors).astype(np.float32, copy=False)

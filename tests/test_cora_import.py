@@ -1,0 +1,101 @@
+"""Reading CORA/DPR's pickled (id, vector) embedding files safely."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from ray_cora.errors import StorageError
+from ray_cora.index.cora_import import iter_cora_embeddings
+
+
+def _items(n: int, dim: int = 4) -> list[tuple[str, np.ndarray]]:
+    return [(f"en_{i}", np.arange(dim, dtype=np.float32) + i) for i in range(n)]
+
+
+def _collect(path, **kwargs):
+    batches = list(iter_cora_embeddings(str(path), **kwargs))
+    ids = [pid for batch_ids, _ in batches for pid in batch_ids]
+    vectors = np.concatenate([v for _, v in batches]) if batches else np.zeros((0, 0), np.float32)
+    return batches, ids, vectors
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_round_trip_in_batches(tmp_path, protocol):
+    items = _items(25)
+    path = tmp_path / "wiki_emb_en_0"
+    path.write_bytes(pickle.dumps(items, protocol=protocol))
+    batches, ids, vectors = _collect(path, batch_size=10)
+    assert [len(b[0]) for b in batches] == [10, 10, 5]
+    assert ids == [pid for pid, _ in items]
+    assert vectors.dtype == np.float32 and vectors.shape == (25, 4)
+    np.testing.assert_array_equal(vectors, np.stack([v for _, v in items]))
+
+
+def test_numpy1_pickles_int_ids_and_other_float_types(tmp_path):
+    items = [(7, np.ones(3, np.float64)), (np.int64(8), np.zeros(3, np.float16)), ("x", np.ones(3, np.float32))]
+    data = pickle.dumps(items, protocol=2)
+    # Files written under numpy 1.x name numpy.core.multiarray; numpy 2 writes numpy._core.
+    old = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert old != data
+    path = tmp_path / "wikipedia_passages_1.gz"
+    path.write_bytes(gzip.compress(old))  # .gz is decompressed on the fly
+    _, ids, vectors = _collect(path)
+    assert ids == ["7", "8", "x"]
+    np.testing.assert_array_equal(vectors, [[1, 1, 1], [0, 0, 0], [1, 1, 1]])
+    assert vectors.dtype == np.float32
+
+
+def test_empty_file_yields_nothing(tmp_path):
+    path = tmp_path / "wiki_emb_xx_0"
+    path.write_bytes(pickle.dumps([]))
+    assert list(iter_cora_embeddings(str(path))) == []
+
+
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_malicious_pickle_is_refused(tmp_path, protocol):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "wiki_emb_en_evil"
+    path.write_bytes(pickle.dumps([("en_1", np.ones(4, np.float32)), ("en_2", _Evil(str(marker)))],
+                                  protocol=protocol))
+    with pytest.raises(StorageError, match=r"wiki_emb_en_evil.*(posix|os|nt)\.system"):
+        list(iter_cora_embeddings(str(path)))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("items, message", [
+    ([("a", np.ones(4, np.float32)), ("b", np.ones((2, 2), np.float32))], r"item 1 \(id 'b'\).*shape \(2, 2\)"),
+    ([("a", np.ones(4, np.float32)), ("b", np.ones(5, np.float32))], r"item 1 \(id 'b'\) has a 5-d vector"),
+    ([("a", np.ones(4, np.float32)), ("b", np.ones(4, np.float32), 3)], "item 1 is a tuple of length 3"),
+    ([("a", np.ones(4, np.float32)), "b"], "item 1 is a str"),
+    ([("a", [1.0, 2.0])], r"item 0 \(id 'a'\) has a list"),
+    ([("a", np.ones(4, np.int32))], "item 0.*int32"),
+    ([(None, np.ones(4, np.float32))], "item 0 has id None"),
+    ({"a": np.ones(4, np.float32)}, "holds a dict"),
+])
+def test_malformed_items_name_their_index(tmp_path, items, message):
+    path = tmp_path / "wiki_emb_en_bad"
+    path.write_bytes(pickle.dumps(items))
+    with pytest.raises(StorageError, match=message):
+        list(iter_cora_embeddings(str(path), batch_size=1))
+
+
+def test_not_a_pickle(tmp_path):
+    path = tmp_path / "wiki_emb_en_text"
+    path.write_bytes(b"id\tvector\nen_1\t0.1 0.2\n")
+    with pytest.raises(StorageError, match="not a readable pickle"):
+        list(iter_cora_embeddings(str(path)))
+    with pytest.raises(StorageError, match="no such file"):
+        list(iter_cora_embeddings(str(tmp_path / "absent")))
