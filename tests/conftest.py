@@ -135,7 +135,7 @@ def ray_local():
     """A local Ray on 127.0.0.1 with 2 CPUs for one test module, shut down afterwards."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              logging_level="WARNING", log_to_driver=False)
     try:
         yield ray

@@ -118,3 +118,20 @@ def test_killed_driver_resumes_to_the_same_index(corpus, tmp_path):
     assert "already written" in result.stdout and " 0 already written" not in result.stdout
     pids = _all_pids(str(out))
     assert sorted(pids) == sorted(p["pid"] for p in passages) and len(pids) == len(set(pids))
+
+
+def test_hf_encoder_through_the_pipeline(ray_local, corpus, tmp_path):
+    from ray_cora.encoders.tiny import build_tiny_bert
+
+    folder, passages = corpus
+    bert = build_tiny_bert(str(tmp_path / "bert"), [p["text"] for p in passages])
+    out = str(tmp_path / "index")
+    embed_corpus(_config(folder, out, encoder=f"hf:{bert}?max_length=64"))
+    index = ShardedIndex.open(out)
+    assert index.manifest["encoder"] == {"spec": f"hf:{bert}?max_length=64", "dim": 32, "normalized": False}
+    encoder = load_encoder(f"hf:{bert}?max_length=64")
+    vectors = encoder.encode_passages([p["title"] for p in passages], [p["text"] for p in passages])
+    queries = encoder.encode_queries(QUESTIONS)
+    scores, _ = index.search(queries, 5)
+    expected = np.sort(queries @ vectors.T, axis=1)[:, ::-1][:, :5]
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)

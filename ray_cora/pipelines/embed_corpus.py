@@ -87,7 +87,8 @@ class EmbedShards:
         entry = write_shard(root, spec.number, pids, matrix, self.spec, langs=langs) if pids else \
             {"index": None, "ids": None, "count": 0}
         entry = {**entry, "number": spec.number, "source": spec.uri, "first_line": spec.first_line,
-                 "num_lines": spec.num_lines}
+                 "num_lines": spec.num_lines,
+                 "encoder": {"dim": self.encoder.dim, "normalized": self.encoder.normalized}}
         storage.write_bytes(root.join(shard_marker(spec.number)), json.dumps(entry).encode())
         return entry
 
@@ -142,7 +143,6 @@ def embed_corpus(config, *, crash_at_shard: int | None = None, crash_once_marker
     import ray
     from ray.data import ActorPoolStrategy
 
-    from ray_cora.encoders import load_encoder
     from ray_cora.runtime import ray_session, worker_runtime_env
 
     started = time.perf_counter()
@@ -174,12 +174,13 @@ def embed_corpus(config, *, crash_at_shard: int | None = None, crash_once_marker
     missing = [spec.number for task in tasks for spec in task if spec.number not in done]
     if missing:
         raise StorageError(f"{out.uri}: shards {missing[:10]} were not written; rerun the job to resume")
-    encoder = load_encoder(config.encoder)
     shards = [entry for _, entry in sorted(done.items()) if entry["count"]]
+    if not shards:
+        raise ConfigError(f"{config.passages}: no passages found, nothing to index")
+    # The encoder's shape comes from the actors' entries: the driver never loads the model.
     manifest = commit_index(
         out, shards, spec=index_spec, config=config.to_dict(),
-        encoder={"spec": config.encoder, "dim": encoder.dim, "normalized": encoder.normalized},
-        extra={"passages": config.passages})
+        encoder={"spec": config.encoder, **shards[0]["encoder"]}, extra={"passages": config.passages})
     elapsed = time.perf_counter() - started
     bytes_written = sum(s["size"]["index"] + s["size"]["ids"] for s in shards)
     summary = {"passages": manifest["num_vectors"], "embedded_now": new_passages,
