@@ -28,6 +28,9 @@ JOBS: dict[str, Job] = {
                  "(resumable; any storage URI)"),
     "validate": Job("ray_cora.validate:ValidateConfig", "ray_cora.validate:run_validate",
                     "check a passage corpus or QA file: counts per language, malformed records by file:line"),
+    "passages": Job("ray_cora.passages_job:PassagesConfig", "ray_cora.passages_job:run_passages",
+                    "split wikiextractor --json dumps into 100-token passages: Parquet shards per input "
+                    "file plus manifest.json; reruns skip finished files"),
 }
 
 

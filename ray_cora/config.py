@@ -98,9 +98,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[JobCo
                         "options given on the command line override it")
     for name, field in config_cls.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        default = field.get_default(call_default_factory=True)
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
         help_text = (field.description or "").rstrip(".")
-        if default is not None and default != "" and default != []:
+        if field.is_required():
+            help_text += " (required)"
+        elif default is not None and default != "" and default != []:
             shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
             help_text += f" (default: {shown})"
         if _is_bool(field.annotation):

@@ -347,7 +347,8 @@ def _check_relpath(relpath: str) -> None:
 
 
 def list_files(uri: str | Location, *, suffix: str = "") -> list[Location]:
-    """Files under a folder (recursively), sorted by path, skipping hidden/temporary names."""
+    """Files under a folder (recursively), sorted by path, skipping names and folders that start
+    with ``.`` or ``_`` (temporary files, job bookkeeping such as ``_progress/``)."""
     loc = uri if isinstance(uri, Location) else resolve(uri)
     info = loc.info()
     if info.type == pafs.FileType.File:
@@ -357,9 +358,9 @@ def list_files(uri: str | Location, *, suffix: str = "") -> list[Location]:
     selector = pafs.FileSelector(loc.path, recursive=True)
     found = []
     for item in loc.fs.get_file_info(selector):
-        name = posixpath.basename(item.path)
-        if item.type != pafs.FileType.File or name.startswith((".", "_")) or not name.endswith(suffix):
-            continue
         rel = posixpath.relpath(item.path, loc.path)
+        hidden = any(part.startswith((".", "_")) for part in rel.split("/"))
+        if item.type != pafs.FileType.File or hidden or not item.path.endswith(suffix):
+            continue
         found.append(loc.join(rel))
     return sorted(found, key=lambda l: l.path)

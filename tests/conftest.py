@@ -166,7 +166,12 @@ def ray_head(tmp_path_factory):
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
-         f"--ray-client-server-port={client_port}", "--num-cpus=2", "--disable-usage-stats"],
+         f"--ray-client-server-port={client_port}", "--num-cpus=2", "--disable-usage-stats",
+         # Free ports for the agents too: the defaults (e.g. 52365) collide with any other Ray
+         # running on the machine, and the job API needs the dashboard agent.
+         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+         f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
@@ -182,6 +187,16 @@ def ray_head(tmp_path_factory):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"Ray dashboard did not answer on {address} within 120 s")
                 time.sleep(0.5)
+        # The dashboard answers before the job agent is up ("No available agent to submit job"):
+        # a first trivial job proves job submission works.
+        while True:
+            probe = subprocess.run([ray_bin, "job", "submit", "--address", address, "--", "true"],
+                                   capture_output=True, text=True, timeout=120, env=env)
+            if probe.returncode == 0:
+                break
+            if time.monotonic() > deadline + 60:
+                raise RuntimeError(f"job submission to {address} never worked: {probe.stderr[-1000:]}")
+            time.sleep(1)
         yield {"address": address, "gcs": f"127.0.0.1:{gcs_port}", "env": env, "pid": proc.pid}
     finally:
         proc.terminate()  # `ray start --block` stops the processes it started on SIGTERM

@@ -25,7 +25,8 @@ FORMATS = ("tsv", "jsonl", "parquet")
 
 _SUFFIXES = {
     "tsv": (".tsv", ".tsv.gz", ".tsv.bz2", ".tsv.zst"),
-    "jsonl": (".jsonl", ".jsonl.gz", ".json.gz", ".jsonl.bz2", ".jsonl.zst", ".json"),
+    # Not ".json": a folder of passages also holds manifest.json / plan.json.
+    "jsonl": (".jsonl", ".jsonl.gz", ".jsonl.bz2", ".jsonl.zst"),
     "parquet": (".parquet",),
 }
 _TSV_POSITIONAL = ("id", "text", "title", "lang")

@@ -166,14 +166,18 @@ class ShardedIndex:
 
     @classmethod
     def open(cls, uri: str, *, verify: bool = True, mmap: bool = False, cache_dir: str | None = None,
-             use_gpu: bool = False, threads: int = 0) -> "ShardedIndex":
-        """Open every shard; ``verify`` checks sha256s, ``mmap`` memory-maps the FAISS files
-        (remote shards are first copied to ``cache_dir``), so an index larger than RAM is searchable."""
+             use_gpu: bool = False, threads: int = 0, shards: Sequence[int] | None = None) -> "ShardedIndex":
+        """Open the index's shards (all, or the positions in ``shards``); ``verify`` checks sha256s,
+        ``mmap`` memory-maps the FAISS files (remote shards are first copied to ``cache_dir``), so an
+        index larger than RAM is searchable."""
         import faiss
 
         artifact = storage.Artifact(uri, kind=INDEX_KIND)
+        entries = artifact.manifest["shards"]
+        if shards is not None:
+            entries = [entries[i] for i in shards]
         loaded = []
-        for entry in artifact.manifest["shards"]:
+        for entry in entries:
             index_loc = artifact.location(entry["index"])
             if verify:
                 artifact.verify(entry["index"])
@@ -209,6 +213,15 @@ class ShardedIndex:
         per_shard = self._search_shards(queries, k)
         return merge_topk([(scores, rows, shard.pids)
                            for (scores, rows), shard in zip(per_shard, self.shards)], k)
+
+    def search_pid_arrays(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` as (scores (n, k'), pids (n, k') object array, None in empty slots), the
+        form partial results take when several searchers each hold some shards."""
+        scores, pids = self.search(queries, k)
+        array = np.full(scores.shape, None, dtype=object)
+        for i, row in enumerate(pids):
+            array[i, :len(row)] = row
+        return scores, array
 
     def _search_shards(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         def one(shard: _Shard) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,68 @@
+"""A sharded index spread over Ray actors, for indexes larger than one process's memory.
+
+Each :class:`ShardSearcher` actor opens a subset of the shards (round-robin); a query batch fans
+out to every actor and the partial top-k lists are merged exactly, as within one process.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ray_cora import storage
+from ray_cora.index.sharded import INDEX_KIND, ShardedIndex
+
+
+class ShardSearcher:
+    """Holds some shards of one index (a Ray actor body)."""
+
+    def __init__(self, uri: str, shards: list[int], mmap: bool = False, use_gpu: bool = False) -> None:
+        self.index = ShardedIndex.open(uri, shards=shards, mmap=mmap, use_gpu=use_gpu)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search_pid_arrays(queries, k)
+
+
+class DistributedIndex:
+    """Search an index whose shards are split over ``num_actors`` Ray actors.
+
+    >>> # index = DistributedIndex("s3://bucket/index", num_actors=4); index.search(q, k=100)
+    """
+
+    def __init__(self, uri: str, *, num_actors: int, actor_cpus: float = 0.5, actor_gpus: float = 0,
+                 mmap: bool = False, timeout_s: float = 600) -> None:
+        import ray
+
+        from ray_cora.runtime import worker_runtime_env
+
+        num_shards = len(storage.Artifact(uri, kind=INDEX_KIND).manifest["shards"])
+        num_actors = max(1, min(num_actors, num_shards))
+        actor_cls = ray.remote(num_cpus=actor_cpus, num_gpus=actor_gpus, max_restarts=3,
+                               runtime_env=worker_runtime_env() or None)(ShardSearcher)
+        self.timeout_s = timeout_s
+        self.actors = [actor_cls.remote(uri, list(range(i, num_shards, num_actors)), mmap, actor_gpus > 0)
+                       for i in range(num_actors)]
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        import ray
+
+        queries_ref = ray.put(np.ascontiguousarray(queries, dtype=np.float32))
+        partials = ray.get([a.search.remote(queries_ref, k) for a in self.actors], timeout=self.timeout_s)
+        return merge_pid_arrays(partials, k)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+
+def merge_pid_arrays(partials: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, list[list[str]]]:
+    """Merge per-actor (scores, pid array) pairs exactly (pids are already resolved)."""
+    scores = np.concatenate([np.where(p == None, -np.inf, s) for s, p in partials], axis=1)  # noqa: E711
+    pids = np.concatenate([p for _, p in partials], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top_scores = np.take_along_axis(scores, order, axis=1).astype(np.float32)
+    top_pids = np.take_along_axis(pids, order, axis=1)
+    return top_scores, [[str(p) for p, s in zip(prow, srow) if np.isfinite(s)]
+                        for prow, srow in zip(top_pids, top_scores)]
