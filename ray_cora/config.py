@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ray_cora.errors import ConfigError
 
@@ -46,6 +46,14 @@ class JobConfig(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+class RayJobConfig(JobConfig):
+    """A job that runs on Ray: joins a cluster, or starts a local Ray on 127.0.0.1."""
+
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a locally started Ray (default: all)")
+    ray_address: str | None = Field(None, description="Join this Ray cluster instead of starting a "
+                                    "local one (RAY_ADDRESS also works)")
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ray_cora.config import JobConfig
+from ray_cora.config import RayJobConfig
 from ray_cora.encoders import check_encoder_spec
 from ray_cora.index.sharded import IndexSpec
 
 
-class EmbedConfig(JobConfig):
+class EmbedConfig(RayJobConfig):
     """Embed a passage corpus on a Ray Data actor pool into a sharded FAISS index on any storage URI.
     Rerunning with the same --out resumes: finished shards are checksum-verified and skipped."""
 
@@ -32,8 +32,6 @@ class EmbedConfig(JobConfig):
                               "machine leave some for Ray's own tasks)")
     actor_gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor (1 on GPU clusters)")
     threads: int = Field(1, ge=1, description="Math threads per encoder actor on CPU")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs for a locally started Ray (default: all)")
-    ray_address: str | None = Field(None, description="Join this Ray cluster (RAY_ADDRESS also works)")
 
     @field_validator("encoder")
     @classmethod

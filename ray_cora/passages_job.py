@@ -8,12 +8,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ray_cora.config import JobConfig
+from ray_cora.config import RayJobConfig
 from ray_cora.data.wiki import WikiOptions, parse_input
 from ray_cora.errors import ConfigError
 
 
-class PassagesConfig(JobConfig):
+class PassagesConfig(RayJobConfig):
     """Split wikiextractor --json dumps (one folder per language) into fixed-size passages
     (pid, lang, title, text), written as Parquet shards, one or more per input file, and a
     manifest.json committed last. A rerun skips input files whose shards are already written."""
@@ -42,9 +42,6 @@ class PassagesConfig(JobConfig):
                          "and options; false redoes every input file")
     num_cpus_per_task: float = Field(1.0, gt=0, description="CPUs reserved per input-file task "
                                      "(fractional is fine)")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs for a locally started Ray (default: all)")
-    ray_address: str | None = Field(None, description="Join this Ray cluster instead of starting a "
-                                    "local one (RAY_ADDRESS also works)")
 
     @field_validator("inputs")
     @classmethod

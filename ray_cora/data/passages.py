@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 
@@ -123,8 +123,13 @@ def iter_passage_batches(
     uri: str | Location, *, batch_size: int = 4096, **kwargs: Any
 ) -> Iterator[pa.Table]:
     """:func:`iter_passages` grouped into Arrow tables of at most ``batch_size`` rows."""
+    return passage_tables(iter_passages(uri, **kwargs), batch_size=batch_size)
+
+
+def passage_tables(passages: Iterable[dict[str, str]], *, batch_size: int) -> Iterator[pa.Table]:
+    """Group passage dicts into Arrow tables (``PASSAGE_SCHEMA``) of at most ``batch_size`` rows."""
     rows: list[dict[str, str]] = []
-    for passage in iter_passages(uri, **kwargs):
+    for passage in passages:
         rows.append(passage)
         if len(rows) >= batch_size:
             yield pa.Table.from_pylist(rows, schema=PASSAGE_SCHEMA)

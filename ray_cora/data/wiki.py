@@ -38,7 +38,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ray_cora import storage
-from ray_cora.data.passages import PASSAGE_SCHEMA
+from ray_cora.data.passages import PASSAGE_SCHEMA, passage_tables
 from ray_cora.data.records import BadRecords, OnBadRecord
 from ray_cora.data.segment import Backend, join_span, segmenter_name, token_spans
 from ray_cora.errors import ConfigError, StorageError
@@ -299,14 +299,7 @@ def iter_wiki_passage_batches(uri: str | Location, lang: str, *, batch_size: int
                               **kwargs: Any) -> Iterator[pa.Table]:
     """:func:`iter_wiki_passages` grouped into Arrow tables (``PASSAGE_SCHEMA``) of at most
     ``batch_size`` rows."""
-    rows: list[dict[str, str]] = []
-    for passage in iter_wiki_passages(uri, lang, **kwargs):
-        rows.append(passage)
-        if len(rows) >= batch_size:
-            yield pa.Table.from_pylist(rows, schema=PASSAGE_SCHEMA)
-            rows = []
-    if rows:
-        yield pa.Table.from_pylist(rows, schema=PASSAGE_SCHEMA)
+    return passage_tables(iter_wiki_passages(uri, lang, **kwargs), batch_size=batch_size)
 
 
 # ---------------------------------------------------------------------------------------------

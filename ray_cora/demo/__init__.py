@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from ray_cora.config import JobConfig
+from ray_cora.config import RayJobConfig
 from ray_cora.encoders import check_encoder_spec
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -16,7 +16,7 @@ DEMO_PIVOT_DB = ASSETS / "pivot_db.jsonl"
 DEMO_WIKIDATA_LABELS = ASSETS / "wikidata_labels.jsonl"
 
 
-class DemoConfig(JobConfig):
+class DemoConfig(RayJobConfig):
     """Embed the demo corpus with Ray Data, index it with FAISS, retrieve for every demo question."""
 
     out: str = Field("demo-out", description="Output folder or URI for report.md, metrics.json, "
@@ -29,9 +29,6 @@ class DemoConfig(JobConfig):
     num_actors: int = Field(1, ge=1, description="Encoder actors in the Ray Data actor pool")
     actor_cpus: float = Field(0.5, gt=0, description="CPUs reserved per encoder actor (keep below the "
                               "machine's CPU count so read tasks can run)")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs for a locally started Ray (default: all)")
-    ray_address: str | None = Field(None, description="Join this Ray cluster instead of starting a "
-                                    "local one (RAY_ADDRESS also works)")
 
     @field_validator("encoder")
     @classmethod
