@@ -26,6 +26,8 @@ JOBS: dict[str, Job] = {
     "embed": Job("ray_cora.embed_job:EmbedConfig", "ray_cora.embed_job:run_embed",
                  "embed a passage corpus on a Ray Data actor pool into a sharded FAISS index "
                  "(resumable; any storage URI)"),
+    "import-embeddings": Job("ray_cora.import_job:ImportEmbeddingsConfig", "ray_cora.import_job:run_import",
+                             "convert CORA/DPR released embedding pickles (safely) into a sharded index"),
     "validate": Job("ray_cora.validate:ValidateConfig", "ray_cora.validate:run_validate",
                     "check a passage corpus or QA file: counts per language, malformed records by file:line"),
     "passages": Job("ray_cora.passages_job:PassagesConfig", "ray_cora.passages_job:run_passages",

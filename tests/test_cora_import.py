@@ -99,3 +99,27 @@ def test_not_a_pickle(tmp_path):
         list(iter_cora_embeddings(str(path)))
     with pytest.raises(StorageError, match="no such file"):
         list(iter_cora_embeddings(str(tmp_path / "absent")))
+
+
+def test_import_to_sharded_index_across_file_boundaries(tmp_path):
+    """Two CORA-style files become shards of 4 across the file boundary; search finds every vector."""
+    import pickle
+
+    from ray_cora.cli import main
+    from ray_cora.index.sharded import ShardedIndex
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((11, 6)).astype(np.float32)
+    ids = [f"ja_{i}" for i in range(11)]
+    (tmp_path / "wiki_emb_ja_0").write_bytes(pickle.dumps(list(zip(ids[:7], vectors[:7]))))
+    (tmp_path / "wiki_emb_ja_1").write_bytes(pickle.dumps(list(zip(ids[7:], vectors[7:]))))
+    out = tmp_path / "index"
+    assert main(["import-embeddings", "--inputs", f"{tmp_path}/wiki_emb_ja_0,{tmp_path}/wiki_emb_ja_1",
+                 "--out", str(out), "--encoder", "dpr:mDPR_biencoder_best.cpt", "--shard-size", "4"]) == 0
+    index = ShardedIndex.open(str(out))
+    assert [s["count"] for s in index.manifest["shards"]] == [4, 4, 3]
+    assert index.manifest["encoder"] == {"spec": "dpr:mDPR_biencoder_best.cpt", "dim": 6, "normalized": False}
+    _, top = index.search(vectors, 11)
+    brute = np.argsort(-(vectors @ vectors.T), axis=1, kind="stable")
+    assert [row[0] for row in top] == [ids[row[0]] for row in brute]
+    assert sorted(top[0]) == sorted(ids)

@@ -155,3 +155,44 @@ def iter_cora_embeddings(uri: str, *, batch_size: int = 10000) -> Iterator[tuple
             ids.append(pid)
             vectors.append(vector)
         yield ids, np.stack(vectors).astype(np.float32, copy=False)
+
+
+def import_cora_embeddings(inputs: list[str], out: str, *, shard_size: int, encoder_spec: str,
+                           normalized: bool = False, spec: Any = None) -> dict:
+    """Convert CORA/DPR embedding pickles into a committed sharded index at ``out``.
+
+    Files are read one at a time, in the order given; vectors are cut into shards of
+    ``shard_size`` across file boundaries (the last shard takes the remainder), so the driver
+    holds at most one file plus one shard.
+    """
+    from ray_cora.index.sharded import IndexSpec, commit_index, write_shard
+
+    spec = spec or IndexSpec()
+    shards: list[dict] = []
+    pending_ids: list[str] = []
+    pending: list[np.ndarray] = []
+    dim: int | None = None
+
+    def flush(count: int) -> None:
+        nonlocal pending_ids, pending
+        matrix = np.concatenate(pending)
+        shards.append(write_shard(out, len(shards), pending_ids[:count], matrix[:count], spec))
+        pending_ids, pending = pending_ids[count:], [matrix[count:]]
+
+    for uri in inputs:
+        for ids, vectors in iter_cora_embeddings(uri):
+            if dim is not None and vectors.shape[1] != dim:
+                raise StorageError(f"{uri}: vectors have dimension {vectors.shape[1]}, earlier files "
+                                   f"had {dim}: these files do not come from one encoder")
+            dim = vectors.shape[1]
+            pending_ids.extend(ids)
+            pending.append(vectors)
+            while len(pending_ids) >= shard_size:
+                flush(shard_size)
+    if pending_ids:
+        flush(len(pending_ids))
+    if not shards:
+        raise StorageError(f"{', '.join(inputs)}: no embeddings found")
+    return commit_index(out, shards, spec=spec,
+                        encoder={"spec": encoder_spec, "dim": dim, "normalized": normalized},
+                        extra={"imported_from": list(inputs)})
