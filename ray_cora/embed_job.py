@@ -20,6 +20,9 @@ class EmbedConfig(RayJobConfig):
     encoder: str = Field("muse", description="Passage encoder spec")
     format: Literal["tsv", "jsonl", "parquet"] | None = Field(None, description="Passage format (default: from file names)")
     lang: str | None = Field(None, description="Language of passages that have no lang field")
+    on_bad_record: Literal["error", "skip"] = Field(
+        "error", description="error: stop at the first malformed passage (file:line); skip: leave it out, "
+        "count it and write it to <out>/_quarantine/")
     shard_size: int = Field(100_000, ge=1, description="Passages per index shard")
     index_type: Literal["flat", "ivfpq", "hnsw"] = Field("flat", description="FAISS index per shard")
     hnsw_m: int = Field(32, ge=4, description="hnsw: graph degree M")

@@ -135,3 +135,20 @@ def test_hf_encoder_through_the_pipeline(ray_local, corpus, tmp_path):
     scores, _ = index.search(queries, 5)
     expected = np.sort(queries @ vectors.T, axis=1)[:, ::-1][:, :5]
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_passage_is_located_or_quarantined(ray_local, tmp_path):
+    from ray_cora.errors import BadRecordError
+    from ray_cora.runtime import user_errors_from_ray
+
+    corpus = tmp_path / "p.tsv"
+    corpus.write_text("1\tMount Fuji is high.\tFuji\n2\tbroken\n3\tThe Volga is long.\tVolga\n", encoding="utf-8")
+    with pytest.raises(BadRecordError, match=r"p.tsv:2: expected 3 tab-separated columns"):
+        with user_errors_from_ray():
+            embed_corpus(_config(str(corpus), str(tmp_path / "strict"), lang="en"))
+    assert not (tmp_path / "strict" / "manifest.json").exists()
+    summary = embed_corpus(_config(str(corpus), str(tmp_path / "lenient"), lang="en", on_bad_record="skip"))
+    assert summary["passages"] == 2 and summary["skipped_bad_records"] == 1
+    [quarantined] = [json.loads(l) for l in (tmp_path / "lenient" / "_quarantine" / "shard-00000.jsonl")
+                     .read_text().splitlines()]
+    assert quarantined["line"] == 2 and quarantined["raw"] == "2\tbroken"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from dataclasses import asdict
 
@@ -20,7 +21,8 @@ import numpy as np
 
 from ray_cora import storage
 from ray_cora.data.passages import iter_passages
-from ray_cora.errors import ChecksumError, ConfigError, StorageError
+from ray_cora.data.records import BadRecords
+from ray_cora.errors import ChecksumError, ConfigError, RayCoraError, StorageError
 from ray_cora.index.plan import ShardSpec, plan_corpus, plan_fingerprint
 from ray_cora.index.sharded import IndexSpec, commit_index, write_shard
 
@@ -35,7 +37,8 @@ class EmbedShards:
     """Actor body: embeds whole shards; built once per actor (the model loads once)."""
 
     def __init__(self, *, encoder: str, out: str, index_spec: dict, batch_size: int, lang: str | None,
-                 threads: int = 1, crash_once_marker: str | None = None, crash_at_shard: int | None = None):
+                 threads: int = 1, on_bad_record: str = "error", crash_once_marker: str | None = None,
+                 crash_at_shard: int | None = None):
         from ray_cora.encoders import load_encoder
 
         self.encoder = load_encoder(encoder, threads=threads)
@@ -43,21 +46,22 @@ class EmbedShards:
         self.spec = IndexSpec(**index_spec)
         self.batch_size = batch_size
         self.lang = lang
+        self.on_bad_record = on_bad_record
         # Test hook, as in FAISS's big_batch_search: die once at a given shard to prove recovery.
         self.crash_once_marker, self.crash_at_shard = crash_once_marker, crash_at_shard
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        entries, passages, seconds = [], [], []
+        entries, errors = [], []
         for task_json in batch["task"]:
             for spec_dict in json.loads(task_json):
-                spec = ShardSpec.from_dict(spec_dict)
-                started = time.perf_counter()
-                entry = self.embed_shard(spec)
-                entries.append(json.dumps(entry))
-                passages.append(entry["count"])
-                seconds.append(time.perf_counter() - started)
-        return {"entry": np.array(entries, dtype=object), "passages": np.array(passages),
-                "seconds": np.array(seconds)}
+                try:
+                    entries.append(json.dumps(self.embed_shard(ShardSpec.from_dict(spec_dict))))
+                    errors.append(b"")
+                except RayCoraError as exc:
+                    # Returned as data: Ray Data would wrap a raised error and lose its type and text.
+                    entries.append("")
+                    errors.append(pickle.dumps(exc))
+        return {"entry": np.array(entries, dtype=object), "error": np.array(errors, dtype=object)}
 
     def embed_shard(self, spec: ShardSpec) -> dict:
         pids, langs, vectors = [], [], []
@@ -70,7 +74,9 @@ class EmbedShards:
                 titles.clear()
                 texts.clear()
 
-        for passage in iter_passages(spec.uri, format=spec.format, lang=self.lang, segment=spec.segment):
+        bad = BadRecords(self.on_bad_record)
+        for passage in iter_passages(spec.uri, format=spec.format, lang=self.lang, segment=spec.segment,
+                                     bad_records=bad):
             pids.append(passage["pid"])
             langs.append(passage["lang"])
             titles.append(passage["title"])
@@ -84,10 +90,12 @@ class EmbedShards:
         flush()
         matrix = np.concatenate(vectors) if vectors else np.zeros((0, self.encoder.dim), np.float32)
         root = storage.resolve(self.out)
+        if bad.count:
+            storage.write_bytes(root.join(f"_quarantine/shard-{spec.number:05d}.jsonl"), bad.to_jsonl())
         entry = write_shard(root, spec.number, pids, matrix, self.spec, langs=langs) if pids else \
             {"index": None, "ids": None, "count": 0}
         entry = {**entry, "number": spec.number, "source": spec.uri, "first_line": spec.first_line,
-                 "num_lines": spec.num_lines,
+                 "num_lines": spec.num_lines, "skipped_bad_records": bad.count,
                  "encoder": {"dim": self.encoder.dim, "normalized": self.encoder.normalized}}
         storage.write_bytes(root.join(shard_marker(spec.number)), json.dumps(entry).encode())
         return entry
@@ -166,8 +174,11 @@ def embed_corpus(config, *, crash_at_shard: int | None = None, crash_once_marker
                 fn_constructor_kwargs={
                     "encoder": config.encoder, "out": config.out, "index_spec": index_spec.to_dict(),
                     "batch_size": config.batch_size, "lang": config.lang, "threads": config.threads,
+                    "on_bad_record": config.on_bad_record,
                     "crash_once_marker": crash_once_marker, "crash_at_shard": crash_at_shard})
             for row in results.iter_rows():
+                if row["error"]:
+                    raise pickle.loads(row["error"])  # our own exception, pickled by our actor
                 entry = json.loads(row["entry"])
                 done[entry["number"]] = entry
                 new_passages += entry["count"]
@@ -183,9 +194,12 @@ def embed_corpus(config, *, crash_at_shard: int | None = None, crash_once_marker
         encoder={"spec": config.encoder, **shards[0]["encoder"]}, extra={"passages": config.passages})
     elapsed = time.perf_counter() - started
     bytes_written = sum(s["size"]["index"] + s["size"]["ids"] for s in shards)
+    skipped = sum(entry.get("skipped_bad_records", 0) for entry in done.values())
+    if skipped:
+        print(f"skipped {skipped} malformed passages; they are in {out.join('_quarantine').uri}/")
     summary = {"passages": manifest["num_vectors"], "embedded_now": new_passages,
                "passages_per_second": round(new_passages / elapsed, 1) if new_passages else None,
-               "shards": len(shards), "bytes": bytes_written, "seconds": round(elapsed, 1),
+               "shards": len(shards), "bytes": bytes_written, "skipped_bad_records": skipped, "seconds": round(elapsed, 1),
                "manifest": out.join("manifest.json").uri}
     print(f"index: {summary['passages']} passages in {summary['shards']} shards "
           f"({bytes_written / 1e6:.1f} MB); embedded {new_passages} now"
