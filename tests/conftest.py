@@ -47,6 +47,16 @@ def _free_port_pair() -> int:
     raise RuntimeError("no free port pair on 127.0.0.1")
 
 
+def _stop(proc: subprocess.Popen, terminate, *, grace_s: float) -> None:
+    """Stop a server we started: ``terminate()``, then SIGKILL its process group after ``grace_s``."""
+    terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 def _weed_binary() -> str:
     candidate = Path(sys.executable).with_name("weed")
     found = str(candidate) if candidate.exists() else shutil.which("weed")
@@ -100,12 +110,7 @@ def s3_server(tmp_path_factory):
         yield {"endpoint": endpoint, "access_key": S3_ACCESS_KEY, "secret_key": S3_SECRET_KEY,
                "bucket": S3_BUCKET, "client": client, "pid": proc.pid}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        _stop(proc, lambda: os.killpg(proc.pid, signal.SIGTERM), grace_s=20)
         log.close()
 
 
@@ -199,10 +204,6 @@ def ray_head(tmp_path_factory):
             time.sleep(1)
         yield {"address": address, "gcs": f"127.0.0.1:{gcs_port}", "env": env, "pid": proc.pid}
     finally:
-        proc.terminate()  # `ray start --block` stops the processes it started on SIGTERM
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        # `ray start --block` stops the processes it started on SIGTERM.
+        _stop(proc, proc.terminate, grace_s=60)
         log.close()
