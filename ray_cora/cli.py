@@ -46,33 +46,47 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ray-cora", description="Multilingual open-domain QA (CORA, RM-MIPS pivot) on Ray.")
     parser.add_argument("--version", action="version", version=f"ray-cora {__version__}")
     sub = parser.add_subparsers(dest="job", metavar="JOB")
+    groups: dict[str, argparse._SubParsersAction] = {}
     for name, job in JOBS.items():
         config_cls = _load(job.config)
-        job_parser = sub.add_parser(name, help=job.help, description=(config_cls.__doc__ or job.help).strip())
+        # "evaluate qa" is the subcommand "qa" of the group "evaluate".
+        group, _, leaf = name.rpartition(" ")
+        if group:
+            if group not in groups:
+                group_parser = sub.add_parser(group, help=f"{group} subcommands")
+                group_parser.set_defaults(job_group_parser=group_parser)
+                groups[group] = group_parser.add_subparsers(dest="subjob", metavar="SUBCOMMAND")
+            job_parser = groups[group].add_parser(leaf, help=job.help,
+                                                  description=(config_cls.__doc__ or job.help).strip())
+        else:
+            job_parser = sub.add_parser(name, help=job.help, description=(config_cls.__doc__ or job.help).strip())
+        job_parser.set_defaults(job_name=name)
         add_config_arguments(job_parser, config_cls)
     return parser
 
 
 def run_job(name: str, argv: list[str] | None = None) -> int:
     """Parse ``argv`` as the options of one job and run it (used by ``jobs/*.py``)."""
-    return main([name, *(sys.argv[1:] if argv is None else argv)])
+    return main([*name.split(" "), *(sys.argv[1:] if argv is None else argv)])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.job:
-        parser.print_help()
+    name = getattr(args, "job_name", None)
+    if not name:
+        # No job, or a group without its subcommand ("ray-cora evaluate"): show what is there.
+        getattr(args, "job_group_parser", parser).print_help()
         return 2
-    job = JOBS[args.job]
+    job = JOBS[name]
     try:
         config = config_from_args(_load(job.config), args)
         _load(job.run)(config)
     except RayCoraError as exc:
-        print(f"ray-cora {args.job}: error: {exc}", file=sys.stderr)
+        print(f"ray-cora {name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ray-cora {args.job}: interrupted", file=sys.stderr)
+        print(f"ray-cora {name}: interrupted", file=sys.stderr)
         return 130
     return 0
 

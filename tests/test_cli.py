@@ -78,3 +78,22 @@ def test_python_dash_m_lists_jobs():
                             timeout=120)
     assert result.returncode == 0
     assert "demo" in result.stdout and "validate" in result.stdout
+
+
+def test_grouped_subcommands_parse_and_run(monkeypatch, capsys, tmp_path):
+    """Jobs named "group leaf" (``ray-cora evaluate qa``) become nested subcommands."""
+    import ray_cora.cli as cli
+
+    calls = []
+    monkeypatch.setitem(cli.JOBS, "tools check", cli.Job("ray_cora.validate:ValidateConfig",
+                                                         "ray_cora.cli:_load", "a grouped test job"))
+    monkeypatch.setattr(cli, "_load", lambda target: calls.append(target) or (
+        ValidateConfig if target.endswith("Config") else (lambda config: calls.append(config))))
+    data = tmp_path / "q.jsonl"
+    data.write_text("")
+    assert cli.run_job("tools check", ["--input", str(data)]) == 0
+    assert isinstance(calls[-1], ValidateConfig) and calls[-1].input == str(data)
+    capsys.readouterr()
+    assert cli.main(["tools"]) == 2  # a bare group prints its own help
+    out = capsys.readouterr().out
+    assert "check" in out and "a grouped test job" in out
