@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict
 
 import numpy as np
+import ray
 
 from ray_cora import storage
 from ray_cora.data.passages import iter_passages
@@ -96,7 +97,9 @@ class EmbedShards:
             {"index": None, "ids": None, "count": 0}
         entry = {**entry, "number": spec.number, "source": spec.uri, "first_line": spec.first_line,
                  "num_lines": spec.num_lines, "skipped_bad_records": bad.count,
-                 "encoder": {"dim": self.encoder.dim, "normalized": self.encoder.normalized}}
+                 "encoder": {"dim": self.encoder.dim, "normalized": self.encoder.normalized},
+                 # Which Ray node built the shard: shows how work spread over a cluster.
+                 "node_id": ray.get_runtime_context().get_node_id()}
         storage.write_bytes(root.join(shard_marker(spec.number)), json.dumps(entry).encode())
         return entry
 

@@ -1,0 +1,101 @@
+"""The cluster configs in cluster/ are valid for the tools that read them, offline."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from ray_cora.cli import JOBS, _load, build_parser
+from ray_cora.config import config_from_args
+from ray_cora.errors import ConfigError
+
+CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
+REPO = CLUSTER.parent
+
+
+def _yaml(name: str):
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def _job_name_for(script: str) -> str:
+    """The job a jobs/*.py entrypoint runs (each one is `run_job("<name>")`)."""
+    source = (REPO / script).read_text()
+    match = re.search(r'run_job\("([^"]+)"\)', source)
+    assert match, f"{script} does not call run_job"
+    return match.group(1)
+
+
+def _check_entrypoint(entrypoint: str) -> None:
+    """The script exists and its options parse into the job's config model."""
+    words = shlex.split(entrypoint)
+    assert words[0] == "python" and (REPO / words[1]).is_file(), f"no such entrypoint: {words[1]}"
+    name = _job_name_for(words[1])
+    args = build_parser().parse_args([*name.split(" "), *words[2:]])
+    config_from_args(_load(JOBS[name].config), args)
+
+
+def test_aws_launcher_config_passes_rays_own_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = _yaml("aws.yaml")
+    validate_config(prepare_config(copy.deepcopy(config)))
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
+    gpu_types = {name: t for name, t in types.items() if t.get("resources", {}).get("GPU")}
+    assert gpu_types and all(t["max_workers"] > t["min_workers"] == 0 for t in gpu_types.values())
+    # Token authentication stays on for every node, with the token mounted from the user's machine.
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        assert all("RAY_AUTH_MODE=token" in c for c in commands if "ray start" in c)
+    assert "~/.ray/auth_token" in config["file_mounts"]
+    assert any("[gpu]" in c for c in config["setup_commands"])
+    assert any(f"=={ray.__version__}" in c for c in config["setup_commands"])
+
+
+def test_aws_launcher_schema_check_catches_a_typo():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = _yaml("aws.yaml")
+    config["available_node_types"]["worker.cpu"]["min_worker"] = 1
+    with pytest.raises(Exception, match="min_worker"):
+        validate_config(prepare_config(config))
+
+
+@pytest.mark.parametrize("name", ["kuberay/raycluster.yaml", "kuberay/rayjob-embed.yaml"])
+def test_kuberay_manifests_keep_auth_on_and_request_gpus(name):
+    manifest = _yaml(name)
+    assert manifest["apiVersion"] == "ray.io/v1"
+    spec = manifest["spec"] if manifest["kind"] == "RayCluster" else manifest["spec"]["rayClusterSpec"]
+    assert spec["rayVersion"] == ray.__version__
+    assert spec["authOptions"] == {"mode": "token"}
+    assert spec["enableInTreeAutoscaling"] is True
+    gpu_groups = [g for g in spec["workerGroupSpecs"]
+                  if any("nvidia.com/gpu" in c["resources"]["limits"] for c in g["template"]["spec"]["containers"])]
+    assert gpu_groups and all(g["maxReplicas"] >= g["minReplicas"] for g in spec["workerGroupSpecs"])
+
+
+def test_rayjob_entrypoint_exists_and_its_options_parse():
+    _check_entrypoint(_yaml("kuberay/rayjob-embed.yaml")["spec"]["entrypoint"])
+
+
+def test_entrypoint_check_rejects_a_wrong_option():
+    with pytest.raises(SystemExit):
+        _check_entrypoint("python jobs/embed_corpus.py --passages p --out o --no-such-option 1")
+    with pytest.raises(ConfigError):
+        _check_entrypoint("python jobs/embed_corpus.py --passages p --out o --index-type lsh")
+
+
+def test_runtime_env_example_is_a_valid_runtime_env():
+    from ray.runtime_env import RuntimeEnv
+
+    env = RuntimeEnv(**_yaml("runtime_env.yaml"))
+    assert env["working_dir"] == "." and ".venv" in env["excludes"]
+
+
+def test_dockerfile_uses_the_installed_ray_version():
+    assert f"rayproject/ray:{ray.__version__}-" in (CLUSTER / "Dockerfile").read_text()
