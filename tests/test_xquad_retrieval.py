@@ -1,0 +1,64 @@
+"""A reduced run of jobs/benchmarks/xquad_retrieval.py on the real XQuAD files: first article of
+English and Chinese, mUSE + in-language BM25, written as JSON/markdown/PNG, embeddings cached."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+from conftest import REPO_ROOT, shared_data
+
+
+def _benchmark():
+    path = REPO_ROOT / "jobs" / "benchmarks" / "xquad_retrieval.py"
+    spec = importlib.util.spec_from_file_location("xquad_retrieval_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reduced_xquad_run_writes_the_report_and_reuses_cached_embeddings(tmp_path, monkeypatch):
+    data = shared_data("xquad")
+    bench = _benchmark()
+    cache = tmp_path / "cache"
+    args = ["--data", str(data), "--langs", "en,zh", "--max-articles", "1", "--cache", str(cache)]
+    report = bench.main([*args, "--out", str(tmp_path / "first")])
+
+    setup, res = report["setup"], report["results"]
+    assert setup["languages"] == ["en", "zh_cn"]
+    n_par = setup["passages_per_language"]
+    assert setup["passages"] == 2 * n_par and 3 <= n_par <= 10
+    assert res["muse"]["en"]["count"] == res["muse"]["zh_cn"]["count"] == setup["questions_per_language"]
+    for run in ("muse", "bm25", "bm25_whitespace"):
+        for lang in ("en", "zh_cn"):
+            row = res[run][lang]
+            for k in setup["ks"]:
+                assert row[f"gold_any@{k}"] >= row[f"gold_L@{k}"]
+                assert row[f"R^multi@{k}"] >= row[f"R^L@{k}"]
+    # With 2 x ~5 passages, mUSE puts the gold paragraph (or its translation) near the top, and
+    # BM25 finds Chinese gold paragraphs only with a Chinese tokenizer.
+    assert res["muse"]["en"]["gold_any@5"] >= 80
+    assert res["bm25"]["zh_cn"]["gold_L@1"] >= 60
+    assert res["bm25_whitespace"]["zh_cn"]["gold_L@1"] < res["bm25"]["zh_cn"]["gold_L@1"] - 30
+
+    first = tmp_path / "first"
+    assert json.loads((first / "xquad_retrieval.json").read_text()) == json.loads(json.dumps(report))
+    page = (first / "xquad_retrieval.md").read_text()
+    assert "python jobs/benchmarks/xquad_retrieval.py" in page and "![XQuAD retrieval](xquad_retrieval.png)" in page
+    assert f"| zh_cn | {setup['questions_per_language']} |" in page
+    assert (first / "xquad_retrieval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    cached = sorted(p.name for p in cache.iterdir())
+    assert len(cached) == 2 and all(n.startswith("muse-") and n.endswith(".npy") for n in cached)
+    # The rerun reads the cached vectors (loading the encoder is made to fail) and gives the same
+    # figures.
+    import ray_cora.encoders as encoders
+
+    def no_encoder(*_a, **_k):
+        raise AssertionError("encoder loaded although the embeddings are cached")
+
+    monkeypatch.setattr(encoders, "load_encoder", no_encoder)
+    again = bench.main([*args, "--out", str(tmp_path / "second")])
+    assert again["results"] == report["results"]
