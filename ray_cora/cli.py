@@ -33,6 +33,49 @@ JOBS: dict[str, Job] = {
     "passages": Job("ray_cora.passages_job:PassagesConfig", "ray_cora.passages_job:run_passages",
                     "split wikiextractor --json dumps into 100-token passages: Parquet shards per input "
                     "file plus manifest.json; reruns skip finished files"),
+    "pivot build": Job("ray_cora.pivot_job:PivotBuildConfig", "ray_cora.pivot_job:run_pivot_build",
+                       "English question→answer records → pivot database (sharded FAISS index of the "
+                       "questions + Parquet answer table), encoded on a Ray Data actor pool"),
+    "pivot run": Job("ray_cora.pivot_job:PivotRunConfig", "ray_cora.pivot_job:run_pivot",
+                     "answer questions through the English pivot database (RM-MIPS: MIPS, cross-encoder "
+                     "rerank, answer translation, abstention); writes predictions JSONL"),
+    "pivot calibrate": Job("ray_cora.pivot_job:PivotCalibrateConfig", "ray_cora.pivot_job:run_pivot_calibrate",
+                           "pick the abstention threshold reaching a target precision on a labelled dev set"),
+    "pivot train-reranker": Job("ray_cora.pivot_job:PivotTrainRerankerConfig",
+                                "ray_cora.pivot_job:run_train_reranker",
+                                "fine-tune the pivot cross-encoder on PAWS-X/QQP-style pairs with Ray Train"),
+    "wikidata labels": Job("ray_cora.wikidata_job:WikidataLabelsConfig", "ray_cora.wikidata_job:run_wikidata_labels",
+                           "Wikidata JSON dump → Parquet labels/aliases per language + sitelinks, one pass "
+                           "on Ray Data (resumable per part)"),
+    "serve": Job("ray_cora.serve_job:ServeConfig", "ray_cora.serve_job:run_serve",
+                 "serve the HTTP API on Ray Serve (127.0.0.1 by default): /v1/retrieve, /v1/answer, "
+                 "/v1/pivot, /healthz, /docs; blocks until Ctrl-C"),
+    "train-mdpr": Job("ray_cora.train_mdpr_job:TrainMDPRConfig", "ray_cora.train_mdpr_job:run_train_mdpr",
+                      "train the mDPR bi-encoder with Ray Train (DDP, cross-worker in-batch negatives, "
+                      "checkpoints/resume on any storage URI); export as an hf: encoder folder"),
+    "train-mgen": Job("ray_cora.train_mgen_job:TrainMGENConfig", "ray_cora.train_mgen_job:run_train_mgen",
+                      "train the mGEN seq2seq generator (mT5) with Ray Train on retrieval results; "
+                      "checkpoints/resume on any storage URI"),
+    "generate": Job("ray_cora.generate_job:GenerateConfig", "ray_cora.generate_job:run_generate",
+                    "answer every question of a retrieval JSONL with an mGEN model on a Ray Data actor "
+                    "pool → predictions JSONL {qid, lang, prediction}"),
+    "retrieve": Job("ray_cora.retrieve_job:RetrieveConfig", "ray_cora.retrieve_job:run_retrieve",
+                    "top-k passages of a sharded index for every question of a QA set on Ray Data "
+                    "(query-encoder actors → shard-searcher actors) → JSONL parts; resumable"),
+    "predictions convert": Job("ray_cora.evaluate_qa_job:ConvertPredictionsConfig",
+                               "ray_cora.evaluate_qa_job:run_convert_predictions",
+                               "convert predictions between our JSONL {qid, lang, prediction} and the official "
+                               "formats (xor: {id: answer} JSON; mkqa: {lang}.jsonl files)"),
+    "evaluate qa": Job("ray_cora.evaluate_qa_job:EvaluateQAConfig", "ray_cora.evaluate_qa_job:run_evaluate_qa",
+                       "score QA predictions exactly like the official scorers (--mode xor: XOR-TyDi/CORA "
+                       "F1/EM/BLEU; mkqa: MKQA F1/EM) → metrics.json, report.md, per_language.png"),
+    "evaluate retrieval": Job("ray_cora.evaluate_job:EvaluateRetrievalConfig",
+                              "ray_cora.evaluate_job:run_evaluate_retrieval",
+                              "score a retrieval output: R^L@k, R^multi@k, gold-passage recall per language "
+                              "+ macro → metrics.json, report.md (paper-style table), PNG plots"),
+    "evaluate all": Job("ray_cora.evaluate_job:EvaluateAllConfig", "ray_cora.evaluate_job:run_evaluate_all",
+                        "one Ray job: retrieve for every requested language in parallel, then score it "
+                        "like `evaluate retrieval` (generation: not configured yet, skipped)"),
 }
 
 

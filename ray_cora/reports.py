@@ -25,3 +25,70 @@ def retrieval_markdown(table: dict[str, dict], ks: Sequence[int]) -> str:
         cells += [f"{row[f'R@{k}']:.1f}" for k in ks] + [f"{row[f'A@{k}']:.1f}" for k in ks]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# Language groups of the CORA paper (Asai et al., 2021). Table 3 (MKQA): "seen" languages have
+# annotated training data for both mDPR and mGEN (NQ + XOR-TyDi QA); "mGEN-seen" ones only get
+# mGEN's synthetic training data from the iterative (Wikidata-linked) augmentation; the other 9
+# are unseen. Table 2 (XOR-TyDi QA): all 7 languages are seen by both models.
+CORA_MKQA_GROUPS: dict[str, list[str]] = {
+    "seen": ["en", "ar", "fi", "ja", "ko", "ru"],
+    "mGEN-seen": ["es", "sv", "he", "th", "da", "de", "fr", "it", "nl", "pl", "pt"],
+    "unseen": ["hu", "vi", "ms", "km", "no", "tr", "zh_cn", "zh_hk", "zh_tw"],
+}
+CORA_XOR_GROUPS: dict[str, list[str]] = {"seen": ["ar", "bn", "fi", "ja", "ko", "ru", "te"]}
+MACRO = "macro"
+
+
+def default_groups(languages: Sequence[str]) -> dict[str, list[str]]:
+    """The paper's grouping that fits ``languages``: XOR-TyDi's when every language is one of its
+    seven, else MKQA's (languages outside both land in an ``other`` group)."""
+    return CORA_XOR_GROUPS if set(languages) <= set(CORA_XOR_GROUPS["seen"]) else CORA_MKQA_GROUPS
+
+
+def _group_columns(languages: Sequence[str], groups: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
+    present = set(languages)
+    placed: set[str] = set()
+    columns = []
+    for name, members in groups.items():
+        chosen = [lang for lang in members if lang in present and lang not in placed]
+        placed.update(chosen)
+        if chosen:
+            columns.append((name, chosen))
+    rest = [lang for lang in languages if lang not in placed]
+    if rest:
+        columns.append(("other", sorted(rest)))
+    return columns
+
+
+def paper_table(per_language: dict[str, dict[str, float]], metrics: Sequence[str], *,
+                groups: dict[str, list[str]] | None = None, title: str | None = None) -> str:
+    """Markdown table laid out like the CORA paper's Tables 2-3: one row per metric, languages as
+    columns ordered by group (a header row names each group), then the macro average over the
+    languages shown. A ``"macro"`` (or ``"all"``) key of ``per_language`` is not a language: it is
+    ignored, the macro column is recomputed. Missing values print as ``–``.
+
+    >>> print(paper_table({"ja": {"f1": 30.0}, "en": {"f1": 50.0}}, ["f1"]))  # doctest: +NORMALIZE_WHITESPACE
+    | | seen | | |
+    |---|---:|---:|---:|
+    | metric | en | ja | macro |
+    | f1 | 50.0 | 30.0 | 40.0 |
+    <BLANKLINE>
+    """
+    languages = [lang for lang in per_language if lang not in (MACRO, "all")]
+    columns = _group_columns(languages, groups if groups is not None else default_groups(languages))
+    ordered = [lang for _, members in columns for lang in members]
+    group_cells = []
+    for name, members in columns:
+        group_cells += [name] + [""] * (len(members) - 1)
+    lines = [f"### {title}\n"] if title else []
+    lines.append("| | " + " | ".join(group_cells + [""]) + " |")
+    lines.append("|---|" + "|".join(["---:"] * (len(ordered) + 1)) + "|")
+    lines.append("| metric | " + " | ".join(ordered + [MACRO]) + " |")
+    for metric in metrics:
+        values = [per_language[lang].get(metric) for lang in ordered]
+        present = [float(v) for v in values if v is not None]
+        macro = sum(present) / len(present) if present else None
+        cells = [f"{v:.1f}" if v is not None else "–" for v in values + [macro]]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

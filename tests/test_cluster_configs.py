@@ -99,3 +99,66 @@ def test_runtime_env_example_is_a_valid_runtime_env():
 
 def test_dockerfile_uses_the_installed_ray_version():
     assert f"rayproject/ray:{ray.__version__}-" in (CLUSTER / "Dockerfile").read_text()
+
+
+def _serve_apps() -> list[dict]:
+    from ray.serve.schema import ServeDeploySchema
+
+    config = _yaml("serve_config.yaml")
+    ServeDeploySchema.model_validate(config)  # what `serve deploy` checks before sending it
+    return config["applications"]
+
+
+def test_serve_config_is_a_valid_deploy_config_for_the_real_app(monkeypatch):
+    from ray.serve._private.build_app import build_app as serve_build  # what `serve build` runs
+    from ray.serve._private.utils import import_attr
+
+    from ray_cora.serve.app import DEPLOYMENTS
+
+    (app,) = _serve_apps()
+    builder = import_attr(app["import_path"])
+    # The app refuses to start without the API key its args name; give it one to build the graph.
+    monkeypatch.setenv(app["args"]["api_key_env"], "test-key")
+    built = serve_build(builder(app["args"]), name=app["name"])
+    built_names = {d.name for d in built.deployments}
+    configured = {d["name"]: d for d in app["deployments"]}
+    assert set(configured) == built_names == set(DEPLOYMENTS)
+    for name, deployment in configured.items():
+        assert deployment["autoscaling_config"]["max_replicas"] > deployment["autoscaling_config"]["min_replicas"] >= 1
+    for name in ("Retriever", "Generator"):  # the GPU models, batched
+        deployment = configured[name]
+        assert deployment["ray_actor_options"]["num_gpus"] >= 1
+        assert deployment["max_ongoing_requests"] > deployment["user_config"]["max_batch_size"]
+    assert _public_http_needs_api_key(_yaml("serve_config.yaml"))
+
+
+def _public_http_needs_api_key(config: dict) -> bool:
+    public = config["http_options"]["host"] not in ("127.0.0.1", "localhost")
+    return not public or all(app["args"].get("api_key_env") for app in config["applications"])
+
+
+def test_serve_config_args_are_checked_like_the_app_checks_them():
+    from ray_cora.serve.settings import ServeAppOptions
+
+    (app,) = _serve_apps()
+    ServeAppOptions.model_validate(app["args"])
+    with pytest.raises(ValueError, match="max_k"):
+        ServeAppOptions.model_validate({**app["args"], "default_k": 10, "max_k": 5})
+
+
+def test_rayservice_serves_the_same_app_with_auth_on():
+    manifest = _yaml("kuberay/rayservice.yaml")
+    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayService"
+    spec = manifest["spec"]
+    cluster = spec["rayClusterConfig"]
+    assert cluster["rayVersion"] == ray.__version__
+    assert cluster["authOptions"] == {"mode": "token"}
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert yaml.safe_load(spec["serveConfigV2"])["applications"] == _serve_apps()
+    # Every container gets the API key secret the app's api_key_env names.
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            assert {"secretRef": {"name": "ray-cora-api-key"}} in container["envFrom"]
+    assert any("nvidia.com/gpu" in c["resources"]["limits"]
+               for g in cluster["workerGroupSpecs"] for c in g["template"]["spec"]["containers"])

@@ -165,3 +165,65 @@ def build_tiny_dpr_checkpoint(path: str | os.PathLike, bert_dir: str | os.PathLi
     out = os.fspath(path)
     torch.save(tiny_dpr_state(bert_dir, ctx_seed=ctx_seed, projection_dim=projection_dim), out)
     return out
+
+
+# ---------------------------------------------------------------- tiny seq2seq (mGEN tests)
+
+T5_SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+
+
+def train_char_unigram(texts: Iterable[str], *, max_words: int = 300) -> Any:
+    """A T5-style tokenizer (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, ``</s>`` appended) whose pieces
+    are every character of ``texts`` plus its ``max_words`` most frequent words, so any text made
+    of those characters — any script — decodes back exactly. Deterministic (ties alphabetical).
+
+    >>> tok = train_char_unigram(["東京 Tokyo"])
+    >>> tok.decode(tok("東京 Tokyo")["input_ids"], skip_special_tokens=True)
+    '東京 Tokyo'
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    pre = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    words: Counter[str] = Counter()
+    chars: Counter[str] = Counter()
+    for text in texts:
+        for word, _ in pre.pre_tokenize_str(text):
+            words[word] += 1
+            chars.update(word)
+    ordered_chars = sorted(chars, key=lambda c: (-chars[c], c))
+    ordered_words = [w for w in sorted(words, key=lambda w: (-words[w], w)) if len(w) > 1][:max_words]
+    vocab = [(t, 0.0) for t in T5_SPECIAL_TOKENS]
+    vocab += [(c, -10.0) for c in ordered_chars]
+    vocab += [(w, -1.0) for w in ordered_words]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=4096)
+
+
+def build_tiny_t5(dir: str | os.PathLike, texts: Iterable[str], *, d_model: int = 64, layers: int = 2,
+                  heads: int = 4, dropout: float = 0.0, seed: int = 0) -> str:
+    """Save a :func:`train_char_unigram` tokenizer and a seeded random ``T5ForConditionalGeneration``
+    into ``dir`` (a stand-in for mT5 in tests); return ``dir``."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    path = os.fspath(dir)
+    os.makedirs(path, exist_ok=True)
+    tokenizer = train_char_unigram(texts)
+    config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // heads, d_ff=2 * d_model,
+                      num_layers=layers, num_decoder_layers=layers, num_heads=heads, dropout_rate=dropout,
+                      feed_forward_proj="relu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                      relative_attention_num_buckets=16, tie_word_embeddings=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

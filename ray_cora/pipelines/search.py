@@ -45,9 +45,7 @@ class DistributedIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
         import ray
 
-        queries_ref = ray.put(np.ascontiguousarray(queries, dtype=np.float32))
-        partials = ray.get([a.search.remote(queries_ref, k) for a in self.actors], timeout=self.timeout_s)
-        return merge_pid_arrays(partials, k)
+        return search_on_actors(self.actors, queries, k, timeout_s=self.timeout_s)
 
     def shutdown(self) -> None:
         import ray
@@ -55,6 +53,17 @@ class DistributedIndex:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
+
+
+def search_on_actors(actors: list, queries: np.ndarray, k: int, *,
+                     timeout_s: float = 600) -> tuple[np.ndarray, list[list[str]]]:
+    """Fan one query batch out to :class:`ShardSearcher` actor handles and merge their top-k
+    exactly; usable from any Ray worker that holds the handles (e.g. a Ray Data UDF)."""
+    import ray
+
+    queries_ref = ray.put(np.ascontiguousarray(queries, dtype=np.float32))
+    partials = ray.get([a.search.remote(queries_ref, k) for a in actors], timeout=timeout_s)
+    return merge_pid_arrays(partials, k)
 
 
 def merge_pid_arrays(partials: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, list[list[str]]]:

@@ -1,0 +1,8 @@
+"""Entrypoint for `ray job submit -- python jobs/train_mdpr.py [...]`; same options as `ray-cora train-mdpr`."""
+
+import sys
+
+from ray_cora.cli import run_job
+
+if __name__ == "__main__":
+    sys.exit(run_job("train-mdpr"))

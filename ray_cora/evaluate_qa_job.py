@@ -1,0 +1,220 @@
+"""``ray-cora evaluate qa`` (score predictions like the official scorers) and
+``ray-cora predictions convert`` (to and from the official prediction formats).
+
+Both are thin: parse the config, read with :mod:`ray_cora.data.qa` / :mod:`ray_cora.predictions`,
+score with :mod:`ray_cora.metrics.qa`, write with :mod:`ray_cora.storage`. No Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ray_cora import storage
+from ray_cora.config import JobConfig
+from ray_cora.data.qa import DATASETS, iter_qa
+from ray_cora.errors import ConfigError
+from ray_cora.languages import normalize_lang, parse_langs
+from ray_cora.metrics.qa import score_predictions
+from ray_cora.predictions import Predictions, read_any
+
+Mode = Literal["xor", "mkqa"]
+Format = Literal["ours", "xor", "mkqa"]
+_LIST_LIMIT = 50  # qids listed in report.md; metrics.json and per_question.jsonl have them all
+
+
+class EvaluateQAConfig(JobConfig):
+    """Score QA predictions exactly as the official scorers do (xor: XOR-TyDi/CORA, mkqa: MKQA)
+    and write metrics.json, report.md, per_language.png and per_question.jsonl to --out."""
+
+    mode: Mode = Field(..., description="Scorer to mirror: xor (XOR-TyDi / CORA: MeCab for ja, "
+                       "NLTK BLEU) or mkqa (MKQA: mixed segmentation, articles per language)")
+    dataset: str = Field(..., description=f"Layout of the gold file(s): {', '.join(DATASETS)}")
+    gold: list[str] = Field(..., description="Gold QA file(s), comma-separated (e.g. one XQuAD "
+                            "file per language)")
+    predictions: str = Field(..., description="Predictions: JSONL {qid, lang, prediction} "
+                             "(or the official formats, see --predictions-format)")
+    predictions_format: Format = Field("ours", description="ours (JSONL keyed by qid+lang), xor "
+                                       "({id: answer} JSON) or mkqa (a {lang}.jsonl file or folder)")
+    langs: list[str] | None = Field(None, description="Languages to score (codes or a set name "
+                                    "such as mkqa); default: every language of the gold file")
+    lang: str | None = Field(None, description="Language of a single-language gold file without "
+                             "a language field (XQuAD/SQuAD), or of xor/mkqa-format predictions")
+    keep_unanswerable: bool | None = Field(
+        None, description="Score questions without a short answer (default: yes in mkqa mode, as "
+        "the MKQA scorer does; no in xor mode, as CORA's tables)")
+    sacrebleu: bool = Field(True, description="Also compute corpus-level sacreBLEU per language "
+                            "(a modern extra figure, not the official BLEU)")
+    title: str | None = Field(None, description="Title of the report")
+    out: str = Field(..., description="Output folder: path, file:// or s3://")
+
+
+class ConvertPredictionsConfig(JobConfig):
+    """Convert predictions between our JSONL and the official scorers' formats."""
+
+    from_format: Format = Field(..., description="Input format: ours, xor ({id: answer} JSON) or "
+                                "mkqa ({lang}.jsonl file, or a folder of them)")
+    to_format: Format = Field(..., description="Output format: ours (JSONL file), xor (JSON file) "
+                              "or mkqa (a folder of {lang}.jsonl files)")
+    input: str = Field(..., description="Input file (or folder for mkqa)")
+    out: str = Field(..., description="Output file (folder for --to-format mkqa)")
+    lang: str | None = Field(None, description="Language of every input record when the format "
+                             "has none (xor; mkqa file not named {lang}.jsonl); on output, keep "
+                             "only this language")
+    gold: list[str] | None = Field(None, description="Gold file(s) giving each XOR id its language")
+    dataset: str = Field("xor", description="Layout of --gold")
+
+
+def _gold_rows(gold: list[str], dataset: str, *, lang: str | None, langs: tuple[str, ...] | None,
+               keep_unanswerable: bool, stats: dict[str, int]) -> Iterator[dict[str, Any]]:
+    for uri in gold:
+        file_stats: dict[str, int] = {}
+        single = dataset in ("xquad", "squad")
+        yield from iter_qa(uri, dataset=dataset, lang=lang if single else None,
+                           langs=None if single or langs is None else langs,
+                           keep_unanswerable=keep_unanswerable, stats=file_stats)
+        for key, value in file_stats.items():
+            stats[key] = stats.get(key, 0) + value
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise ConfigError(f"option 'dataset': unknown QA dataset {dataset!r}; accepted: {', '.join(DATASETS)}")
+
+
+def run_evaluate_qa(config: EvaluateQAConfig) -> dict[str, Any]:
+    """Score ``config.predictions`` against the gold and write the evaluation folder."""
+    _check_dataset(config.dataset)
+    langs = parse_langs(config.langs) if config.langs else None
+    keep = config.keep_unanswerable if config.keep_unanswerable is not None else config.mode == "mkqa"
+    read_stats: dict[str, int] = {}
+    gold = [row for row in _gold_rows(config.gold, config.dataset, lang=config.lang, langs=langs,
+                                      keep_unanswerable=keep, stats=read_stats)
+            if langs is None or row["lang"] in langs]
+    if not gold:
+        raise ConfigError(f"no gold questions to score in {', '.join(config.gold)}"
+                          + (f" for languages {', '.join(langs)}" if langs else "")
+                          + ": check --gold, --dataset and --langs")
+    qid_langs = {row["qid"]: row["lang"] for row in gold} if config.predictions_format == "xor" else None
+    predictions = read_any(config.predictions, config.predictions_format,
+                           lang=config.lang if config.predictions_format != "ours" else None,
+                           qid_langs=qid_langs if config.lang is None else None)
+    outside = 0
+    if langs is not None:
+        kept: Predictions = {k: v for k, v in predictions.items() if k[1] in langs or k[1] == "und"}
+        outside, predictions = len(predictions) - len(kept), kept
+
+    per_question: list[dict[str, Any]] = []
+    metrics = score_predictions(gold, predictions, mode=config.mode, sacrebleu=config.sacrebleu,
+                                per_question=per_question)
+    metrics["predictions_outside_langs"] = outside
+    metrics["gold"] = {"dataset": config.dataset, "files": list(config.gold),
+                       "keep_unanswerable": keep, "read": read_stats}
+    metrics["predictions_file"] = config.predictions
+
+    report = qa_report_markdown(metrics, title=config.title)
+    writer = storage.ArtifactWriter(config.out, kind="qa-evaluation", config=config.to_dict())
+    writer.write_bytes("report.md", report.encode("utf-8"))
+    chart_metrics = ["f1", "em", "bleu"] if config.mode == "xor" else ["f1", "em"]
+    from ray_cora.plots import per_language_bar_chart
+
+    writer.write_bytes("per_language.png", per_language_bar_chart(
+        metrics["per_language"], chart_metrics, title=f"{config.title or 'QA'} ({config.mode} scorer)"))
+    writer.write_bytes("per_question.jsonl", "".join(
+        json.dumps(r, ensure_ascii=False) + "\n" for r in per_question).encode("utf-8"))
+    writer.write_bytes("metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False).encode("utf-8"))
+    writer.commit({"macro": metrics["macro"]})
+    print(report)
+    return metrics
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def qa_report_markdown(metrics: dict[str, Any], *, title: str | None = None) -> str:
+    """The report: paper-style table (languages as columns), the scorer's extra figures, and
+    every missing / unknown prediction (the first few by id)."""
+    from ray_cora.reports import paper_table
+
+    mode = metrics["mode"]
+    per_language = metrics["per_language"]
+    scorer = ("XOR-TyDi / CORA scorer (MeCab -Owakati for ja, counters 年歳人년 removed, NLTK "
+              "sentence BLEU of the raw prediction)" if mode == "xor" else
+              "official MKQA scorer (mixed segmentation for zh/ja/th/km, articles per language, "
+              "answers + aliases, default no-answer threshold)")
+    lines = [f"# {title or 'QA evaluation'}", "", f"Scored with the {scorer}; figures in percent.", ""]
+    main_metrics = ["f1", "em", "bleu"] if mode == "xor" else ["f1", "em"]
+    lines.append(paper_table(per_language, main_metrics))
+    lines.append("Questions scored: " + ", ".join(f"{lang} {s['count']}" for lang, s in per_language.items())
+                 + f" (total {metrics['macro'].get('count', 0)}).")
+    if mode == "mkqa":
+        extra = ["answerable_f1", "answerable_em", "unanswerable_em", "best_f1", "best_em",
+                 "best_f1_threshold"]
+        lines += ["", "MKQA answerable / unanswerable split, and the figures at the best "
+                  "no-answer threshold (`best_*`, chosen per language to maximise F1 over "
+                  "`no_answer_prob`, as the MKQA script does):", "",
+                  paper_table(per_language, extra)]
+    if any("sacrebleu" in s for s in per_language.values()):
+        tokenizers = sorted({s["sacrebleu_tokenize"] for s in per_language.values()})
+        lines += ["", f"Corpus-level sacreBLEU (a modern extra figure, not the official scorer's "
+                  f"BLEU; tokenize={'/'.join(tokenizers)} by language):", "",
+                  paper_table(per_language, ["sacrebleu"])]
+    lines += ["", "| | count | languages |", "|---|---:|---|"]
+    for key, label in (("missing", "gold questions without a prediction (scored 0)"),
+                       ("unknown", "predictions for no gold question (ignored)")):
+        info = metrics[key]
+        langs = ", ".join(f"{k}: {v}" for k, v in info["by_language"].items()) or "–"
+        lines.append(f"| {label} | {info['count']} | {langs} |")
+    if metrics.get("predictions_outside_langs"):
+        lines.append(f"| predictions in languages outside --langs (ignored) | "
+                     f"{metrics['predictions_outside_langs']} | |")
+    if metrics.get("skipped_no_answer"):
+        lines.append(f"| gold questions without any answer (skipped, as the XOR scorer has none) | "
+                     f"{metrics['skipped_no_answer']} | |")
+    for key, label in (("missing", "Missing predictions"), ("unknown", "Unknown predictions")):
+        examples = metrics[key]["examples"]
+        if examples:
+            shown = ", ".join(f"`{e['qid']}` ({e['lang']})" for e in examples[:_LIST_LIMIT])
+            more = metrics[key]["count"] - min(len(examples), _LIST_LIMIT)
+            lines += ["", f"{label}: {shown}" + (f" … and {more} more (see metrics.json / "
+                                                  "per_question.jsonl)" if more else "")]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def run_convert_predictions(config: ConvertPredictionsConfig) -> dict[str, Any]:
+    """Read ``config.input`` in one format and write it in another; returns counts."""
+    from ray_cora.predictions import write_mkqa_predictions, write_predictions, write_xor_predictions
+
+    qid_langs = None
+    if config.gold:
+        _check_dataset(config.dataset)
+        qid_langs = {}
+        for row in _gold_rows(config.gold, config.dataset, lang=None, langs=None,
+                              keep_unanswerable=True, stats={}):
+            qid_langs[row["qid"]] = row["lang"]
+    if config.from_format == "xor" and config.lang is None and qid_langs is None:
+        raise ConfigError("--from-format xor: XOR predictions carry no language; pass --lang, or "
+                          "--gold (with --dataset) to take each id's language from the gold file")
+    predictions = read_any(config.input, config.from_format,
+                           lang=config.lang if config.from_format != "ours" else None,
+                           qid_langs=qid_langs)
+    if config.lang is not None and config.from_format == "ours":
+        only = normalize_lang(config.lang)  # --lang selects one language of our multilingual file
+        predictions = {k: v for k, v in predictions.items() if k[1] == only}
+    if config.to_format == "ours":
+        write_predictions(config.out, predictions)
+        written = [config.out]
+    elif config.to_format == "xor":
+        write_xor_predictions(config.out, predictions)
+        written = [config.out]
+    else:
+        written = write_mkqa_predictions(config.out, predictions)
+    count = len(predictions)
+    print(f"converted {count} predictions ({config.from_format} → {config.to_format}): "
+          + ", ".join(written))
+    return {"count": count, "files": written}
+

@@ -1,0 +1,106 @@
+"""``ray-cora generate``: batch mGEN answers over retrieval results on a Ray Data actor pool."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ray_cora.config import RayJobConfig
+
+
+class GenerateConfig(RayJobConfig):
+    """Generate an answer for every question of a retrieval JSONL ({qid, lang, question, answers,
+    ctxs:[{pid, lang, title, text, score}]}) with an mGEN model, on a Ray Data actor pool; writes
+    predictions JSONL {qid, lang, prediction} (then a <out>.done.json marker; a rerun with a
+    verified marker does nothing)."""
+
+    model: str = Field(..., description="Seq2seq model folder (e.g. <train-mgen out>/model, CORA's mGEN_model), "
+                       "s3:// folder or local-HF-cache name")
+    retrieval: list[str] = Field(..., description="Retrieval JSONL file(s) or folder")
+    out: str = Field(..., description="Predictions JSONL URI")
+    tokenizer: str | None = Field(None, description="Tokenizer source when the model folder has none "
+                                  "(CORA's mGEN_model: google/mt5-base)")
+    top_k: int = Field(15, ge=1, description="Passages per question in the input")
+    max_source_length: int = Field(1000, ge=8)
+    max_target_length: int = Field(25, ge=1)
+    num_beams: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1, description="Questions per generate() call")
+    concurrency: int = Field(1, ge=1, description="Generator actors")
+    actor_cpus: float = Field(1.0, gt=0)
+    actor_gpus: float = Field(0.0, ge=0)
+    on_bad_record: Literal["error", "skip"] = Field("error")
+
+
+class GeneratorActor:
+    """Ray Data batch UDF: loads the model once, answers one batch per call."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        import torch
+
+        from ray_cora.train.mgen import Generator
+
+        torch.set_num_threads(max(1, int(settings.pop("threads"))))
+        source, tokenizer = settings.pop("model"), settings.pop("tokenizer")
+        self.generator = Generator.load(source, tokenizer=tokenizer, **settings)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        examples = [json.loads(s) for s in batch["example"].tolist()]
+        answers = self.generator.answer([e["question"] for e in examples], [e["lang"] for e in examples],
+                                        [e["ctxs"] for e in examples])
+        return {"qid": [e["qid"] for e in examples], "lang": [e["lang"] for e in examples], "prediction": answers}
+
+
+def _read_rows(row: dict[str, Any]) -> list[dict[str, str]]:
+    from ray_cora.data.records import BadRecords
+    from ray_cora.train.data import iter_examples
+
+    return [{"example": json.dumps(e, ensure_ascii=False)}
+            for e in iter_examples([row["uri"]], "retrieval", BadRecords("skip"), require_answer=False)]
+
+
+def run_generate(config: GenerateConfig) -> dict[str, Any]:
+    import ray.data
+
+    from ray_cora import storage
+    from ray_cora.data.records import BadRecords
+    from ray_cora.runtime import ray_session
+    from ray_cora.train import data
+
+    out = storage.resolve(config.out)
+    marker = storage.resolve(config.out + ".done.json")
+    if marker.is_file() and out.is_file():
+        done = json.loads(storage.read_bytes(marker))
+        if storage.sha256_of(out)[0] == done.get("sha256"):
+            print(f"generate: {config.out} is complete ({done['predictions']} predictions); nothing to do")
+            return done
+    bad = BadRecords(config.on_bad_record)
+    count = sum(1 for _ in data.iter_examples(config.retrieval, "retrieval", bad, require_answer=False))
+    files = [f for uri in config.retrieval for f in data._files(uri)]
+    settings = {"model": config.model, "tokenizer": config.tokenizer, "top_k": config.top_k,
+                "max_source_length": config.max_source_length, "max_target_length": config.max_target_length,
+                "num_beams": config.num_beams, "threads": max(1, int(config.actor_cpus))}
+    written = 0
+    digest = hashlib.sha256()
+    with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+        ds = (ray.data.from_items([{"uri": f} for f in files], override_num_blocks=max(1, len(files)))
+              .flat_map(_read_rows)
+              .map_batches(GeneratorActor, fn_constructor_args=(settings,), batch_size=config.batch_size,
+                           concurrency=config.concurrency, num_cpus=config.actor_cpus,
+                           num_gpus=config.actor_gpus or None))
+        with storage.open_output(out) as stream:
+            for row in ds.iter_rows():
+                line = (json.dumps({"qid": row["qid"], "lang": row["lang"], "prediction": row["prediction"]},
+                                   ensure_ascii=False) + "\n").encode("utf-8")
+                stream.write(line)
+                digest.update(line)
+                written += 1
+    if written != count:
+        raise RuntimeError(f"generate: {count} questions read but {written} predictions written")
+    done = {"predictions": written, "sha256": digest.hexdigest(), "skipped_records": bad.count,
+            "config": config.to_dict()}
+    storage.write_bytes(marker, json.dumps(done, indent=2, ensure_ascii=False).encode("utf-8"))
+    print(f"generate: {written} predictions → {config.out}" + (f" ({bad.count} bad records skipped)" if bad.count else ""))
+    return done

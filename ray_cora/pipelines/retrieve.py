@@ -1,0 +1,513 @@
+"""Batch retrieval on Ray Data: question blocks → query-encoder actors → search/write actors → JSONL parts.
+
+The work is cut into *blocks*: up to ``block_size`` consecutive questions of one language, named
+``<lang>-<n>`` (the n-th block of that language, in input order, so the cut is the same on every
+run). Ray Data sends pending blocks through an actor pool of query encoders, then through an actor
+pool that searches the index — whose shards are spread over :class:`ShardSearcher` actors
+(:class:`~ray_cora.pipelines.search.DistributedIndex`) — attaches passage texts and writes
+``parts/<block>.jsonl`` and then the marker ``parts/<block>.json``: a block exists once its marker
+does. The driver holds the questions, never questions × k passages; ``manifest.json`` (every part
+with its sha256) is written last. A rerun skips every block whose marker and checksum verify, so a
+killed job resumes where it stopped.
+
+Passage texts: the index stores only pids. They come from a *passage store*, built once from the
+corpus by one streaming pass: the passages hashed by pid (crc32) into ``num_buckets`` Parquet
+files. A writer actor loads only the buckets a block's pids fall into (an LRU of
+``cache_buckets``), so memory per actor is bounded by bucket size, not corpus size: pick
+``num_buckets`` so one bucket fits comfortably (e.g. 1024 for CORA's 26 GB corpus).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import time
+import zlib
+from collections import OrderedDict
+from contextlib import ExitStack
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ray_cora import storage
+from ray_cora.data.passages import PASSAGE_SCHEMA, iter_passages, passage_files
+from ray_cora.data.qa import iter_qa
+from ray_cora.errors import ConfigError, RayCoraError, StorageError
+
+STORE_KIND = "passage-store"
+RETRIEVAL_KIND = "retrieval"
+JOB_FILE = "retrieve-job.json"
+
+
+# --- passage store (pure) -------------------------------------------------------------------
+
+
+def bucket_of(pid: str, num_buckets: int) -> int:
+    """Stable bucket of a pid (crc32, not Python's salted ``hash``)."""
+    return zlib.crc32(pid.encode("utf-8")) % num_buckets
+
+
+def _bucket_path(number: int) -> str:
+    return f"buckets/bucket-{number:05d}.parquet"
+
+
+def build_passage_store(passages: str, out: str, *, num_buckets: int = 16, format: str | None = None,
+                        lang: str | None = None, flush_rows: int = 4096) -> dict:
+    """Stream a corpus once into ``num_buckets`` Parquet files keyed by pid hash; commit a manifest.
+
+    Memory is bounded by ``num_buckets × flush_rows`` passages. Returns the manifest.
+    """
+    root = storage.resolve(out)
+    writer = storage.ArtifactWriter(root, kind=STORE_KIND, config={"passages": passages, "num_buckets": num_buckets})
+    buffers: list[list[dict]] = [[] for _ in range(num_buckets)]
+    count = 0
+    with ExitStack() as stack:
+        streams = [stack.enter_context(writer.open(_bucket_path(b))) for b in range(num_buckets)]
+        parquet = [stack.enter_context(pq.ParquetWriter(s, PASSAGE_SCHEMA)) for s in streams]
+
+        def flush(b: int) -> None:
+            if buffers[b]:
+                parquet[b].write_table(pa.Table.from_pylist(buffers[b], schema=PASSAGE_SCHEMA))
+                buffers[b].clear()
+
+        for file in passage_files(passages, format=format):
+            for passage in iter_passages(file, format=format, lang=lang):
+                b = bucket_of(passage["pid"], num_buckets)
+                buffers[b].append(passage)
+                count += 1
+                if len(buffers[b]) >= flush_rows:
+                    flush(b)
+        for b in range(num_buckets):
+            flush(b)
+    if not count:
+        raise ConfigError(f"{passages}: no passages found, nothing to look texts up in")
+    return writer.commit({"num_buckets": num_buckets, "num_passages": count, "passages": passages})
+
+
+def open_or_build_store(passages: str | None, store: str, *, num_buckets: int, format: str | None = None,
+                        lang: str | None = None) -> dict:
+    """The committed store at ``store`` when it was built from ``passages``, else build it."""
+    loc = storage.resolve(store)
+    if loc.join(storage.MANIFEST_NAME).is_file():
+        manifest = storage.Artifact(loc, kind=STORE_KIND).manifest
+        if passages is None or manifest.get("passages") == passages:
+            return manifest
+        raise ConfigError(f"{loc.uri} holds a passage store of {manifest.get('passages')}, not {passages}: "
+                          "pass another --passage-store, or delete that folder to rebuild it")
+    if passages is None:
+        raise ConfigError("no passage texts: pass --passages (the corpus the index was built from); the "
+                          "index manifest does not name it")
+    started = time.perf_counter()
+    manifest = build_passage_store(passages, store, num_buckets=num_buckets, format=format, lang=lang)
+    print(f"passage store: {manifest['num_passages']} passages in {num_buckets} buckets at {loc.uri} "
+          f"({time.perf_counter() - started:.1f} s)")
+    return manifest
+
+
+class PassageStore:
+    """pid → ``{pid, lang, title, text}`` from a committed passage store; keeps the last
+    ``cache_buckets`` buckets in memory.
+
+    >>> import tempfile, os, json
+    >>> d = tempfile.mkdtemp(); src = os.path.join(d, "p.jsonl")
+    >>> _ = open(src, "w").write(json.dumps({"pid": "a", "lang": "en", "title": "T", "text": "x"}) + "\\n")
+    >>> _ = build_passage_store(src, os.path.join(d, "store"), num_buckets=3)
+    >>> PassageStore(os.path.join(d, "store")).lookup(["a"])["a"]["title"]
+    'T'
+    """
+
+    def __init__(self, uri: str, *, cache_buckets: int = 8) -> None:
+        self.artifact = storage.Artifact(uri, kind=STORE_KIND)
+        self.num_buckets = int(self.artifact.manifest["num_buckets"])
+        self.cache_buckets = cache_buckets
+        self._cache: OrderedDict[int, tuple[dict[str, int], pa.Table]] = OrderedDict()
+
+    def _bucket(self, number: int) -> tuple[dict[str, int], pa.Table]:
+        if number in self._cache:
+            self._cache.move_to_end(number)
+            return self._cache[number]
+        table = pq.read_table(io.BytesIO(self.artifact.read_bytes(_bucket_path(number))))
+        rows = {pid: i for i, pid in enumerate(table.column("pid").to_pylist())}
+        self._cache[number] = (rows, table)
+        while len(self._cache) > self.cache_buckets:
+            self._cache.popitem(last=False)
+        return rows, table
+
+    def lookup(self, pids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """Rows for the pids found (a pid missing from the corpus is absent from the result)."""
+        by_bucket: dict[int, list[str]] = {}
+        for pid in dict.fromkeys(pids):
+            by_bucket.setdefault(bucket_of(pid, self.num_buckets), []).append(pid)
+        found: dict[str, dict[str, str]] = {}
+        for number, wanted in sorted(by_bucket.items()):
+            rows, table = self._bucket(number)
+            present = [rows[p] for p in wanted if p in rows]
+            if not present:
+                continue
+            for record in table.take(present).to_pylist():
+                found[record["pid"]] = record
+        return found
+
+
+# --- questions and blocks (pure) -------------------------------------------------------------
+
+QUESTION_FIELDS = ("qid", "lang", "question", "answers", "answer_type", "en_question", "gold_pids")
+
+
+def question_files(questions: str, dataset: str) -> list[str]:
+    """``questions`` itself, or for xquad/squad a folder of per-language ``*.json`` files."""
+    if dataset in ("xquad", "squad"):
+        loc = storage.resolve(questions)
+        if not loc.is_file():
+            return [f.uri for f in storage.list_files(loc, suffix=".json")]
+    return [questions]
+
+
+def iter_questions(questions: str, *, dataset: str, langs: tuple[str, ...] | None) -> Iterator[dict]:
+    for uri in question_files(questions, dataset):
+        if dataset in ("xquad", "squad"):
+            records = iter_qa(uri, dataset=dataset)
+            yield from (r for r in records if langs is None or r["lang"] in langs)
+        else:
+            yield from iter_qa(uri, dataset=dataset, langs=langs)
+
+
+def answers_in_all_languages(questions: str, *, dataset: str) -> dict[str, list[str]]:
+    """qid → answers of that question in every language of the file(s) (MKQA: all 26), for R^multi."""
+    union: dict[str, dict[str, None]] = {}
+    for record in iter_questions(questions, dataset=dataset, langs=None):
+        bucket = union.setdefault(record["qid"], {})
+        for answer in record["answers"]:
+            bucket[answer] = None
+    return {qid: list(answers) for qid, answers in union.items()}
+
+
+def question_blocks(records: Iterable[dict], block_size: int) -> Iterator[tuple[str, list[dict]]]:
+    """Group questions into blocks of one language, named ``<lang>-<n:05d>`` in input order.
+
+    >>> rs = [{"lang": l} for l in "aabab"]
+    >>> [(name, len(b)) for name, b in question_blocks(rs, 2)]
+    [('a-00000', 2), ('b-00000', 2), ('a-00001', 1)]
+    """
+    buffers: dict[str, list[dict]] = {}
+    counters: dict[str, int] = {}
+    for record in records:
+        buffer = buffers.setdefault(record["lang"], [])
+        buffer.append(record)
+        if len(buffer) >= block_size:
+            yield _name(record["lang"], counters), buffer
+            buffers[record["lang"]] = []
+    for lang, buffer in buffers.items():
+        if buffer:
+            yield _name(lang, counters), buffer
+
+
+def _name(lang: str, counters: dict[str, int]) -> str:
+    number = counters.get(lang, 0)
+    counters[lang] = number + 1
+    return f"{lang}-{number:05d}"
+
+
+def part_paths(block: str) -> tuple[str, str]:
+    return f"parts/{block}.jsonl", f"parts/{block}.json"
+
+
+def retrieval_record(question: dict, ctxs: list[dict], *, answers_all: list[str] | None) -> dict:
+    record = {k: question[k] for k in ("qid", "lang", "question", "answers")}
+    if answers_all is not None:
+        record["answers_all"] = answers_all
+    if question.get("gold_pids"):
+        record["gold_pids"] = question["gold_pids"]
+    record["ctxs"] = ctxs
+    return record
+
+
+def make_ctxs(pids: list[str], scores: np.ndarray, passages: dict[str, dict], *, add_lang: bool,
+              source: str) -> list[dict]:
+    """Ranked passages with their texts. ``add_lang`` prefixes each text with its language tag
+    (``[ja] …``), so a reader that only sees the text still knows the passage's language."""
+    ctxs = []
+    for pid, score in zip(pids, scores):
+        passage = passages.get(pid)
+        if passage is None:
+            raise StorageError(f"passage {pid!r} is in the index but not in the corpus {source}: pass the "
+                               "--passages the index was built from (and a fresh --passage-store)")
+        text = f"[{passage['lang']}] {passage['text']}" if add_lang else passage["text"]
+        ctxs.append({"pid": pid, "lang": passage["lang"], "title": passage["title"], "text": text,
+                     "score": round(float(score), 6)})
+    return ctxs
+
+
+# --- Ray Data actor bodies -------------------------------------------------------------------
+
+
+def _error_row(block: str, exc: RayCoraError) -> dict[str, np.ndarray]:
+    # Returned as data: Ray Data would wrap a raised error and lose its type and text.
+    return {"block": np.array([block], dtype=object), "entry": np.array([""], dtype=object),
+            "error": np.array([pickle.dumps(exc)], dtype=object)}
+
+
+class EncodeQuestionBlocks:
+    """``{block, questions}`` → adds ``vectors`` (float32 bytes); the encoder loads once per actor."""
+
+    def __init__(self, *, encoder: str, expected_dim: int, index: str, threads: int = 1) -> None:
+        from ray_cora.encoders import load_encoder
+
+        self.encoder = load_encoder(encoder, threads=threads)
+        self.problem = None
+        if self.encoder.dim != expected_dim:
+            self.problem = ConfigError(
+                f"query encoder {encoder!r} makes {self.encoder.dim}-d vectors but the index {index} holds "
+                f"{expected_dim}-d vectors: pass the --encoder the index was built with (its manifest "
+                "records it), or leave --encoder out to use that one")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        block = str(batch["block"][0])
+        if self.problem is not None:
+            return {**_error_row(block, self.problem), "questions": batch["questions"],
+                    "vectors": np.array([b""], dtype=object)}
+        questions = json.loads(batch["questions"][0])["questions"]
+        vectors = self.encoder.encode_queries([q["question"] for q in questions]).astype(np.float32)
+        return {"block": batch["block"], "questions": batch["questions"],
+                "vectors": np.array([vectors.tobytes()], dtype=object),
+                "entry": np.array([""], dtype=object), "error": np.array([b""], dtype=object)}
+
+
+class SearchAndWriteBlocks:
+    """Searches a block's vectors on the shard-searcher actors, attaches passage texts and writes
+    the block's part file, then its marker."""
+
+    def __init__(self, *, searchers: list, store: str, out: str, k: int, dim: int, add_lang: bool,
+                 timeout_s: float, cache_buckets: int = 8, crash_at_block: str | None = None,
+                 crash_once_marker: str | None = None) -> None:
+        self.searchers = searchers
+        self.store = PassageStore(store, cache_buckets=cache_buckets)
+        self.out, self.k, self.dim, self.add_lang, self.timeout_s = out, k, dim, add_lang, timeout_s
+        # Test hook, as in FAISS's big_batch_search: die once at a given block to prove recovery.
+        self.crash_at_block, self.crash_once_marker = crash_at_block, crash_once_marker
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        block = str(batch["block"][0])
+        if batch["error"][0]:
+            return {"block": batch["block"], "entry": batch["entry"], "error": batch["error"]}
+        try:
+            entry = self.write_block(block, json.loads(batch["questions"][0]), batch["vectors"][0])
+        except RayCoraError as exc:
+            return _error_row(block, exc)
+        return {"block": batch["block"], "entry": np.array([json.dumps(entry)], dtype=object),
+                "error": np.array([b""], dtype=object)}
+
+    def write_block(self, block: str, payload: dict, vector_bytes: bytes) -> dict:
+        from ray_cora.pipelines.search import search_on_actors
+
+        questions, answers_all = payload["questions"], payload.get("answers_all")
+        vectors = np.frombuffer(vector_bytes, dtype=np.float32).reshape(len(questions), self.dim)
+        scores, ranked = search_on_actors(self.searchers, vectors, self.k, timeout_s=self.timeout_s)
+        passages = self.store.lookup(pid for row in ranked for pid in row)
+        source = self.store.artifact.manifest.get("passages", self.store.artifact.root.uri)
+        lines = []
+        for i, (question, pid_row) in enumerate(zip(questions, ranked)):
+            ctxs = make_ctxs(pid_row, scores[i], passages, add_lang=self.add_lang, source=source)
+            extra = answers_all[i] if answers_all is not None else None
+            lines.append(json.dumps(retrieval_record(question, ctxs, answers_all=extra), ensure_ascii=False))
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        part, marker = part_paths(block)
+        root = storage.resolve(self.out)
+        storage.write_bytes(root.join(part), data)
+        if (self.crash_at_block == block and self.crash_once_marker
+                and not os.path.exists(self.crash_once_marker)):
+            open(self.crash_once_marker, "w").close()
+            os._exit(1)  # part written, marker not: the rerun must redo this block
+        import hashlib
+
+        entry = {"block": block, "path": part, "lang": questions[0]["lang"], "count": len(questions),
+                 "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        storage.write_bytes(root.join(marker), json.dumps(entry).encode("utf-8"))
+        return entry
+
+
+# --- the job ---------------------------------------------------------------------------------
+
+
+def _job_key(config) -> dict:
+    return {key: getattr(config, key) for key in
+            ("index", "questions", "dataset", "lang", "langs", "k", "block_size", "add_lang")} | \
+        {"encoder": config.encoder}
+
+
+def finished_blocks(out: storage.Location) -> dict[str, dict]:
+    """Markers of blocks already written whose part file matches its checksum."""
+    done: dict[str, dict] = {}
+    parts = out.join("parts")
+    if not parts.exists():
+        return done
+    for marker in storage.list_files(parts, suffix=".json"):
+        entry = json.loads(storage.read_bytes(marker))
+        try:
+            if storage.sha256_of(out.join(entry["path"])) == (entry["sha256"], entry["size"]):
+                done[entry["block"]] = entry
+        except StorageError:
+            continue  # marker without its part: redo the block
+    return done
+
+
+def _check_job(out: storage.Location, key: dict) -> None:
+    job = out.join(JOB_FILE)
+    if job.is_file():
+        saved = json.loads(storage.read_bytes(job))
+        if saved != key:
+            changed = sorted(k for k in key if saved.get(k) != key.get(k))
+            raise ConfigError(f"{out.uri} holds a retrieval run with other settings ({', '.join(changed)} "
+                              "differ): use another --out, or delete that folder to start over")
+    else:
+        storage.write_bytes(job, json.dumps(key, indent=2).encode("utf-8"))
+
+
+def run_retrieval(config, *, crash_at_block: str | None = None, crash_once_marker: str | None = None) -> dict:
+    """Run the job of a :class:`~ray_cora.retrieve_job.RetrieveConfig`; returns a summary.
+
+    ``crash_at_block``/``crash_once_marker`` are for tests: one writer actor dies once there.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from ray_cora.index.sharded import INDEX_KIND
+    from ray_cora.languages import parse_langs
+    from ray_cora.pipelines.search import DistributedIndex
+    from ray_cora.runtime import ray_session, worker_runtime_env
+
+    started = time.perf_counter()
+    out = storage.resolve(config.out)
+    index_manifest = storage.Artifact(config.index, kind=INDEX_KIND).manifest
+    index_encoder = index_manifest["encoder"]
+    encoder = config.encoder or index_encoder["spec"]
+    dim = int(index_encoder["dim"])
+    langs = parse_langs(config.langs) if config.langs else (parse_langs(config.lang) if config.lang else None)
+    key = _job_key(config) | {"encoder": encoder}
+    _check_job(out, key)
+
+    passages = config.passages or index_manifest.get("passages")
+    store_uri = config.passage_store or out.join("passage-store").uri
+    open_or_build_store(passages, store_uri, num_buckets=config.store_buckets, format=config.passage_format)
+
+    answers_all = (answers_in_all_languages(config.questions, dataset=config.dataset)
+                   if config.answers_all else None)
+    done = finished_blocks(out)
+    items, counts = [], {}
+    for block, questions in question_blocks(
+            iter_questions(config.questions, dataset=config.dataset, langs=langs), config.block_size):
+        counts[block] = len(questions)
+        if block in done:
+            continue
+        payload = {"questions": questions}
+        if answers_all is not None:
+            payload["answers_all"] = [answers_all.get(q["qid"], q["answers"]) for q in questions]
+        items.append({"block": block, "questions": json.dumps(payload, ensure_ascii=False)})
+    if not counts:
+        raise ConfigError(f"{config.questions}: no questions"
+                          + (f" in {', '.join(langs)}" if langs else "") + " to retrieve for")
+    stale = sorted(set(done) - set(counts))
+    if stale:
+        raise ConfigError(f"{out.uri} has parts {stale[:5]} this question set does not make: use another --out")
+    print(f"retrieve: {sum(counts.values())} questions in {len(counts)} blocks; {len(done)} already "
+          f"written, {len(items)} to retrieve")
+    if items:
+        with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+            index = DistributedIndex(config.index, num_actors=config.search_actors,
+                                     actor_cpus=config.search_actor_cpus, timeout_s=config.timeout_s)
+            try:
+                results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                    EncodeQuestionBlocks, batch_size=1, batch_format="numpy",
+                    compute=ActorPoolStrategy(size=config.encoder_actors), num_cpus=config.actor_cpus,
+                    num_gpus=config.actor_gpus, runtime_env=worker_runtime_env(),
+                    fn_constructor_kwargs={"encoder": encoder, "expected_dim": dim, "index": config.index,
+                                           "threads": config.threads},
+                ).map_batches(
+                    SearchAndWriteBlocks, batch_size=1, batch_format="numpy",
+                    compute=ActorPoolStrategy(size=config.writer_actors), num_cpus=config.actor_cpus,
+                    runtime_env=worker_runtime_env(),
+                    fn_constructor_kwargs={"searchers": index.actors, "store": store_uri, "out": config.out,
+                                           "k": config.k, "dim": dim, "add_lang": config.add_lang,
+                                           "timeout_s": config.timeout_s,
+                                           "crash_at_block": crash_at_block,
+                                           "crash_once_marker": crash_once_marker})
+                for row in results.iter_rows():
+                    if row["error"]:
+                        raise pickle.loads(row["error"])  # our own exception, pickled by our actor
+                    entry = json.loads(row["entry"])
+                    done[entry["block"]] = entry
+            finally:
+                index.shutdown()
+    missing = sorted(set(counts) - set(done))
+    if missing:
+        raise StorageError(f"{out.uri}: blocks {missing[:10]} were not written; rerun the job to resume")
+    return commit_retrieval(out, done, counts, config=config, encoder=encoder, started=started)
+
+
+def commit_retrieval(out: storage.Location, done: dict[str, dict], counts: dict[str, int], *, config,
+                     encoder: str, started: float) -> dict:
+    writer = storage.ArtifactWriter(out, kind=RETRIEVAL_KIND, config=config.to_dict())
+    per_language: dict[str, int] = {}
+    for block in sorted(counts):
+        entry = done[block]
+        writer.add_existing(entry["path"], size=entry["size"], sha256=entry["sha256"])
+        per_language[entry["lang"]] = per_language.get(entry["lang"], 0) + entry["count"]
+    writer.commit({"k": config.k, "encoder": encoder, "index": config.index, "dataset": config.dataset,
+                   "questions": config.questions, "num_questions": sum(counts.values()),
+                   "per_language": dict(sorted(per_language.items())),
+                   "parts": [done[b]["path"] for b in sorted(counts)]})
+    summary = {"questions": sum(counts.values()), "blocks": len(counts), "languages": len(per_language),
+               "seconds": round(time.perf_counter() - started, 1), "manifest": out.join("manifest.json").uri}
+    print(f"retrieval: {summary['questions']} questions in {summary['languages']} languages, top-{config.k} "
+          f"→ {out.uri}/parts/*.jsonl ({summary['seconds']} s); manifest: {summary['manifest']}")
+    return summary
+
+
+# --- reading retrieval output (pure) ---------------------------------------------------------
+
+
+def iter_retrieval(uri: str) -> Iterator[tuple[str, int, dict]]:
+    """``(source, line, record)`` for every line of a retrieval output: a committed ``ray-cora
+    retrieve`` folder (parts in manifest order, checksums verified) or any JSONL file/folder."""
+    from ray_cora.errors import BadRecordError
+
+    loc = storage.resolve(uri)
+    if not loc.is_file() and loc.join(storage.MANIFEST_NAME).is_file():
+        artifact = storage.Artifact(loc, kind=RETRIEVAL_KIND)
+        sources = [(artifact.location(p).uri, lambda p=p: artifact.read_bytes(p)) for p in artifact.manifest["parts"]]
+    else:
+        sources = [(f.uri, lambda f=f: storage.read_bytes(f)) for f in storage.list_files(loc, suffix=".jsonl")]
+        if not sources:
+            raise ConfigError(f"{loc.uri}: no retrieval output here (expected a `ray-cora retrieve` folder "
+                              "with manifest.json, or .jsonl files)")
+    for source, read in sources:
+        for number, raw in enumerate(read().decode("utf-8").splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise BadRecordError(source, number, f"not valid JSON: {exc.msg}",
+                                     hint="fix or regenerate the retrieval file") from None
+            problem = _retrieval_problem(record)
+            if problem:
+                raise BadRecordError(source, number, problem, hint="fix or regenerate the retrieval file")
+            yield source, number, record
+
+
+def _retrieval_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return "a retrieval record must be a JSON object"
+    for name, kind in (("qid", str), ("lang", str), ("answers", list), ("ctxs", list)):
+        if name not in record:
+            return f"missing field '{name}'"
+        if not isinstance(record[name], kind) and not (name == "qid" and isinstance(record[name], int)):
+            return f"field '{name}' must be a {kind.__name__}"
+    for i, ctx in enumerate(record["ctxs"]):
+        if not isinstance(ctx, dict) or not isinstance(ctx.get("pid"), str):
+            return f"field 'ctxs[{i}].pid' must be a string"
+    return None

@@ -1,0 +1,165 @@
+"""``ray-cora wikidata labels``: a Wikidata JSON dump → label and sitelink Parquet tables, on Ray Data.
+
+One pass over the dump writes both tables (labels + aliases per language, and sitelinks: the
+language links the iterative-training job follows). An uncompressed dump is cut into parts of
+``part_lines`` lines found by one scan for byte offsets, so every part is read by its own task
+with a seek; a ``.gz``/``.bz2`` dump cannot seek and is one part. Each task writes
+``labels/part-NNNNN.parquet`` and ``sitelinks/part-NNNNN.parquet`` and then its marker
+``parts/part-NNNNN.json``; ``manifest.json`` is written last. A rerun skips parts whose marker and
+checksums verify.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ray_cora import storage
+from ray_cora.data.passages import Segment, _decoded_lines, detect_compression
+from ray_cora.data.records import BadRecords
+from ray_cora.errors import StorageError
+from ray_cora.index.plan import _shard_offsets
+from ray_cora.wikidata import DumpStats, iter_entities, label_rows
+
+if TYPE_CHECKING:
+    from ray_cora.wikidata_job import WikidataLabelsConfig
+
+KIND = "wikidata-labels"
+LABELS_SCHEMA = pa.schema([("qid", pa.string()), ("lang", pa.string()), ("label", pa.string()),
+                           ("aliases", pa.list_(pa.string()))])
+SITELINKS_SCHEMA = pa.schema([("qid", pa.string()), ("site", pa.string()), ("title", pa.string())])
+
+
+def plan_parts(dump: str, part_lines: int) -> list[dict[str, Any]]:
+    """``{part, first_line, num_lines, start_byte}`` covering every line of the dump once."""
+    loc = storage.resolve(dump)
+    if detect_compression(loc.path) is not None:
+        return [{"part": 0, "first_line": 1, "num_lines": None, "start_byte": 0}]
+    offsets, total = _shard_offsets(loc, 1, part_lines)
+    # _shard_offsets also reports the (empty) line after a final newline: no part starts there.
+    return [{"part": n, "first_line": 1 + n * part_lines,
+             "num_lines": min(part_lines, total - n * part_lines), "start_byte": offset}
+            for n, offset in enumerate(offsets) if n * part_lines < total]
+
+
+def part_paths(part: int) -> dict[str, str]:
+    return {"labels": f"labels/part-{part:05d}.parquet", "sitelinks": f"sitelinks/part-{part:05d}.parquet",
+            "marker": f"parts/part-{part:05d}.json", "bad": f"bad/part-{part:05d}.jsonl"}
+
+
+def write_part(*, dump: str, out: str, part: dict[str, Any], langs: tuple[str, ...],
+               on_bad_record: str) -> dict[str, Any]:
+    """Parse one part of the dump and write its two tables, then its marker (pure of Ray)."""
+    loc = storage.resolve(dump)
+    root = storage.resolve(out)
+    bad = BadRecords(on_bad_record)
+    stats = DumpStats()
+    segment = Segment(part["first_line"], part["num_lines"], part["start_byte"])
+    lines = ((number, raw) for number, _, raw in _decoded_lines(loc, segment))
+    labels, links = label_rows(iter_entities(lines, source=dump, langs=langs, bad_records=bad,
+                                             stats=stats))
+    paths = part_paths(part["part"])
+    writer = storage.ArtifactWriter(root, kind=KIND)
+    for name, columns, schema in (("labels", labels, LABELS_SCHEMA), ("sitelinks", links, SITELINKS_SCHEMA)):
+        buffer = io.BytesIO()
+        pq.write_table(pa.table(columns, schema=schema), buffer)
+        writer.write_bytes(paths[name], buffer.getvalue())
+    if bad.count:
+        writer.write_bytes(paths["bad"], bad.to_jsonl())
+    marker = {**part, "files": writer.files, "stats": stats.to_dict(),
+              "rows": {"labels": len(labels["qid"]), "sitelinks": len(links["qid"])}}
+    storage.write_bytes(root.join(paths["marker"]), json.dumps(marker).encode("utf-8"))
+    return marker
+
+
+def finished_part(root: storage.Location, part: dict[str, Any]) -> dict[str, Any] | None:
+    """The part's marker when it describes this same part and its files verify, else None."""
+    marker_loc = root.join(part_paths(part["part"])["marker"])
+    if not marker_loc.is_file():
+        return None
+    try:
+        marker = json.loads(storage.read_bytes(marker_loc))
+        if any(marker.get(k) != part[k] for k in ("first_line", "num_lines", "start_byte")):
+            return None
+        for relpath, entry in marker["files"].items():
+            sha, size = storage.sha256_of(root.join(relpath))
+            if sha != entry["sha256"] or size != entry["size"]:
+                return None
+    except (StorageError, ValueError, KeyError):
+        return None
+    return marker
+
+
+class WritePart:
+    """Ray Data ``map`` callable: one planned part in, its marker (as a JSON string) out."""
+
+    def __init__(self, dump: str, out: str, langs: tuple[str, ...], on_bad_record: str) -> None:
+        self.dump, self.out, self.langs, self.on_bad_record = dump, out, langs, on_bad_record
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        part = json.loads(row["part"])
+        marker = write_part(dump=self.dump, out=self.out, part=part, langs=self.langs,
+                            on_bad_record=self.on_bad_record)
+        return {"marker": json.dumps(marker)}
+
+
+def build_label_tables(config: "WikidataLabelsConfig") -> dict[str, Any]:
+    """Run the job; returns the manifest written (or found, when everything was done before)."""
+    import ray
+
+    from ray_cora.runtime import ray_session, worker_runtime_env
+    from ray_cora.wikidata import check_langs
+
+    langs = check_langs(config.langs)
+    root = storage.resolve(config.out)
+    parts = plan_parts(config.dump, config.part_lines)
+    done = {p["part"]: m for p in parts if (m := finished_part(root, p)) is not None}
+    todo = [p for p in parts if p["part"] not in done]
+    print(f"wikidata labels: {len(parts)} part(s), {len(done)} already written, {len(todo)} to parse")
+    if todo:
+        with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+            items = ray.data.from_items([{"part": json.dumps(p)} for p in todo],
+                                        override_num_blocks=len(todo))
+            written = items.map(WritePart, fn_constructor_kwargs={
+                "dump": config.dump, "out": config.out, "langs": langs,
+                "on_bad_record": config.on_bad_record},
+                concurrency=min(config.concurrency, len(todo)), num_cpus=config.task_cpus,
+                runtime_env=worker_runtime_env())
+            for row in written.iter_rows():
+                marker = json.loads(row["marker"])
+                done[marker["part"]] = marker
+    return commit_tables(root, [done[p["part"]] for p in parts], config=config.to_dict(), langs=langs)
+
+
+def commit_tables(root: storage.Location, markers: list[dict[str, Any]], *, config: dict,
+                  langs: tuple[str, ...]) -> dict[str, Any]:
+    writer = storage.ArtifactWriter(root, kind=KIND, config=config)
+    totals = DumpStats()
+    rows = {"labels": 0, "sitelinks": 0}
+    for marker in markers:
+        for relpath, entry in marker["files"].items():
+            writer.add_existing(relpath, size=entry["size"], sha256=entry["sha256"])
+        totals.add(DumpStats(**marker["stats"]))
+        for key in rows:
+            rows[key] += marker["rows"][key]
+    manifest = writer.commit({"langs": list(langs), "stats": totals.to_dict(), "rows": rows,
+                              "labels": [part_paths(m["part"])["labels"] for m in markers],
+                              "sitelinks": [part_paths(m["part"])["sitelinks"] for m in markers]})
+    print(f"wikidata labels: {totals.entities} entities ({totals.without_labels} without a label in "
+          f"{','.join(langs)}), {totals.redirects} redirects skipped, {totals.bad} bad lines; "
+          f"{rows['labels']} label rows, {rows['sitelinks']} sitelinks → {root.uri}")
+    return manifest
+
+
+def read_label_tables(uri: str) -> tuple[pa.Table, pa.Table]:
+    """The committed labels and sitelinks tables (checksums verified)."""
+    artifact = storage.Artifact(uri, kind=KIND)
+    tables = []
+    for key, schema in (("labels", LABELS_SCHEMA), ("sitelinks", SITELINKS_SCHEMA)):
+        parts = [pq.read_table(io.BytesIO(artifact.read_bytes(p))) for p in artifact.manifest[key]]
+        tables.append(pa.concat_tables(parts) if parts else schema.empty_table())
+    return tables[0], tables[1]

@@ -1,0 +1,80 @@
+"""Calibrated abstention: the smallest score threshold whose answered set reaches a target precision.
+
+Answering only when ``score >= threshold``, precision is the share of answered questions that are
+correct and coverage the share answered. Lower thresholds answer more, so the smallest threshold
+that still reaches the target keeps the most answers.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float | None  # None: no threshold reaches the target
+    target_precision: float
+    precision: float | None
+    coverage: float
+    num_examples: int
+    precision_without_threshold: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pick_threshold(scores: Sequence[float], correct: Sequence[bool], *,
+                   target_precision: float = 0.8) -> Calibration:
+    """Smallest ``t`` among the scores such that precision of ``{score >= t}`` >= target.
+
+    >>> pick_threshold([0.9, 0.8, 0.7, 0.6], [True, True, False, True], target_precision=0.75).threshold
+    0.6
+    >>> pick_threshold([0.9, 0.8, 0.7, 0.6], [True, True, False, False], target_precision=0.75).threshold
+    0.8
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    c = np.asarray(correct, dtype=bool)
+    if s.shape != c.shape or s.ndim != 1:
+        raise ValueError(f"scores and correct must be equally long lists, got {s.shape} and {c.shape}")
+    if not 0 < target_precision <= 1:
+        raise ValueError(f"target_precision must be in (0, 1], got {target_precision}")
+    n = len(s)
+    if n == 0:
+        return Calibration(None, target_precision, None, 0.0, 0, 0.0)
+    order = np.argsort(-s, kind="stable")
+    s_sorted, c_sorted = s[order], c[order]
+    # Only the last position of each run of equal scores is a valid cut: a threshold answers
+    # every example with that score or more.
+    last_of_run = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+    answered = np.arange(1, n + 1)
+    precision = np.cumsum(c_sorted) / answered
+    ok = np.flatnonzero(last_of_run & (precision >= target_precision - 1e-12))
+    overall = float(c.mean())
+    if not len(ok):
+        return Calibration(None, target_precision, None, 0.0, n, overall)
+    cut = int(ok[-1])  # the deepest cut: the smallest threshold
+    return Calibration(float(s_sorted[cut]), target_precision, float(precision[cut]),
+                       float(answered[cut] / n), n, overall)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD-style: case-folded, punctuation and English articles removed, spaces collapsed."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def answer_is_correct(prediction: str, answers: Sequence[str], lang: str) -> bool:
+    """Exact match after normalisation; uses the project scorer (``ray_cora.metrics.qa``) when present."""
+    try:
+        from ray_cora.metrics.qa import exact_match  # type: ignore[import-not-found]
+    except ImportError:
+        key = normalize_answer(prediction)
+        return bool(key) and any(key == normalize_answer(a) for a in answers)
+    return bool(exact_match(prediction, list(answers), lang))

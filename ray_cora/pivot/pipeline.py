@@ -1,0 +1,90 @@
+"""RM-MIPS: question → top-k English questions by MIPS → cross-encoder rerank → English answer →
+answer in the question's language (or abstention below the calibrated threshold)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ray_cora.errors import ConfigError
+from ray_cora.languages import normalize_lang
+from ray_cora.pivot.database import PivotDatabase
+from ray_cora.pivot.rerank import CrossEncoder, rerank_order
+from ray_cora.pivot.translate import AnswerTranslator, HFTranslator, LabelTable
+
+PREDICTION_FIELDS = ("qid", "lang", "prediction", "matched_qid", "score", "abstained", "translation_source")
+
+
+@dataclass
+class PivotPipeline:
+    """The single-query (and batch) pivot API that ``pivot run`` and the Serve layer host.
+
+    >>> pipe = PivotPipeline.load("pivot-db/", labels="wikidata-labels/")  # doctest: +SKIP
+    >>> pipe.answer("¿Qué altura tiene el monte Fuji?", "es")["prediction"]  # doctest: +SKIP
+    '3,776 metres'
+    """
+
+    db: PivotDatabase
+    encoder: Any
+    translator: AnswerTranslator
+    reranker: CrossEncoder | None = None
+    k: int = 10
+    threshold: float | None = None
+
+    @classmethod
+    def load(cls, db: str, *, encoder: str | None = None, reranker: str | None = None,
+             labels: str | None = None, translator: str | None = None, k: int = 10,
+             threshold: float | None = None, threads: int = 1) -> "PivotPipeline":
+        """Open the database and build the models; the encoder defaults to the database's own."""
+        from ray_cora.encoders import load_encoder
+
+        database = PivotDatabase.open(db)
+        spec = encoder or database.encoder_spec
+        if spec != database.encoder_spec:
+            raise ConfigError(f"encoder {spec!r} differs from the one that built {db} "
+                              f"({database.encoder_spec!r}): questions and database must share a space")
+        return cls(database, load_encoder(spec, threads=threads),
+                   AnswerTranslator(LabelTable.load(labels) if labels else None,
+                                    HFTranslator(translator, threads=threads) if translator else None),
+                   CrossEncoder(reranker, threads=threads) if reranker else None, k, threshold)
+
+    def answer(self, question: str, lang: str) -> dict[str, Any]:
+        """One question → ``{prediction, matched_qid, matched_question, english_answer, score,
+        mips_score, abstained, translation_source}``."""
+        return self.answer_batch([question], [lang])[0]
+
+    def answer_batch(self, questions: Sequence[str], langs: Sequence[str]) -> list[dict[str, Any]]:
+        langs = [normalize_lang(l) for l in langs]  # unknown language → ConfigError up front
+        if not questions:
+            return []
+        if any(not q or not q.strip() for q in questions):
+            raise ConfigError("a pivot question is empty")
+        mips_scores, candidates = self.db.index.search(self.encoder.encode_queries(list(questions)), self.k)
+        picks = [self._pick(q, cands, scores) for q, cands, scores in zip(questions, candidates, mips_scores)]
+        results: list[dict[str, Any]] = []
+        for (qid, score, mips), lang in zip(picks, langs):
+            row = self.db.rows[qid]
+            abstained = self.threshold is not None and score < self.threshold
+            results.append({"prediction": "", "matched_qid": qid, "matched_question": row["question"],
+                            "english_answer": row["answer"], "answer_qid": row["answer_qid"],
+                            "source_qid": row["source_qid"], "score": score, "mips_score": mips,
+                            "abstained": abstained, "translation_source": None})
+        for lang in sorted(set(langs)):
+            todo = [i for i, l in enumerate(langs) if l == lang and not results[i]["abstained"]]
+            translated = self.translator.translate_many(
+                [(results[i]["english_answer"], results[i]["answer_qid"]) for i in todo], lang)
+            for i, (text, source) in zip(todo, translated):
+                results[i]["prediction"], results[i]["translation_source"] = text, source
+        return results
+
+    def _pick(self, question: str, candidates: list[str], scores: np.ndarray) -> tuple[str, float, float]:
+        if not candidates:
+            raise ConfigError("the pivot database is empty")
+        if self.reranker is None:
+            return candidates[0], float(scores[0]), float(scores[0])
+        probs = self.reranker.score([question] * len(candidates),
+                                    [self.db.rows[c]["question"] for c in candidates])
+        best = int(rerank_order(probs)[0])
+        return candidates[best], float(probs[best]), float(scores[best])

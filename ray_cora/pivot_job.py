@@ -1,0 +1,142 @@
+"""``ray-cora pivot build|run|calibrate|train-reranker``: one config model per job, and entry points."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from ray_cora.config import RayJobConfig
+from ray_cora.encoders import check_encoder_spec
+from ray_cora.index.sharded import IndexType
+from ray_cora.languages import normalize_lang
+
+
+def _reranker(value: str | None) -> str | None:
+    if value:
+        from ray_cora.pivot.rerank import check_reranker_spec
+
+        return check_reranker_spec(value)
+    return None
+
+
+class PivotBuildConfig(RayJobConfig):
+    """Embed English (question, answer[, answer QID]) records into a pivot database: a sharded
+    FAISS index of the questions plus a Parquet answer table, on a Ray Data actor pool."""
+
+    questions: str = Field(..., description="English QA records (path or URI)")
+    dataset: Literal["jsonl", "nq", "squad", "xquad"] = Field(
+        "jsonl", description="Input format: jsonl ({qid, question, answer|answers, answer_qid?}), "
+        "nq (NQ-open), squad/xquad (SQuAD v1.1 JSON, English)")
+    out: str = Field(..., description="Output folder or URI of the database")
+    encoder: str = Field("muse", description="Sentence encoder spec (muse, or hf:<model>?pooling=mean "
+                         "for LaBSE / paraphrase-multilingual models)")
+    shard_size: int = Field(100_000, ge=1, description="Questions per index shard")
+    index_type: IndexType = Field("flat", description="FAISS index per shard: flat (exact), hnsw or ivfpq")
+    batch_size: int = Field(256, ge=1, description="Questions per encoder batch")
+    concurrency: int = Field(1, ge=1, description="Encoder actors")
+    actor_cpus: float = Field(0.5, gt=0, description="CPUs reserved per encoder actor")
+    actor_gpus: float = Field(0, ge=0, description="GPUs per encoder actor")
+
+    @field_validator("encoder")
+    @classmethod
+    def _encoder(cls, value: str) -> str:
+        return check_encoder_spec(value)
+
+
+class _PivotQueryConfig(RayJobConfig):
+    db: str = Field(..., description="Pivot database folder or URI (from `ray-cora pivot build`)")
+    questions: str = Field(..., description="Questions to answer (path or URI)")
+    dataset: Literal["mkqa", "xor", "nq", "xquad", "squad", "jsonl"] = Field(
+        "jsonl", description="Question file format")
+    lang: str | None = Field(None, description="Keep only this language (for xquad/squad: the file's language)")
+    reranker: str | None = Field(None, description="Cross-encoder spec hf:<seq-classification model> "
+                                 "(RM-MIPS); without it the MIPS top-1 is the match")
+    labels: str | None = Field(None, description="Wikidata label table (`ray-cora wikidata labels` output "
+                               "or an entity JSONL) for answer translation")
+    translator: str | None = Field(None, description="Machine translation fallback: "
+                                   "hf:<seq2seq model>?style=marian|m2m|plain&langs=...")
+    k: int = Field(10, ge=1, le=1000, description="English questions retrieved by MIPS (and reranked)")
+    batch_size: int = Field(64, ge=1, description="Questions per actor batch")
+    concurrency: int = Field(1, ge=1, description="Pipeline actors")
+    actor_cpus: float = Field(0.5, gt=0, description="CPUs reserved per pipeline actor")
+
+    @field_validator("lang")
+    @classmethod
+    def _lang(cls, value: str | None) -> str | None:
+        return normalize_lang(value) if value else None
+
+    @field_validator("reranker")
+    @classmethod
+    def _rerank(cls, value: str | None) -> str | None:
+        return _reranker(value)
+
+
+class PivotRunConfig(_PivotQueryConfig):
+    """Answer questions through the English pivot database (MIPS, optional cross-encoder rerank,
+    answer translation, abstention) on a Ray Data actor pool; writes predictions JSONL."""
+
+    out: str = Field(..., description="Output folder or URI (predictions.jsonl + manifest.json)")
+    threshold: float | None = Field(None, description="Abstain below this score")
+    calibration: str | None = Field(None, description="calibration.json from `ray-cora pivot calibrate` "
+                                    "(its threshold is used unless --threshold is given)")
+
+
+class PivotCalibrateConfig(_PivotQueryConfig):
+    """Pick the smallest score threshold reaching a target precision on a labelled dev set."""
+
+    out: str = Field(..., description="Output folder or URI (calibration.json, dev predictions)")
+    target_precision: float = Field(0.8, gt=0, le=1, description="Precision to reach on answered questions")
+    correct_by: Literal["answer", "qid"] = Field(
+        "answer", description="answer: the translated prediction matches a gold answer; qid: the matched "
+        "English question is the dev question's own (same qid or source_qid)")
+
+
+class PivotTrainRerankerConfig(RayJobConfig):
+    """Fine-tune a cross-encoder on labelled paraphrase pairs (PAWS-X / QQP style) with Ray Train."""
+
+    model: str = Field(..., description="Start model: hf:<seq-classification model or encoder>")
+    pairs: list[str] = Field(..., description="Labelled pair files: JSONL or TSV with sentence1/sentence2/"
+                             "label (PAWS-X) or question1/question2/is_duplicate (QQP)")
+    mix: list[float] | None = Field(None, description="Sampling weight per pairs file, e.g. 0.75,0.25 "
+                                    "(default: every pair once)")
+    out: str = Field(..., description="Output folder or URI: Ray Train checkpoints, and model/ at the end")
+    epochs: int = Field(1, ge=1, description="Passes over the pairs")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate (the paper: 1e-5 for XLM-R large)")
+    batch_size: int = Field(16, ge=1, description="Pairs per step per worker")
+    max_length: int = Field(128, ge=8, description="Tokens per pair")
+    max_pairs: int | None = Field(None, ge=1, description="Use at most this many pairs (with --mix: "
+                                  "the sample size)")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP; gloo on CPU)")
+    cpus_per_worker: float = Field(0.5, gt=0, description="CPUs per training worker")
+    use_gpu: bool = Field(False, description="One GPU per worker (nccl)")
+    seed: int = Field(0, description="Shuffling and sampling seed")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        return _reranker(value)
+
+
+def run_pivot_build(config: PivotBuildConfig) -> dict:
+    from ray_cora.pivot.distributed import build_pivot_database
+
+    return build_pivot_database(config)
+
+
+def run_pivot(config: PivotRunConfig) -> dict:
+    from ray_cora.pivot.distributed import run_predictions
+
+    return run_predictions(config)
+
+
+def run_pivot_calibrate(config: PivotCalibrateConfig) -> dict:
+    from ray_cora.pivot.distributed import calibrate
+
+    return calibrate(config)
+
+
+def run_train_reranker(config: PivotTrainRerankerConfig) -> dict:
+    from ray_cora.pivot.train import train_reranker
+
+    return train_reranker(config)

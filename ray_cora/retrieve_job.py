@@ -1,0 +1,76 @@
+"""``ray-cora retrieve``: the config of the batch retrieval job (the work is in ray_cora.pipelines.retrieve)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ray_cora.config import RayJobConfig
+from ray_cora.encoders import check_encoder_spec
+from ray_cora.languages import normalize_lang, parse_langs
+
+
+class RetrieveConfig(RayJobConfig):
+    """Retrieve the top-k passages of a sharded index for every question of a QA set, on Ray Data
+    (query-encoder actors → shard-searcher actors). Writes <out>/parts/*.jsonl, one line per question
+    {qid, lang, question, answers, answers_all, gold_pids, ctxs: [{pid, lang, title, text, score}]}, and
+    manifest.json last. Rerunning with the same --out resumes: finished blocks are skipped."""
+
+    index: str = Field(..., description="Sharded index URI (made by `ray-cora embed`)")
+    questions: str = Field(..., description="QA file URI (for xquad/squad also a folder of xquad.<lang>.json)")
+    dataset: Literal["mkqa", "xor", "xquad", "squad", "nq", "jsonl"] = Field(
+        ..., description="Format of --questions")
+    out: str = Field(..., description="Output folder URI: parts/, passage-store/ (default) and manifest.json")
+    lang: str | None = Field(None, description="Only questions in this language")
+    langs: str | None = Field(None, description="Only questions in these languages (a,b,... or mkqa/xor/xquad)")
+    encoder: str | None = Field(None, description="Query encoder spec (default: the one recorded in the index "
+                                "manifest; for dpr: checkpoints the question encoder is used)")
+    k: int = Field(100, ge=1, le=2000, description="Passages per question")
+    passages: str | None = Field(None, description="Corpus the index was built from, for passage texts "
+                                 "(default: the one the index manifest names)")
+    passage_format: Literal["tsv", "jsonl", "parquet"] | None = Field(None, description="Corpus format "
+                                                                       "(default: from file names)")
+    passage_store: str | None = Field(None, description="pid→passage Parquet store (built from --passages "
+                                      "when absent; default <out>/passage-store); reuse it across runs")
+    store_buckets: int = Field(16, ge=1, description="Buckets of a new passage store (a bucket must fit in "
+                               "a writer actor's memory)")
+    add_lang: bool = Field(False, description="Prefix each passage text with its language tag, e.g. '[ja] ...'")
+    answers_all: bool = Field(True, description="Add answers_all: the question's answers in every language "
+                              "of the QA file (for R^multi); costs one extra pass over the file")
+    block_size: int = Field(256, ge=1, description="Questions per block (the unit of work and of resume)")
+    encoder_actors: int = Field(1, ge=1, description="Query-encoder actors")
+    writer_actors: int = Field(1, ge=1, description="Search-and-write actors")
+    search_actors: int = Field(1, ge=1, description="Actors the index shards are spread over")
+    actor_cpus: float = Field(0.5, gt=0, description="CPUs per encoder / writer actor")
+    search_actor_cpus: float = Field(0.25, gt=0, description="CPUs per shard-searcher actor")
+    actor_gpus: float = Field(0.0, ge=0, description="GPUs per query-encoder actor")
+    threads: int = Field(1, ge=1, description="Math threads per encoder actor on CPU")
+    timeout_s: float = Field(600, gt=0, description="Longest wait for one block's search")
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, value: str | None) -> str | None:
+        return check_encoder_spec(value) if value else None
+
+    @field_validator("lang")
+    @classmethod
+    def _known_lang(cls, value: str | None) -> str | None:
+        return normalize_lang(value) if value else None
+
+    @field_validator("langs")
+    @classmethod
+    def _known_langs(cls, value: str | None) -> str | None:
+        return ",".join(parse_langs(value)) if value else None
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> "RetrieveConfig":
+        if self.lang and self.langs:
+            raise ValueError("pass either --lang or --langs, not both")
+        return self
+
+
+def run_retrieve(config: RetrieveConfig) -> dict:
+    from ray_cora.pipelines.retrieve import run_retrieval
+
+    return run_retrieval(config)

@@ -1,0 +1,247 @@
+"""The Serve application: Retriever, Generator and PivotReranker deployments behind a FastAPI Ingress.
+
+Run it with any of::
+
+    ray-cora serve --config serve.yaml                       # starts Ray + Serve on 127.0.0.1
+    serve run ray_cora.serve.app:build_app pivot_db=demo     # Serve CLI, args = ServeAppOptions
+    serve deploy cluster/serve_config.yaml                   # a running cluster
+
+Routes: ``POST /v1/retrieve``, ``POST /v1/answer``, ``POST /v1/pivot``, ``GET /healthz``, the
+OpenAPI schema at ``/openapi.json`` and its docs at ``/docs``. Every client mistake is a 4xx with
+the JSON body ``{"error": ..., "field": ...}``.
+
+The encoder (Retriever), generator and pivot deployments batch concurrent requests with
+``@serve.batch``; ``max_batch_size`` and ``batch_wait_timeout_s`` come from their ``user_config``
+(so ``serve deploy`` can change them without restarting replicas), and ``max_ongoing_requests`` is
+kept above the batch size so a batch can fill.
+"""
+
+# No "from __future__ import annotations": FastAPI must resolve the route annotations at import.
+
+import asyncio
+import hmac
+import os
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from ray_cora import __version__
+from ray_cora.errors import ConfigError
+from ray_cora.serve.core import RetrieverCore, load_generator, load_pivot, pivot_response
+from ray_cora.serve.schemas import (AnswerRequest, AnswerResponse, ClientError, ErrorResponse, Limits,
+                                    PivotRequest, PivotResponse, RetrieveRequest, RetrieveResponse,
+                                    describe_validation_errors)
+from ray_cora.serve.settings import ServeAppOptions
+
+APP_NAME = "ray_cora"
+API_KEY_HEADER = "X-API-Key"
+DEPLOYMENTS = ("Ingress", "Retriever", "Generator", "PivotReranker")
+
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 503)}
+
+api = FastAPI(title="ray_cora", version=__version__,
+              description="Multilingual open-domain QA: cross-lingual retrieval (mDPR/mUSE), answer "
+                          "generation (mGEN) and the RM-MIPS English pivot.")
+
+
+def _error(exc: ClientError) -> JSONResponse:
+    headers = {"WWW-Authenticate": API_KEY_HEADER} if exc.status == 401 else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+@api.exception_handler(ClientError)
+async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
+    return _error(exc)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error(describe_validation_errors(list(exc.errors())))
+
+
+@api.middleware("http")
+async def _guard(request: Request, call_next):
+    """API key and body size, checked before the body is read or parsed."""
+    key, limits = getattr(request.app.state, "api_key", None), getattr(request.app.state, "limits", None)
+    open_paths = ("/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+    if key and request.url.path not in open_paths:
+        given = request.headers.get(API_KEY_HEADER, "")
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            return _error(ClientError(401, f"missing or wrong API key: send it in the {API_KEY_HEADER} "
+                                      "header", field=API_KEY_HEADER))
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method == "POST" and media_type != "application/json":
+        return _error(ClientError(415, f"send the body as JSON with the header Content-Type: "
+                                  f"application/json (got {media_type or 'no Content-Type'})", field=None))
+    length = request.headers.get("content-length")
+    if limits and length and length.isdigit() and int(length) > limits.max_body_bytes:
+        return _error(ClientError(413, f"request body is {length} bytes; the limit is "
+                                  f"{limits.max_body_bytes}", field=None))
+    return await call_next(request)
+
+
+def _set_batching(method, config: dict[str, Any]) -> None:
+    if "max_batch_size" in config:
+        method.set_max_batch_size(int(config["max_batch_size"]))
+    if "batch_wait_timeout_s" in config:
+        method.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+
+
+@serve.deployment(name="Retriever", max_ongoing_requests=64)
+class Retriever:
+    """Question encoder + sharded index (+ passage texts): ``retrieve(question, k)`` → passages."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        opts = ServeAppOptions.model_validate(options)
+        self.core = RetrieverCore.load(index=opts.index, passages=opts.passages,
+                                       passage_store=opts.passage_store, encoder=opts.encoder)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        _set_batching(self.search, config)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def search(self, requests: list[tuple[str, int]]) -> list[list[dict[str, Any]]]:
+        questions, ks = zip(*requests)
+        # In a thread, so requests keep arriving (and queue for the next batch) while this one runs.
+        return await asyncio.to_thread(self.core.retrieve, questions, ks)
+
+    async def retrieve(self, question: str, k: int) -> list[dict[str, Any]]:
+        return await self.search((question, k))
+
+
+@serve.deployment(name="Generator", max_ongoing_requests=32)
+class Generator:
+    """mGEN over retrieved passages: ``generate(question, lang, passages)`` → answer in ``lang``."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        opts = ServeAppOptions.model_validate(options)
+        self.model = load_generator(opts.generator, tokenizer=opts.generator_tokenizer,
+                                    top_k=opts.answer_passages)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        _set_batching(self.batch, config)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def batch(self, requests: list[tuple[str, str, list[dict[str, Any]]]]) -> list[str]:
+        questions, langs, passages = zip(*requests)
+        return await asyncio.to_thread(self.model.answer, list(questions), list(langs), list(passages))
+
+    async def generate(self, question: str, lang: str, passages: list[dict[str, Any]]) -> str:
+        return await self.batch((question, lang, passages))
+
+
+@serve.deployment(name="PivotReranker", max_ongoing_requests=64)
+class PivotReranker:
+    """The RM-MIPS pipeline (MIPS over English questions, rerank, translate the answer back)."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        opts = ServeAppOptions.model_validate(options)
+        self.pipeline = load_pivot(opts.pivot_db, labels=opts.pivot_labels, reranker=opts.pivot_reranker,
+                                   threshold=opts.pivot_threshold)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        _set_batching(self.batch, config)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def batch(self, requests: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        questions, langs = zip(*requests)
+        results = await asyncio.to_thread(self.pipeline.answer_batch, list(questions), list(langs))
+        return [pivot_response(q, l, r) for q, l, r in zip(questions, langs, results)]
+
+    async def answer(self, question: str, lang: str) -> dict[str, Any]:
+        return await self.batch((question, lang))
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=256)
+@serve.ingress(api)
+class Ingress:
+    """The HTTP front door: validates every request, then calls the model deployments."""
+
+    def __init__(self, retriever, generator, pivot, options: dict[str, Any], api_key: str | None) -> None:
+        opts = ServeAppOptions.model_validate(options)
+        self.retriever, self.generator, self.pivot = retriever, generator, pivot
+        self.limits = Limits(opts.max_question_chars, opts.max_k, opts.default_k)
+        self.answer_passages = opts.answer_passages
+        # The FastAPI app object lives once per replica process; the middleware reads these.
+        api.state.api_key = api_key
+        api.state.limits = self.limits
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "retriever": True, "generator": self.generator is not None,
+                "pivot": self.pivot is not None}
+
+    @api.post("/v1/retrieve", response_model=RetrieveResponse, responses=_ERRORS)
+    async def retrieve(self, body: RetrieveRequest) -> dict[str, Any]:
+        """Top-k passages, in any language, for a question in any language."""
+        question, lang, k = self.limits.question(body.question), self.limits.lang(body.lang), self.limits.k(body.k)
+        passages = await self.retriever.retrieve.remote(question, k)
+        return {"question": question, "lang": lang, "k": k, "passages": passages}
+
+    @api.post("/v1/answer", response_model=AnswerResponse, responses=_ERRORS)
+    async def answer(self, body: AnswerRequest) -> dict[str, Any]:
+        """An answer in ``lang`` generated by mGEN from the retrieved passages, with that evidence."""
+        question, lang = self.limits.question(body.question), self.limits.lang(body.lang, required=True)
+        if self.generator is None:
+            raise ClientError(503, "no generator configured: start the app with generator=<mGEN "
+                              "checkpoint> (ray-cora serve --generator PATH)")
+        passages = await self.retriever.retrieve.remote(question, self.answer_passages)
+        answer = await self.generator.generate.remote(question, lang, passages)
+        return {"question": question, "lang": lang, "answer": answer, "passages": passages}
+
+    @api.post("/v1/pivot", response_model=PivotResponse, responses=_ERRORS)
+    async def pivot(self, body: PivotRequest) -> dict[str, Any]:
+        """The closest English question in the pivot database, its score, and its answer translated
+        into ``lang`` (null when the pipeline abstains)."""
+        question, lang = self.limits.question(body.question), self.limits.lang(body.lang, required=True)
+        if self.pivot is None:
+            raise ClientError(503, "no pivot database configured: start the app with pivot_db=<URI> "
+                              "(ray-cora pivot build --out), or pivot_db=demo")
+        return await self.pivot.answer.remote(question, lang)
+
+
+def build_app(args: dict[str, Any] | ServeAppOptions | None = None) -> serve.Application:
+    """The application for ``serve run ray_cora.serve.app:build_app key=value ...``, ``serve
+    deploy`` (``import_path`` + ``args``) and ``ray-cora serve``; ``args`` are
+    :class:`ServeAppOptions` fields. Deployment settings given here (autoscaling, resources,
+    batching) are defaults that a ``serve deploy`` config's ``deployments:`` section overrides.
+    """
+    opts = args if isinstance(args, ServeAppOptions) else ServeAppOptions.model_validate(args or {})
+    options = opts.to_dict()
+    api_key = None
+    if opts.api_key_env:
+        api_key = os.environ.get(opts.api_key_env)
+        if not api_key:
+            raise ConfigError(f"api_key_env: the environment variable {opts.api_key_env} is not set (or "
+                              "empty); set it to the API key, or drop api_key_env to serve without one")
+    batching = {"max_batch_size": opts.max_batch_size, "batch_wait_timeout_s": opts.batch_wait_timeout_s}
+
+    def model_options(target: int) -> dict[str, Any]:
+        return {"autoscaling_config": _autoscaling(opts.max_replicas, target),
+                "ray_actor_options": {"num_cpus": opts.replica_cpus, "num_gpus": opts.replica_gpus},
+                "max_ongoing_requests": max(4 * opts.max_batch_size, 2 * target),
+                "user_config": batching, "health_check_period_s": opts.health_check_period_s}
+
+    retriever = Retriever.options(**model_options(opts.max_batch_size)).bind(options)
+    generator = (Generator.options(**model_options(opts.max_batch_size)).bind(options)
+                 if opts.generator else None)
+    pivot = (PivotReranker.options(**model_options(opts.max_batch_size)).bind(options)
+             if opts.pivot_db else None)
+    return Ingress.options(
+        autoscaling_config=_autoscaling(opts.max_replicas, 64),
+        ray_actor_options={"num_cpus": opts.replica_cpus},
+        health_check_period_s=opts.health_check_period_s,
+    ).bind(retriever, generator, pivot, options, api_key)
+
+
+def _autoscaling(max_replicas: int, target_ongoing_requests: int) -> dict[str, Any]:
+    return {"min_replicas": 1, "initial_replicas": 1, "max_replicas": max_replicas,
+            "target_ongoing_requests": target_ongoing_requests}
+
+
+# The demo application with default options, for ``serve build ray_cora.serve.app:app`` (which
+# needs an Application, not a builder). Binding loads nothing: models load in the replicas.
+app = build_app()

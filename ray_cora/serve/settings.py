@@ -1,0 +1,64 @@
+"""Options of the Serve application: what it hosts, its input limits and its batching (pure)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from ray_cora.config import JobConfig
+from ray_cora.demo import DEMO_PASSAGES
+from ray_cora.encoders import check_encoder_spec
+
+
+class ServeAppOptions(JobConfig):
+    """What the application serves. ``serve run ray_cora.serve.app:build_app index=s3://...`` and
+    the ``args:`` of a ``serve deploy`` config are validated against these fields."""
+
+    index: str | None = Field(None, description="Sharded FAISS index URI (ray-cora embed --out); "
+                              "default: the demo corpus, embedded and indexed at replica start")
+    passages: str = Field(str(DEMO_PASSAGES), description="Passage file or folder the index was built "
+                          "from (TSV/JSONL/Parquet): texts and titles are looked up there by pid")
+    passage_store: str | None = Field(None, description="Committed passage store URI (ray-cora retrieve's "
+                                      "--passage-store) to look texts up bucket by bucket instead of "
+                                      "holding every passage in memory; needs index")
+    encoder: str = Field("muse", description="Question encoder spec; must be the index's encoder")
+    generator: str | None = Field(None, description="mGEN (HF seq2seq) checkpoint path or URI; "
+                                  "without one /v1/answer answers 503 'no generator configured'")
+    generator_tokenizer: str | None = Field(None, description="Tokenizer folder/name for a generator "
+                                            "checkpoint without one (CORA's mGEN_model: mT5's)")
+    answer_passages: int = Field(5, ge=1, le=100, description="Retrieved passages the generator reads")
+    pivot_db: str | None = Field(None, description="Pivot database URI (ray-cora pivot build --out); "
+                                 "without one /v1/pivot answers 503 'no pivot database configured'")
+    pivot_labels: str | None = Field(None, description="Wikidata labels URI (ray-cora wikidata labels "
+                                     "--out) used to translate pivot answers")
+    pivot_reranker: str | None = Field(None, description="Cross-encoder checkpoint for pivot reranking")
+    pivot_threshold: float | None = Field(None, description="Pivot abstention threshold (pivot calibrate)")
+    max_question_chars: int = Field(1000, ge=1, le=100_000, description="Longest question accepted "
+                                    "(characters); longer ones get 422")
+    max_k: int = Field(100, ge=1, le=10_000, description="Largest k a client may ask /v1/retrieve for")
+    default_k: int = Field(10, ge=1, description="k when a request does not give one")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key; when "
+                                    "it is set, requests need the header X-API-Key (401 otherwise)")
+    max_batch_size: int = Field(16, ge=1, le=1024, description="@serve.batch size of the encoder and "
+                                "generator deployments")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, le=10, description="@serve.batch wait for a batch "
+                                        "to fill (seconds)")
+    max_replicas: int = Field(2, ge=1, description="Autoscaling upper bound of each deployment")
+    replica_cpus: float = Field(0.25, gt=0, description="CPUs reserved per replica (local runs; "
+                                "cluster/serve_config.yaml sets GPUs for the encoder and generator)")
+    replica_gpus: float = Field(0, ge=0, description="GPUs per encoder/generator replica")
+    health_check_period_s: float = Field(10.0, gt=0, description="How often Serve checks each replica "
+                                         "(a dead replica is replaced after a failed check)")
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, value: str) -> str:
+        return check_encoder_spec(value)
+
+    @model_validator(mode="after")
+    def _k_in_range(self) -> "ServeAppOptions":
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) is above max_k ({self.max_k})")
+        if self.passage_store and not self.index:
+            raise ValueError("passage_store needs index: without an index the demo corpus is embedded "
+                             "from passages at start-up")
+        return self

@@ -1,0 +1,46 @@
+"""``ray-cora train-mdpr``: train the mDPR bi-encoder on Ray Train and export it as an ``hf:`` folder."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ray_cora.config import RayJobConfig
+
+
+class TrainMDPRConfig(RayJobConfig):
+    """Train mDPR (question + passage encoders, DPR loss with in-batch negatives gathered over all
+    workers plus hard negatives) with Ray Train on DPR/CORA retriever JSON, JSONL or Parquet.
+    Checkpoints go to <out>/ray-train/ (rerun the same command to resume); the trained encoders are
+    published to <out>/model/ (question_encoder/, ctx_encoder/), usable as --encoder hf:<out>/model."""
+
+    train: list[str] = Field(..., description="Training files or folders (DPR JSON array, .jsonl, .parquet)")
+    out: str = Field(..., description="Output URI (local, file://, s3://)")
+    init: str = Field(..., description="Start from this encoder: hf:<name-or-path> (e.g. mBERT) or dpr:<.cpt>")
+    dev: list[str] = Field(default_factory=list, description="Dev files: average rank / top-k of the positive")
+    shared_encoder: bool = Field(False, description="One transformer for questions and passages")
+    segment_ids: Literal["auto", "tokenizer", "zeros"] = Field(
+        "auto", description="auto: zeros from a dpr: checkpoint (CORA), else the tokenizer's segment ids")
+    hard_negatives: int = Field(1, ge=0, description="Hard negatives per question")
+    max_length: int = Field(256, ge=8, description="Max tokens per question/passage")
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(128, ge=1, description="Questions per step over all workers (global batch)")
+    lr: float = Field(2e-5, gt=0)
+    warmup_steps: int = Field(300, ge=0)
+    max_grad_norm: float = Field(2.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_eps: float = Field(1e-8, gt=0)
+    checkpoint_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: each epoch)")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
+    use_gpu: bool = Field(False, description="One GPU per worker (NCCL, bf16 autocast)")
+    cpus_per_worker: float = Field(0.5, gt=0)
+    max_failures: int = Field(2, ge=-1, description="Worker failures to recover from (from the last checkpoint)")
+    on_bad_record: Literal["error", "skip"] = Field("error", description="error: stop at a bad record; skip: count it and go on")
+    seed: int = 0
+
+
+def run_train_mdpr(config: TrainMDPRConfig, **test_hooks: Any) -> dict[str, Any]:
+    from ray_cora.train.jobs import train_mdpr
+
+    return train_mdpr(config, **test_hooks)

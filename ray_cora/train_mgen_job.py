@@ -1,0 +1,47 @@
+"""``ray-cora train-mgen``: train the mGEN generator on Ray Train from retrieval results."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ray_cora.config import RayJobConfig
+
+
+class TrainMGENConfig(RayJobConfig):
+    """Train mGEN (any HF seq2seq model, mT5 for real runs) on retrieval JSONL
+    {qid, lang, question, answers, ctxs}: input = question + [lang] once + top-k passages with
+    titles, target = the first answer. Defaults follow CORA's Table 10. Checkpoints go to
+    <out>/ray-train/ (rerun to resume); the model is published to <out>/model/."""
+
+    train: list[str] = Field(..., description="Retrieval JSONL files or folders")
+    out: str = Field(..., description="Output URI (local, file://, s3://)")
+    init: str = Field(..., description="Seq2seq model folder, s3:// folder or local-HF-cache name (e.g. google/mt5-base)")
+    tokenizer: str | None = Field(None, description="Tokenizer source when the model folder has none")
+    top_k: int = Field(15, ge=1, description="Passages per question in the input")
+    max_source_length: int = Field(1000, ge=8)
+    max_target_length: int = Field(25, ge=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1, description="Examples per optimizer step over all workers and accumulation steps")
+    grad_accumulation: int = Field(2, ge=1)
+    lr: float = Field(3e-5, gt=0)
+    warmup_steps: int = Field(500, ge=0)
+    weight_decay: float = Field(0.001, ge=0)
+    adam_eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(0.1, ge=0)
+    checkpoint_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: each epoch)")
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = Field(False)
+    cpus_per_worker: float = Field(0.5, gt=0)
+    max_failures: int = Field(2, ge=-1)
+    on_bad_record: Literal["error", "skip"] = Field("error", description="error: stop at a bad record; skip: count it and go on")
+    seed: int = 0
+
+
+def run_train_mgen(config: TrainMGENConfig, **test_hooks: Any) -> dict[str, Any]:
+    from ray_cora.train.jobs import train_mgen
+
+    return train_mgen(config, **test_hooks)

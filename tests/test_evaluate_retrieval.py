@@ -1,0 +1,168 @@
+"""Retrieval metrics pinned by hand, `ray-cora evaluate retrieval` end to end (no Ray), and the
+pure parts of batch retrieval (passage store, question blocks, retrieval file reader)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ray_cora.metrics.retrieval import retrieval_metrics, score_retrieval_row
+
+
+def _ctx(pid: str, lang: str, text: str) -> dict:
+    return {"pid": pid, "lang": lang, "title": pid, "text": text, "score": 0.0}
+
+
+# Three Japanese questions and one English one, built so every rank is known by hand.
+ROWS = [
+    # ja-1: ja answer at rank 2, English answer at rank 1, gold at rank 2.
+    {"qid": "1", "lang": "ja", "answers": ["東京"], "answers_all": ["東京", "Tokyo"], "gold_pids": ["b"],
+     "ctxs": [_ctx("a", "en", "Tokyo is the capital"), _ctx("b", "ja", "首都は東京です"), _ctx("c", "ja", "大阪")]},
+    # ja-2: nothing in Japanese; the English alias only at rank 3; no gold retrieved.
+    {"qid": "2", "lang": "ja", "answers": ["富士山"], "answers_all": ["富士山", "Mount Fuji"], "gold_pids": ["z"],
+     "ctxs": [_ctx("d", "ja", "山"), _ctx("e", "zh_cn", "火山"), _ctx("f", "en", "mount fuji is high")]},
+    # ja-3: full-width digits match after NFKC at rank 1; no answers_all given (falls back to answers).
+    {"qid": "3", "lang": "ja", "answers": ["3776"], "gold_pids": ["g"],
+     "ctxs": [_ctx("g", "ja", "標高３７７６メートル"), _ctx("h", "en", "x"), _ctx("i", "en", "y")]},
+    # en-1: no gold pids known; English answer at rank 3, the Japanese one at rank 1.
+    {"qid": "1", "lang": "en", "answers": ["Tokyo"], "answers_all": ["東京", "Tokyo"],
+     "ctxs": [_ctx("b", "ja", "首都東京"), _ctx("j", "en", "capital"), _ctx("a", "en", "TOKYO!")]},
+]
+
+
+def test_ranks_of_each_row_by_hand():
+    scored = [score_retrieval_row(r, heatmap_k=2) for r in ROWS]
+    assert [(s["rank_lang"], s["rank_multi"], s["rank_gold"]) for s in scored] == [
+        (2, 1, 2), (None, 3, None), (1, 1, 1), (3, 1, None)]
+    assert scored[0]["ctx_langs"] == {"en": 1, "ja": 1}  # only the top 2 counted
+    assert scored[3]["has_gold"] is False
+
+
+def test_metrics_per_language_macro_and_language_counts_by_hand():
+    metrics = retrieval_metrics([score_retrieval_row(r, heatmap_k=3) for r in ROWS], ks=(1, 2, 3))
+    ja, en = metrics["per_language"]["ja"], metrics["per_language"]["en"]
+    assert ja["count"] == 3 and en["count"] == 1
+    assert ja["R^L@1"] == pytest.approx(100 / 3) and ja["R^L@2"] == pytest.approx(200 / 3)
+    assert ja["R^multi@1"] == pytest.approx(200 / 3) and ja["R^multi@3"] == 100.0
+    assert ja["R^gold@1"] == pytest.approx(100 / 3) and ja["R^gold@2"] == pytest.approx(200 / 3)
+    assert en["R^L@2"] == 0.0 and en["R^L@3"] == 100.0 and en["R^multi@1"] == 100.0
+    assert "R^gold@1" not in en  # no gold passages known for English
+    # macro: languages weigh equally; R^gold only over languages that have it
+    assert metrics["macro"]["R^L@3"] == pytest.approx((200 / 3 + 100) / 2)
+    assert metrics["macro"]["R^gold@2"] == pytest.approx(200 / 3)
+    assert metrics["retrieved_languages"] == {"en": {"en": 2, "ja": 1},
+                                              "ja": {"en": 4, "ja": 4, "zh_cn": 1}}
+
+
+def _write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ray_cora", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_evaluate_retrieval_command_writes_metrics_report_and_plots(tmp_path):
+    _write_jsonl(tmp_path / "retrieval.jsonl", ROWS)
+    result = _cli("evaluate", "retrieval", "--retrieval", str(tmp_path / "retrieval.jsonl"),
+                  "--out", str(tmp_path / "eval"), "--ks", "1,2,3,100")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["mode"] == "retrieval" and metrics["ks"] == [1, 2, 3] and metrics["ks_left_out"] == [100]
+    assert metrics["per_language"]["ja"]["R^multi@1"] == pytest.approx(200 / 3)
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "| metric | en | ja | macro |" in report and "| R^L@3 | 100.0 | 66.7 | 83.3 |" in report
+    assert "k = 100 left out" in report
+    for name in ("per_language.png", "retrieved_languages.png"):
+        assert (tmp_path / "eval" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"qid": "1", "lang": "ja", "answers": [], "ctxs": [', "not valid JSON"),
+    ('{"qid": "1", "lang": "ja", "answers": []}', "missing field 'ctxs'"),
+    ('{"qid": "1", "lang": "xx", "answers": [], "ctxs": []}', "unknown language code 'xx'"),
+    ('{"qid": "1", "lang": "ja", "answers": [], "ctxs": [{"text": "no pid"}]}', "ctxs[0].pid"),
+])
+def test_bad_retrieval_records_are_one_line_errors_naming_file_and_line(tmp_path, line, message):
+    good = json.dumps(ROWS[0], ensure_ascii=False)
+    (tmp_path / "r.jsonl").write_text(good + "\n" + line + "\n", encoding="utf-8")
+    result = _cli("evaluate", "retrieval", "--retrieval", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1 and f"r.jsonl:2: " in error[0] and message in error[0], result.stderr
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_unknown_generator_and_bad_options_are_clear_errors(tmp_path):
+    result = _cli("evaluate", "all", "--index", str(tmp_path), "--questions", "q", "--dataset", "jsonl",
+                  "--out", str(tmp_path / "o"), "--generator", "mgen.ckpt")
+    assert result.returncode == 2 and "no generator configured" in result.stderr
+    result = _cli("retrieve", "--index", "i", "--questions", "q", "--dataset", "mkqa", "--out", "o",
+                  "--langs", "ja,klingon")
+    assert result.returncode == 2 and "unknown language code 'klingon'" in result.stderr
+
+
+# --- pure parts of batch retrieval -------------------------------------------------------------
+
+
+def test_passage_store_finds_every_passage_across_buckets(tmp_path):
+    from ray_cora.pipelines.retrieve import PassageStore, build_passage_store
+
+    passages = [{"pid": f"p{i}", "lang": "en" if i % 2 else "ja", "title": f"t{i}", "text": f"text {i}"}
+                for i in range(50)]
+    _write_jsonl(tmp_path / "corpus.jsonl", passages)
+    manifest = build_passage_store(str(tmp_path / "corpus.jsonl"), str(tmp_path / "store"), num_buckets=7,
+                                   flush_rows=3)
+    assert manifest["num_passages"] == 50 and len(manifest["files"]) == 7
+    store = PassageStore(str(tmp_path / "store"), cache_buckets=2)
+    found = store.lookup(["p49", "p0", "missing", "p17", "p0"])
+    assert found == {p["pid"]: p for p in passages if p["pid"] in ("p49", "p0", "p17")}
+    assert len(store.lookup(p["pid"] for p in passages)) == 50 and len(store._cache) == 2
+
+
+def test_missing_passage_text_is_a_clear_error():
+    import numpy as np
+
+    from ray_cora.errors import StorageError
+    from ray_cora.pipelines.retrieve import make_ctxs
+
+    with pytest.raises(StorageError, match="'p9' is in the index but not in the corpus c.jsonl"):
+        make_ctxs(["p9"], np.array([1.0]), {}, add_lang=False, source="c.jsonl")
+    ctx = make_ctxs(["a"], np.array([0.5]), {"a": {"pid": "a", "lang": "ja", "title": "T", "text": "本文"}},
+                    add_lang=True, source="c")
+    assert ctx == [{"pid": "a", "lang": "ja", "title": "T", "text": "[ja] 本文", "score": 0.5}]
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 7])
+def test_question_blocks_keep_every_question_once_in_order(block_size):
+    from ray_cora.pipelines.retrieve import question_blocks
+
+    records = [{"qid": str(i), "lang": "ja" if i % 3 else "en"} for i in range(20)]
+    blocks = list(question_blocks(records, block_size))
+    assert all(0 < len(b) <= block_size and len({r["lang"] for r in b}) == 1 for _, b in blocks)
+    flat = [r for _, b in blocks for r in b]
+    assert sorted(flat, key=lambda r: int(r["qid"])) == records
+    for lang in ("ja", "en"):
+        names = [name for name, b in blocks if b[0]["lang"] == lang]
+        assert names == [f"{lang}-{n:05d}" for n in range(len(names))]
+        assert [r for name, b in blocks if name in names for r in b] == [r for r in records if r["lang"] == lang]
+
+
+def test_answers_in_all_languages_unites_mkqa_answers(tmp_path):
+    from ray_cora.pipelines.retrieve import answers_in_all_languages
+
+    mkqa = {"example_id": 7, "query": "who?", "queries": {"en": "who?", "ja": "誰？"},
+            "answers": {"en": [{"type": "entity", "text": "Dave", "aliases": ["D."]}],
+                        "ja": [{"type": "entity", "text": "デイヴ"}]}}
+    _write_jsonl(tmp_path / "mkqa.jsonl", [mkqa])
+    with pytest.raises(Exception):  # an example missing 24 of MKQA's languages is malformed
+        answers_in_all_languages(str(tmp_path / "mkqa.jsonl"), dataset="mkqa")
+    jsonl = [{"qid": "7", "lang": "en", "question": "who?", "answers": ["Dave", "D."]},
+             {"qid": "7", "lang": "ja", "question": "誰？", "answers": ["デイヴ"]},
+             {"qid": "8", "lang": "ja", "question": "何？", "answers": ["何か"]}]
+    _write_jsonl(tmp_path / "qa.jsonl", jsonl)
+    assert answers_in_all_languages(str(tmp_path / "qa.jsonl"), dataset="jsonl") == {
+        "7": ["Dave", "D.", "デイヴ"], "8": ["何か"]}

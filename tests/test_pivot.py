@@ -1,0 +1,238 @@
+"""The pivot's pure core: database build/open, answer translation fallbacks, calibration, the
+single-query pipeline (muse on the demo assets; no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ray_cora.demo import DEMO_PIVOT_DB, DEMO_QUESTIONS, DEMO_WIKIDATA_LABELS
+from ray_cora.errors import BadRecordError, ConfigError
+from ray_cora.pivot import (AnswerTranslator, LabelTable, PivotDatabase, PivotPipeline, build_database,
+                            iter_db_records, pick_threshold)
+
+
+@pytest.fixture(scope="module")
+def muse():
+    from ray_cora.encoders import load_encoder
+
+    return load_encoder("muse")
+
+
+@pytest.fixture(scope="module")
+def demo_db(muse, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pivot-db")
+    records = list(iter_db_records(str(DEMO_PIVOT_DB), dataset="jsonl"))
+    build_database(records, muse, str(out), shard_size=40)  # 91 questions: shards of 40, 40, 11
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def labels():
+    return LabelTable.load(str(DEMO_WIKIDATA_LABELS))
+
+
+# ------------------------------------------------------------------ database
+
+def test_database_round_trip_and_mips_matches_exact_numpy(demo_db, muse):
+    db = PivotDatabase.open(demo_db)
+    records = list(iter_db_records(str(DEMO_PIVOT_DB), dataset="jsonl"))
+    assert len(db) == 91 and len(db.index.shards) == 3
+    assert db.rows["en-db-001"]["answer"] == "3,776 metres" and db.rows["en-db-001"]["source_qid"] == "q-fuji-height"
+    assert sum(1 for r in db.rows.values() if r["answer_qid"]) == db.manifest["with_answer_qid"] > 0
+    # The sharded search equals brute force over all question vectors.
+    matrix = muse.encode_queries([r["question"] for r in records])
+    query = muse.encode_queries(["¿Qué altura tiene el monte Fuji?"])
+    scores, pids = db.index.search(query, 5)
+    order = np.argsort(-(matrix @ query[0]))[:5]
+    assert pids[0] == [records[i]["qid"] for i in order]
+    assert pids[0][0] == "en-db-001"
+
+
+def test_database_records_bad_line_and_duplicate_ids(tmp_path, muse):
+    src = tmp_path / "db.jsonl"
+    src.write_text('{"qid": "a", "question": "Who?", "answer": "Me"}\n{"qid": "b", "question": "What?"}\n')
+    with pytest.raises(BadRecordError, match=r"db\.jsonl:2: .*'answer'"):
+        list(iter_db_records(str(src), dataset="jsonl"))
+    src.write_text('{"qid": "a", "question": "Who?", "answer": "Me"}\n{"qid": "a", "question": "Why?", "answers": ["So"]}\n')
+    with pytest.raises(ConfigError, match="'a' appears twice"):
+        build_database(list(iter_db_records(str(src), dataset="jsonl")), muse, str(tmp_path / "db"))
+
+
+def test_database_from_xquad_english(tmp_path, muse):
+    from conftest import shared_data
+
+    xquad = shared_data("xquad", "xquad.en.json")
+    records = list(iter_db_records(str(xquad), dataset="xquad"))
+    assert len(records) == 1190 and all(r["answer"] for r in records)
+
+
+# ------------------------------------------------------------------ answer translation
+
+class FakeMT:
+    """A translator object through the same interface as HFTranslator: covers German only."""
+
+    def __init__(self):
+        self.calls = []
+
+    def supports(self, lang):
+        return lang == "de"
+
+    def translate(self, texts, target_lang):
+        self.calls.append((list(texts), target_lang))
+        return [f"<{target_lang}>{t}" for t in texts]
+
+
+def test_translation_fallback_order(labels):
+    mt = FakeMT()
+    tr = AnswerTranslator(labels, mt)
+    # (1) the answer's QID → its label in the target language.
+    assert tr.translate("Mount Fuji", "Q39231", "ja") == ("富士山", "wikidata_qid")
+    # (2) no QID: the English answer matched to an English label, or an alias, → QID → label.
+    assert tr.translate("Mount Fuji", None, "ko") == ("후지산", "wikidata_en_match")
+    assert tr.translate("the Fujiyama", None, "ru") == ("Фудзи", "wikidata_en_match")
+    # (3) no label to be found → machine translation, for a language the model covers.
+    assert tr.translate("3,776 metres", None, "de") == ("<de>3,776 metres", "mt")
+    # (4) the MT model does not cover French → the English answer, marked.
+    assert tr.translate("3,776 metres", None, "fr") == ("3,776 metres", "untranslated")
+    # English questions get the English answer; a QID without a label in the language falls through.
+    assert tr.translate("Mount Fuji", "Q39231", "en") == ("Mount Fuji", "english")
+    assert tr.translate("Don Quixote", "Q480", "th") == ("Don Quixote", "untranslated")
+    assert mt.calls == [(["3,776 metres"], "de")]
+
+
+def test_qid_label_wins_over_english_match_and_mt_is_batched(labels):
+    mt = FakeMT()
+    tr = AnswerTranslator(labels, mt)
+    # The QID is trusted over the string: "Mount Fuji" with the Eiffel Tower's QID → its label.
+    assert tr.translate("Mount Fuji", "Q243", "de") == ("Eiffelturm", "wikidata_qid")
+    out = tr.translate_many([("1889", None), ("Mount Fuji", None), ("1707", None)], "de")
+    assert [s for _, s in out] == ["mt", "wikidata_en_match", "mt"]
+    assert mt.calls == [(["1889", "1707"], "de")]  # one MT call for what labels could not translate
+    assert AnswerTranslator(None, None).translate("Mount Fuji", "Q39231", "ja") == ("Mount Fuji", "untranslated")
+
+
+def test_unknown_target_language_is_a_clear_error(labels):
+    with pytest.raises(ConfigError, match="unknown language code 'xx'"):
+        AnswerTranslator(labels).translate("Mount Fuji", None, "xx")
+
+
+def test_hf_translator_marian_prefix_and_language_coverage(tmp_path):
+    """A tiny config-built seq2seq model behind the hf: spec: language prefix, coverage, output."""
+    import torch
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from ray_cora.encoders.tiny import train_wordpiece
+    from ray_cora.pivot.translate import HFTranslator
+
+    tok = train_wordpiece(["mount fuji", "der berg fuji", ">>de<< >>fr<<"], vocab_size=80)
+    config = BartConfig(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                        decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                        bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+                        decoder_start_token_id=tok.cls_token_id)
+    torch.manual_seed(0)
+    BartForConditionalGeneration(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    mt = HFTranslator(f"hf:{tmp_path}?style=marian&langs=de&max_length=8")
+    assert mt.model_inputs(["Mount Fuji"], "de")[0] == [">>de<< Mount Fuji"]
+    assert mt.supports("de") and not mt.supports("fr") and not mt.supports("en")
+    out = mt.translate(["Mount Fuji", "1707"], "de")
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    tr = AnswerTranslator(None, mt)
+    assert tr.translate("1707", None, "fr") == ("1707", "untranslated")
+    text, source = tr.translate("1707", None, "de")
+    assert (text, source) == ((out[1].strip(), "mt") if out[1].strip() else ("1707", "untranslated"))
+
+
+# ------------------------------------------------------------------ calibration
+
+def test_calibration_picks_smallest_threshold_reaching_precision():
+    scores = [0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4]
+    correct = [True, True, True, False, True, False, False, True]
+    # precision at each cut: 1, 1, 1, .75, .8, .667, .571, .625
+    cal = pick_threshold(scores, correct, target_precision=0.8)
+    assert cal.threshold == 0.7 and cal.precision == pytest.approx(0.8) and cal.coverage == pytest.approx(5 / 8)
+    assert pick_threshold(scores, correct, target_precision=0.6).threshold == 0.4
+    assert pick_threshold(scores, correct, target_precision=1.0).threshold == 0.85
+    shuffled = np.random.default_rng(0).permutation(len(scores))
+    assert pick_threshold(np.array(scores)[shuffled], np.array(correct)[shuffled],
+                          target_precision=0.8).threshold == 0.7
+
+
+def test_calibration_ties_and_unreachable_target():
+    # Two examples share 0.9, one of them wrong: a threshold answers both or neither.
+    cal = pick_threshold([0.99, 0.9, 0.9, 0.1], [True, True, False, False], target_precision=0.8)
+    assert cal.threshold == 0.99 and cal.coverage == 0.25
+    none = pick_threshold([0.9, 0.8], [False, False], target_precision=0.5)
+    assert none.threshold is None and none.precision_without_threshold == 0.0
+
+
+# ------------------------------------------------------------------ pipeline
+
+def test_pipeline_answers_in_the_question_language(demo_db, muse, labels):
+    pipe = PivotPipeline(PivotDatabase.open(demo_db), muse, AnswerTranslator(labels))
+    result = pipe.answer("¿Quién escribió Don Quijote de la Mancha?", "es")
+    assert result["english_answer"] == "Miguel de Cervantes"
+    assert result["prediction"] == "Miguel de Cervantes" and result["translation_source"] == "wikidata_qid"
+    ja = pipe.answer("『ドン・キホーテ』の作者は誰ですか？", "ja")
+    assert ja["prediction"] == "ミゲル・デ・セルバンテス" and not ja["abstained"]
+    assert ja["score"] == ja["mips_score"]  # no reranker: the score is the MIPS inner product
+    with pytest.raises(ConfigError, match="unknown language code"):
+        pipe.answer("¿Quién escribió Don Quijote?", "klingon")
+
+
+def test_pipeline_mips_accuracy_on_demo_questions(demo_db, muse, labels):
+    from ray_cora.data.qa import iter_qa
+
+    pipe = PivotPipeline(PivotDatabase.open(demo_db), muse, AnswerTranslator(labels))
+    questions = [q for q in iter_qa(str(DEMO_QUESTIONS), dataset="jsonl") if q["lang"] != "en"]
+    results = pipe.answer_batch([q["question"] for q in questions], [q["lang"] for q in questions])
+    linked = [(q, r) for q, r in zip(questions, results)
+              if any(row["source_qid"] == q["qid"] for row in pipe.db.rows.values())]
+    accuracy = sum(r["source_qid"] == q["qid"] for q, r in linked) / len(linked)
+    assert accuracy > 0.8, accuracy  # mUSE maps the translations onto their English source question
+
+
+def test_pipeline_abstains_below_threshold(demo_db, muse, labels):
+    pipe = PivotPipeline(PivotDatabase.open(demo_db), muse, AnswerTranslator(labels))
+    questions = ["How tall is Mount Fuji?", "Quel est le meilleur fromage pour une raclette ?"]
+    free = pipe.answer_batch(questions, ["en", "fr"])
+    pipe.threshold = (free[0]["score"] + free[1]["score"]) / 2
+    gated = pipe.answer_batch(questions, ["en", "fr"])
+    assert [g["abstained"] for g in gated] == [False, True]
+    assert gated[1]["prediction"] == "" and gated[1]["translation_source"] is None
+    assert gated[1]["matched_qid"] == free[1]["matched_qid"]  # the match is still reported
+
+
+class PreferQuestion:
+    """A reranker object (same ``score`` interface as CrossEncoder) that prefers one question."""
+
+    def __init__(self, wanted):
+        self.wanted = wanted
+        self.seen = []
+
+    def score(self, queries, candidates):
+        self.seen.append(list(candidates))
+        return np.array([0.9 if c == self.wanted else 0.1 for c in candidates], dtype=np.float32)
+
+
+def test_reranker_reorders_the_mips_candidates(demo_db, muse, labels):
+    db = PivotDatabase.open(demo_db)
+    plain = PivotPipeline(db, muse, AnswerTranslator(labels), k=5).answer("How tall is Mount Fuji?", "en")
+    _, pids = db.index.search(muse.encode_queries(["How tall is Mount Fuji?"]), 5)
+    third = db.rows[pids[0][2]]["question"]
+    reranker = PreferQuestion(third)
+    reranked = PivotPipeline(db, muse, AnswerTranslator(labels), reranker=reranker, k=5).answer(
+        "How tall is Mount Fuji?", "en")
+    assert plain["matched_qid"] == pids[0][0] and reranked["matched_qid"] == pids[0][2]
+    assert reranker.seen == [[db.rows[p]["question"] for p in pids[0]]]  # exactly the k MIPS candidates
+    assert reranked["score"] == pytest.approx(0.9) and reranked["mips_score"] < plain["mips_score"]
+
+
+def test_database_on_local_and_s3_storage(storage_root, muse, labels):
+    records = list(iter_db_records(str(DEMO_PIVOT_DB), dataset="jsonl"))[:12]
+    uri = storage_root.rstrip("/") + "/pivot-db"
+    build_database(records, muse, uri, shard_size=5)
+    pipe = PivotPipeline(PivotDatabase.open(uri), muse, AnswerTranslator(labels))
+    assert pipe.answer(records[7]["question"], "en")["matched_qid"] == records[7]["qid"]

@@ -1,0 +1,66 @@
+"""Paper-style tables and PNG plots of per-language results."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib.image
+import pytest
+
+from ray_cora.plots import language_heatmap, per_language_bar_chart
+from ray_cora.reports import CORA_MKQA_GROUPS, CORA_XOR_GROUPS, paper_table
+
+
+def _rows(table: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()
+            if line.startswith("|")]
+
+
+def test_paper_groups_cover_mkqa_and_xor_exactly_once():
+    from ray_cora.languages import MKQA_LANGS, XOR_TYDI_LANGS
+
+    mkqa = [lang for members in CORA_MKQA_GROUPS.values() for lang in members]
+    assert sorted(mkqa) == sorted(MKQA_LANGS) and len(mkqa) == 26
+    assert len(CORA_MKQA_GROUPS["unseen"]) == 9  # "26 languages, 9 of which are unseen"
+    assert sorted(CORA_XOR_GROUPS["seen"]) == sorted(XOR_TYDI_LANGS)
+
+
+def test_paper_table_groups_languages_as_columns_with_macro():
+    per_language = {"zh_cn": {"f1": 10.0, "em": 5.0}, "en": {"f1": 50.0, "em": 40.0},
+                    "da": {"f1": 30.0}, "macro": {"f1": 999.0}}
+    rows = _rows(paper_table(per_language, ["f1", "em"], title="MKQA"))
+    groups, _, header, f1, em = rows
+    assert header == ["metric", "en", "da", "zh_cn", "macro"]  # seen, mGEN-seen, unseen; "macro" key ignored
+    assert groups[1:4] == ["seen", "mGEN-seen", "unseen"]
+    assert f1 == ["f1", "50.0", "30.0", "10.0", "30.0"]
+    assert em == ["em", "40.0", "–", "5.0", "22.5"]  # missing value shown, macro over present ones
+
+
+def test_paper_table_picks_xor_groups_and_custom_groups_with_other():
+    xor = _rows(paper_table({"te": {"x": 1.0}, "ar": {"x": 3.0}}, ["x"]))
+    assert xor[0][1] == "seen" and xor[2] == ["metric", "ar", "te", "macro"]
+    custom = _rows(paper_table({"ja": {"x": 1.0}, "en": {"x": 2.0}, "km": {"x": 4.0}}, ["x"],
+                               groups={"mine": ["km"]}))
+    assert custom[0][1:4] == ["mine", "other", ""]
+    assert custom[2] == ["metric", "km", "en", "ja", "macro"]
+    assert custom[3][-1] == "2.3"
+
+
+def _image(png: bytes):
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(io.BytesIO(png), format="png")
+
+
+def test_bar_chart_and_heatmap_are_pngs_sized_by_their_content():
+    few = _image(per_language_bar_chart({"en": {"a": 1.0}, "ja": {"a": 2.0}}, ["a"], title="t"))
+    many = _image(per_language_bar_chart({l: {"a": 1.0, "b": 2.0} for l in "abcdefghijklmnop"}, ["a", "b"]))
+    assert many.shape[1] > few.shape[1]  # wider with more languages
+    heat = _image(language_heatmap({"ja": {"ja": 3, "en": 1}, "en": {"en": 4}}, title="langs"))
+    assert heat.ndim == 3 and heat.shape[0] > 100
+
+
+def test_plots_refuse_empty_input():
+    with pytest.raises(ValueError):
+        per_language_bar_chart({}, ["a"])
+    with pytest.raises(ValueError):
+        language_heatmap({"macro": {"en": 1}})

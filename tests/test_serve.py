@@ -1,0 +1,219 @@
+"""The Serve layer's pure parts, without Ray: input limits, request models, the retriever core."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from ray_cora.demo import DEMO_PASSAGES
+from ray_cora.errors import ConfigError
+from ray_cora.index.sharded import commit_index, write_shard
+from ray_cora.serve.core import InMemoryPassages, RetrieverCore, build_index, pivot_response
+from ray_cora.serve.schemas import (AnswerRequest, ClientError, Limits, RetrieveRequest,
+                                    describe_validation_errors)
+from ray_cora.serve.settings import ServeAppOptions
+
+
+# --- input limits -------------------------------------------------------------------------------
+
+LIMITS = Limits(max_question_chars=20, max_k=50, default_k=7)
+
+
+@pytest.mark.parametrize("question", ["", "   ", "\n\t"])
+def test_empty_question_is_refused(question):
+    with pytest.raises(ClientError) as err:
+        LIMITS.question(question)
+    assert err.value.status == 422 and err.value.field == "question"
+
+
+def test_question_length_limit_counts_characters_after_stripping():
+    assert LIMITS.question("  " + "富" * 20 + "  ") == "富" * 20
+    with pytest.raises(ClientError, match="21 characters long; the limit is 20") as err:
+        LIMITS.question("富" * 21)
+    assert err.value.status == 422
+
+
+def test_language_is_normalised_or_refused_with_close_matches():
+    assert LIMITS.lang("zh-CN") == "zh_cn" and LIMITS.lang(None) is None
+    with pytest.raises(ClientError, match="unknown language code 'jp'") as err:
+        LIMITS.lang("jp")
+    assert err.value.field == "lang" and err.value.status == 422
+    with pytest.raises(ClientError, match="lang is required"):
+        LIMITS.lang(None, required=True)
+
+
+@pytest.mark.parametrize("k", [0, -1, 51, 10**9])
+def test_k_out_of_range_is_refused(k):
+    with pytest.raises(ClientError, match="between 1 and 50") as err:
+        LIMITS.k(k)
+    assert err.value.field == "k"
+
+
+def test_k_defaults_and_bounds_are_inclusive():
+    assert LIMITS.k(None) == 7 and LIMITS.k(1) == 1 and LIMITS.k(50) == 50
+
+
+def test_client_error_survives_pickling_as_ray_ships_it():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(ClientError(503, "no pivot database configured", field=None)))
+    assert (err.status, err.body()) == (503, {"error": "no pivot database configured", "field": None})
+
+
+# --- request models: strict types, unknown fields refused -------------------------------------
+
+def _error_for(body: str, model=RetrieveRequest) -> ClientError:
+    with pytest.raises(ValidationError) as exc:
+        model.model_validate_json(body)
+    return describe_validation_errors(exc.value.errors())
+
+
+@pytest.mark.parametrize("body, status, field, message", [
+    ('{"question": "a", "k": "3"}', 422, "k", "valid integer"),
+    ('{"question": "a", "k": true}', 422, "k", "valid integer"),
+    ('{"question": "a", "k": 2.5}', 422, "k", "valid integer"),
+    ('{"question": 3}', 422, "question", "valid string"),
+    ('{"question": "a", "lang": 5}', 422, "lang", "valid string"),
+    ('{"question": "a", "extra": 1}', 422, "extra", "unknown field"),
+    ('{"k": 3}', 422, "question", "question is required"),
+    ('[1, 2]', 422, None, "must be a JSON object"),
+    ('{"question": "a",', 400, None, "not valid JSON"),
+])
+def test_malformed_requests_name_what_is_wrong(body, status, field, message):
+    err = _error_for(body)
+    assert (err.status, err.field) == (status, field)
+    assert message in err.message
+
+
+def test_answer_request_needs_a_language():
+    err = _error_for(json.dumps({"question": "a"}), AnswerRequest)
+    assert err.field == "lang" and "required" in err.message
+
+
+def test_well_formed_request_parses():
+    assert RetrieveRequest.model_validate_json('{"question": "q", "lang": "ja", "k": 3}').k == 3
+
+
+# --- options ------------------------------------------------------------------------------------
+
+def test_app_options_reject_default_k_above_max_k_and_unknown_encoders():
+    with pytest.raises(ValidationError, match="default_k"):
+        ServeAppOptions(default_k=20, max_k=10)
+    with pytest.raises(ConfigError, match="unknown encoder spec"):
+        ServeAppOptions(encoder="word2vec")
+    with pytest.raises(ValidationError, match="extra"):
+        ServeAppOptions.model_validate({"indx": "s3://b/i"})
+
+
+def test_serve_command_parses_into_its_config():
+    from ray_cora.cli import JOBS, _load, build_parser
+    from ray_cora.config import config_from_args
+
+    args = build_parser().parse_args(["serve", "--port", "8123", "--pivot-db", "demo", "--max-k", "20"])
+    config = config_from_args(_load(JOBS["serve"].config), args)
+    assert (config.host, config.port, config.max_k) == ("127.0.0.1", 8123, 20)
+    assert config.app_options().pivot_db == "demo"
+
+
+def test_app_refuses_to_start_when_its_api_key_variable_is_unset(monkeypatch):
+    from ray_cora.serve.app import build_app
+
+    monkeypatch.delenv("RAY_CORA_TEST_KEY", raising=False)
+    with pytest.raises(ConfigError, match="RAY_CORA_TEST_KEY is not set"):
+        build_app({"api_key_env": "RAY_CORA_TEST_KEY"})
+
+
+# --- the retriever core (real mUSE over the demo corpus) ----------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_core():
+    return RetrieverCore.load(index=None)
+
+
+def test_retriever_core_ranks_like_brute_force_inner_product(demo_core):
+    store = demo_core.passages
+    pids = list(store.rows)
+    passages = demo_core.encoder.encode_passages([store.rows[p]["title"] for p in pids],
+                                                 [store.rows[p]["text"] for p in pids])
+    questions = ["How tall is Mount Fuji?", "富士山の高さは？", "¿Quién escribió Don Quijote?"]
+    expected = np.argsort(-(demo_core.encoder.encode_queries(questions) @ passages.T), axis=1)
+    results = demo_core.retrieve(questions, [5, 1, 3])
+    assert [len(r) for r in results] == [5, 1, 3]
+    for result, order in zip(results, expected):
+        assert [p["pid"] for p in result] == [pids[i] for i in order[:len(result)]]
+        assert all(a["score"] >= b["score"] for a, b in zip(result, result[1:]))
+    fuji = results[0][0]
+    assert "fuji" in fuji["pid"] and fuji["text"] == store.rows[fuji["pid"]]["text"]
+    assert fuji["lang"] == store.rows[fuji["pid"]]["lang"] and fuji["title"]
+
+
+def test_retriever_core_batches_give_the_same_answer_as_single_questions(demo_core):
+    questions = ["How tall is Mount Fuji?", "Wer hat die Relativitätstheorie entwickelt?", "首尔是哪个国家的首都？"]
+    together = demo_core.retrieve(questions, [4, 4, 4])
+    alone = [demo_core.retrieve([q], [4])[0] for q in questions]
+    assert [[p["pid"] for p in r] for r in together] == [[p["pid"] for p in r] for r in alone]
+
+
+def test_retriever_refuses_an_index_built_by_another_encoder(tmp_path):
+    store = InMemoryPassages.load(str(DEMO_PASSAGES))
+    pids = list(store.rows)[:3]
+    shard = write_shard(str(tmp_path), 0, pids, np.eye(3, 512, dtype="float32"))
+    commit_index(str(tmp_path), [shard], encoder={"spec": "hf:other-model", "dim": 512, "normalized": True})
+    with pytest.raises(ConfigError, match="differs from the one that built"):
+        RetrieverCore.load(index=str(tmp_path), passages=str(DEMO_PASSAGES))
+
+
+def test_retriever_names_a_pid_missing_from_the_passages(demo_core, tmp_path):
+    class OneHot:
+        spec, dim, normalized = "muse", 512, True
+
+        def encode_passages(self, titles, texts):
+            return np.eye(len(texts), 512, dtype="float32")
+
+    store = InMemoryPassages({"a": {"lang": "en", "title": "A", "text": "a"},
+                          "b": {"lang": "en", "title": "B", "text": "b"}})
+    uri = build_index(OneHot(), store, str(tmp_path))
+    core = RetrieverCore.load(index=uri, passages=str(DEMO_PASSAGES))  # the wrong corpus
+    with pytest.raises(ConfigError, match="pid '[ab]' .* is not in the passages"):
+        core.retrieve(["anything"], [1])
+
+
+def test_pivot_response_hides_the_answer_when_the_pipeline_abstains():
+    result = {"prediction": "", "abstained": True, "matched_question": "How tall is Mount Fuji?",
+              "matched_qid": "en-db-001", "score": 0.2, "english_answer": "3,776 metres",
+              "translation_source": None}
+    body = pivot_response("¿Altura del Fuji?", "es", result)
+    assert body["answer"] is None and body["abstained"] is True and body["score"] == 0.2
+    answered = pivot_response("q", "es", {**result, "abstained": False, "prediction": "3776 m"})
+    assert answered["answer"] == "3776 m"
+
+
+def test_retriever_reads_texts_from_a_committed_passage_store_like_from_memory(demo_core, tmp_path):
+    from ray_cora.pipelines.retrieve import build_passage_store
+
+    build_passage_store(str(DEMO_PASSAGES), str(tmp_path / "store"), num_buckets=3)
+    from_store = RetrieverCore.load(index=demo_core.index_uri, passage_store=str(tmp_path / "store"))
+    questions = ["How tall is Mount Fuji?", "서울은 어느 나라의 수도입니까?"]
+    assert from_store.retrieve(questions, [6, 6]) == demo_core.retrieve(questions, [6, 6])
+
+
+def test_passage_store_without_an_index_is_refused():
+    with pytest.raises(ValidationError, match="passage_store needs index"):
+        ServeAppOptions(passage_store="s3://b/store")
+
+
+def test_generator_adapter_answers_from_retrieved_passages(demo_core, tmp_path):
+    from ray_cora.encoders.tiny import build_tiny_t5
+    from ray_cora.serve.core import load_generator
+    from ray_cora.train.mgen import format_source
+
+    path = build_tiny_t5(tmp_path / "mgen", [p["text"] for p in demo_core.passages.rows.values()])
+    generator = load_generator(path, top_k=2)
+    passages = demo_core.retrieve(["How tall is Mount Fuji?", "富士山の高さは？"], [3, 3])
+    answers = generator.answer(["How tall is Mount Fuji?", "富士山の高さは？"], ["en", "ja"], passages)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    # top_k from answer_passages reaches the model's input: only 2 of the 3 passages are read.
+    assert generator.top_k == 2 and "<2:" not in format_source("q", "en", passages[0], top_k=generator.top_k)

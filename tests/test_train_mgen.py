@@ -1,0 +1,104 @@
+"""mGEN: input formatting, a tiny T5 overfitting 20 QA pairs in 3 languages, the Generator API."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ray_cora.encoders.tiny import build_tiny_t5
+from ray_cora.errors import ConfigError
+from ray_cora.train.loop import LoopSettings, Stepper
+from ray_cora.train.mgen import Generator, MGENTask, format_source
+
+CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima"),
+            ("Chile", "Santiago"), ("Egypt", "Cairo")]
+JA = [("フランス", "パリ"), ("日本", "東京"), ("イタリア", "ローマ"), ("スペイン", "マドリード"), ("ペルー", "リマ"),
+      ("エジプト", "カイロ")]
+
+
+def qa_pairs() -> list[dict]:
+    items = []
+    for i, (c, a) in enumerate(CAPITALS):
+        items.append({"qid": f"en{i}", "lang": "en", "question": f"What is the capital of {c}?", "answers": [a],
+                      "ctxs": [{"title": c, "text": f"The capital of {c} is {a}."}]})
+        items.append({"qid": f"fr{i}", "lang": "fr", "question": f"Quelle est la capitale de {c} ?", "answers": [a],
+                      "ctxs": [{"title": c, "text": f"La capitale de {c} est {a}."}]})
+    for i, (c, a) in enumerate(JA):
+        items.append({"qid": f"ja{i}", "lang": "ja", "question": f"{c}の首都は？", "answers": [a],
+                      "ctxs": [{"title": c, "text": f"{c}の首都は{a}です。"}]})
+    return items
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory):
+    texts = [f"{format_source(x['question'], x['lang'], x['ctxs'], top_k=1)} {x['answers'][0]}" for x in qa_pairs()]
+    return build_tiny_t5(tmp_path_factory.mktemp("t5"), texts)
+
+
+def test_source_has_the_language_tag_once_and_titled_passages():
+    src = format_source("日本の首都は？", "ja", [{"title": "日本", "text": "首都は東京"}, {"title": "B", "text": "b\nc"},
+                                              {"title": "C", "text": "never"}], top_k=2)
+    assert src == "<Q>: 日本の首都は？ [ja] <P>:<0: 日本> 首都は東京 <1: B> b c"
+    assert src.count("[ja]") == 1
+
+
+def test_truncation_keeps_the_question_and_tag(tiny_t5):
+    task = MGENTask(init=tiny_t5, top_k=5, max_source_length=20)
+    long = {**qa_pairs()[0], "ctxs": [{"title": "x", "text": "Paris " * 200}] * 5}
+    batch = task.collate([long])
+    assert batch["input_ids"].shape[1] == 20
+    text = task.tok().decode(batch["input_ids"][0], skip_special_tokens=True)
+    assert text.startswith("<Q>: What is the capital of France? [en]")
+
+
+def test_tiny_mgen_overfits_20_pairs_in_3_languages_and_generates_them(tiny_t5, tmp_path):
+    torch.manual_seed(0)
+    items = qa_pairs()
+    assert len(items) == 20 and {x["lang"] for x in items} == {"en", "fr", "ja"}
+    task = MGENTask(init=tiny_t5, top_k=1, max_source_length=128, max_target_length=16, dropout=0.0)
+    model = task.build()
+    settings = LoopSettings(epochs=1, batch_size=20, steps_per_epoch=80, lr=3e-3, warmup_steps=10,
+                            max_grad_norm=1.0, grad_accumulation=2)
+    stepper = Stepper(task, model, settings, torch.device("cpu"))
+    halves = [task.collate(items[0::2]), task.collate(items[1::2])]
+    losses = [stepper.step(halves) for _ in range(80)]
+    assert losses[-1] < 0.25 * losses[0]
+    task.export(model, str(tmp_path / "model"))
+    generator = Generator.load(str(tmp_path / "model"), top_k=1, max_target_length=16, device="cpu")
+    predictions = generator.answer([x["question"] for x in items], [x["lang"] for x in items],
+                                   [x["ctxs"] for x in items])
+    assert predictions == [x["answers"][0] for x in items]
+
+
+def test_generator_needs_a_tokenizer_when_the_folder_has_none(tiny_t5, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    AutoModelForSeq2SeqLM.from_pretrained(tiny_t5).save_pretrained(tmp_path / "mGEN_model")  # like CORA's release
+    with pytest.raises(ConfigError, match="no tokenizer files.*pass the tokenizer"):
+        Generator.load(str(tmp_path / "mGEN_model"))
+    generator = Generator.load(str(tmp_path / "mGEN_model"), tokenizer=tiny_t5, max_target_length=3, device="cpu")
+    assert len(generator.answer(["q"], ["en"], [[]])) == 1
+
+
+@pytest.mark.slow
+def test_ray_train_mgen_then_generate_job(ray_local, tiny_t5, tmp_path):
+    from ray_cora.generate_job import GenerateConfig, run_generate
+    from ray_cora.train_mgen_job import TrainMGENConfig, run_train_mgen
+
+    retrieval = tmp_path / "retrieval.jsonl"
+    retrieval.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in qa_pairs()))
+    config = TrainMGENConfig(train=[str(retrieval)], out=str(tmp_path / "out"), init=tiny_t5, top_k=1,
+                             max_source_length=128, max_target_length=16, batch_size=4, grad_accumulation=1,
+                             lr=3e-3, warmup_steps=2, epochs=1, num_workers=2)
+    manifest = run_train_mgen(config)
+    assert manifest["steps"] == 5 and manifest["examples"] == 20
+    out = tmp_path / "pred.jsonl"
+    gen = GenerateConfig(model=str(tmp_path / "out" / "model"), retrieval=[str(retrieval)], out=str(out),
+                         top_k=1, max_source_length=128, max_target_length=4, batch_size=8, actor_cpus=0.5)
+    done = run_generate(gen)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert done["predictions"] == 20 and sorted(r["qid"] for r in rows) == sorted(x["qid"] for x in qa_pairs())
+    assert all(set(r) == {"qid", "lang", "prediction"} for r in rows)
+    assert run_generate(gen)["sha256"] == done["sha256"]  # rerun: marker verified, nothing redone
