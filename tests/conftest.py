@@ -21,6 +21,18 @@ S3_SECRET_KEY = "ray-cora-test-secret"
 S3_BUCKET = "ray-cora-test"
 
 
+def load_benchmark(name: str):
+    """Import ``jobs/benchmarks/<name>.py`` (a script, not a package) so tests can call its functions."""
+    import importlib.util
+
+    path = REPO_ROOT / "jobs" / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def shared_data(*parts: str) -> Path:
     """A path under ../shared/data; the test is skipped (with the reason) when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

@@ -3,23 +3,14 @@ benchmark (jobs/benchmarks/xquad_retrieval.py) on tiny hand-made cases."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import load_benchmark
 from ray_cora.errors import ConfigError, RayCoraError
 from ray_cora.index.bm25 import BM25Index, InLanguageBM25, bm25_tokens, term_rule
 
 
-def _benchmark():
-    path = REPO_ROOT / "jobs" / "benchmarks" / "xquad_retrieval.py"
-    spec = importlib.util.spec_from_file_location("xquad_retrieval_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- tokenizers --------------------------------------------------------------------------------
@@ -133,7 +124,7 @@ def test_a_question_language_without_passages_is_a_clear_error():
 
 
 def test_benchmark_metrics_on_a_hand_made_case():
-    bench = _benchmark()
+    bench = load_benchmark("xquad_retrieval")
     texts = {
         "xquad-en-0-0": "The Panthers defense gave up 308 points.",
         "xquad-de-0-0": "Die Verteidigung der Panthers ließ 308 Punkte zu.",

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from conftest import _free_port
+
 pytestmark = pytest.mark.slow
 
 API_KEY_ENV = "RAY_CORA_TEST_API_KEY"
@@ -21,10 +23,6 @@ HEADERS = {"X-API-Key": API_KEY}
 MAX_CHARS, MAX_K = 200, 20
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -3,25 +3,16 @@ English and Chinese, mUSE + in-language BM25, written as JSON/markdown/PNG, embe
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
-from conftest import REPO_ROOT, shared_data
+from conftest import load_benchmark, shared_data
 
 
-def _benchmark():
-    path = REPO_ROOT / "jobs" / "benchmarks" / "xquad_retrieval.py"
-    spec = importlib.util.spec_from_file_location("xquad_retrieval_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_reduced_xquad_run_writes_the_report_and_reuses_cached_embeddings(tmp_path, monkeypatch):
     data = shared_data("xquad")
-    bench = _benchmark()
+    bench = load_benchmark("xquad_retrieval")
     cache = tmp_path / "cache"
     args = ["--data", str(data), "--langs", "en,zh", "--max-articles", "1", "--cache", str(cache)]
     report = bench.main([*args, "--out", str(tmp_path / "first")])
