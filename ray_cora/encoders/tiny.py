@@ -77,15 +77,20 @@ def tiny_bert_config(vocab_size: int, *, hidden: int = 32, layers: int = 2, head
                       max_position_embeddings=MAX_POSITIONS, type_vocab_size=2)
 
 
-def seeded_bert(config: Any, seed: int) -> Any:
-    """``BertModel(config)`` whose random weights depend only on ``seed`` (global RNG untouched)."""
+def seeded_model(model_cls: Any, config: Any, seed: int) -> Any:
+    """``model_cls(config)`` whose random weights depend only on ``seed`` (global RNG untouched)."""
     import torch
-    from transformers import BertModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = BertModel(config)
-    return model.eval()
+        return model_cls(config)
+
+
+def seeded_bert(config: Any, seed: int) -> Any:
+    """``BertModel(config)`` whose random weights depend only on ``seed`` (global RNG untouched)."""
+    from transformers import BertModel
+
+    return seeded_model(BertModel, config, seed).eval()
 
 
 def build_tiny_bert(dir: str | os.PathLike, texts: Iterable[str], *, hidden: int = 32, layers: int = 2,
@@ -211,7 +216,6 @@ def build_tiny_t5(dir: str | os.PathLike, texts: Iterable[str], *, d_model: int 
                   heads: int = 4, dropout: float = 0.0, seed: int = 0) -> str:
     """Save a :func:`train_char_unigram` tokenizer and a seeded random ``T5ForConditionalGeneration``
     into ``dir`` (a stand-in for mT5 in tests); return ``dir``."""
-    import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
     path = os.fspath(dir)
@@ -221,9 +225,7 @@ def build_tiny_t5(dir: str | os.PathLike, texts: Iterable[str], *, d_model: int 
                       num_layers=layers, num_decoder_layers=layers, num_heads=heads, dropout_rate=dropout,
                       feed_forward_proj="relu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
                       relative_attention_num_buckets=16, tie_word_embeddings=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = T5ForConditionalGeneration(config)
+    model = seeded_model(T5ForConditionalGeneration, config, seed)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -88,19 +88,16 @@ def build_tiny_cross_encoder(dir: str | os.PathLike, texts: Iterable[str], *, hi
                              heads: int = 2, vocab_size: int = 500, seed: int = 0) -> str:
     """Save a tokenizer trained on ``texts`` and a seeded random one-output
     ``BertForSequenceClassification`` into ``dir`` (for tests and offline demos); return ``dir``."""
-    import torch
     from transformers import BertForSequenceClassification
 
-    from ray_cora.encoders.tiny import tiny_bert_config, train_wordpiece
+    from ray_cora.encoders.tiny import seeded_model, tiny_bert_config, train_wordpiece
 
     path = os.fspath(dir)
     os.makedirs(path, exist_ok=True)
     tokenizer = train_wordpiece(texts, vocab_size=vocab_size)
     config = tiny_bert_config(len(tokenizer), hidden=hidden, layers=layers, heads=heads)
     config.num_labels = 1
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = BertForSequenceClassification(config)
+    model = seeded_model(BertForSequenceClassification, config, seed)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
