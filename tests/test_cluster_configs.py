@@ -113,7 +113,8 @@ def test_serve_config_is_a_valid_deploy_config_for_the_real_app(monkeypatch):
     from ray.serve._private.build_app import build_app as serve_build  # what `serve build` runs
     from ray.serve._private.utils import import_attr
 
-    from ray_cora.serve.app import DEPLOYMENTS
+    from ray_cora.serve.app import DEPLOYMENTS, deployment_names
+    from ray_cora.serve.settings import ServeAppOptions
 
     (app,) = _serve_apps()
     builder = import_attr(app["import_path"])
@@ -122,7 +123,13 @@ def test_serve_config_is_a_valid_deploy_config_for_the_real_app(monkeypatch):
     built = serve_build(builder(app["args"]), name=app["name"])
     built_names = {d.name for d in built.deployments}
     configured = {d["name"]: d for d in app["deployments"]}
-    assert set(configured) == built_names == set(DEPLOYMENTS)
+    # Every deployment the app makes is configured (an entry for a deployment it does not make
+    # fails `serve deploy`), including one IndexShardGroup<g> per shard group.
+    assert set(configured) == built_names == set(deployment_names(ServeAppOptions.model_validate(app["args"])))
+    assert set(DEPLOYMENTS) <= built_names
+    groups = sorted(n for n in built_names if n.startswith("IndexShardGroup"))
+    assert groups == [f"IndexShardGroup{g}" for g in range(app["args"]["shard_groups"])] and len(groups) > 1
+    assert all(configured[g]["ray_actor_options"]["memory"] > 0 for g in groups)
     for name, deployment in configured.items():
         assert deployment["autoscaling_config"]["max_replicas"] > deployment["autoscaling_config"]["min_replicas"] >= 1
     for name in ("Retriever", "Generator"):  # the GPU models, batched

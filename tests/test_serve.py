@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from ray_cora.demo import DEMO_PASSAGES
 from ray_cora.errors import ConfigError
 from ray_cora.index.sharded import commit_index, write_shard
-from ray_cora.serve.core import InMemoryPassages, RetrieverCore, build_index, pivot_response
+from ray_cora.serve.core import (RetrieverCore, build_index, merge_group_results, open_passages,
+                                 pivot_response, shard_group)
 from ray_cora.serve.schemas import (AnswerRequest, ClientError, Limits, RetrieveRequest,
                                     describe_validation_errors)
 from ray_cora.serve.settings import ServeAppOptions
@@ -128,16 +129,21 @@ def test_app_refuses_to_start_when_its_api_key_variable_is_unset(monkeypatch):
 
 # --- the retriever core (real mUSE over the demo corpus) ----------------------------------------
 
+def _demo_rows() -> dict[str, dict]:
+    rows = [json.loads(line) for line in DEMO_PASSAGES.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["pid"]: r for r in rows}
+
+
 @pytest.fixture(scope="module")
 def demo_core():
     return RetrieverCore.load(index=None)
 
 
 def test_retriever_core_ranks_like_brute_force_inner_product(demo_core):
-    store = demo_core.passages
-    pids = list(store.rows)
-    passages = demo_core.encoder.encode_passages([store.rows[p]["title"] for p in pids],
-                                                 [store.rows[p]["text"] for p in pids])
+    rows = _demo_rows()
+    pids = list(rows)
+    passages = demo_core.encoder.encode_passages([rows[p]["title"] for p in pids],
+                                                 [rows[p]["text"] for p in pids])
     questions = ["How tall is Mount Fuji?", "富士山の高さは？", "¿Quién escribió Don Quijote?"]
     expected = np.argsort(-(demo_core.encoder.encode_queries(questions) @ passages.T), axis=1)
     results = demo_core.retrieve(questions, [5, 1, 3])
@@ -146,8 +152,8 @@ def test_retriever_core_ranks_like_brute_force_inner_product(demo_core):
         assert [p["pid"] for p in result] == [pids[i] for i in order[:len(result)]]
         assert all(a["score"] >= b["score"] for a, b in zip(result, result[1:]))
     fuji = results[0][0]
-    assert "fuji" in fuji["pid"] and fuji["text"] == store.rows[fuji["pid"]]["text"]
-    assert fuji["lang"] == store.rows[fuji["pid"]]["lang"] and fuji["title"]
+    assert "fuji" in fuji["pid"] and fuji["text"] == rows[fuji["pid"]]["text"]
+    assert fuji["lang"] == rows[fuji["pid"]]["lang"] and fuji["title"] == rows[fuji["pid"]]["title"]
 
 
 def test_retriever_core_batches_give_the_same_answer_as_single_questions(demo_core):
@@ -158,8 +164,7 @@ def test_retriever_core_batches_give_the_same_answer_as_single_questions(demo_co
 
 
 def test_retriever_refuses_an_index_built_by_another_encoder(tmp_path):
-    store = InMemoryPassages.load(str(DEMO_PASSAGES))
-    pids = list(store.rows)[:3]
+    pids = list(_demo_rows())[:3]
     shard = write_shard(str(tmp_path), 0, pids, np.eye(3, 512, dtype="float32"))
     commit_index(str(tmp_path), [shard], encoder={"spec": "hf:other-model", "dim": 512, "normalized": True})
     with pytest.raises(ConfigError, match="differs from the one that built"):
@@ -173,9 +178,10 @@ def test_retriever_names_a_pid_missing_from_the_passages(demo_core, tmp_path):
         def encode_passages(self, titles, texts):
             return np.eye(len(texts), 512, dtype="float32")
 
-    store = InMemoryPassages({"a": {"lang": "en", "title": "A", "text": "a"},
-                          "b": {"lang": "en", "title": "B", "text": "b"}})
-    uri = build_index(OneHot(), store, str(tmp_path))
+    corpus = tmp_path / "ab.jsonl"
+    corpus.write_text("".join(json.dumps({"pid": p, "lang": "en", "title": p.upper(), "text": p}) + "\n"
+                              for p in "ab"))
+    uri = build_index(OneHot(), str(corpus), str(tmp_path / "index"))
     core = RetrieverCore.load(index=uri, passages=str(DEMO_PASSAGES))  # the wrong corpus
     with pytest.raises(ConfigError, match="pid '[ab]' .* is not in the passages"):
         core.retrieve(["anything"], [1])
@@ -191,13 +197,27 @@ def test_pivot_response_hides_the_answer_when_the_pipeline_abstains():
     assert answered["answer"] == "3776 m"
 
 
-def test_retriever_reads_texts_from_a_committed_passage_store_like_from_memory(demo_core, tmp_path):
-    from ray_cora.pipelines.retrieve import build_passage_store
+def test_retriever_reads_texts_from_a_committed_passage_store_like_from_its_own(demo_core, tmp_path):
+    from ray_cora.pipelines.retrieve import PassageStore, build_passage_store
 
+    assert isinstance(demo_core.passages, PassageStore)  # the retrieval job's store, built at load
     build_passage_store(str(DEMO_PASSAGES), str(tmp_path / "store"), num_buckets=3)
-    from_store = RetrieverCore.load(index=demo_core.index_uri, passage_store=str(tmp_path / "store"))
+    from_store = RetrieverCore.load(index=demo_core.index_uri, passage_store=str(tmp_path / "store"),
+                                    cache_buckets=1)
+    assert from_store.passages.artifact.root.path == str(tmp_path / "store")
     questions = ["How tall is Mount Fuji?", "서울은 어느 나라의 수도입니까?"]
     assert from_store.retrieve(questions, [6, 6]) == demo_core.retrieve(questions, [6, 6])
+
+
+def test_passages_default_to_the_corpus_the_index_manifest_names(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"pid": "x1", "lang": "fr", "title": "X", "text": "texte"}) + "\n")
+    store = open_passages(passage_store=None, passages=None, index_manifest={"passages": str(corpus)})
+    assert store.lookup(["x1", "nope"]) == {"x1": {"pid": "x1", "lang": "fr", "title": "X", "text": "texte"}}
+    with pytest.raises(ConfigError, match="does not name the corpus"):
+        open_passages(passage_store=None, passages=None, index_manifest={})
+    with pytest.raises(Exception, match="never committed"):
+        open_passages(passage_store=str(tmp_path / "no-store"), passages=None, index_manifest={})
 
 
 def test_passage_store_without_an_index_is_refused():
@@ -210,10 +230,108 @@ def test_generator_adapter_answers_from_retrieved_passages(demo_core, tmp_path):
     from ray_cora.serve.core import load_generator
     from ray_cora.train.mgen import format_source
 
-    path = build_tiny_t5(tmp_path / "mgen", [p["text"] for p in demo_core.passages.rows.values()])
+    path = build_tiny_t5(tmp_path / "mgen", [p["text"] for p in _demo_rows().values()])
     generator = load_generator(path, top_k=2)
     passages = demo_core.retrieve(["How tall is Mount Fuji?", "富士山の高さは？"], [3, 3])
     answers = generator.answer(["How tall is Mount Fuji?", "富士山の高さは？"], ["en", "ja"], passages)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     # top_k from answer_passages reaches the model's input: only 2 of the 3 passages are read.
     assert generator.top_k == 2 and "<2:" not in format_source("q", "en", passages[0], top_k=generator.top_k)
+
+
+# --- shard groups: the index split over several searchers, merged exactly -----------------------
+
+def test_shard_groups_cover_every_shard_once():
+    for shards, groups in [(5, 2), (7, 3), (4, 4), (1, 1)]:
+        members = [shard_group(shards, groups, g) for g in range(groups)]
+        assert sorted(s for m in members for s in m) == list(range(shards)) and all(members)
+    with pytest.raises(ConfigError, match="only 3 shard"):
+        shard_group(3, 4, 0)
+
+
+@pytest.fixture(scope="module")
+def split_index(tmp_path_factory, demo_core):
+    """The demo corpus embedded into 5 shards (176 passages, 40 a shard)."""
+    out = tmp_path_factory.mktemp("split-index")
+    return build_index(demo_core.encoder, str(DEMO_PASSAGES), str(out / "index"), shard_size=40)
+
+
+def test_shard_group_merge_equals_one_index_over_all_shards(split_index, demo_core):
+    from ray_cora.index.sharded import ShardedIndex
+
+    whole = ShardedIndex.open(split_index)
+    assert len(whole.shards) == 5
+    groups = [ShardedIndex.open(split_index, shards=shard_group(5, 2, g)) for g in range(2)]
+    queries = demo_core.encode(["How tall is Mount Fuji?", "首尔是哪个国家的首都？", "Qui a peint la Joconde ?"])
+    rng = np.random.default_rng(0)
+    queries = np.concatenate([queries, rng.standard_normal((5, queries.shape[1])).astype("float32")])
+    for k in (1, 7, 50, 200):  # 200 > every group's size and the corpus: all slots, no padding pids
+        scores, pids = merge_group_results([g.search_pid_arrays(queries, k) for g in groups], k)
+        expected_scores, expected_pids = whole.search(queries, k)
+        assert pids == expected_pids
+        np.testing.assert_array_equal(scores, expected_scores)
+
+
+def test_retriever_core_without_the_index_gives_the_same_passages(split_index, demo_core):
+    from ray_cora.index.sharded import ShardedIndex
+
+    holder = RetrieverCore.load(index=split_index)
+    front = RetrieverCore.load(index=split_index, hold_index=False)
+    assert front.index is None
+    questions, ks = ["How tall is Mount Fuji?", "¿Quién escribió Don Quijote?"], [4, 9]
+    vectors = front.encode(questions)
+    partials = [ShardedIndex.open(split_index, shards=shard_group(5, 3, g)).search_pid_arrays(vectors, 9)
+                for g in range(3)]
+    assert front.attach(*merge_group_results(partials, 9), ks) == holder.retrieve(questions, ks)
+    with pytest.raises(ConfigError, match="holds no index"):
+        front.retrieve(questions, ks)
+
+
+def test_shard_groups_need_an_index_and_make_one_deployment_each():
+    from ray.serve._private.build_app import build_app as serve_build
+
+    from ray_cora.serve.app import build_app, deployment_names
+
+    with pytest.raises(ValidationError, match="shard_groups=2 needs index"):
+        ServeAppOptions(shard_groups=2)
+    opts = ServeAppOptions(index="s3://b/index", shard_groups=3, pivot_db="demo")
+    deployments = {d.name: d for d in serve_build(build_app(opts), name="ray_cora").deployments}
+    built = set(deployments)
+    # The Retriever is handed one handle per group (Serve routes a call to any replica of a
+    # deployment, so each group must be its own deployment for a query to reach every shard).
+    handles = deployments["Retriever"].init_args[1]
+    assert sorted(h.deployment_name for h in handles) == ["IndexShardGroup0", "IndexShardGroup1", "IndexShardGroup2"]
+    assert [deployments[f"IndexShardGroup{g}"].init_args[1] for g in range(3)] == [0, 1, 2]
+    assert built == set(deployment_names(opts)) == {"Ingress", "Retriever", "IndexShardGroup0",
+                                                     "IndexShardGroup1", "IndexShardGroup2", "PivotReranker"}
+    assert set(deployment_names(ServeAppOptions())) == {"Ingress", "Retriever"}
+
+
+def test_retriever_deployment_fans_each_batch_out_to_every_group_and_merges(split_index):
+    """The Retriever's batch body (outside Serve: @serve.batch's wrapped function) with stand-in
+    group handles: one search per group per batch, and the same passages as one whole index."""
+    import asyncio
+
+    from ray_cora.index.sharded import ShardedIndex
+    from ray_cora.serve.app import Retriever
+
+    calls = []
+
+    class Group:  # answers like a DeploymentHandle: handle.search.remote(...) is awaitable
+        def __init__(self, g: int) -> None:
+            self.index, self.search = ShardedIndex.open(split_index, shards=shard_group(5, 2, g)), self
+
+        def remote(self, vectors, k):
+            calls.append((len(vectors), k))
+
+            async def result():
+                return self.index.search_pid_arrays(vectors, k)
+            return result()
+
+    body = Retriever.func_or_class({"index": split_index, "shard_groups": 2}, [Group(0), Group(1)])
+    assert body.core.index is None  # the index lives in the groups only
+    batch = [("How tall is Mount Fuji?", 3), ("富士山の高さは？", 12), ("Who wrote Don Quixote?", 1)]
+    got = asyncio.run(Retriever.func_or_class.search.__wrapped__(body, batch))
+    assert calls == [(3, 12), (3, 12)]
+    whole = RetrieverCore.load(index=split_index)
+    assert got == whole.retrieve([q for q, _ in batch], [k for _, k in batch])

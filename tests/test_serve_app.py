@@ -179,20 +179,70 @@ def test_killed_replica_is_replaced_and_requests_succeed_again(app_url):
     expected = _pids(app_url, "How tall is Mount Fuji?", 3)
     (victim,) = _replicas("Retriever")
     ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-    deadline, last = time.monotonic() + 90, None
+    _wait_for(app_url, "How tall is Mount Fuji?", 3, expected, f"killing {victim}")
+    replacement = _replicas("Retriever")
+    assert replacement and victim not in replacement
+
+
+def _wait_for(url: str, question: str, k: int, expected: list[str], what: str, timeout_s: float = 90) -> None:
+    deadline, last = time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
         try:
-            response = _post(app_url, "/v1/retrieve", {"question": "How tall is Mount Fuji?", "k": 3}, timeout=20)
+            response = _post(url, "/v1/retrieve", {"question": question, "k": k}, timeout=20)
             last = response.status_code
             if last == 200 and [p["pid"] for p in response.json()["passages"]] == expected:
-                break
+                return
         except requests.RequestException as exc:
             last = repr(exc)
         time.sleep(0.5)
-    else:
-        pytest.fail(f"no successful request within 90 s after killing {victim} (last: {last})")
-    replacement = _replicas("Retriever")
-    assert replacement and victim not in replacement
+    pytest.fail(f"no successful request within {timeout_s} s after {what} (last: {last})")
+
+
+def test_index_split_over_two_shard_groups_answers_like_one_index(app_url, tmp_path_factory):
+    """Redeploys the app with the demo corpus in a 5-shard index split over 2 IndexShardGroup
+    deployments and texts from a committed passage store: /v1/retrieve must return exactly what one
+    ShardedIndex over all shards returns (pids and scores); a killed group replica is replaced."""
+    import ray
+    from ray import serve
+
+    from ray_cora.demo import DEMO_PASSAGES
+    from ray_cora.encoders import load_encoder
+    from ray_cora.index.sharded import ShardedIndex
+    from ray_cora.pipelines.retrieve import build_passage_store
+    from ray_cora.serve.app import APP_NAME, build_app
+    from ray_cora.serve.core import build_index
+
+    folder = tmp_path_factory.mktemp("shard-groups")
+    encoder = load_encoder("muse")
+    index = build_index(encoder, str(DEMO_PASSAGES), str(folder / "index"), shard_size=40)
+    build_passage_store(str(DEMO_PASSAGES), str(folder / "store"), num_buckets=3)
+    os.environ[API_KEY_ENV] = API_KEY
+    serve.run(build_app({"index": index, "passage_store": str(folder / "store"), "shard_groups": 2,
+                         "api_key_env": API_KEY_ENV, "max_k": MAX_K, "max_replicas": 1,
+                         "health_check_period_s": 1}),
+              name=APP_NAME, route_prefix="/", blocking=False)
+    assert _replicas("IndexShardGroup0") and _replicas("IndexShardGroup1")
+    whole = ShardedIndex.open(index)
+    assert len(whole.shards) == 5  # groups hold shards {0, 2, 4} and {1, 3}
+    rows = {json.loads(l)["pid"]: json.loads(l) for l in DEMO_PASSAGES.read_text(encoding="utf-8").splitlines()}
+    shard_of = {pid: n for n, shard in enumerate(whole.shards) for pid in shard.pids}
+    groups_used = set()
+    for question, k in QUESTIONS + [("How tall is Mount Fuji?", MAX_K)]:
+        response = _post(app_url, "/v1/retrieve", {"question": question, "k": k})
+        assert response.status_code == 200, response.text
+        passages = response.json()["passages"]
+        scores, pids = whole.search(encoder.encode_queries([question]), k)
+        assert [p["pid"] for p in passages] == pids[0]
+        assert [p["score"] for p in passages] == [float(s) for s in scores[0]]
+        assert all(p["text"] == rows[p["pid"]]["text"] and p["lang"] == rows[p["pid"]]["lang"] for p in passages)
+        groups_used |= {shard_of[p["pid"]] % 2 for p in passages}
+    assert groups_used == {0, 1}  # both groups' shards made it into the answers
+
+    expected = _pids(app_url, "How tall is Mount Fuji?", 3)
+    (victim,) = _replicas("IndexShardGroup1")
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    _wait_for(app_url, "How tall is Mount Fuji?", 3, expected, f"killing {victim}")
+    assert victim not in _replicas("IndexShardGroup1")
 
 
 def test_answer_with_a_generator_returns_its_answer_and_the_evidence(app_url, tmp_path_factory):

@@ -8,6 +8,10 @@ deployment so runs are comparable), then for /v1/retrieve and /v1/pivot, with @s
 HTTP) give the latency Serve adds. Writes docs/results/serve_load.{json,md,png}.
 
     python jobs/benchmarks/serve_load.py [--clients 1,8,32] [--requests 256] [--seconds 15]
+
+``--shard-groups N`` measures instead what splitting the index over N IndexShardGroup
+deployments costs: /v1/retrieve (batched) over the demo corpus in a 5-shard index, held whole by
+the Retriever vs split into N groups, at each client level; writes docs/results/serve_shard_groups.{json,md}.
 """
 
 from __future__ import annotations
@@ -136,6 +140,52 @@ def serve_levels(questions: list[dict], *, clients: list[int], max_requests: int
     return results
 
 
+def shard_group_levels(questions: list[dict], *, groups: int, clients: list[int], max_requests: int,
+                       max_seconds: float, folder: str) -> dict:
+    """/v1/retrieve with the index whole in the Retriever, then split over ``groups`` shard groups."""
+    import ray
+    from ray import serve
+
+    from ray_cora.demo import DEMO_PASSAGES
+    from ray_cora.encoders import load_encoder
+    from ray_cora.pipelines.retrieve import build_passage_store
+    from ray_cora.serve.app import APP_NAME, build_app
+    from ray_cora.serve.core import build_index
+    from ray_cora.serve_job import ServeConfig, start_app
+
+    index = build_index(load_encoder("muse"), str(DEMO_PASSAGES), os.path.join(folder, "index"), shard_size=40)
+    store = os.path.join(folder, "store")
+    build_passage_store(str(DEMO_PASSAGES), store, num_buckets=4)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level="WARNING", log_to_driver=False)
+    results: dict = {}
+    try:
+        config = ServeConfig(port=_free_port(), index=index, passage_store=store, max_replicas=1, max_k=100)
+        url = start_app(config)
+        for n_groups in (1, groups):
+            serve.run(build_app(config.app_options().model_copy(update={"shard_groups": n_groups})),
+                      name=APP_NAME, route_prefix="/", blocking=False)
+            for n in clients:
+                level = asyncio.run(load_level(url + "/v1/retrieve", bodies_for("/v1/retrieve", questions),
+                                               clients=n, max_requests=max_requests, max_seconds=max_seconds))
+                results.setdefault(str(n_groups), {})[str(n)] = level
+                print(f"/v1/retrieve shard_groups={n_groups} clients={n:3d} {level}", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return results
+
+
+def shard_group_markdown(results: dict) -> str:
+    lines = ["| shard groups | clients | requests/s | p50 ms | p95 ms | p99 ms | errors |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for groups, levels in results.items():
+        for n, r in levels.items():
+            lines.append(f"| {groups} | {n} | {r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} | "
+                         f"{r['p99_ms']} | {r['errors']} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: dict) -> str:
     lines = ["| endpoint | batching | clients | requests/s | p50 ms | p95 ms | p99 ms | errors |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -184,10 +234,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15, help="most seconds per level")
     parser.add_argument("--direct", type=int, default=100, help="questions timed through the Python API")
     parser.add_argument("--out", default="docs/results", help="folder for serve_load.{json,md,png}")
+    parser.add_argument("--shard-groups", type=int, default=0,
+                        help="measure the index split over this many shard groups instead (> 1)")
     args = parser.parse_args()
 
     questions = demo_questions()
     started = time.perf_counter()
+    if args.shard_groups:
+        shard_groups_main(args, questions, started)
+        return
     direct = direct_latency(questions, args.direct)
     serve_results = serve_levels(questions, clients=[int(c) for c in args.clients.split(",")],
                                  max_requests=args.requests, max_seconds=args.seconds)
@@ -212,6 +267,31 @@ def main() -> None:
     figure(results, out / "serve_load.png")
     print(table)
     print(f"wrote {out}/serve_load.json, serve_load.md, serve_load.png in {results['seconds']} s")
+
+
+def shard_groups_main(args, questions: list[dict], started: float) -> None:
+    import tempfile
+
+    if args.shard_groups < 2:
+        raise SystemExit(f"--shard-groups must be at least 2 (got {args.shard_groups}): 1 is the whole index")
+    with tempfile.TemporaryDirectory(prefix="serve_shard_groups_") as folder:
+        levels = shard_group_levels(questions, groups=args.shard_groups,
+                                    clients=[int(c) for c in args.clients.split(",")],
+                                    max_requests=args.requests, max_seconds=args.seconds, folder=folder)
+    note = (f"{os.cpu_count()}-core CPU machine shared with other jobs (load average {os.getloadavg()[0]:.1f} "
+            "at the end); loopback HTTP; one replica per deployment; mUSE on CPU; /v1/retrieve k=10, "
+            "batched; demo corpus (176 passages) in a 5-shard flat index, texts from a passage store")
+    results = {"machine": {"cpus": os.cpu_count(), "note": note},
+               "levels": {"max_requests": args.requests, "max_seconds": args.seconds},
+               "shard_groups": levels, "seconds": round(time.perf_counter() - started, 1)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve_shard_groups.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = shard_group_markdown(levels)
+    (out / "serve_shard_groups.md").write_text("# Serve: index split over shard groups\n\n" + note + ".\n\n"
+                                               + table)
+    print(table)
+    print(f"wrote {out}/serve_shard_groups.json, serve_shard_groups.md in {results['seconds']} s")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ The encoder (Retriever), generator and pivot deployments batch concurrent reques
 ``@serve.batch``; ``max_batch_size`` and ``batch_wait_timeout_s`` come from their ``user_config``
 (so ``serve deploy`` can change them without restarting replicas), and ``max_ongoing_requests`` is
 kept above the batch size so a batch can fill.
+
+With ``shard_groups=N`` (N > 1) the index's shards are split over N ``IndexShardGroup<g>``
+deployments (for an index larger than one replica's memory); the Retriever keeps the encoder and
+the passage store, sends each batch's vectors to every group and merges their top-k exactly.
 """
 
 # No "from __future__ import annotations": FastAPI must resolve the route annotations at import.
@@ -23,14 +27,17 @@ import hmac
 import os
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from ray_cora import __version__
+from ray_cora import __version__, storage
 from ray_cora.errors import ConfigError
-from ray_cora.serve.core import RetrieverCore, load_generator, load_pivot, pivot_response
+from ray_cora.index.sharded import INDEX_KIND, ShardedIndex
+from ray_cora.serve.core import (RetrieverCore, load_generator, load_pivot, merge_group_results,
+                                 pivot_response, shard_group)
 from ray_cora.serve.schemas import (AnswerRequest, AnswerResponse, ClientError, ErrorResponse, Limits,
                                     PivotRequest, PivotResponse, RetrieveRequest, RetrieveResponse,
                                     describe_validation_errors)
@@ -39,6 +46,16 @@ from ray_cora.serve.settings import ServeAppOptions
 APP_NAME = "ray_cora"
 API_KEY_HEADER = "X-API-Key"
 DEPLOYMENTS = ("Ingress", "Retriever", "Generator", "PivotReranker")
+SHARD_GROUP = "IndexShardGroup"
+
+
+def deployment_names(opts: ServeAppOptions) -> list[str]:
+    """The deployments :func:`build_app` makes for ``opts`` (a ``serve deploy`` config's
+    ``deployments:`` entries refer to these names)."""
+    names = ["Ingress", "Retriever"]
+    if opts.shard_groups > 1:
+        names += [f"{SHARD_GROUP}{g}" for g in range(opts.shard_groups)]
+    return names + (["Generator"] if opts.generator else []) + (["PivotReranker"] if opts.pivot_db else [])
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 503)}
 
@@ -90,14 +107,35 @@ def _set_batching(method, config: dict[str, Any]) -> None:
         method.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
 
 
+@serve.deployment(name="IndexShardGroup", max_ongoing_requests=16)
+class IndexShardGroup:
+    """One group of the index's shards (``shard_group(num_shards, groups, group)``): every replica
+    of deployment ``IndexShardGroup<g>`` holds the same shards, so the index need not fit in one
+    replica's memory. ``search(vectors, k)`` → partial top-k (scores, pids) for the Retriever to merge."""
+
+    def __init__(self, options: dict[str, Any], group: int) -> None:
+        opts = ServeAppOptions.model_validate(options)
+        num_shards = len(storage.Artifact(opts.index, kind=INDEX_KIND).manifest["shards"])
+        self.shards = shard_group(num_shards, opts.shard_groups, group)
+        self.index = ShardedIndex.open(opts.index, shards=self.shards)
+
+    async def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return await asyncio.to_thread(self.index.search_pid_arrays, vectors, k)
+
+
 @serve.deployment(name="Retriever", max_ongoing_requests=64)
 class Retriever:
-    """Question encoder + sharded index (+ passage texts): ``retrieve(question, k)`` → passages."""
+    """Question encoder + sharded index + passage store: ``retrieve(question, k)`` → passages.
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    Given shard-group handles, the index lives in those deployments instead: each batch of question
+    vectors goes to every group and their partial top-k lists are merged exactly."""
+
+    def __init__(self, options: dict[str, Any], shard_groups: list | None = None) -> None:
         opts = ServeAppOptions.model_validate(options)
+        self.groups = list(shard_groups or [])
         self.core = RetrieverCore.load(index=opts.index, passages=opts.passages,
-                                       passage_store=opts.passage_store, encoder=opts.encoder)
+                                       passage_store=opts.passage_store, encoder=opts.encoder,
+                                       hold_index=not self.groups, cache_buckets=opts.passage_cache_buckets)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         _set_batching(self.search, config)
@@ -106,7 +144,12 @@ class Retriever:
     async def search(self, requests: list[tuple[str, int]]) -> list[list[dict[str, Any]]]:
         questions, ks = zip(*requests)
         # In a thread, so requests keep arriving (and queue for the next batch) while this one runs.
-        return await asyncio.to_thread(self.core.retrieve, questions, ks)
+        if not self.groups:
+            return await asyncio.to_thread(self.core.retrieve, questions, ks)
+        vectors = await asyncio.to_thread(self.core.encode, questions)
+        partials = await asyncio.gather(*(g.search.remote(vectors, max(ks)) for g in self.groups))
+        scores, pids = merge_group_results(partials, max(ks))
+        return await asyncio.to_thread(self.core.attach, scores, pids, ks)
 
     async def retrieve(self, question: str, k: int) -> list[dict[str, Any]]:
         return await self.search((question, k))
@@ -225,7 +268,16 @@ def build_app(args: dict[str, Any] | ServeAppOptions | None = None) -> serve.App
                 "max_ongoing_requests": max(4 * opts.max_batch_size, 2 * target),
                 "user_config": batching, "health_check_period_s": opts.health_check_period_s}
 
-    retriever = Retriever.options(**model_options(opts.max_batch_size)).bind(options)
+    groups = None
+    if opts.shard_groups > 1:
+        # One deployment per group: Serve routes a call to any replica of a deployment, so a query
+        # reaches every shard only if each group is its own deployment (replicas = copies of it).
+        groups = [IndexShardGroup.options(
+            name=f"{SHARD_GROUP}{g}", autoscaling_config=_autoscaling(opts.max_replicas, 4),
+            ray_actor_options={"num_cpus": opts.replica_cpus}, max_ongoing_requests=16,
+            health_check_period_s=opts.health_check_period_s).bind(options, g)
+            for g in range(opts.shard_groups)]
+    retriever = Retriever.options(**model_options(opts.max_batch_size)).bind(options, groups)
     generator = (Generator.options(**model_options(opts.max_batch_size)).bind(options)
                  if opts.generator else None)
     pivot = (PivotReranker.options(**model_options(opts.max_batch_size)).bind(options)

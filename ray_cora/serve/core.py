@@ -9,9 +9,11 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from ray_cora import storage
 from ray_cora.data.passages import iter_passages, passage_files
 from ray_cora.errors import ConfigError
-from ray_cora.index.sharded import ShardedIndex, commit_index, plan_shards, write_shard
+from ray_cora.index.sharded import INDEX_KIND, ShardedIndex, commit_index, plan_shards, write_shard
+from ray_cora.pipelines.retrieve import PassageStore, build_passage_store
 
 
 class PassageLookup(Protocol):
@@ -21,96 +23,125 @@ class PassageLookup(Protocol):
         ...
 
 
-class InMemoryPassages:
-    """Every passage of a (small) corpus held in memory, read once from its file or folder.
-
-    For a large corpus serve a committed passage store instead (``passage_store=``, built by
-    ``ray-cora retrieve``): :class:`ray_cora.pipelines.retrieve.PassageStore` reads one bucket
-    at a time.
-    """
-
-    def __init__(self, rows: dict[str, dict[str, str]]) -> None:
-        self.rows = rows
-
-    @classmethod
-    def load(cls, uri: str) -> "InMemoryPassages":
-        rows: dict[str, dict[str, str]] = {}
-        for loc in passage_files(uri):
-            for p in iter_passages(loc):
-                rows[p["pid"]] = {"lang": p["lang"], "title": p["title"], "text": p["text"]}
-        if not rows:
-            raise ConfigError(f"passages: no passages found under {uri}")
-        return cls(rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def lookup(self, pids: Iterable[str]) -> dict[str, dict[str, str]]:
-        return {pid: self.rows[pid] for pid in pids if pid in self.rows}
+# Buckets of a passage store built at replica start (no passage_store given): small corpora only,
+# so every bucket stays cached.
+LOCAL_STORE_BUCKETS = 8
 
 
-def build_index(encoder, store: InMemoryPassages, out: str, *, shard_size: int = 100_000,
+def open_passages(*, passage_store: str | None, passages: str | None, index_manifest: dict | None,
+                  cache_buckets: int = 8) -> PassageStore:
+    """The :class:`~ray_cora.pipelines.retrieve.PassageStore` texts are looked up in: the committed
+    ``passage_store``, or else one built now (in a temporary folder) from ``passages``, the corpus
+    the index manifest names, or — without an index — the demo corpus."""
+    from ray_cora.demo import DEMO_PASSAGES
+
+    if passage_store:
+        return PassageStore(passage_store, cache_buckets=cache_buckets)
+    source = passages or (index_manifest or {}).get("passages")
+    if source is None:
+        if index_manifest is not None:
+            raise ConfigError("passages: the index manifest does not name the corpus it was built from; "
+                              "pass passages=<the corpus> or passage_store=<a committed store>")
+        source = str(DEMO_PASSAGES)
+    out = tempfile.mkdtemp(prefix="ray_cora_serve_passages_")
+    build_passage_store(source, out, num_buckets=LOCAL_STORE_BUCKETS)
+    return PassageStore(out, cache_buckets=max(cache_buckets, LOCAL_STORE_BUCKETS))
+
+
+def build_index(encoder, passages: str, out: str, *, shard_size: int = 100_000,
                 batch_size: int = 64) -> str:
-    """Embed every passage of ``store`` and write a committed sharded index under ``out``."""
-    pids = list(store.rows)
+    """Embed every passage of the corpus ``passages`` (file or folder) into a committed sharded
+    index under ``out`` (shards of ``shard_size`` vectors, in corpus order)."""
+    rows = [p for loc in passage_files(passages) for p in iter_passages(loc)]
+    if not rows:
+        raise ConfigError(f"passages: no passages found under {passages}")
     shards = []
-    for number, start, end in plan_shards(len(pids), shard_size):
-        chunk = pids[start:end]
+    for number, start, end in plan_shards(len(rows), shard_size):
+        chunk = rows[start:end]
         vectors = np.concatenate([
-            encoder.encode_passages([store.rows[p]["title"] for p in chunk[i:i + batch_size]],
-                                    [store.rows[p]["text"] for p in chunk[i:i + batch_size]])
+            encoder.encode_passages([p["title"] for p in chunk[i:i + batch_size]],
+                                    [p["text"] for p in chunk[i:i + batch_size]])
             for i in range(0, len(chunk), batch_size)])
-        shards.append(write_shard(out, number, chunk, vectors,
-                                  langs=[store.rows[p]["lang"] for p in chunk]))
+        shards.append(write_shard(out, number, [p["pid"] for p in chunk], vectors,
+                                  langs=[p["lang"] for p in chunk]))
     commit_index(out, shards, encoder={"spec": encoder.spec, "dim": encoder.dim,
-                                       "normalized": encoder.normalized})
+                                       "normalized": encoder.normalized},
+                 extra={"passages": passages})
     return out
+
+
+def shard_group(num_shards: int, groups: int, group: int) -> list[int]:
+    """Shard positions held by ``group`` of ``groups`` (round-robin, as
+    :class:`~ray_cora.pipelines.search.DistributedIndex` spreads shards over actors).
+
+    >>> [shard_group(5, 2, g) for g in range(2)]
+    [[0, 2, 4], [1, 3]]
+    """
+    if not 0 <= group < groups:
+        raise ValueError(f"group {group} is not in 0..{groups - 1}")
+    if groups > num_shards:
+        raise ConfigError(f"shard_groups={groups} but the index has only {num_shards} shard(s): every "
+                          f"group needs at least one; set shard_groups to at most {num_shards}")
+    return list(range(group, num_shards, groups))
+
+
+def merge_group_results(partials: Sequence[tuple[np.ndarray, np.ndarray]],
+                        k: int) -> tuple[np.ndarray, list[list[str]]]:
+    """Exact top-k over the shard groups' partial results (``ShardedIndex.search_pid_arrays``
+    of each group): the same merge as across shards in one process."""
+    from ray_cora.pipelines.search import merge_pid_arrays
+
+    return merge_pid_arrays(list(partials), k)
 
 
 @dataclass
 class RetrieverCore:
-    """Question encoder + sharded index + passage lookup: questions in, ranked passages out.
+    """Question encoder + sharded index + passage store: questions in, ranked passages out.
 
-    >>> core = RetrieverCore.load(index=None)  # doctest: +SKIP  (embeds the demo corpus)
+    With ``hold_index=False`` the index stays elsewhere (Serve's IndexShardGroup deployments):
+    :meth:`encode` the questions, search them there, then :meth:`attach` the texts.
+
+    Without an index it embeds the demo corpus first:
+
+    >>> core = RetrieverCore.load(index=None)  # doctest: +SKIP
     >>> core.retrieve(["How tall is Mount Fuji?"], [3])[0][0]["title"]  # doctest: +SKIP
     'Mount Fuji'
     """
 
     encoder: Any
-    index: ShardedIndex
+    index: ShardedIndex | None
     passages: PassageLookup
     index_uri: str
 
     @classmethod
     def load(cls, *, index: str | None, passages: str | None = None, passage_store: str | None = None,
-             encoder: str = "muse", threads: int = 1, device: Any = None) -> "RetrieverCore":
+             encoder: str = "muse", threads: int = 1, device: Any = None, hold_index: bool = True,
+             cache_buckets: int = 8) -> "RetrieverCore":
         """Open ``index`` (its encoder must be ``encoder``) with texts from ``passage_store`` (a
-        committed store, read bucket by bucket) or else ``passages`` (read into memory). Without
-        an index, embed ``passages`` (default: the demo corpus) into a temporary index first."""
+        committed store) or else a store built now from ``passages`` (see :func:`open_passages`).
+        Without an index, embed ``passages`` (default: the demo corpus) into a temporary index first."""
         from ray_cora.demo import DEMO_PASSAGES
         from ray_cora.encoders import load_encoder
 
         model = load_encoder(encoder, threads=threads, device=device)
-        if passage_store and index:
-            from ray_cora.pipelines.retrieve import PassageStore
-
-            store: PassageLookup = PassageStore(passage_store)
-        else:
-            store = InMemoryPassages.load(passages or str(DEMO_PASSAGES))
-        uri = index or build_index(model, store, tempfile.mkdtemp(prefix="ray_cora_serve_index_"))
-        opened = ShardedIndex.open(uri)
-        built_with = opened.manifest["encoder"]["spec"]
+        if index is None:
+            source = passages or str(DEMO_PASSAGES)
+            index = build_index(model, source, tempfile.mkdtemp(prefix="ray_cora_serve_index_"))
+        manifest = storage.Artifact(index, kind=INDEX_KIND).manifest
+        built_with = manifest["encoder"]["spec"]
         if built_with != model.spec:
-            raise ConfigError(f"encoder {model.spec!r} differs from the one that built {uri} "
+            raise ConfigError(f"encoder {model.spec!r} differs from the one that built {index} "
                               f"({built_with!r}): questions and passages must share a space")
-        return cls(model, opened, store, uri)
+        store = open_passages(passage_store=passage_store, passages=passages, index_manifest=manifest,
+                              cache_buckets=cache_buckets)
+        return cls(model, ShardedIndex.open(index) if hold_index else None, store, index)
 
-    def retrieve(self, questions: Sequence[str], ks: Sequence[int]) -> list[list[dict[str, Any]]]:
-        """Top ``ks[i]`` passages for ``questions[i]``, one batched encode and search for all."""
-        if not questions:
-            return []
-        vectors = self.encoder.encode_queries(list(questions))  # (n, dim)
-        scores, pids = self.index.search(vectors, max(ks))
+    def encode(self, questions: Sequence[str]) -> np.ndarray:
+        return np.ascontiguousarray(self.encoder.encode_queries(list(questions)), dtype=np.float32)
+
+    def attach(self, scores: np.ndarray, pids: Sequence[Sequence[str]],
+               ks: Sequence[int]) -> list[list[dict[str, Any]]]:
+        """Ranked pids and scores (one row per question) → the top ``ks[i]`` passages with texts."""
         found = self.passages.lookup(p for row in pids for p in row)
         missing = [p for row in pids for p in row if p not in found]
         if missing:
@@ -120,6 +151,16 @@ class RetrieverCore:
                   "text": found[pid]["text"], "score": float(score)}
                  for pid, score in zip(row_pids[:k], row_scores[:k])]
                 for row_pids, row_scores, k in zip(pids, scores, ks)]
+
+    def retrieve(self, questions: Sequence[str], ks: Sequence[int]) -> list[list[dict[str, Any]]]:
+        """Top ``ks[i]`` passages for ``questions[i]``, one batched encode and search for all."""
+        if not questions:
+            return []
+        if self.index is None:
+            raise ConfigError("this retriever holds no index (hold_index=False): search its encode() "
+                              "vectors on the shard groups, then attach()")
+        scores, pids = self.index.search(self.encode(questions), max(ks))
+        return self.attach(scores, pids, ks)
 
 
 class AnswerGenerator(Protocol):

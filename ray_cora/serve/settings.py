@@ -5,7 +5,6 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from ray_cora.config import JobConfig
-from ray_cora.demo import DEMO_PASSAGES
 from ray_cora.encoders import check_encoder_spec
 
 
@@ -15,11 +14,21 @@ class ServeAppOptions(JobConfig):
 
     index: str | None = Field(None, description="Sharded FAISS index URI (ray-cora embed --out); "
                               "default: the demo corpus, embedded and indexed at replica start")
-    passages: str = Field(str(DEMO_PASSAGES), description="Passage file or folder the index was built "
-                          "from (TSV/JSONL/Parquet): texts and titles are looked up there by pid")
+    passages: str | None = Field(None, description="Passage file or folder the index was built from "
+                                 "(TSV/JSONL/Parquet); without passage_store a passage store is built from "
+                                 "it at replica start. Default: the corpus the index manifest names, or the "
+                                 "demo corpus when there is no index")
     passage_store: str | None = Field(None, description="Committed passage store URI (ray-cora retrieve's "
-                                      "--passage-store) to look texts up bucket by bucket instead of "
-                                      "holding every passage in memory; needs index")
+                                      "--passage-store): texts and titles are looked up there by pid, "
+                                      "bucket by bucket; needs index")
+    passage_cache_buckets: int = Field(8, ge=1, description="Passage-store buckets each Retriever replica "
+                                       "keeps in memory (LRU); set it to the store's num_buckets to hold "
+                                       "the whole store")
+    shard_groups: int = Field(1, ge=1, le=1024, description="Split the index's shards over this many "
+                              "IndexShardGroup deployments (IndexShardGroup0..N-1; group g holds shards "
+                              "g, g+N, ...); the Retriever fans each query batch out to every group and "
+                              "merges the top-k exactly. 1: the Retriever holds the whole index; needs "
+                              "index when above 1")
     encoder: str = Field("muse", description="Question encoder spec; must be the index's encoder")
     generator: str | None = Field(None, description="mGEN (HF seq2seq) checkpoint path or URI; "
                                   "without one /v1/answer answers 503 'no generator configured'")
@@ -61,4 +70,8 @@ class ServeAppOptions(JobConfig):
         if self.passage_store and not self.index:
             raise ValueError("passage_store needs index: without an index the demo corpus is embedded "
                              "from passages at start-up")
+        if self.shard_groups > 1 and not self.index:
+            raise ValueError(f"shard_groups={self.shard_groups} needs index: the demo index is built "
+                             "inside the Retriever replica, so there is nothing to split; pass index=<URI> "
+                             "(ray-cora embed --out) or leave shard_groups at 1")
         return self
