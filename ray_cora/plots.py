@@ -36,9 +36,12 @@ def per_language_bar_chart(per_language: dict[str, dict[str, float]], metrics: S
     x = np.arange(len(languages))
     width = 0.8 / len(metrics)
     figure, axes = plt.subplots(figsize=(max(6.0, 0.45 * len(languages) * len(metrics) + 2), 4))
+    highest = 0.0
     for i, metric in enumerate(metrics):
         values = [float(per_language[lang].get(metric) or 0.0) for lang in languages]
+        highest = max([highest, *values])
         axes.bar(x + (i - (len(metrics) - 1) / 2) * width, values, width, label=metric)
+    axes.set_ylim(0, max(5.0, 1.05 * highest))  # percentages: never below 0, even when all are 0
     axes.set_xticks(x, languages)
     axes.set_ylabel("%")
     axes.set_xlabel("question language")

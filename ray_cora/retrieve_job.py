@@ -26,7 +26,8 @@ class RetrieveConfig(RayJobConfig):
     langs: str | None = Field(None, description="Only questions in these languages (a,b,... or mkqa/xor/xquad)")
     encoder: str | None = Field(None, description="Query encoder spec (default: the one recorded in the index "
                                 "manifest; for dpr: checkpoints the question encoder is used)")
-    k: int = Field(100, ge=1, le=2000, description="Passages per question")
+    k: int = Field(100, ge=1, le=2000, description="Passages per question",
+                   json_schema_extra={"short": "-k"})
     passages: str | None = Field(None, description="Corpus the index was built from, for passage texts "
                                  "(default: the one the index manifest names)")
     passage_format: Literal["tsv", "jsonl", "parquet"] | None = Field(None, description="Corpus format "
@@ -35,7 +36,9 @@ class RetrieveConfig(RayJobConfig):
                                       "when absent; default <out>/passage-store); reuse it across runs")
     store_buckets: int = Field(16, ge=1, description="Buckets of a new passage store (a bucket must fit in "
                                "a writer actor's memory)")
-    add_lang: bool = Field(False, description="Prefix each passage text with its language tag, e.g. '[ja] ...'")
+    add_lang: bool = Field(False, description="Append the question's language tag to the question the "
+                           "query encoder sees, '{question} [{lang}]', as CORA's mDPR --add_lang does (for "
+                           "an mDPR trained that way); the record keeps the plain question and adds `query`")
     answers_all: bool = Field(True, description="Add answers_all: the question's answers in every language "
                               "of the QA file (for R^multi); costs one extra pass over the file")
     block_size: int = Field(256, ge=1, description="Questions per block (the unit of work and of resume)")

@@ -97,3 +97,36 @@ def test_grouped_subcommands_parse_and_run(monkeypatch, capsys, tmp_path):
     assert cli.main(["tools"]) == 2  # a bare group prints its own help
     out = capsys.readouterr().out
     assert "check" in out and "a grouped test job" in out
+
+
+@pytest.mark.parametrize("job", ["retrieve", "evaluate all"])
+def test_short_alias_k_is_in_help_and_parses(job, capsys):
+    """A field declares a short alias with json_schema_extra={"short": "-k"}; `-k 7` means `--k 7`."""
+    from ray_cora.cli import build_parser
+    from ray_cora.config import config_from_args
+    from ray_cora.evaluate_job import EvaluateAllConfig
+    from ray_cora.retrieve_job import RetrieveConfig
+
+    with pytest.raises(SystemExit):
+        main([*job.split(), "--help"])
+    assert "-k K, --k K" in capsys.readouterr().out
+    required = ["--index", "i", "--questions", "q", "--dataset", "jsonl", "--out", "o"]
+    config_cls = RetrieveConfig if job == "retrieve" else EvaluateAllConfig
+    args = build_parser().parse_args([*job.split(), *required, "-k", "7"])
+    assert config_from_args(config_cls, args).k == 7
+    args = build_parser().parse_args([*job.split(), *required])
+    assert config_from_args(config_cls, args).k == 100
+
+
+def test_a_bad_short_alias_is_a_clear_error():
+    import argparse
+
+    from pydantic import Field
+
+    from ray_cora.config import JobConfig, add_config_arguments
+
+    class Bad(JobConfig):
+        k: int = Field(1, json_schema_extra={"short": "--kk"})
+
+    with pytest.raises(ConfigError, match="field 'k': short alias '--kk' must be one dash and one letter"):
+        add_config_arguments(argparse.ArgumentParser(), Bad)

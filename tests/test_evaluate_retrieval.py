@@ -96,10 +96,17 @@ def test_bad_retrieval_records_are_one_line_errors_naming_file_and_line(tmp_path
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
-def test_unknown_generator_and_bad_options_are_clear_errors(tmp_path):
+def test_bad_generator_and_bad_options_are_clear_errors(tmp_path):
+    from ray_cora.encoders.tiny import build_tiny_bert
+
     result = _cli("evaluate", "all", "--index", str(tmp_path), "--questions", "q", "--dataset", "jsonl",
-                  "--out", str(tmp_path / "o"), "--generator", "mgen.ckpt")
-    assert result.returncode == 2 and "no generator configured" in result.stderr
+                  "--out", str(tmp_path / "o"), "--generator", str(tmp_path / "no-model"))
+    assert result.returncode == 2 and "no-model: no such folder; pass an mGEN model folder" in result.stderr
+    bert = build_tiny_bert(tmp_path / "bert", ["a tiny encoder"], vocab_size=40)
+    result = _cli("evaluate", "all", "--index", str(tmp_path), "--questions", "q", "--dataset", "jsonl",
+                  "--out", str(tmp_path / "o"), "--generator", bert)
+    assert result.returncode == 2 and "is a bert model, not a seq2seq" in result.stderr
+    assert not (tmp_path / "o").exists()  # failed before any work
     result = _cli("retrieve", "--index", "i", "--questions", "q", "--dataset", "mkqa", "--out", "o",
                   "--langs", "ja,klingon")
     assert result.returncode == 2 and "unknown language code 'klingon'" in result.stderr
@@ -130,10 +137,42 @@ def test_missing_passage_text_is_a_clear_error():
     from ray_cora.pipelines.retrieve import make_ctxs
 
     with pytest.raises(StorageError, match="'p9' is in the index but not in the corpus c.jsonl"):
-        make_ctxs(["p9"], np.array([1.0]), {}, add_lang=False, source="c.jsonl")
+        make_ctxs(["p9"], np.array([1.0]), {}, source="c.jsonl")
     ctx = make_ctxs(["a"], np.array([0.5]), {"a": {"pid": "a", "lang": "ja", "title": "T", "text": "本文"}},
-                    add_lang=True, source="c")
-    assert ctx == [{"pid": "a", "lang": "ja", "title": "T", "text": "[ja] 本文", "score": 0.5}]
+                    source="c")
+    assert ctx == [{"pid": "a", "lang": "ja", "title": "T", "text": "本文", "score": 0.5}]
+
+
+def test_add_lang_tags_the_question_as_cora_mdpr_does_and_keeps_the_plain_question():
+    from ray_cora.pipelines.retrieve import query_text, retrieval_record
+
+    question = {"qid": "7", "lang": "ja", "question": "日本の首都は？", "answers": ["東京"]}
+    # CORA mDPR/dense_retriever.py: "{0} [{1}]".format(question, lang), fed to the query encoder
+    assert query_text(question, add_lang=True) == "日本の首都は？ [ja]"
+    assert query_text(question, add_lang=False) == "日本の首都は？"
+    tagged = retrieval_record(question, [], answers_all=None, query=query_text(question, add_lang=True))
+    assert tagged["question"] == "日本の首都は？" and tagged["query"] == "日本の首都は？ [ja]"
+    plain = retrieval_record(question, [], answers_all=None, query=query_text(question, add_lang=False))
+    assert "query" not in plain
+
+
+@pytest.mark.parametrize("add_lang", [True, False])
+def test_query_encoder_actor_encodes_the_tagged_question_with_add_lang(tmp_path, add_lang):
+    import numpy as np
+
+    from ray_cora.encoders import load_encoder
+    from ray_cora.encoders.tiny import build_tiny_bert
+    from ray_cora.pipelines.retrieve import EncodeQuestionBlocks
+
+    bert = build_tiny_bert(tmp_path / "bert", ["日本の首都は？ [ja]", "who wrote faust? [en]"], vocab_size=80)
+    questions = [{"qid": "1", "lang": "ja", "question": "日本の首都は？"},
+                 {"qid": "2", "lang": "en", "question": "who wrote faust?"}]
+    actor = EncodeQuestionBlocks(encoder=f"hf:{bert}", expected_dim=32, index="i", add_lang=add_lang)
+    batch = {"block": np.array(["ja-00000"], dtype=object),
+             "questions": np.array([json.dumps({"questions": questions})], dtype=object)}
+    vectors = np.frombuffer(actor(batch)["vectors"][0], dtype=np.float32).reshape(2, 32)
+    texts = [f"{q['question']} [{q['lang']}]" if add_lang else q["question"] for q in questions]
+    np.testing.assert_allclose(vectors, load_encoder(f"hf:{bert}").encode_queries(texts), atol=1e-5)
 
 
 @pytest.mark.parametrize("block_size", [1, 2, 3, 7])

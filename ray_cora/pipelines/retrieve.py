@@ -216,8 +216,28 @@ def part_paths(block: str) -> tuple[str, str]:
     return f"parts/{block}.jsonl", f"parts/{block}.json"
 
 
-def retrieval_record(question: dict, ctxs: list[dict], *, answers_all: list[str] | None) -> dict:
+def query_text(question: dict, *, add_lang: bool) -> str:
+    """The text the query encoder sees. With ``add_lang`` the question's language tag is appended
+    after one space, exactly as CORA's mDPR does for ``--add_lang``
+    (AkariAsai/CORA ``mDPR/dense_retriever.py``, ``parse_qa_jsonlines_file``:
+    ``question = "{0} [{1}]".format(question, lang)``); passages are left as they are.
+
+    >>> query_text({"question": "日本の首都は？", "lang": "ja"}, add_lang=True)
+    '日本の首都は？ [ja]'
+    >>> query_text({"question": "Who?", "lang": "en"}, add_lang=False)
+    'Who?'
+    """
+    return f"{question['question']} [{question['lang']}]" if add_lang else question["question"]
+
+
+def retrieval_record(question: dict, ctxs: list[dict], *, answers_all: list[str] | None,
+                     query: str | None = None) -> dict:
     record = {k: question[k] for k in ("qid", "lang", "question", "answers")}
+    # CORA writes the tagged question into its output's "question", so its mGEN conversion tags it
+    # a second time; we keep the plain question (mGEN adds the tag once) and record the encoder's
+    # input apart.
+    if query is not None and query != question["question"]:
+        record["query"] = query
     if answers_all is not None:
         record["answers_all"] = answers_all
     if question.get("gold_pids"):
@@ -226,18 +246,15 @@ def retrieval_record(question: dict, ctxs: list[dict], *, answers_all: list[str]
     return record
 
 
-def make_ctxs(pids: list[str], scores: np.ndarray, passages: dict[str, dict], *, add_lang: bool,
-              source: str) -> list[dict]:
-    """Ranked passages with their texts. ``add_lang`` prefixes each text with its language tag
-    (``[ja] …``), so a reader that only sees the text still knows the passage's language."""
+def make_ctxs(pids: list[str], scores: np.ndarray, passages: dict[str, dict], *, source: str) -> list[dict]:
+    """Ranked passages with their texts (as in the corpus: no language tag is added)."""
     ctxs = []
     for pid, score in zip(pids, scores):
         passage = passages.get(pid)
         if passage is None:
             raise StorageError(f"passage {pid!r} is in the index but not in the corpus {source}: pass the "
                                "--passages the index was built from (and a fresh --passage-store)")
-        text = f"[{passage['lang']}] {passage['text']}" if add_lang else passage["text"]
-        ctxs.append({"pid": pid, "lang": passage["lang"], "title": passage["title"], "text": text,
+        ctxs.append({"pid": pid, "lang": passage["lang"], "title": passage["title"], "text": passage["text"],
                      "score": round(float(score), 6)})
     return ctxs
 
@@ -254,9 +271,11 @@ def _error_row(block: str, exc: RayCoraError) -> dict[str, np.ndarray]:
 class EncodeQuestionBlocks:
     """``{block, questions}`` → adds ``vectors`` (float32 bytes); the encoder loads once per actor."""
 
-    def __init__(self, *, encoder: str, expected_dim: int, index: str, threads: int = 1) -> None:
+    def __init__(self, *, encoder: str, expected_dim: int, index: str, threads: int = 1,
+                 add_lang: bool = False) -> None:
         from ray_cora.encoders import load_encoder
 
+        self.add_lang = add_lang
         self.encoder = load_encoder(encoder, threads=threads)
         self.problem = None
         if self.encoder.dim != expected_dim:
@@ -271,7 +290,8 @@ class EncodeQuestionBlocks:
             return {**_error_row(block, self.problem), "questions": batch["questions"],
                     "vectors": np.array([b""], dtype=object)}
         questions = json.loads(batch["questions"][0])["questions"]
-        vectors = self.encoder.encode_queries([q["question"] for q in questions]).astype(np.float32)
+        texts = [query_text(q, add_lang=self.add_lang) for q in questions]
+        vectors = self.encoder.encode_queries(texts).astype(np.float32)
         return {"block": batch["block"], "questions": batch["questions"],
                 "vectors": np.array([vectors.tobytes()], dtype=object),
                 "entry": np.array([""], dtype=object), "error": np.array([b""], dtype=object)}
@@ -311,9 +331,11 @@ class SearchAndWriteBlocks:
         source = self.store.artifact.manifest.get("passages", self.store.artifact.root.uri)
         lines = []
         for i, (question, pid_row) in enumerate(zip(questions, ranked)):
-            ctxs = make_ctxs(pid_row, scores[i], passages, add_lang=self.add_lang, source=source)
+            ctxs = make_ctxs(pid_row, scores[i], passages, source=source)
             extra = answers_all[i] if answers_all is not None else None
-            lines.append(json.dumps(retrieval_record(question, ctxs, answers_all=extra), ensure_ascii=False))
+            record = retrieval_record(question, ctxs, answers_all=extra,
+                                      query=query_text(question, add_lang=self.add_lang))
+            lines.append(json.dumps(record, ensure_ascii=False))
         data = ("\n".join(lines) + "\n").encode("utf-8")
         part, marker = part_paths(block)
         root = storage.resolve(self.out)
@@ -425,7 +447,7 @@ def run_retrieval(config, *, crash_at_block: str | None = None, crash_once_marke
                     compute=ActorPoolStrategy(size=config.encoder_actors), num_cpus=config.actor_cpus,
                     num_gpus=config.actor_gpus, runtime_env=worker_runtime_env(),
                     fn_constructor_kwargs={"encoder": encoder, "expected_dim": dim, "index": config.index,
-                                           "threads": config.threads},
+                                           "threads": config.threads, "add_lang": config.add_lang},
                 ).map_batches(
                     SearchAndWriteBlocks, batch_size=1, batch_format="numpy",
                     compute=ActorPoolStrategy(size=config.writer_actors), num_cpus=config.actor_cpus,
