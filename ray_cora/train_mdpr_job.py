@@ -12,8 +12,12 @@ from ray_cora.config import RayJobConfig
 class TrainMDPRConfig(RayJobConfig):
     """Train mDPR (question + passage encoders, DPR loss with in-batch negatives gathered over all
     workers plus hard negatives) with Ray Train on DPR/CORA retriever JSON, JSONL or Parquet.
-    Checkpoints go to <out>/ray-train/ (rerun the same command to resume); the trained encoders are
-    published to <out>/model/ (question_encoder/, ctx_encoder/), usable as --encoder hf:<out>/model."""
+    Checkpoints go to <out>/ray-train/ (any storage URI, s3:// included); the trained encoders are
+    published to <out>/model/ (question_encoder/, ctx_encoder/), usable as --encoder hf:<out>/model.
+    Re-running the same command: a stopped run resumes from its latest checkpoint (the step count
+    continues); a finished run (<out>/model published) is not trained again: it prints "already
+    trained" and exits. Training options must match the first run's (<out>/run_config.json); to
+    train from scratch delete <out> or use a new --out."""
 
     train: list[str] = Field(..., description="Training files or folders (DPR JSON array, .jsonl, .parquet)")
     out: str = Field(..., description="Output URI (local, file://, s3://)")

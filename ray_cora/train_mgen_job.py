@@ -13,7 +13,11 @@ class TrainMGENConfig(RayJobConfig):
     """Train mGEN (any HF seq2seq model, mT5 for real runs) on retrieval JSONL
     {qid, lang, question, answers, ctxs}: input = question + [lang] once + top-k passages with
     titles, target = the first answer. Defaults follow CORA's Table 10. Checkpoints go to
-    <out>/ray-train/ (rerun to resume); the model is published to <out>/model/."""
+    <out>/ray-train/ (any storage URI, s3:// included); the model is published to <out>/model/.
+    Re-running the same command: a stopped run resumes from its latest checkpoint (the step count
+    continues); a finished run (<out>/model published) is not trained again: it prints "already
+    trained" and exits. Training options must match the first run's (<out>/run_config.json); to
+    train from scratch delete <out> or use a new --out."""
 
     train: list[str] = Field(..., description="Retrieval JSONL files or folders")
     out: str = Field(..., description="Output URI (local, file://, s3://)")

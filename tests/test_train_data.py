@@ -91,3 +91,18 @@ def test_cli_reports_a_bad_record_in_one_line_before_starting_ray(tmp_path, caps
     assert code == 2
     assert err.startswith("ray-cora train-mdpr: error: ") and "train.json:1: no positive passage" in err
     assert "--on-bad-record skip" in err and err.count("\n") == 1
+
+
+def test_a_retrieval_output_folder_trains_on_its_parts_only(tmp_path):
+    from ray_cora import storage
+    from ray_cora.train.data import _files
+
+    out = tmp_path / "retrieval"
+    writer = storage.ArtifactWriter(str(out), kind="retrieval")
+    row = {"qid": "1", "lang": "en", "question": "q?", "answers": ["a"], "ctxs": [{"title": "T", "text": "a"}]}
+    writer.write_bytes("parts/en-00000.jsonl", (json.dumps(row) + "\n").encode())
+    writer.write_bytes("parts/en-00000.json", b'{"block": "en-00000"}')  # the block's marker
+    writer.write_bytes("passage-store/bucket-00000.parquet", b"PAR1")
+    writer.commit({"parts": ["parts/en-00000.jsonl"]})
+    assert _files(str(out)) == [str(out / "parts" / "en-00000.jsonl")]
+    assert [e["question"] for e in data.iter_examples([str(out)], "retrieval", BadRecords("error"))] == ["q?"]

@@ -216,9 +216,18 @@ def iter_examples(uris: Sequence[str], kind: str, bad: BadRecords, *,
 
 
 def _files(uri: str) -> list[str]:
+    """The data files of ``uri``: itself, the parts a `ray-cora retrieve` output's manifest lists
+    (not its block markers or passage store), or every JSON/JSONL/Parquet file of a folder."""
     loc = storage.resolve(uri)
     if loc.is_file():
         return [uri]
+    manifest = loc.join(storage.MANIFEST_NAME)
+    if manifest.is_file():
+        from ray_cora.pipelines.retrieve import RETRIEVAL_KIND
+
+        record = json.loads(storage.read_bytes(manifest))
+        if record.get("kind") == RETRIEVAL_KIND:
+            return [loc.join(part).uri for part in record["parts"]]
     return [l.uri for l in storage.list_files(loc) if l.path.endswith((".json", ".jsonl", ".parquet", ".gz"))]
 
 

@@ -3,6 +3,18 @@
 Callable from Python with a config object (the iterative loop composes them)::
 
     train_mdpr(TrainMDPRConfig(train=["train.json"], out="s3://b/mdpr", init="hf:/models/mbert"))
+
+Re-running with the same ``out``:
+
+- a run that stopped part-way (driver crash, Ctrl-C, out of failures) resumes from the latest
+  checkpoint in ``<out>/ray-train/`` (Ray Train's run snapshot): the step count continues and the
+  total number of steps is that of an uninterrupted run;
+- a finished run (``<out>/model/manifest.json`` present) is not trained again: the job prints
+  ``already trained`` and returns the published manifest (``already_trained: True`` in the
+  returned dict). Delete ``<out>`` or pick a new ``out`` to train from scratch;
+- either way the training settings must be those of the first run (recorded in
+  ``<out>/run_config.json``; runtime options such as ``num_workers`` may change): otherwise a
+  :class:`ConfigError` names the differing options.
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ray_cora import storage
+from ray_cora.errors import ConfigError, StorageError
 from ray_cora.train import data
 from ray_cora.train.loop import LoopSettings, RunSettings, check_batching, fit, load_final_model, publish_model, settings_dict
 
@@ -19,6 +32,43 @@ if TYPE_CHECKING:
     from ray_cora.train_mgen_job import TrainMGENConfig
 
 RUN_NAME = "ray-train"
+RUN_CONFIG = "run_config.json"
+# Options that may change between a run and its resumption: where and how wide it runs, what it
+# reports on (dev), where it writes (out).
+RUNTIME_OPTIONS = frozenset({"ray_address", "num_cpus", "num_workers", "use_gpu", "cpus_per_worker",
+                             "max_failures", "dev", "out"})
+
+
+def _training_options(config: Any) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k not in RUNTIME_OPTIONS}
+
+
+def check_rerun(config: Any, job: str) -> dict[str, Any] | None:
+    """Before training into ``config.out``: refuse training options that differ from those
+    recorded by an earlier run there (:class:`ConfigError` naming them), and return the published
+    manifest when the model is already there (the run finished: nothing to train)."""
+    root = storage.resolve(config.out)
+    options = _training_options(config)
+    recorded_loc = root.join(RUN_CONFIG)
+    if recorded_loc.is_file():
+        try:
+            recorded = json.loads(storage.read_bytes(recorded_loc))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{recorded_loc.uri}: not valid JSON ({exc}); delete it to accept the current "
+                              "options, or use a new --out") from exc
+        changed = sorted(k for k in set(recorded) | set(options) if recorded.get(k) != options.get(k))
+        if changed:
+            detail = "; ".join(f"{k}: {recorded.get(k)!r} → {options.get(k)!r}" for k in changed)
+            raise ConfigError(f"{config.out} holds a {job} run with other training options ({detail}); "
+                              "re-run with the recorded options to resume or reuse it, or use a new --out "
+                              f"(or delete {config.out}) to train from scratch")
+    try:
+        manifest = storage.Artifact(root.join("model")).manifest
+    except StorageError:
+        return None  # not published yet: train (or resume)
+    print(f"{job}: already trained: {root.join('model').uri} ({manifest.get('steps')} steps) is published; "
+          f"nothing to do. Delete {config.out} or use a new --out to train again.")
+    return manifest
 
 
 def _scan(config: Any, kind: str) -> tuple[int, int]:
@@ -35,7 +85,8 @@ def _settings(config: Any, steps: int, *, grad_accumulation: int, hooks: dict[st
                         weight_decay=config.weight_decay, adam_eps=config.adam_eps,
                         grad_accumulation=grad_accumulation, checkpoint_every=config.checkpoint_every,
                         seed=config.seed, use_gpu=config.use_gpu,
-                        kill_worker_at_step=hooks.get("kill_worker_at_step"), kill_marker=hooks.get("kill_marker"))
+                        kill_worker_at_step=hooks.get("kill_worker_at_step"), kill_marker=hooks.get("kill_marker"),
+                        fail_after_step=hooks.get("fail_after_step"))
 
 
 def _run(config: Any, task: Any, kind: str, *, grad_accumulation: int, model_kind: str,
@@ -47,7 +98,12 @@ def _run(config: Any, task: Any, kind: str, *, grad_accumulation: int, model_kin
                            grad_accumulation=grad_accumulation, examples=count)
     settings = _settings(config, steps, grad_accumulation=grad_accumulation, hooks=hooks)
     run = RunSettings(num_workers=config.num_workers, use_gpu=config.use_gpu,
-                      cpus_per_worker=config.cpus_per_worker, max_failures=config.max_failures)
+                      cpus_per_worker=config.cpus_per_worker,
+                      max_failures=0 if hooks.get("fail_after_step") is not None else config.max_failures)
+    recorded_loc = storage.resolve(config.out).join(RUN_CONFIG)
+    if not recorded_loc.is_file():  # training starts now: a re-run must use the same options
+        storage.write_bytes(recorded_loc, json.dumps(_training_options(config), indent=2,
+                                                     ensure_ascii=False).encode("utf-8"))
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
         result = fit(task, settings, data.training_dataset(config.train, kind), out=config.out, run=run,
                      name=RUN_NAME)
@@ -67,6 +123,15 @@ def train_mdpr(config: "TrainMDPRConfig", **hooks: Any) -> dict[str, Any]:
 
     task = MDPRTask(init=config.init, shared_encoder=config.shared_encoder, max_length=config.max_length,
                     hard_negatives=config.hard_negatives, segment_ids=config.segment_ids)
+    done = check_rerun(config, "train-mdpr")
+    if done is not None:
+        summary_loc = storage.resolve(config.out).join("summary.json")
+        if summary_loc.is_file():
+            summary = json.loads(storage.read_bytes(summary_loc))
+        else:  # stopped between publishing and the summary: rebuild the part the loop needs
+            summary = {"encoder_spec": export_spec(storage.resolve(config.out).join("model").uri, task),
+                       "steps": done["steps"], "loss": done["final"]["loss"]}
+        return {**done, "summary": summary, "already_trained": True}
     manifest, _, model_uri = _run(config, task, "dpr", grad_accumulation=1, model_kind=MODEL_KIND, hooks=hooks)
     spec = export_spec(model_uri, task)
     summary = {"encoder_spec": spec, "steps": manifest["steps"], "loss": manifest["final"]["loss"]}
@@ -85,6 +150,9 @@ def train_mgen(config: "TrainMGENConfig", **hooks: Any) -> dict[str, Any]:
     """Train, publish ``<out>/model`` (a seq2seq folder ``Generator.load`` reads); returns its manifest."""
     from ray_cora.train.mgen import MODEL_KIND, MGENTask
 
+    done = check_rerun(config, "train-mgen")
+    if done is not None:
+        return {**done, "already_trained": True}
     task = MGENTask(init=config.init, tokenizer=config.tokenizer, top_k=config.top_k,
                     max_source_length=config.max_source_length, max_target_length=config.max_target_length,
                     label_smoothing=config.label_smoothing, dropout=config.dropout)

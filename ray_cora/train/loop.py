@@ -10,9 +10,20 @@ turns a list of example dicts into CPU tensors, ``loss(model, batch)`` is the fo
 - :func:`train_worker`, the Ray Train worker function: resumes from ``ray.train.get_checkpoint()``,
   reads its shard with ``ray.train.get_dataset_shard``, takes exactly ``steps_per_epoch`` steps per
   epoch on every worker (so every worker calls ``ray.train.report`` the same number of times) and
-  reports a checkpoint every ``checkpoint_every`` steps and at the end of each epoch;
+  reports a checkpoint every ``checkpoint_every`` steps and at the end of each epoch, then waits
+  until the Ray Train controller has *committed* it (:func:`wait_until_committed`);
 - :func:`fit`, the driver side: ``TorchTrainer`` with ``ScalingConfig`` / ``RunConfig(storage_path)``
   / ``FailureConfig`` on any storage URI (``s3://`` included).
+
+**Why wait for the commit.** In Ray Train 2.x (the v2 controller, Ray's default), ``ray.train.report``
+returns once the report is in the worker's one-slot result queue; the controller polls each worker
+every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s) and registers a checkpoint only when it has the
+report of *every* worker. A worker that dies in that window takes its queued report with it, the
+checkpoint is never registered, and after the worker-group restart ``ray.train.get_checkpoint()``
+returns the previous one (or ``None``: training restarts from step 0, though rank 0 had already
+uploaded the newer files). So after each checkpoint report every worker calls
+``ray.train.get_all_reported_checkpoints(consistency_mode=COMMITTED)``, which blocks until the
+controller has registered all of that worker's reports (at most one poll interval per checkpoint).
 """
 
 from __future__ import annotations
@@ -52,8 +63,13 @@ class LoopSettings:
     use_gpu: bool = False
     bf16: bool = True  # autocast on GPU only
     shuffle_buffer: int = 1000
-    kill_worker_at_step: int | None = None  # fault injection for tests: SIGKILL the last worker once
+    # Fault injection for tests. kill_worker_at_step: SIGKILL the last worker once, right after step N
+    # (after its report: at a checkpoint step, right after that checkpoint), remembered in kill_marker.
+    # fail_after_step: every worker raises right after step N's report (run with max_failures=0 this
+    # stops the whole run, as a crashed driver or a Ctrl-C would).
+    kill_worker_at_step: int | None = None
     kill_marker: str | None = None
+    fail_after_step: int | None = None
 
     @property
     def total_steps(self) -> int:
@@ -197,6 +213,26 @@ def load_state(folder: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- Ray Train worker
 
+class StopAfterStep(RuntimeError):
+    """Raised by the ``fail_after_step`` test hook."""
+
+
+def wait_until_committed(timeout_s: float = 600.0) -> None:
+    """Block until the Ray Train controller has registered every report this worker made.
+
+    Without this, a worker killed within one controller poll interval of a checkpoint report loses
+    that report, and the restarted worker group resumes from an older checkpoint (see the module
+    docstring). A no-op where the API is missing (Ray Train v1, ``RAY_TRAIN_V2_ENABLED=0``).
+    """
+    import ray.train
+
+    mode = getattr(ray.train, "CheckpointConsistencyMode", None)
+    get_all = getattr(ray.train, "get_all_reported_checkpoints", None)
+    if mode is None or get_all is None:
+        return
+    get_all(consistency_mode=mode.COMMITTED, timeout_s=timeout_s)
+
+
 def _micro_batches(shard: Any, *, micro: int, accumulation: int, seed: int, buffer: int) -> Iterator[list[list[dict]]]:
     """Groups of ``accumulation`` micro-batches (lists of example dicts) from the worker's shard."""
     group: list[list[dict]] = []
@@ -248,15 +284,17 @@ def train_worker(config: dict[str, Any]) -> None:
         metrics = {"step": stepper.step_count, "epoch": epoch, "loss": sum(losses) / max(len(losses), 1),
                    "lr": stepper.scheduler.get_last_lr()[0], "resumed_from_step": resumed_from,
                    "samples_per_s": examples_seen / elapsed, "world_size": world}
-        losses, examples_seen, started = [], 0, time.perf_counter()
         if with_checkpoint:
             with tempfile.TemporaryDirectory() as tmp:
                 if rank == 0:
                     save_state(tmp, stepper, metrics)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
                                  checkpoint_dir_name=f"step-{stepper.step_count:08d}")
+            wait_until_committed()
         else:
             ray.train.report(metrics)
+        # samples_per_s covers training steps only: not checkpoint saving, uploading or the commit wait
+        losses, examples_seen, started = [], 0, time.perf_counter()
 
     start_epoch = stepper.step_count // settings.steps_per_epoch
     for epoch in range(start_epoch, settings.epochs):
@@ -272,15 +310,21 @@ def train_worker(config: dict[str, Any]) -> None:
                 continue
             losses.append(stepper.step([task.collate(b) for b in group]))
             examples_seen += micro * settings.grad_accumulation * world
-            if (settings.kill_worker_at_step is not None and stepper.step_count == settings.kill_worker_at_step
-                    and rank == world - 1 and settings.kill_marker and not os.path.exists(settings.kill_marker)):
-                open(settings.kill_marker, "w").close()
-                os.kill(os.getpid(), signal.SIGKILL)
             last = index == settings.steps_per_epoch - 1
             if last or (settings.checkpoint_every and stepper.step_count % settings.checkpoint_every == 0):
                 report(epoch + 1, with_checkpoint=True)
+            _test_hooks(settings, stepper.step_count, rank=rank, world=world)
         for _ in groups:  # drain the shard so the next epoch starts cleanly
             pass
+
+
+def _test_hooks(settings: LoopSettings, step: int, *, rank: int, world: int) -> None:
+    if (settings.kill_worker_at_step is not None and step == settings.kill_worker_at_step
+            and rank == world - 1 and settings.kill_marker and not os.path.exists(settings.kill_marker)):
+        open(settings.kill_marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    if settings.fail_after_step is not None and step == settings.fail_after_step:
+        raise StopAfterStep(f"test hook fail_after_step: stopping after step {step}")
 
 
 # ---------------------------------------------------------------- driver
