@@ -56,6 +56,10 @@ JOBS: dict[str, Job] = {
     "train-mgen": Job("ray_cora.train_mgen_job:TrainMGENConfig", "ray_cora.train_mgen_job:run_train_mgen",
                       "train the mGEN seq2seq generator (mT5) with Ray Train on retrieval results; "
                       "checkpoints/resume on any storage URI"),
+    "iterate": Job("ray_cora.iterate_job:IterateConfig", "ray_cora.iterate_job:run_iterate",
+                   "CORA's iterative training (Algorithm 1): train mDPR → re-embed → retrieve → train mGEN → "
+                   "mine cross-lingual pairs (retrieval + Wikidata language links, labelled by mGEN), T "
+                   "rounds; resumable per stage"),
     "generate": Job("ray_cora.generate_job:GenerateConfig", "ray_cora.generate_job:run_generate",
                     "answer every question of a retrieval JSONL with an mGEN model on a Ray Data actor "
                     "pool → predictions JSONL {qid, lang, prediction}"),
@@ -75,7 +79,7 @@ JOBS: dict[str, Job] = {
                               "+ macro → metrics.json, report.md (paper-style table), PNG plots"),
     "evaluate all": Job("ray_cora.evaluate_job:EvaluateAllConfig", "ray_cora.evaluate_job:run_evaluate_all",
                         "one Ray job: retrieve for every requested language in parallel, then score it "
-                        "like `evaluate retrieval` (generation: not configured yet, skipped)"),
+                        "like `evaluate retrieval`; --generator adds mGEN answers scored like `evaluate qa`"),
 }
 
 

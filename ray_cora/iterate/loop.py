@@ -1,0 +1,471 @@
+"""The driver of ``ray-cora iterate``: CORA's Algorithm 1 composed from the other jobs.
+
+Each stage calls a job that exists on its own (``train-mdpr``, ``embed``, ``retrieve``,
+``train-mgen``, ``evaluate all``, ``generate``) with a config built from the iterate config, so the
+loop inherits their streaming, actor pools, checkpoints and resume. What is new here is only the
+bookkeeping (:mod:`ray_cora.iterate.stages`) and the mining (:mod:`ray_cora.iterate.mining`).
+
+Layout of ``<out>``::
+
+    round-1/data/      train_questions.jsonl, dev_questions.jsonl, b1.jsonl, passage-store/, init/
+    round-<t>/mdpr/    model/ (hf: bi-encoder), ray-train/ (checkpoints), summary.json
+    round-<t>/index/   index/ (sharded FAISS index of the corpus, this round's passage encoder)
+    round-<t>/retrieve/retrieval/ (top-k passages of every training question)
+    round-<t>/mgen/    phase-1/model/ [, synthetic.jsonl, phase-2/model/]
+    round-<t>/dev/     metrics.json, report.md, PNGs (R^L@k, R^multi@k, F1 per language)
+    round-<t>/mine/    requests.jsonl, labels.jsonl, labelled.jsonl, mined.jsonl (B_t+1 - B_t), stats.json
+    round-<t>/stats.json, summary.md;   summary.md, iterate.json (all rounds)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from ray_cora import storage
+from ray_cora.errors import ConfigError
+from ray_cora.iterate import mining
+from ray_cora.iterate.stages import StageResult, StageRunner
+
+if TYPE_CHECKING:
+    from ray_cora.iterate_job import IterateConfig
+
+TINY = "tiny"
+
+
+# --- small I/O helpers ------------------------------------------------------------------------
+
+
+def write_jsonl(loc: storage.Location, records: Iterable[dict[str, Any]]) -> int:
+    count = 0
+    with storage.open_output(loc) as stream:
+        for record in records:
+            stream.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+            count += 1
+    return count
+
+
+def read_jsonl(uri: str) -> Iterator[dict[str, Any]]:
+    with storage.open_input(uri) as stream:
+        for raw in storage.iter_lines(stream):
+            if raw.strip():
+                yield json.loads(raw)
+
+
+def iter_dpr_records(files: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Raw DPR records (with our extra ``qid``/``lang``/``source`` fields) of B_t's files."""
+    from ray_cora.data.records import BadRecords
+    from ray_cora.train.data import _files, iter_raw_records
+
+    bad = BadRecords("error")
+    for uri in files:
+        for file in _files(uri):
+            for _, obj in iter_raw_records(file, bad):
+                yield obj
+
+
+def _upload_dir(local: str, target: storage.Location) -> None:
+    for dirpath, _, names in os.walk(local):
+        for name in names:
+            rel = os.path.relpath(os.path.join(dirpath, name), local).replace(os.sep, "/")
+            with open(os.path.join(dirpath, name), "rb") as src:
+                storage.write_bytes(target.join(rel), src.read())
+
+
+def _build_tiny(kind: str, target: storage.Location, texts: list[str]) -> None:
+    from ray_cora.encoders.tiny import build_tiny_bert, build_tiny_t5
+
+    with tempfile.TemporaryDirectory(prefix="ray-cora-tiny-") as tmp:
+        if kind == "mdpr":
+            build_tiny_bert(tmp, texts, vocab_size=2000)
+        else:
+            build_tiny_t5(tmp, texts)
+        _upload_dir(tmp, target)
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+class IterativeTraining:
+    """State of one ``iterate`` run: the config, the stage runner and the round-1 data."""
+
+    def __init__(self, config: "IterateConfig", *, crash_after: str | None = None) -> None:
+        self.config = config
+        self.runner = StageRunner(config.out, crash_after=crash_after)
+        self.root = storage.resolve(config.out)
+
+    # -- round 1: the data every round uses --
+
+    def prepare(self) -> StageResult:
+        return self.runner.run("round-1/data", self._prepare,
+                               outputs=("train_questions.jsonl", "dev_questions.jsonl", "b1.jsonl",
+                                        "passage-store/manifest.json"))
+
+    def _prepare(self, folder: storage.Location) -> tuple[dict[str, Any], list[str]]:
+        from ray_cora.data.qa import iter_qa
+        from ray_cora.pipelines.retrieve import PassageStore, open_or_build_store, question_files
+
+        c = self.config
+        train_q, dev_q = [], []
+        for uri in question_files(c.questions, c.dataset):
+            for record in iter_qa(uri, dataset=c.dataset):
+                held_out = c.dev_questions is None and mining.in_dev_split(record["qid"], c.dev_fraction)
+                (dev_q if held_out else train_q).append(record)
+        if c.dev_questions:
+            for uri in question_files(c.dev_questions, c.dev_dataset or c.dataset):
+                dev_q.extend(iter_qa(uri, dataset=c.dev_dataset or c.dataset))
+        if not train_q:
+            raise ConfigError(f"{c.questions}: no answerable training questions")
+        write_jsonl(folder.join("train_questions.jsonl"), train_q)
+        write_jsonl(folder.join("dev_questions.jsonl"), dev_q)
+        store = folder.join("passage-store")
+        open_or_build_store(c.corpus, store.uri, num_buckets=16, format=c.corpus_format)
+        if c.train:
+            b1_source, b1 = "given", list(iter_dpr_records(c.train))
+        else:
+            pids = {str(p) for q in train_q for p in q.get("gold_pids") or []}
+            if not pids:
+                raise ConfigError(f"{c.questions}: no gold_pids to build B_1 from; pass --train with DPR "
+                                  "training files (CORA's mDPR training data)")
+            passages = PassageStore(store.uri).lookup(pids)
+            b1_source = "gold_pids"
+            b1 = list(mining.initial_examples(train_q, passages,
+                                              same_language_only=c.initial_positives == "same-language"))
+        if not b1:
+            raise ConfigError("B_1 is empty: no training question has a gold passage "
+                              f"{'in its own language' if c.initial_positives == 'same-language' else ''}; "
+                              "try --initial-positives any-language or pass --train")
+        write_jsonl(folder.join("b1.jsonl"), b1)
+        extra = []
+        for kind, spec in (("mdpr", c.mdpr_init), ("mgen", c.mgen_init)):
+            if spec == TINY:
+                texts = [q["question"] for q in train_q] + [a for q in train_q for a in q["answers"]]
+                texts += [f"{ctx['title']} {ctx['text']}" for r in b1 for ctx in r["positive_ctxs"]]
+                _build_tiny(kind, folder.join("init", kind), texts)
+                extra.append(f"init/{kind}/config.json")
+        langs = sorted({q["lang"] for q in train_q} | {"en"})
+        result = {"train_questions": len(train_q), "dev_questions": len(dev_q), "b1_records": len(b1),
+                  "b1_source": b1_source, "train_languages": langs,
+                  "b1_positive_pairs": _pair_list(mining.positive_language_pairs(b1))}
+        return result, extra
+
+    def b1_files(self) -> list[str]:
+        return list(self.config.train) or [self.root.join("round-1/data/b1.jsonl").uri]
+
+    def init_spec(self, kind: str) -> str:
+        spec = self.config.mdpr_init if kind == "mdpr" else self.config.mgen_init
+        if spec != TINY:
+            return spec
+        path = self.root.join("round-1/data/init", kind).uri
+        return f"hf:{path}" if kind == "mdpr" else path
+
+    # -- one round --
+
+    def run_round(self, t: int, data: StageResult, state: dict[str, Any]) -> dict[str, Any]:
+        c = self.config
+        name = f"round-{t}"
+        train_files = self.b1_files() + state["mined_files"]
+        upstream = state["upstream"] or data
+
+        mdpr = self.runner.run(f"{name}/mdpr", lambda f: self._train_mdpr(f, train_files, state),
+                               upstream=upstream, outputs=("model/manifest.json", "summary.json"))
+        spec = mdpr.result["encoder_spec"]
+        question_spec = state["first_question_spec"] if c.keep_first_question_encoder and t > 1 else spec
+        state.setdefault("first_question_spec", spec)
+
+        index = self.runner.run(f"{name}/index", lambda f: self._embed(f, spec), upstream=mdpr,
+                                outputs=("index/manifest.json",))
+        questions = self.root.join("round-1/data/train_questions.jsonl").uri
+        retrieve = self.runner.run(f"{name}/retrieve",
+                                   lambda f: self._retrieve(f, index, questions, question_spec),
+                                   upstream=index, outputs=("retrieval/manifest.json",))
+        retrieval = self.runner.folder(f"{name}/retrieve").join("retrieval")
+        mgen = self.runner.run(f"{name}/mgen", lambda f: self._train_mgen(f, retrieval, state),
+                               upstream=retrieve)
+        dev = None
+        if data.result["dev_questions"]:
+            dev = self.runner.run(f"{name}/dev", lambda f: self._dev(f, index, question_spec, mgen),
+                                  upstream=mgen, outputs=("metrics.json",))
+        mine = None
+        if t < c.rounds:
+            mine = self.runner.run(f"{name}/mine", lambda f: self._mine(f, train_files, retrieval, mgen, state),
+                                   upstream=dev or mgen, outputs=("mined.jsonl", "stats.json"))
+            state["mined_files"] = state["mined_files"] + [self.runner.folder(f"{name}/mine").join("mined.jsonl").uri]
+        state["mdpr_spec"], state["mgen_model"] = spec, mgen.result["model"]
+        state["upstream"] = mine or dev or mgen
+        stats = self._round_stats(t, train_files, mdpr, retrieve, mgen, dev, mine, data)
+        return stats
+
+    def _train_mdpr(self, folder: storage.Location, train_files: list[str], state: dict[str, Any]):
+        from ray_cora.train.jobs import train_mdpr
+
+        init = state.get("mdpr_spec") or self.init_spec("mdpr")
+        manifest = train_mdpr(self.config.stage_config("mdpr", train=train_files, out=folder.uri, init=init))
+        summary = manifest["summary"]
+        return {"encoder_spec": summary["encoder_spec"], "init": init, "examples": manifest["examples"],
+                "steps": summary["steps"], "loss": summary["loss"]}, []
+
+    def _embed(self, folder: storage.Location, spec: str):
+        from ray_cora.pipelines.embed_corpus import embed_corpus
+
+        c = self.config
+        summary = embed_corpus(c.stage_config("embed", passages=c.corpus, out=folder.join("index").uri,
+                                              encoder=spec, format=c.corpus_format))
+        return {"index": folder.join("index").uri, "encoder": spec, "passages": summary["passages"],
+                "shards": summary["shards"]}, []
+
+    def _retrieve(self, folder: storage.Location, index: StageResult, questions: str, question_spec: str):
+        from ray_cora.pipelines.retrieve import run_retrieval
+
+        c = self.config
+        out = folder.join("retrieval")
+        summary = run_retrieval(c.stage_config(
+            "retrieve", index=index.result["index"], questions=questions, dataset="jsonl", out=out.uri,
+            encoder=question_spec, k=c.k, passage_store=self.root.join("round-1/data/passage-store").uri))
+        return {"retrieval": out.uri, "questions": summary.get("questions"), "encoder": question_spec}, []
+
+    def _train_mgen(self, folder: storage.Location, retrieval: storage.Location, state: dict[str, Any]):
+        from ray_cora.train.jobs import train_mgen
+
+        c = self.config
+        init = state.get("mgen_model") or self.init_spec("mgen")
+        epochs = int(c.mgen.get("epochs", 1))
+        switch = c.answer_translation_after_epoch
+        synthetic = None
+        if self.labels() is not None and switch < epochs:
+            synthetic = folder.join("synthetic.jsonl")
+            count = write_jsonl(synthetic, self._translated_examples(retrieval))
+            if not count:
+                synthetic = None
+        parts = [retrieval.uri]  # train-mgen reads a retrieval output's parts
+        phases = [(n + 1, [*parts, synthetic.uri] if with_synthetic else parts, phase_epochs)
+                  for n, (with_synthetic, phase_epochs) in enumerate(
+                      mining.mgen_phases(epochs, switch, synthetic is not None))]
+        outputs, steps, model = [], 0, init
+        for number, files, phase_epochs in phases:
+            out = folder.join(f"phase-{number}")
+            manifest = train_mgen(c.stage_config("mgen", train=files, out=out.uri, init=model,
+                                                 tokenizer=c.mgen_tokenizer, top_k=c.top_k, epochs=phase_epochs))
+            model = out.join("model").uri
+            steps += manifest["steps"]
+            outputs.append(f"phase-{number}/model/manifest.json")
+        result = {"model": model, "init": init, "phases": len(phases), "steps": steps,
+                  "synthetic_examples": sum(1 for _ in read_jsonl(synthetic.uri)) if synthetic else 0}
+        return result, outputs + (["synthetic.jsonl"] if synthetic else [])
+
+    def _translated_examples(self, retrieval: storage.Location) -> Iterator[dict[str, Any]]:
+        from ray_cora.pipelines.retrieve import iter_retrieval
+
+        labels = self.labels()
+        if labels is None:
+            return iter(())
+
+        def translate(answer: str, lang: str) -> str | None:
+            qid = labels.match_english(answer)
+            return labels.label(qid, lang) if qid else None
+
+        rows = (record for _, _, record in iter_retrieval(retrieval.uri))
+        return mining.translated_answer_examples(rows, translate, self.link_langs())
+
+    def _dev(self, folder: storage.Location, index: StageResult, question_spec: str, mgen: StageResult):
+        from ray_cora.evaluate_job import EvaluateAllConfig, run_evaluate_all
+
+        c = self.config
+        questions = self.root.join("round-1/data/dev_questions.jsonl").uri
+        options = {k: v for k, v in c.retrieve.items() if k in EvaluateAllConfig.model_fields}
+        evaluation = EvaluateAllConfig(**options, index=index.result["index"], questions=questions,
+                                       dataset="jsonl", out=folder.uri, encoder=question_spec, k=c.k,
+                                       passage_store=self.root.join("round-1/data/passage-store").uri,
+                                       **self._generator_options(mgen))
+        metrics = run_evaluate_all(evaluation)
+        return {"per_language": _dev_summary(metrics), "macro": _dev_macro(metrics)}, []
+
+    def _generator_options(self, mgen: StageResult) -> dict[str, Any]:
+        """`evaluate all`'s generation options, from the iterate config's generate: mapping."""
+        c = self.config
+        renamed = {"batch_size": "generate_batch_size", "concurrency": "generate_actors",
+                   "actor_cpus": "generate_actor_cpus", "actor_gpus": "generate_actor_gpus"}
+        options = {renamed.get(k, k): v for k, v in c.generate.items()
+                   if k in ("max_source_length", "max_target_length", "num_beams", *renamed)}
+        return {**options, "generator": mgen.result["model"], "generator_tokenizer": c.mgen_tokenizer,
+                "top_k": c.top_k, "mode": c.dev_mode, "sacrebleu": False}
+
+    def _mine(self, folder: storage.Location, train_files: list[str], retrieval: storage.Location,
+              mgen: StageResult, state: dict[str, Any]):
+        from ray_cora.generate_job import run_generate
+        from ray_cora.pipelines.retrieve import iter_retrieval
+
+        c = self.config
+        records = list(iter_dpr_records(train_files))
+        known = mining.known_pairs(records)
+        rows = (record for _, _, record in iter_retrieval(retrieval.uri))
+        candidates = list(mining.retrieval_candidates(rows, mine_k=c.mine_k, known=known))
+        links = self.language_links()
+        link_candidates: list[dict[str, Any]] = []
+        if links is not None:
+            requests = list(mining.language_link_requests(records, links, self.link_langs()))
+            wanted = {(lang, title) for _, titles in requests for lang, title in titles.items()}
+            link_candidates = list(mining.language_link_candidates(requests, self._passages_by_title(wanted),
+                                                                   known=known))
+        seen: set[tuple[str, str, str]] = set()
+        unique = []
+        for cand in candidates + link_candidates:
+            key = (cand["qid"], cand["lang"], str(cand["passage"]["pid"]))
+            if key not in seen:
+                seen.add(key)
+                unique.append(cand)
+        ids = [f"c{n:07d}" for n in range(len(unique))]
+        requests_loc = folder.join("requests.jsonl")
+        write_jsonl(requests_loc, (mining.candidate_request(cid, cand) for cid, cand in zip(ids, unique)))
+        predictions: dict[str, str] = {}
+        if unique:
+            labels_loc = folder.join("labels.jsonl")
+            run_generate(c.stage_config("generate", model=mgen.result["model"], retrieval=[requests_loc.uri],
+                                        out=labels_loc.uri, tokenizer=c.mgen_tokenizer, top_k=1))
+            predictions = {row["qid"]: row["prediction"] for row in read_jsonl(labels_loc.uri)}
+        stats = mining.MiningStats()
+        labelled = []
+        for cid, cand in zip(ids, unique):
+            prediction = predictions.get(cid, "")
+            positive = mining.label_is_positive(prediction, cand["answers"], cand["lang"])
+            stats.add(cand, positive)
+            labelled.append((cand, positive, prediction))
+        write_jsonl(folder.join("labelled.jsonl"), (
+            {"qid": cand["qid"], "lang": cand["lang"], "pid": cand["passage"]["pid"],
+             "passage_lang": cand["passage"].get("lang"), "source": cand["source"], "prediction": prediction,
+             "answers": cand["answers"], "positive": positive} for cand, positive, prediction in labelled))
+        new_records = mining.dpr_records((cand, positive) for cand, positive, _ in labelled)
+        write_jsonl(folder.join("mined.jsonl"), new_records)
+        initial_pairs = mining.positive_language_pairs(iter_dpr_records(self.b1_files()))
+        summary = stats.to_dict(initial_pairs=initial_pairs)
+        summary["new_records"] = len(new_records)
+        storage.write_bytes(folder.join("stats.json"), json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
+        return summary, ["labelled.jsonl"]
+
+    # -- language links and labels --
+
+    def _wikidata_tables(self) -> tuple[Any, Any] | None:
+        if not self.config.wikidata:
+            return None
+        if not hasattr(self, "_tables"):
+            from ray_cora.pivot.translate import LabelTable
+
+            uri = self.config.wikidata
+            loc = storage.resolve(uri)
+            if loc.join(storage.MANIFEST_NAME).is_file():
+                from ray_cora.pipelines.wikidata import read_label_tables
+
+                _, sitelinks = read_label_tables(uri)
+                rows = zip(*(sitelinks.column(n).to_pylist() for n in ("qid", "site", "title")))
+                links = mining.LanguageLinks.from_sitelinks(rows)
+            else:
+                links = mining.LanguageLinks.from_sitelinks(_jsonl_sitelinks(uri))
+            self._tables = (LabelTable.load(uri), links)
+        return self._tables
+
+    def labels(self) -> Any:
+        tables = self._wikidata_tables()
+        return tables[0] if tables else None
+
+    def language_links(self) -> mining.LanguageLinks | None:
+        tables = self._wikidata_tables()
+        return tables[1] if tables else None
+
+    def link_langs(self) -> list[str]:
+        from ray_cora.languages import parse_langs
+
+        if self.config.link_langs:
+            return list(parse_langs(self.config.link_langs))
+        marker = json.loads(storage.read_bytes(self.root.join("round-1/data/_stage.json")))
+        return list(marker["result"]["train_languages"])
+
+    def _passages_by_title(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """One streaming pass over the corpus, keeping only the linked articles' passages."""
+        from ray_cora.data.passages import iter_passages, passage_files
+
+        found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        if not wanted:
+            return found
+        for file in passage_files(self.config.corpus, format=self.config.corpus_format):
+            for passage in iter_passages(file, format=self.config.corpus_format):
+                key = (passage["lang"], passage["title"])
+                if key in wanted:
+                    found.setdefault(key, []).append(passage)
+        return found
+
+    # -- reporting --
+
+    def _round_stats(self, t: int, train_files: list[str], mdpr: StageResult, retrieve: StageResult,
+                     mgen: StageResult, dev: StageResult | None, mine: StageResult | None,
+                     data: StageResult) -> dict[str, Any]:
+        from ray_cora.iterate.report import round_summary
+
+        stats = {
+            "round": t,
+            "train_records": sum(1 for _ in iter_dpr_records(train_files)),
+            "train_files": train_files,
+            "mdpr": mdpr.result,
+            "retrieve": retrieve.result,
+            "mgen": mgen.result,
+            "dev": dev.result if dev else None,
+            "mining": mine.result if mine else None,
+            "initial_positive_pairs": data.result["b1_positive_pairs"],
+        }
+        folder = self.root.join(f"round-{t}")
+        storage.write_bytes(folder.join("stats.json"), json.dumps(stats, indent=2, ensure_ascii=False).encode("utf-8"))
+        storage.write_bytes(folder.join("summary.md"), round_summary(stats).encode("utf-8"))
+        return stats
+
+
+def _jsonl_sitelinks(uri: str) -> Iterator[tuple[str, str, str]]:
+    from ray_cora.languages import LANGUAGES
+    from ray_cora.wikidata import iter_entities
+
+    with storage.open_input(uri) as stream:
+        lines = enumerate(storage.iter_lines(stream), start=1)
+        for entity in iter_entities(lines, source=uri, langs=list(LANGUAGES)):
+            for site, title in entity.sitelinks.items():
+                yield entity.qid, site, title
+
+
+def _pair_list(pairs: dict[tuple[str, str], int]) -> list[list[Any]]:
+    return [[q, p, n] for (q, p), n in sorted(pairs.items())]
+
+
+def _dev_summary(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    keep = ("count", "R^L@10", "R^multi@10", "R^gold@10", "f1", "em", "bleu")
+    return {lang: {k: row[k] for k in keep if k in row} for lang, row in metrics["per_language"].items()}
+
+
+def _dev_macro(metrics: dict[str, Any]) -> dict[str, Any]:
+    keep = ("R^L@10", "R^multi@10", "R^gold@10", "f1", "em", "bleu")
+    macro = metrics.get("macro") or {}
+    return {k: macro[k] for k in keep if k in macro}
+
+
+def iterate(config: "IterateConfig", *, crash_after: str | None = None) -> dict[str, Any]:
+    """Run (or resume) all rounds; returns ``{"rounds": [round stats...], "ran", "skipped"}``."""
+    from ray_cora.iterate.report import overall_summary
+    from ray_cora.runtime import ray_session
+
+    started = time.perf_counter()
+    job = IterativeTraining(config, crash_after=crash_after)
+    storage.write_bytes(job.root.join("config.json"), json.dumps(config.to_dict(), indent=2).encode("utf-8"))
+    rounds = []
+    with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+        data = job.prepare()
+        state: dict[str, Any] = {"mined_files": [], "upstream": None}
+        for t in range(1, config.rounds + 1):
+            rounds.append(job.run_round(t, data, state))
+    result = {"rounds": rounds, "ran": job.runner.ran, "skipped": job.runner.skipped,
+              "seconds": round(time.perf_counter() - started, 1)}
+    storage.write_bytes(job.root.join("iterate.json"), json.dumps(result, indent=2, ensure_ascii=False).encode("utf-8"))
+    summary = overall_summary(rounds)
+    storage.write_bytes(job.root.join("summary.md"), summary.encode("utf-8"))
+    print(summary)
+    print(f"iterate: {len(job.runner.ran)} stage(s) run, {len(job.runner.skipped)} skipped; "
+          f"wrote {job.root.uri}/summary.md, iterate.json, round-*/stats.json")
+    return result

@@ -1,0 +1,305 @@
+"""Cross-lingual data mining of CORA's Algorithm 1 (pure: no Ray, no models).
+
+One round of mining turns the round's retrieval results and the corpus' language links into
+labelled (question, passage) pairs:
+
+- **candidates from retrieval**: the top ``mine_k`` passages retrieved for every training question
+  (any language);
+- **candidates from language links**: for an English example whose positive passage comes from an
+  English article, the passages of the *same entity's* articles in the other corpus languages,
+  found through Wikidata sitelinks (``enwiki`` title → QID → ``jawiki`` title → passages); the
+  English answer is translated through the same entity's labels (:mod:`ray_cora.pivot.translate`);
+- **labels**: mGEN answers the question from that one passage; the candidate is a positive when
+  the prediction matches a gold answer after the evaluation scorer's normalisation
+  (:func:`label_is_positive`), a negative otherwise;
+- ``B_{t+1} = B_t +`` the new pairs, as DPR records (:func:`dpr_records`).
+
+Every record here is a plain dict, so the loop can stream them to JSONL and the tests can build
+them by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from ray_cora.metrics.qa import exact_match
+
+SOURCES = ("retrieval", "language_link")
+
+# Wikipedia editions are named by language code, except where one Wikipedia serves several of
+# our codes (Chinese in all scripts) or the code differs (Norwegian Bokmål is "no").
+_WIKI_OF_LANG = {"zh_cn": "zh", "zh_tw": "zh", "zh_hk": "zh", "nb": "no"}
+
+
+def wiki_site(lang: str) -> str:
+    """The Wikidata sitelink site of a language's Wikipedia.
+
+    >>> wiki_site("ja"), wiki_site("zh_cn")
+    ('jawiki', 'zhwiki')
+    """
+    return f"{_WIKI_OF_LANG.get(lang, lang)}wiki"
+
+
+def label_is_positive(prediction: str, answers: Sequence[str], lang: str) -> bool:
+    """The labelling rule: mGEN's answer from one passage equals a gold answer, compared as the
+    XOR-TyDi / CORA scorer compares them (case, punctuation, the counters 年 歳 人 년, MeCab for
+    Japanese; that scorer keeps articles).
+
+    >>> label_is_positive("eiffel tower.", ["Eiffel Tower"], "en")
+    True
+    >>> label_is_positive("Paris", ["Eiffel Tower"], "en")
+    False
+    """
+    golds = [a for a in answers if a and a.strip()]
+    if not golds or not prediction or not prediction.strip():
+        return False
+    return exact_match(prediction, golds, lang, mode="xor") == 1.0
+
+
+def in_dev_split(qid: str, dev_fraction: float) -> bool:
+    """A stable split by question id (every translation of a question lands on the same side).
+
+    >>> in_dev_split("q-1", 0.0), in_dev_split("q-1", 1.0)
+    (False, True)
+    """
+    if dev_fraction <= 0:
+        return False
+    bucket = int(hashlib.sha256(qid.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return bucket < dev_fraction
+
+
+def ctx_of(passage: Mapping[str, Any]) -> dict[str, Any]:
+    """A passage as a DPR ctx, keeping its id and language (extra fields DPR readers ignore)."""
+    return {"title": passage.get("title") or "", "text": passage["text"],
+            "passage_id": str(passage["pid"]), "lang": passage.get("lang")}
+
+
+def initial_examples(questions: Iterable[Mapping[str, Any]], passages: Mapping[str, Mapping[str, Any]], *,
+                     same_language_only: bool = True) -> Iterator[dict[str, Any]]:
+    """B_1 from QA records with gold passage ids: one DPR record per (question, gold passage).
+
+    ``same_language_only`` keeps the gold passages written in the question's language, the
+    supervision CORA starts from (XOR-TyDi's in-language gold paragraphs, NQ's English ones); the
+    questions whose evidence is only in other languages are left for mining to find.
+    """
+    for q in questions:
+        if not q.get("answers"):
+            continue
+        for pid in q.get("gold_pids") or []:
+            passage = passages.get(str(pid))
+            if passage is None or (same_language_only and passage.get("lang") != q["lang"]):
+                continue
+            yield {"qid": str(q["qid"]), "lang": q["lang"], "question": q["question"],
+                   "answers": list(q["answers"]), "positive_ctxs": [ctx_of(passage)],
+                   "negative_ctxs": [], "hard_negative_ctxs": [], "source": "initial"}
+
+
+def pair_key(record: Mapping[str, Any], ctx: Mapping[str, Any]) -> tuple[str, str, str]:
+    return str(record.get("qid", record["question"])), str(record.get("lang", "")), str(ctx.get("passage_id", ""))
+
+
+def known_pairs(records: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str]]:
+    """(qid, lang, pid) of every positive and hard negative already in the training data."""
+    seen = set()
+    for record in records:
+        for name in ("positive_ctxs", "hard_negative_ctxs"):
+            for ctx in record.get(name) or []:
+                if ctx.get("passage_id"):
+                    seen.add(pair_key(record, ctx))
+    return seen
+
+
+def positive_language_pairs(records: Iterable[Mapping[str, Any]]) -> Counter[tuple[str, str]]:
+    """(question language, passage language) → positives, over DPR records with ``lang`` fields."""
+    pairs: Counter[tuple[str, str]] = Counter()
+    for record in records:
+        for ctx in record.get("positive_ctxs") or []:
+            pairs[(str(record.get("lang")), str(ctx.get("lang")))] += 1
+    return pairs
+
+
+def retrieval_candidates(retrieved: Iterable[Mapping[str, Any]], *, mine_k: int,
+                         known: set[tuple[str, str, str]]) -> Iterator[dict[str, Any]]:
+    """The top ``mine_k`` passages of every retrieved training question not labelled before."""
+    for row in retrieved:
+        if not row.get("answers"):
+            continue
+        for ctx in list(row.get("ctxs") or [])[:mine_k]:
+            passage = {"pid": ctx["pid"], "lang": ctx.get("lang"), "title": ctx.get("title"), "text": ctx["text"]}
+            if (str(row["qid"]), row["lang"], str(ctx["pid"])) in known:
+                continue
+            yield {"qid": str(row["qid"]), "lang": row["lang"], "question": row["question"],
+                   "answers": list(row["answers"]), "passage": passage, "source": "retrieval"}
+
+
+@dataclass
+class LanguageLinks:
+    """Wikidata sitelinks: which article of each Wikipedia is about the same entity.
+
+    >>> links = LanguageLinks.from_sitelinks([("Q243", "enwiki", "Eiffel Tower"), ("Q243", "frwiki", "Tour Eiffel")])
+    >>> links.linked_titles("en", "Eiffel Tower", ["fr", "ja"])
+    {'fr': 'Tour Eiffel'}
+    """
+
+    by_qid: dict[str, dict[str, str]] = field(default_factory=dict)  # qid -> site -> title
+    qid_of: dict[tuple[str, str], str] = field(default_factory=dict)  # (site, title) -> qid
+
+    @classmethod
+    def from_sitelinks(cls, rows: Iterable[tuple[str, str, str]]) -> "LanguageLinks":
+        links = cls()
+        for qid, site, title in rows:
+            links.by_qid.setdefault(qid, {})[site] = title
+            links.qid_of.setdefault((site, title), qid)
+        return links
+
+    def entity(self, lang: str, title: str) -> str | None:
+        return self.qid_of.get((wiki_site(lang), title))
+
+    def linked_titles(self, lang: str, title: str, targets: Sequence[str]) -> dict[str, str]:
+        """Titles of the same entity's articles in the ``targets`` languages that have one."""
+        qid = self.entity(lang, title)
+        if qid is None:
+            return {}
+        sites = self.by_qid[qid]
+        return {t: sites[wiki_site(t)] for t in targets if t != lang and wiki_site(t) in sites}
+
+
+def language_link_requests(records: Iterable[Mapping[str, Any]], links: LanguageLinks,
+                           target_langs: Sequence[str]) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
+    """For every English record whose positive passage is from an English article: the record and
+    ``{lang: title}`` of the same entity's articles in the other languages (deduplicated by qid)."""
+    seen: set[tuple[str, str]] = set()
+    for record in records:
+        if record.get("lang") != "en":
+            continue
+        for ctx in record.get("positive_ctxs") or []:
+            if ctx.get("lang") not in (None, "en") or not ctx.get("title"):
+                continue
+            key = (str(record.get("qid")), ctx["title"])
+            if key in seen:
+                continue
+            seen.add(key)
+            titles = links.linked_titles("en", ctx["title"], target_langs)
+            if titles:
+                yield dict(record), titles
+
+
+def language_link_candidates(requests: Iterable[tuple[Mapping[str, Any], Mapping[str, str]]],
+                             passages_by_title: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], *,
+                             known: set[tuple[str, str, str]]) -> Iterator[dict[str, Any]]:
+    """Candidates: the passages of the linked articles, for the English question."""
+    for record, titles in requests:
+        for lang, title in titles.items():
+            for passage in passages_by_title.get((lang, title), ()):
+                if (str(record["qid"]), "en", str(passage["pid"])) in known:
+                    continue
+                yield {"qid": str(record["qid"]), "lang": "en", "question": record["question"],
+                       "answers": list(record["answers"]), "passage": dict(passage), "source": "language_link"}
+
+
+def candidate_request(candidate_id: str, candidate: Mapping[str, Any]) -> dict[str, Any]:
+    """The retrieval-JSONL row the generate job answers: the question with this one passage."""
+    passage = candidate["passage"]
+    return {"qid": candidate_id, "lang": candidate["lang"], "question": candidate["question"],
+            "answers": candidate["answers"],
+            "ctxs": [{"pid": passage["pid"], "lang": passage.get("lang"), "title": passage.get("title") or "",
+                      "text": passage["text"], "score": 0.0}]}
+
+
+@dataclass
+class MiningStats:
+    """Counts of one mining round, keyed by (question language → passage language)."""
+
+    positives: Counter[tuple[str, str]] = field(default_factory=Counter)
+    negatives: Counter[tuple[str, str]] = field(default_factory=Counter)
+    by_source: Counter[tuple[str, str]] = field(default_factory=Counter)  # (source, "positive"/"negative")
+    candidates: int = 0
+
+    def add(self, candidate: Mapping[str, Any], positive: bool) -> None:
+        pair = (candidate["lang"], str(candidate["passage"].get("lang")))
+        (self.positives if positive else self.negatives)[pair] += 1
+        self.by_source[(candidate["source"], "positive" if positive else "negative")] += 1
+        self.candidates += 1
+
+    def to_dict(self, *, initial_pairs: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+        initial = set(initial_pairs)
+        pairs = sorted(set(self.positives) | set(self.negatives))
+        return {
+            "candidates": self.candidates,
+            "positives": sum(self.positives.values()),
+            "negatives": sum(self.negatives.values()),
+            "by_source": {source: {"positives": self.by_source[(source, "positive")],
+                                   "negatives": self.by_source[(source, "negative")]} for source in SOURCES},
+            "by_language_pair": [{"question_lang": q, "passage_lang": p, "positives": self.positives[(q, p)],
+                                  "negatives": self.negatives[(q, p)], "new_pair": (q, p) not in initial}
+                                 for q, p in pairs],
+            "new_positive_pairs": sorted(f"{q}->{p}" for (q, p), n in self.positives.items()
+                                         if n and (q, p) not in initial),
+        }
+
+
+def dpr_records(labelled: Iterable[tuple[Mapping[str, Any], bool]]) -> list[dict[str, Any]]:
+    """New DPR records from labelled candidates: one per mined positive, with the question's mined
+    negatives as its hard negatives (a question with negatives only adds nothing: DPR needs a
+    positive, and the round's retrieval already supplies easy negatives in-batch)."""
+    by_question: dict[tuple[str, str], dict[str, Any]] = {}
+    for candidate, positive in labelled:
+        key = (candidate["qid"], candidate["lang"])
+        entry = by_question.setdefault(key, {"question": candidate["question"], "answers": candidate["answers"],
+                                             "positives": [], "negatives": [], "sources": []})
+        (entry["positives"] if positive else entry["negatives"]).append(ctx_of(candidate["passage"]))
+        if positive:
+            entry["sources"].append(candidate["source"])
+    out = []
+    for (qid, lang), entry in by_question.items():
+        for ctx, source in zip(entry["positives"], entry["sources"]):
+            out.append({"qid": qid, "lang": lang, "question": entry["question"], "answers": entry["answers"],
+                        "positive_ctxs": [ctx], "negative_ctxs": [], "hard_negative_ctxs": entry["negatives"],
+                        "source": f"mined:{source}"})
+    return out
+
+
+def translated_answer_examples(retrieved: Iterable[Mapping[str, Any]], translate: Any,
+                               target_langs: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Synthetic mGEN examples: an English question, answered in another language.
+
+    ``translate(answer, lang)`` returns the answer's label in ``lang`` through the entity's Wikidata
+    labels, or None (no machine translation here: a wrong synthetic target is worse than none).
+    The question keeps its English text and its retrieved passages; the target-language tag makes
+    mGEN answer in that language, as CORA's answer-entity translation does.
+    """
+    for row in retrieved:
+        if row.get("lang") != "en" or not row.get("answers"):
+            continue
+        for lang in target_langs:
+            if lang == "en":
+                continue
+            label = translate(row["answers"][0], lang)
+            if label:
+                yield {"qid": f"{row['qid']}@{lang}", "lang": lang, "question": row["question"],
+                       "answers": [label], "ctxs": list(row.get("ctxs") or []), "synthetic": True}
+
+
+def mgen_phases(epochs: int, switch_epoch: int, has_synthetic: bool) -> list[tuple[bool, int]]:
+    """``(with_synthetic, epochs)`` per mGEN training run: the translated-answer examples join after
+    ``switch_epoch`` epochs (CORA: 3), so training is split in two runs, the second continuing from
+    the first's model.
+
+    >>> mgen_phases(5, 3, True), mgen_phases(5, 0, True), mgen_phases(2, 3, True), mgen_phases(5, 3, False)
+    ([(False, 3), (True, 2)], [(True, 5)], [(False, 2)], [(False, 5)])
+    """
+    if not has_synthetic or switch_epoch >= epochs:
+        return [(False, epochs)]
+    if switch_epoch == 0:
+        return [(True, epochs)]
+    return [(False, switch_epoch), (True, epochs - switch_epoch)]
+
+
+def group_counts(records: Iterable[Mapping[str, Any]], key: str) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for record in records:
+        counts[str(record.get(key))] += 1
+    return dict(sorted(counts.items()))
