@@ -283,3 +283,39 @@ def test_three_rounds_on_the_demo_killed_in_round_2_resume_from_round_2(ray_loca
     summary = (out / "summary.md").read_text()
     assert "| 1 | " in summary and "| 3 | " in summary
     assert "Language pairs with positives that B_1 did not have" in (out / "round-1" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["iterate_tiny_demo.yaml", "iterate_cora.yaml"])
+def test_shipped_iterate_configs_load(name):
+    from pathlib import Path
+
+    from ray_cora.iterate_job import IterateConfig
+
+    path = Path(__file__).resolve().parents[1] / "jobs" / "configs" / name
+    config = IterateConfig.load(str(path), overrides={"out": "o"})
+    assert config.rounds == 3
+    loop_values = {"mdpr": {"train": ["t"], "out": "o", "init": "hf:x"}, "embed": {"passages": "p", "out": "o"},
+                   "retrieve": {"index": "i", "questions": "q", "dataset": "jsonl", "out": "o"},
+                   "mgen": {"train": ["t"], "out": "o", "init": "m"},
+                   "generate": {"model": "m", "retrieval": ["r"], "out": "o"}}
+    for stage, values in loop_values.items():  # every stage option has a valid value for its job
+        assert config.stage_config(stage, **values).out == "o"
+
+
+def test_round_cost_arithmetic_and_the_calculator_script(tmp_path):
+    from ray_cora.iterate.cost import Rates, RoundWork, round_cost
+    from conftest import load_benchmark
+
+    work = RoundWork(passages=43_600_000, train_examples=80_000, questions=80_000, mine_k=10)
+    rates = Rates(embed_passages=2000, mdpr_train_samples=400, mgen_train_samples=100, generate_questions=200,
+                  query_encode=4000, fixed_seconds_per_stage=0)
+    one, eight = round_cost(work, rates, 1), round_cost(work, rates, 8)
+    assert one["embed"] == pytest.approx(21_800) and eight["embed"] == pytest.approx(21_800 / 8)
+    assert one["total"] == pytest.approx(sum(v for k, v in one.items() if k != "total"))
+    assert round_cost(work, Rates(None, 1, 1, 1), 1)["total"] is None  # unmeasured: not guessed
+    script = load_benchmark("iterate_cost")
+    out = tmp_path / "cost.md"
+    result = script.main(["--devices", "4", "--embed-rate", "1000", "--mdpr-rate", "100", "--mgen-rate", "50",
+                          "--generate-rate", "100", "--query-rate", "1000", "--out", str(out)])
+    assert result["cost_seconds"]["embed"] == pytest.approx(43_600_000 / 4000 + 60)
+    assert "| embed | 1000.0 |" in out.read_text()
