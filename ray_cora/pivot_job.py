@@ -31,12 +31,14 @@ class PivotBuildConfig(RayJobConfig):
     out: str = Field(..., description="Output folder or URI of the database")
     encoder: str = Field("muse", description="Sentence encoder spec (muse, or hf:<model>?pooling=mean "
                          "for LaBSE / paraphrase-multilingual models)")
-    shard_size: int = Field(100_000, ge=1, description="Questions per index shard")
+    shard_size: int = Field(100_000, ge=1, description="Questions per index shard (and answer part); a "
+                            "rerun after a crash redoes only missing or damaged shards")
     index_type: IndexType = Field("flat", description="FAISS index per shard: flat (exact), hnsw or ivfpq")
     batch_size: int = Field(256, ge=1, description="Questions per encoder batch")
     concurrency: int = Field(1, ge=1, description="Encoder actors")
     actor_cpus: float = Field(0.5, gt=0, description="CPUs reserved per encoder actor")
     actor_gpus: float = Field(0, ge=0, description="GPUs per encoder actor")
+    threads: int = Field(1, ge=1, description="CPU threads per encoder actor")
 
     @field_validator("encoder")
     @classmethod
@@ -60,6 +62,9 @@ class _PivotQueryConfig(RayJobConfig):
     batch_size: int = Field(64, ge=1, description="Questions per actor batch")
     concurrency: int = Field(1, ge=1, description="Pipeline actors")
     actor_cpus: float = Field(0.5, gt=0, description="CPUs reserved per pipeline actor")
+    threads: int = Field(1, ge=1, description="CPU threads per pipeline actor (encoder, reranker, MT)")
+    mmap: bool = Field(False, description="Memory-map the database's index shards (actors on one machine "
+                       "share them; for databases of millions of questions)")
 
     @field_validator("lang")
     @classmethod
@@ -76,7 +81,10 @@ class PivotRunConfig(_PivotQueryConfig):
     """Answer questions through the English pivot database (MIPS, optional cross-encoder rerank,
     answer translation, abstention) on a Ray Data actor pool; writes predictions JSONL."""
 
-    out: str = Field(..., description="Output folder or URI (predictions.jsonl + manifest.json)")
+    out: str = Field(..., description="Output folder or URI: parts/<lang>-<n>.jsonl predictions (one "
+                     "block each) + manifest.json; `ray-cora evaluate qa --predictions` reads the folder")
+    block_size: int = Field(1024, ge=1, description="Questions per output part (one language each); a "
+                            "rerun after a crash redoes only unfinished parts")
     threshold: float | None = Field(None, description="Abstain below this score")
     calibration: str | None = Field(None, description="calibration.json from `ray-cora pivot calibrate` "
                                     "(its threshold is used unless --threshold is given)")

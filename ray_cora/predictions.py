@@ -36,6 +36,7 @@ __all__ = [
     "Prediction",
     "read_any",
     "read_mkqa_predictions",
+    "prediction_files",
     "read_predictions",
     "read_xor_predictions",
     "write_mkqa_predictions",
@@ -112,18 +113,41 @@ def _put(out: Predictions, key: tuple[str, str], pred: Prediction, lines: dict, 
     lines[key] = line
 
 
+def prediction_files(uri: str) -> list[str]:
+    """The JSONL files a predictions URI stands for: the file itself; for a folder with a
+    ``manifest.json`` listing ``parts`` (``ray-cora pivot run`` output), those parts in order,
+    checksums verified; for any other folder, its ``*.jsonl`` files sorted by path."""
+    loc = storage.resolve(uri)
+    if loc.is_file() or not loc.exists():
+        return [uri]  # a missing path fails in the reader with the usual not-found error
+    if loc.join(storage.MANIFEST_NAME).is_file():
+        artifact = storage.Artifact(loc)
+        parts = artifact.manifest.get("parts")
+        if isinstance(parts, list) and parts:
+            for part in parts:
+                artifact.verify(part)
+            return [artifact.location(part).uri for part in parts]
+    files = [f.uri for f in storage.list_files(loc, suffix=".jsonl")]
+    if not files:
+        raise ConfigError(f"{loc.uri}: no predictions here (expected a .jsonl file, a folder of .jsonl "
+                          "files, or a `ray-cora pivot run` output folder)")
+    return files
+
+
 def read_predictions(uri: str) -> Predictions:
-    """Read our JSONL predictions into ``{(qid, lang): Prediction}`` (file order kept)."""
+    """Read our JSONL predictions into ``{(qid, lang): Prediction}`` (file order kept); ``uri``
+    is one file or a folder of them (see :func:`prediction_files`)."""
     out: Predictions = {}
     lines: dict[tuple[str, str], int] = {}
-    for line_no, obj in _json_lines(uri):
-        for field in ("qid", "lang"):
-            if field not in obj:
-                raise BadRecordError(uri, line_no, f"missing field {field!r}", hint=_HINT)
-        if "prediction" not in obj:
-            raise BadRecordError(uri, line_no, "missing field 'prediction'", hint=_HINT)
-        key = (_qid(obj["qid"], "qid", uri, line_no), _lang_at(obj["lang"], uri, line_no))
-        _put(out, key, _prediction(obj, uri, line_no), lines, uri, line_no)
+    for source in prediction_files(uri):
+        for line_no, obj in _json_lines(source):
+            for field in ("qid", "lang"):
+                if field not in obj:
+                    raise BadRecordError(source, line_no, f"missing field {field!r}", hint=_HINT)
+            if "prediction" not in obj:
+                raise BadRecordError(source, line_no, "missing field 'prediction'", hint=_HINT)
+            key = (_qid(obj["qid"], "qid", source, line_no), _lang_at(obj["lang"], source, line_no))
+            _put(out, key, _prediction(obj, source, line_no), lines, source, line_no)
     return out
 
 

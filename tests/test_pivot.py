@@ -59,6 +59,68 @@ def test_database_records_bad_line_and_duplicate_ids(tmp_path, muse):
         build_database(list(iter_db_records(str(src), dataset="jsonl")), muse, str(tmp_path / "db"))
 
 
+@pytest.mark.parametrize("n,size", [(1, 1), (5, 2), (7, 7), (8, 3), (40, 17)])
+def test_split_records_covers_every_record_once_in_order(n, size):
+    from ray_cora.pivot.database import split_records
+
+    chunks = list(split_records(({"qid": str(i)} for i in range(n)), size))
+    assert [number for number, _ in chunks] == list(range(len(chunks)))
+    assert [r["qid"] for _, c in chunks for r in c] == [str(i) for i in range(n)]
+    assert all(len(c) == size for _, c in chunks[:-1]) and 0 < len(chunks[-1][1]) <= size
+
+
+def test_duplicate_ids_in_different_shards_are_found_by_the_streaming_check(tmp_path):
+    from ray_cora import storage
+    from ray_cora.pivot.database import prepare_parts
+
+    records = [{"qid": f"q{i}", "question": f"Q{i}?", "answer": "A", "answers": ["A"], "answer_qid": None,
+                "source_qid": None} for i in range(7)] + [{"qid": "q1", "question": "Again?", "answer": "B",
+                                                            "answers": ["B"], "answer_qid": None, "source_qid": None}]
+    with pytest.raises(ConfigError, match="'q1' appears twice"):
+        prepare_parts(iter(records), storage.resolve(str(tmp_path)), shard_size=3, source="in.jsonl",
+                      reread=lambda: iter(records))
+    parts, done = prepare_parts(iter(records[:7]), storage.resolve(str(tmp_path / "ok")), shard_size=3, source="x")
+    assert [p["count"] for p in parts] == [3, 3, 1] and done == {}
+
+
+def test_single_process_build_resumes_only_missing_or_damaged_shards(tmp_path, muse, demo_db):
+    import os
+    import shutil
+
+    out = tmp_path / "db"
+    shutil.copytree(demo_db, out)
+    markers = {n: out / "index" / "shards" / f"shard-0000{n}.json" for n in range(3)}
+    mtimes = {n: os.path.getmtime(m) for n, m in markers.items()}
+    (out / "answers" / "part-00002.parquet").unlink()  # a lost answer part: shard 2 is redone
+    build_database(iter_db_records(str(DEMO_PIVOT_DB), dataset="jsonl"), muse, str(out), shard_size=40)
+    assert os.path.getmtime(markers[0]) == mtimes[0] and os.path.getmtime(markers[1]) == mtimes[1]
+    assert os.path.getmtime(markers[2]) != mtimes[2]
+    rebuilt, original = PivotDatabase.open(str(out)), PivotDatabase.open(demo_db)
+    assert dict(rebuilt.rows) == dict(original.rows)
+    assert rebuilt.index.manifest["shards"] == original.index.manifest["shards"]
+
+
+def test_database_with_a_single_answer_table_still_opens(tmp_path, demo_db):
+    """Databases written before the answer table was sharded hold one answers.parquet."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ray_cora import storage
+
+    out = tmp_path / "old"
+    shutil.copytree(demo_db, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    table = pa.concat_tables([pq.read_table(out / p) for p in manifest.pop("answers")])
+    pq.write_table(table, out / "answers.parquet")
+    sha, size = storage.sha256_of(str(out / "answers.parquet"))
+    manifest["files"] = {"answers.parquet": {"size": size, "sha256": sha}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert dict(PivotDatabase.open(str(out)).rows) == dict(PivotDatabase.open(demo_db).rows)
+
+
 def test_database_from_xquad_english(tmp_path, muse):
     from conftest import shared_data
 
@@ -166,6 +228,33 @@ def test_calibration_ties_and_unreachable_target():
     assert cal.threshold == 0.99 and cal.coverage == 0.25
     none = pick_threshold([0.9, 0.8], [False, False], target_precision=0.5)
     assert none.threshold is None and none.precision_without_threshold == 0.0
+
+
+def test_prediction_reader_takes_a_run_folder_or_a_folder_of_files(tmp_path):
+    import hashlib
+    import json
+
+    from ray_cora.errors import ChecksumError
+    from ray_cora.predictions import read_predictions
+
+    out = tmp_path / "run"
+    (out / "parts").mkdir(parents=True)
+    lines = {"parts/es-00000.jsonl": '{"qid": "1", "lang": "es", "prediction": "uno"}\n',
+             "parts/ja-00000.jsonl": '{"qid": "1", "lang": "ja", "prediction": "一"}\n'}
+    files = {}
+    for path, text in lines.items():
+        (out / path).write_text(text, encoding="utf-8")
+        data = text.encode("utf-8")
+        files[path] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (out / "manifest.json").write_text(json.dumps({"format_version": 1, "kind": "pivot-predictions",
+                                                   "files": files, "parts": list(lines)}))
+    got = read_predictions(str(out))
+    assert {k: v.prediction for k, v in got.items()} == {("1", "es"): "uno", ("1", "ja"): "一"}
+    (out / "parts" / "ja-00000.jsonl").write_text('{"qid": "1", "lang": "ja", "prediction": "二"}\n')
+    with pytest.raises(ChecksumError):
+        read_predictions(str(out))  # a part changed after the run committed it
+    (out / "manifest.json").unlink()  # a plain folder: every *.jsonl, sorted by path
+    assert read_predictions(str(out))[("1", "ja")].prediction == "二"
 
 
 # ------------------------------------------------------------------ pipeline

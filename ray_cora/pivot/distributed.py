@@ -1,79 +1,151 @@
 """The Ray layers of the pivot jobs: database build and batch answering on Ray Data actor pools.
 
-``build_pivot_database``: records → Ray Data → encoder actors → shards written as the driver
-streams batches of ``shard_size`` vectors (the driver holds one shard at a time, plus the answer
-text). ``run_predictions``: questions → Ray Data → :class:`PivotPredictor` actors, each holding
-one :class:`~ray_cora.pivot.pipeline.PivotPipeline` → ``predictions.jsonl`` + ``manifest.json``
-(written last; a rerun with the same config finds it and stops).
+``build_pivot_database``: the driver streams the English records once, cutting them into shards
+and writing each shard's answer part (one shard of records in memory); Ray Data sends the pending
+shards to :class:`EmbedPivotShards` actors, which embed and index them and write each shard's
+marker; the manifests are written last. A rerun redoes only shards whose marker or files are
+missing or damaged (:mod:`ray_cora.pivot.database` has the layout).
+
+``run_predictions``: questions cut into blocks (``<lang>-<n>``, as ``ray-cora retrieve`` cuts
+them) → :class:`AnswerBlocks` actors, each holding one
+:class:`~ray_cora.pivot.pipeline.PivotPipeline`, write ``parts/<block>.jsonl`` then the marker
+``parts/<block>.json``; the driver holds the questions and the small markers, never the
+predictions; ``manifest.json`` (every part with its sha256) is written last. A rerun skips the
+blocks already written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ray_cora import storage
 from ray_cora.data.qa import iter_qa
-from ray_cora.errors import ConfigError, StorageError
+from ray_cora.errors import ConfigError, RayCoraError, StorageError
 from ray_cora.index.sharded import IndexSpec
 from ray_cora.pivot.calibrate import answer_is_correct, pick_threshold
-from ray_cora.pivot.database import check_unique_qids, iter_db_records, write_database
+from ray_cora.pivot.database import (KIND, SimulatedCrash, commit_database, embed_shard, iter_db_records,
+                                     prepare_parts)
 from ray_cora.pivot.pipeline import PREDICTION_FIELDS
 
 if TYPE_CHECKING:
     from ray_cora.pivot_job import PivotBuildConfig, PivotCalibrateConfig, PivotRunConfig
 
 PREDICTIONS_KIND = "pivot-predictions"
+BUILD_JOB_FILE = "build-job.json"
+RUN_JOB_FILE = "run-job.json"
 
 
-def build_pivot_database(config: "PivotBuildConfig") -> dict[str, Any]:
+def _error_row(key: str, name: str, exc: RayCoraError) -> dict[str, np.ndarray]:
+    # Returned as data: Ray Data would wrap a raised error and lose its type and text.
+    return {key: np.array([name], dtype=object), "entry": np.array([""], dtype=object),
+            "error": np.array([pickle.dumps(exc)], dtype=object)}
+
+
+def _check_job(out: storage.Location, name: str, key: dict[str, Any], what: str) -> None:
+    """Record the settings that shape the output files; a rerun with other ones is refused (it
+    would mix two jobs' shards or parts)."""
+    job = out.join(name)
+    if job.is_file():
+        saved = json.loads(storage.read_bytes(job))
+        if saved != key:
+            changed = sorted(k for k in set(key) | set(saved) if saved.get(k) != key.get(k))
+            raise ConfigError(f"{out.uri} holds a {what} with other settings ({', '.join(changed)} differ): "
+                              "use another --out, or delete that folder to start over")
+    else:
+        storage.write_bytes(job, json.dumps(key, indent=2).encode("utf-8"))
+
+
+# --- pivot build ------------------------------------------------------------------------------
+
+
+class EmbedPivotShards:
+    """Actor body: embeds whole shards (answer part → index shard → marker); the encoder loads once."""
+
+    def __init__(self, *, encoder: str, out: str, index_spec: dict, batch_size: int, threads: int = 1) -> None:
+        from ray_cora.encoders import load_encoder
+
+        self.encoder = load_encoder(encoder, threads=threads)
+        self.root = storage.resolve(out)
+        self.spec = IndexSpec(**index_spec)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        part = json.loads(batch["part"][0])
+        try:
+            entry = embed_shard(self.root, part, self.encoder, batch_size=self.batch_size, spec=self.spec)
+        except RayCoraError as exc:
+            return _error_row("part", str(part["number"]), exc)
+        return {"part": np.array([str(part["number"])], dtype=object),
+                "entry": np.array([json.dumps(entry)], dtype=object), "error": np.array([b""], dtype=object)}
+
+
+def build_pivot_database(config: "PivotBuildConfig", *, crash_after_shards: int | None = None,
+                         crash_after_parts: int | None = None) -> dict[str, Any]:
+    """Run ``ray-cora pivot build``; returns the database manifest.
+
+    ``crash_after_shards``/``crash_after_parts`` are test hooks: the driver stops (raising
+    :class:`~ray_cora.pivot.database.SimulatedCrash`) after that many shards came back from the
+    actors / after writing that many answer parts, as a killed driver would.
+    """
     import ray
     from ray.data import ActorPoolStrategy
 
-    from ray_cora.pipelines.embed import EncodeQueries
     from ray_cora.runtime import ray_session, worker_runtime_env
 
+    started = time.perf_counter()
     out = storage.resolve(config.out)
     try:
-        existing = storage.Artifact(out, kind="pivot-database").manifest
+        existing = storage.Artifact(out, kind=KIND).manifest
         if existing.get("config") == config.to_dict():
             print(f"pivot build: {out.uri} is already built with this config ({existing['num_questions']} "
                   "questions); nothing to do")
             return existing
     except StorageError:
         pass
-    records = list(iter_db_records(config.questions, dataset=config.dataset))
-    check_unique_qids(records, config.questions)
-    with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
-        items = ray.data.from_items([{"qid": r["qid"], "lang": "en", "question": r["question"]} for r in records])
-        encoded = items.map_batches(
-            EncodeQueries, fn_constructor_kwargs={"spec": config.encoder}, batch_size=config.batch_size,
-            batch_format="numpy", compute=ActorPoolStrategy(size=config.concurrency),
-            num_cpus=config.actor_cpus, num_gpus=config.actor_gpus or None, runtime_env=worker_runtime_env())
+    _check_job(out, BUILD_JOB_FILE, {key: getattr(config, key) for key in
+                                     ("questions", "dataset", "encoder", "shard_size", "index_type")}, "pivot build")
+    spec = IndexSpec(index_type=config.index_type)
 
-        def batches():
-            for batch in encoded.iter_batches(batch_size=config.shard_size, batch_format="numpy"):
-                qids = [str(q) for q in batch["qid"]]
-                yield qids, np.asarray(batch["embedding"], dtype=np.float32)
+    def records():
+        return iter_db_records(config.questions, dataset=config.dataset)
 
-        # dim and normalized are read off the vectors as they stream past (before the commit).
-        encoder_info: dict[str, Any] = {"spec": config.encoder, "dim": None, "normalized": True}
-        manifest = write_database(config.out, records, _with_encoder_dim(batches(), encoder_info),
-                                  encoder=encoder_info, spec=IndexSpec(index_type=config.index_type),
-                                  config=config.to_dict())
-    print(f"pivot build: {manifest['num_questions']} English questions "
-          f"({manifest['with_answer_qid']} with an answer QID) → {out.uri}")
+    parts, done = prepare_parts(records(), out, shard_size=config.shard_size, source=config.questions,
+                                reread=records, crash_after_parts=crash_after_parts)
+    pending = [p for p in parts if p["number"] not in done]
+    print(f"pivot build: {sum(p['count'] for p in parts)} questions in {len(parts)} shards; "
+          f"{len(done)} already written, {len(pending)} to embed")
+    if pending:
+        with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+            items = [{"part": json.dumps(p)} for p in pending]
+            results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                EmbedPivotShards, batch_size=1, batch_format="numpy",
+                compute=ActorPoolStrategy(size=min(config.concurrency, len(items))),
+                num_cpus=config.actor_cpus, num_gpus=config.actor_gpus or None, runtime_env=worker_runtime_env(),
+                fn_constructor_kwargs={"encoder": config.encoder, "out": config.out, "index_spec": spec.to_dict(),
+                                       "batch_size": config.batch_size, "threads": config.threads})
+            finished_now = 0
+            for row in results.iter_rows():
+                if row["error"]:
+                    raise pickle.loads(row["error"])  # our own exception, pickled by our actor
+                entry = json.loads(row["entry"])
+                done[entry["number"]] = entry
+                finished_now += 1
+                if crash_after_shards is not None and finished_now >= crash_after_shards:
+                    raise SimulatedCrash(f"test hook: the driver stops after {finished_now} shard(s)")
+    manifest = commit_database(out, parts, done, encoder_spec=config.encoder, spec=spec, config=config.to_dict())
+    print(f"pivot build: {manifest['num_questions']} English questions ({manifest['with_answer_qid']} with an "
+          f"answer QID) in {manifest['num_shards']} shards, embedded {sum(p['count'] for p in pending)} now "
+          f"({time.perf_counter() - started:.1f} s) → {out.uri}")
     return manifest
 
 
-def _with_encoder_dim(batches, info: dict[str, Any]):
-    for qids, vectors in batches:
-        info["dim"] = int(vectors.shape[1])
-        norms = np.linalg.norm(vectors, axis=1)
-        info["normalized"] = bool(info["normalized"] and np.allclose(norms, 1, atol=1e-3))
-        yield qids, vectors
+# --- pivot run / calibrate ------------------------------------------------------------------------
 
 
 class PivotPredictor:
@@ -102,7 +174,8 @@ def predict(config: "PivotRunConfig | PivotCalibrateConfig", *, threshold: float
     if not questions:
         raise ConfigError(f"{config.questions}: no questions (dataset {config.dataset}, lang {config.lang})")
     options = {"db": config.db, "reranker": config.reranker, "labels": config.labels,
-               "translator": config.translator, "k": config.k, "threshold": threshold}
+               "translator": config.translator, "k": config.k, "threshold": threshold, "threads": config.threads,
+               "mmap": config.mmap}
     results: dict[int, dict[str, Any]] = {}
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
         items = ray.data.from_items([{"row": i, "question": q["question"], "lang": q["lang"]}
@@ -137,7 +210,56 @@ def _threshold(config: "PivotRunConfig") -> float | None:
     return None
 
 
-def run_predictions(config: "PivotRunConfig") -> dict[str, Any]:
+class AnswerBlocks:
+    """Actor body: answers one block of questions with its :class:`PivotPipeline` (loaded once per
+    actor) and writes ``parts/<block>.jsonl``, then the block's marker."""
+
+    def __init__(self, *, out: str, pipeline_options: dict[str, Any], batch_size: int) -> None:
+        from ray_cora.pivot.pipeline import PivotPipeline
+
+        self.root = storage.resolve(out)
+        self.pipeline = PivotPipeline.load(**pipeline_options)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        block = str(batch["block"][0])
+        try:
+            entry = self.write_block(block, json.loads(batch["questions"][0]))
+        except RayCoraError as exc:
+            return _error_row("block", block, exc)
+        return {"block": batch["block"], "entry": np.array([json.dumps(entry)], dtype=object),
+                "error": np.array([b""], dtype=object)}
+
+    def write_block(self, block: str, questions: list[dict[str, Any]]) -> dict[str, Any]:
+        from ray_cora.pipelines.retrieve import part_paths
+
+        rows = []
+        for start in range(0, len(questions), self.batch_size):
+            chunk = questions[start:start + self.batch_size]
+            results = self.pipeline.answer_batch([q["question"] for q in chunk], [q["lang"] for q in chunk])
+            rows.extend({**q, **r} for q, r in zip(chunk, results))
+        data = "".join(prediction_line(r) + "\n" for r in rows).encode("utf-8")
+        part, marker = part_paths(block)
+        storage.write_bytes(self.root.join(part), data)
+        entry = {"block": block, "path": part, "lang": questions[0]["lang"], "count": len(questions),
+                 "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "summary": summarize(rows)}
+        storage.write_bytes(self.root.join(marker), json.dumps(entry).encode("utf-8"))
+        return entry
+
+
+def run_predictions(config: "PivotRunConfig", *, crash_after_blocks: int | None = None) -> dict[str, Any]:
+    """Run ``ray-cora pivot run``; returns the predictions manifest.
+
+    ``crash_after_blocks`` is a test hook: the driver stops (raising
+    :class:`~ray_cora.pivot.database.SimulatedCrash`) after that many blocks came back.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from ray_cora.pipelines.retrieve import finished_blocks, question_blocks
+    from ray_cora.runtime import ray_session, worker_runtime_env
+
+    started = time.perf_counter()
     out = storage.resolve(config.out)
     try:
         existing = storage.Artifact(out, kind=PREDICTIONS_KIND)
@@ -148,14 +270,71 @@ def run_predictions(config: "PivotRunConfig") -> dict[str, Any]:
     except StorageError:
         pass
     threshold = _threshold(config)
-    rows = predict(config, threshold=threshold)
+    key = {k: getattr(config, k) for k in ("db", "questions", "dataset", "lang", "reranker", "labels",
+                                           "translator", "k", "block_size")}
+    _check_job(out, RUN_JOB_FILE, {**key, "threshold": threshold}, "pivot run")
+    done = finished_blocks(out)
+    items, counts = [], {}
+    questions = iter_qa(config.questions, dataset=config.dataset, lang=config.lang)
+    for block, chunk in question_blocks(questions, config.block_size):
+        counts[block] = len(chunk)
+        if block not in done:
+            slim = [{k: q[k] for k in ("qid", "lang", "question", "answers")} for q in chunk]
+            items.append({"block": block, "questions": json.dumps(slim, ensure_ascii=False)})
+    if not counts:
+        raise ConfigError(f"{config.questions}: no questions (dataset {config.dataset}, lang {config.lang})")
+    stale = sorted(set(done) - set(counts))
+    if stale:
+        raise ConfigError(f"{out.uri} has parts {stale[:5]} this question set does not make: use another --out")
+    print(f"pivot run: {sum(counts.values())} questions in {len(counts)} blocks; {len(done)} already "
+          f"written, {len(items)} to answer")
+    if items:
+        options = {"db": config.db, "reranker": config.reranker, "labels": config.labels,
+                   "translator": config.translator, "k": config.k, "threshold": threshold,
+                   "threads": config.threads, "mmap": config.mmap}
+        with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+            results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                AnswerBlocks, batch_size=1, batch_format="numpy",
+                compute=ActorPoolStrategy(size=min(config.concurrency, len(items))),
+                num_cpus=config.actor_cpus, runtime_env=worker_runtime_env(),
+                fn_constructor_kwargs={"out": config.out, "pipeline_options": options,
+                                       "batch_size": config.batch_size})
+            finished_now = 0
+            for row in results.iter_rows():
+                if row["error"]:
+                    raise pickle.loads(row["error"])  # our own exception, pickled by our actor
+                entry = json.loads(row["entry"])
+                done[entry["block"]] = entry
+                finished_now += 1
+                if crash_after_blocks is not None and finished_now >= crash_after_blocks:
+                    raise SimulatedCrash(f"test hook: the driver stops after {finished_now} block(s)")
+    missing = sorted(set(counts) - set(done))
+    if missing:
+        raise StorageError(f"{out.uri}: blocks {missing[:10]} were not written; rerun the job to resume")
+    blocks = sorted(counts)
+    summary = merge_summaries([done[b]["summary"] for b in blocks])
     writer = storage.ArtifactWriter(out, kind=PREDICTIONS_KIND, config=config.to_dict())
-    writer.write_bytes("predictions.jsonl", "".join(prediction_line(r) + "\n" for r in rows).encode("utf-8"))
-    summary = summarize(rows)
-    manifest = writer.commit({"threshold": threshold, "summary": summary})
-    print(f"pivot run: {len(rows)} questions, {summary['abstained']} abstained; translation sources "
-          f"{summary['translation_sources']} → {out.uri}/predictions.jsonl")
+    per_language: dict[str, int] = {}
+    for block in blocks:
+        writer.add_existing(done[block]["path"], size=done[block]["size"], sha256=done[block]["sha256"])
+        per_language[done[block]["lang"]] = per_language.get(done[block]["lang"], 0) + done[block]["count"]
+    manifest = writer.commit({"threshold": threshold, "summary": summary, "num_questions": sum(counts.values()),
+                              "per_language": dict(sorted(per_language.items())),
+                              "parts": [done[b]["path"] for b in blocks]})
+    print(f"pivot run: {summary['questions']} questions, {summary['abstained']} abstained; translation sources "
+          f"{summary['translation_sources']} ({time.perf_counter() - started:.1f} s) → {out.uri}/parts/*.jsonl "
+          f"(`ray-cora evaluate qa --predictions {out.uri}` reads the folder)")
     return manifest
+
+
+def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-block summaries of :func:`summarize`, added up."""
+    sources: dict[str, int] = {}
+    for s in summaries:
+        for name, count in s["translation_sources"].items():
+            sources[name] = sources.get(name, 0) + count
+    return {"questions": sum(s["questions"] for s in summaries), "abstained": sum(s["abstained"] for s in summaries),
+            "translation_sources": dict(sorted(sources.items()))}
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -36,11 +36,13 @@ class PivotPipeline:
     @classmethod
     def load(cls, db: str, *, encoder: str | None = None, reranker: str | None = None,
              labels: str | None = None, translator: str | None = None, k: int = 10,
-             threshold: float | None = None, threads: int = 1) -> "PivotPipeline":
-        """Open the database and build the models; the encoder defaults to the database's own."""
+             threshold: float | None = None, threads: int = 1, mmap: bool = False) -> "PivotPipeline":
+        """Open the database and build the models; the encoder defaults to the database's own.
+        ``mmap`` memory-maps the index shards: actors on one machine then share one copy of a
+        large (million-question) database in the page cache instead of each loading it."""
         from ray_cora.encoders import load_encoder
 
-        database = PivotDatabase.open(db)
+        database = PivotDatabase.open(db, mmap=mmap)
         spec = encoder or database.encoder_spec
         if spec != database.encoder_spec:
             raise ConfigError(f"encoder {spec!r} differs from the one that built {db} "

@@ -37,25 +37,16 @@ class CrossEncoder:
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from ray_cora.encoders.hf import (load_tokenizer, local_model_dir, option_int, parse_spec,
-                                          resolve_device, set_cpu_threads)
+        from ray_cora.hf_models import load_hf_model
 
-        source, options = parse_spec(spec, "hf", RERANK_OPTIONS)
-        self.spec = spec
-        self.max_length = option_int(spec, options, "max_length", 128)
-        self.batch_size = option_int(spec, options, "batch_size", 32)
-        self.device, _ = resolve_device(device, None)
-        set_cpu_threads(self.device, threads)
-        with local_model_dir(source) as path:
-            self.tokenizer = load_tokenizer(path, source=source)
-            try:
-                model = AutoModelForSequenceClassification.from_pretrained(path)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"cannot load a sequence-classification model from {source!r}: {exc}") from exc
-        if model.config.num_labels not in (1, 2):
-            raise ConfigError(f"{source}: the cross-encoder has {model.config.num_labels} output labels; a "
-                              "reranker needs 1 (a paraphrase score) or 2 (label 1 = paraphrase)")
-        self.model = model.to(self.device).eval()
+        loaded = load_hf_model(spec, AutoModelForSequenceClassification, options=RERANK_OPTIONS,
+                               what="sequence-classification model", threads=threads, device=device)
+        self.spec, self.tokenizer, self.model, self.device = spec, loaded.tokenizer, loaded.model, loaded.device
+        self.max_length = loaded.option_int("max_length", 128)
+        self.batch_size = loaded.option_int("batch_size", 32)
+        if self.model.config.num_labels not in (1, 2):
+            raise ConfigError(f"{loaded.source}: the cross-encoder has {self.model.config.num_labels} output "
+                              "labels; a reranker needs 1 (a paraphrase score) or 2 (label 1 = paraphrase)")
         self._torch = torch
 
     def score(self, queries: Sequence[str], candidates: Sequence[str]) -> np.ndarray:

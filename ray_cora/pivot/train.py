@@ -98,14 +98,14 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from ray_cora.encoders.hf import load_tokenizer, local_model_dir, parse_spec
+    from ray_cora.hf_models import load_hf_model
+    from ray_cora.pivot.rerank import RERANK_OPTIONS
 
     torch.manual_seed(config["seed"])
-    source, _ = parse_spec(config["model"], "hf", ("max_length", "batch_size"))
-    with local_model_dir(source) as path:
-        tokenizer = load_tokenizer(path, source=source)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-    model = ray.train.torch.prepare_model(model)
+    loaded = load_hf_model(config["model"], AutoModelForSequenceClassification, options=RERANK_OPTIONS,
+                           what="sequence-classification model", to_device=False, num_labels=1)
+    tokenizer = loaded.tokenizer
+    model = ray.train.torch.prepare_model(loaded.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"])
     loss_fn = torch.nn.BCEWithLogitsLoss()
     shard = ray.train.get_dataset_shard("train")

@@ -158,27 +158,22 @@ class HFTranslator:
         import torch
         from transformers import AutoModelForSeq2SeqLM
 
-        from ray_cora.encoders.hf import (load_tokenizer, local_model_dir, option_int, parse_spec,
-                                          resolve_device, set_cpu_threads)
+        from ray_cora.encoders.hf import parse_spec
+        from ray_cora.hf_models import load_hf_model
 
-        source, options = parse_spec(spec, "hf", MT_OPTIONS)
+        _, options = parse_spec(spec, "hf", MT_OPTIONS)  # options are checked before any weights load
         self.spec = spec
         self.style = options.get("style", "plain")
         if self.style not in MT_STYLES:
             raise ConfigError(f"translator spec {spec!r}: style must be one of {', '.join(MT_STYLES)}")
         self.langs = {normalize_lang(l) for l in options["langs"].split(",")} if options.get("langs") else None
         self.codes = dict(pair.split(":", 1) for pair in options["codes"].split(",")) if options.get("codes") else {}
-        self.max_length = option_int(spec, options, "max_length", 64)
-        self.batch_size = option_int(spec, options, "batch_size", 16)
-        self.num_beams = option_int(spec, options, "num_beams", 1)
-        self.device, _ = resolve_device(device, None)
-        set_cpu_threads(self.device, threads)
-        with local_model_dir(source) as path:
-            self.tokenizer = load_tokenizer(path, source=source)
-            try:
-                self.model = AutoModelForSeq2SeqLM.from_pretrained(path).to(self.device).eval()
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"cannot load a seq2seq translation model from {source!r}: {exc}") from exc
+        loaded = load_hf_model(spec, AutoModelForSeq2SeqLM, options=MT_OPTIONS,
+                               what="seq2seq translation model", threads=threads, device=device)
+        self.tokenizer, self.model, self.device = loaded.tokenizer, loaded.model, loaded.device
+        self.max_length = loaded.option_int("max_length", 64)
+        self.batch_size = loaded.option_int("batch_size", 16)
+        self.num_beams = loaded.option_int("num_beams", 1)
         self._torch = torch
 
     def code(self, lang: str) -> str:
