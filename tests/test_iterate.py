@@ -244,7 +244,7 @@ def test_three_rounds_on_the_demo_killed_in_round_2_resume_from_round_2(ray_loca
     config = IterateConfig.load(overrides={
         "out": str(out), "rounds": 3, "questions": str(tmp_path / "train.jsonl"),
         "dev_questions": str(tmp_path / "dev.jsonl"), "mdpr_init": "tiny", "mgen_init": mgen,
-        "k": 10, "top_k": 1, "mine_k": 3, "answer_translation_after_epoch": 0,
+        "k": 10, "top_k": 1, "mine_k": 3, "answer_translation_after_epoch": 0, "keep_first_question_encoder": True,
         "mdpr": {"epochs": 1, "batch_size": 4, "warmup_steps": 1, "lr": 1e-3, "max_length": 48, "num_workers": 1},
         "embed": {"batch_size": 64, "actor_cpus": 0.5, "shard_size": 100},
         "retrieve": {"block_size": 64, "actor_cpus": 0.5},
@@ -267,6 +267,13 @@ def test_three_rounds_on_the_demo_killed_in_round_2_resume_from_round_2(ray_loca
     assert not (out / "round-3" / "mine").exists()  # no mining after the last round
 
     rounds = result["rounds"]
+    first_spec = rounds[0]["mdpr"]["encoder_spec"]
+    for later in rounds[1:]:  # each round trains its own encoder and re-embeds with it, but keeps
+        assert later["mdpr"]["encoder_spec"] != first_spec  # round 1's question encoder (CORA appendix)
+        assert later["mdpr"]["init"] == rounds[later["round"] - 2]["mdpr"]["encoder_spec"]
+        assert later["retrieve"]["encoder"] == first_spec
+    assert rounds[2]["mgen"]["init"] == rounds[1]["mgen"]["model"]  # mGEN continues from the last round
+    assert rounds[0]["mgen"]["synthetic_examples"] > 0  # English questions with Wikidata-translated answers
     mined = rounds[0]["mining"]
     assert mined["positives"] > 0 and mined["new_records"] > 0
     b1_pairs = {(q, p) for q, p, _ in rounds[0]["initial_positive_pairs"]}
