@@ -21,13 +21,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ray_cora import storage
+from ray_cora.errors import SimulatedCrash
 
 MARKER = "_stage.json"
 STARTED = "_started.json"
-
-
-class SimulatedCrash(RuntimeError):
-    """Raised by the ``crash_after`` test hook, as if the job had been killed there."""
 
 
 @dataclass(frozen=True)

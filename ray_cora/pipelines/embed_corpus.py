@@ -26,6 +26,7 @@ from ray_cora.data.records import BadRecords
 from ray_cora.errors import ChecksumError, ConfigError, RayCoraError, StorageError
 from ray_cora.index.plan import ShardSpec, plan_corpus, plan_fingerprint
 from ray_cora.index.sharded import IndexSpec, commit_index, write_shard
+from ray_cora.pipelines.bookkeeping import iter_entries
 
 PLAN_NAME = "plan.json"
 
@@ -179,10 +180,7 @@ def embed_corpus(config, *, crash_at_shard: int | None = None, crash_once_marker
                     "batch_size": config.batch_size, "lang": config.lang, "threads": config.threads,
                     "on_bad_record": config.on_bad_record,
                     "crash_once_marker": crash_once_marker, "crash_at_shard": crash_at_shard})
-            for row in results.iter_rows():
-                if row["error"]:
-                    raise pickle.loads(row["error"])  # our own exception, pickled by our actor
-                entry = json.loads(row["entry"])
+            for entry in iter_entries(results.iter_rows()):
                 done[entry["number"]] = entry
                 new_passages += entry["count"]
     missing = [spec.number for task in tasks for spec in task if spec.number not in done]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import pickle
 import time
 import zlib
 from collections import OrderedDict
@@ -37,6 +36,7 @@ from ray_cora import storage
 from ray_cora.data.passages import PASSAGE_SCHEMA, iter_passages, passage_files
 from ray_cora.data.qa import iter_qa
 from ray_cora.errors import ConfigError, RayCoraError, StorageError
+from ray_cora.pipelines.bookkeeping import check_job_settings, error_row, iter_entries
 
 STORE_KIND = "passage-store"
 RETRIEVAL_KIND = "retrieval"
@@ -262,12 +262,6 @@ def make_ctxs(pids: list[str], scores: np.ndarray, passages: dict[str, dict], *,
 # --- Ray Data actor bodies -------------------------------------------------------------------
 
 
-def _error_row(block: str, exc: RayCoraError) -> dict[str, np.ndarray]:
-    # Returned as data: Ray Data would wrap a raised error and lose its type and text.
-    return {"block": np.array([block], dtype=object), "entry": np.array([""], dtype=object),
-            "error": np.array([pickle.dumps(exc)], dtype=object)}
-
-
 class EncodeQuestionBlocks:
     """``{block, questions}`` → adds ``vectors`` (float32 bytes); the encoder loads once per actor."""
 
@@ -287,7 +281,7 @@ class EncodeQuestionBlocks:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         block = str(batch["block"][0])
         if self.problem is not None:
-            return {**_error_row(block, self.problem), "questions": batch["questions"],
+            return {**error_row("block", block, self.problem), "questions": batch["questions"],
                     "vectors": np.array([b""], dtype=object)}
         questions = json.loads(batch["questions"][0])["questions"]
         texts = [query_text(q, add_lang=self.add_lang) for q in questions]
@@ -317,7 +311,7 @@ class SearchAndWriteBlocks:
         try:
             entry = self.write_block(block, json.loads(batch["questions"][0]), batch["vectors"][0])
         except RayCoraError as exc:
-            return _error_row(block, exc)
+            return error_row("block", block, exc)
         return {"block": batch["block"], "entry": np.array([json.dumps(entry)], dtype=object),
                 "error": np.array([b""], dtype=object)}
 
@@ -377,18 +371,6 @@ def finished_blocks(out: storage.Location) -> dict[str, dict]:
     return done
 
 
-def _check_job(out: storage.Location, key: dict) -> None:
-    job = out.join(JOB_FILE)
-    if job.is_file():
-        saved = json.loads(storage.read_bytes(job))
-        if saved != key:
-            changed = sorted(k for k in key if saved.get(k) != key.get(k))
-            raise ConfigError(f"{out.uri} holds a retrieval run with other settings ({', '.join(changed)} "
-                              "differ): use another --out, or delete that folder to start over")
-    else:
-        storage.write_bytes(job, json.dumps(key, indent=2).encode("utf-8"))
-
-
 def run_retrieval(config, *, crash_at_block: str | None = None, crash_once_marker: str | None = None) -> dict:
     """Run the job of a :class:`~ray_cora.retrieve_job.RetrieveConfig`; returns a summary.
 
@@ -410,7 +392,7 @@ def run_retrieval(config, *, crash_at_block: str | None = None, crash_once_marke
     dim = int(index_encoder["dim"])
     langs = parse_langs(config.langs) if config.langs else (parse_langs(config.lang) if config.lang else None)
     key = _job_key(config) | {"encoder": encoder}
-    _check_job(out, key)
+    check_job_settings(out, JOB_FILE, key, "retrieval run")
 
     passages = config.passages or index_manifest.get("passages")
     store_uri = config.passage_store or out.join("passage-store").uri
@@ -457,10 +439,7 @@ def run_retrieval(config, *, crash_at_block: str | None = None, crash_once_marke
                                            "timeout_s": config.timeout_s,
                                            "crash_at_block": crash_at_block,
                                            "crash_once_marker": crash_once_marker})
-                for row in results.iter_rows():
-                    if row["error"]:
-                        raise pickle.loads(row["error"])  # our own exception, pickled by our actor
-                    entry = json.loads(row["entry"])
+                for entry in iter_entries(results.iter_rows()):
                     done[entry["block"]] = entry
             finally:
                 index.shutdown()

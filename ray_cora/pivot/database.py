@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from ray_cora import storage
 from ray_cora.data.records import BadRecords
-from ray_cora.errors import ConfigError, StorageError
+from ray_cora.errors import ConfigError, SimulatedCrash, StorageError
 from ray_cora.index.sharded import IndexSpec, ShardedIndex, commit_index, write_shard
 
 KIND = "pivot-database"
@@ -245,15 +245,10 @@ def prepare_parts(records: Iterable[dict[str, Any]], root: storage.Location, *, 
     return parts, done
 
 
-class SimulatedCrash(RuntimeError):
-    """Raised by the test hooks that stop a job midway (never in normal runs)."""
-
-
 def embed_shard(root: storage.Location, part: dict, encoder, *, batch_size: int,
                 spec: IndexSpec = IndexSpec()) -> dict:
     """Read one answer part, embed its questions, write the index shard, then the marker (the
     shard exists once its marker does); returns the marker entry."""
-    number = part["number"]
     data = storage.read_bytes(root.join(part["answers"]["path"]), decompress=False)
     if hashlib.sha256(data).hexdigest() != part["answers"]["sha256"]:
         raise StorageError(f"{root.join(part['answers']['path']).uri}: changed since this build planned it; "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from ray_cora.pivot.calibrate import answer_is_correct, pick_threshold
 from ray_cora.pivot.database import (KIND, SimulatedCrash, commit_database, embed_shard, iter_db_records,
                                      prepare_parts)
 from ray_cora.pivot.pipeline import PREDICTION_FIELDS
+from ray_cora.pipelines.bookkeeping import check_job_settings, error_row, iter_entries
 
 if TYPE_CHECKING:
     from ray_cora.pivot_job import PivotBuildConfig, PivotCalibrateConfig, PivotRunConfig
@@ -39,26 +39,6 @@ if TYPE_CHECKING:
 PREDICTIONS_KIND = "pivot-predictions"
 BUILD_JOB_FILE = "build-job.json"
 RUN_JOB_FILE = "run-job.json"
-
-
-def _error_row(key: str, name: str, exc: RayCoraError) -> dict[str, np.ndarray]:
-    # Returned as data: Ray Data would wrap a raised error and lose its type and text.
-    return {key: np.array([name], dtype=object), "entry": np.array([""], dtype=object),
-            "error": np.array([pickle.dumps(exc)], dtype=object)}
-
-
-def _check_job(out: storage.Location, name: str, key: dict[str, Any], what: str) -> None:
-    """Record the settings that shape the output files; a rerun with other ones is refused (it
-    would mix two jobs' shards or parts)."""
-    job = out.join(name)
-    if job.is_file():
-        saved = json.loads(storage.read_bytes(job))
-        if saved != key:
-            changed = sorted(k for k in set(key) | set(saved) if saved.get(k) != key.get(k))
-            raise ConfigError(f"{out.uri} holds a {what} with other settings ({', '.join(changed)} differ): "
-                              "use another --out, or delete that folder to start over")
-    else:
-        storage.write_bytes(job, json.dumps(key, indent=2).encode("utf-8"))
 
 
 # --- pivot build ------------------------------------------------------------------------------
@@ -80,7 +60,7 @@ class EmbedPivotShards:
         try:
             entry = embed_shard(self.root, part, self.encoder, batch_size=self.batch_size, spec=self.spec)
         except RayCoraError as exc:
-            return _error_row("part", str(part["number"]), exc)
+            return error_row("part", str(part["number"]), exc)
         return {"part": np.array([str(part["number"])], dtype=object),
                 "entry": np.array([json.dumps(entry)], dtype=object), "error": np.array([b""], dtype=object)}
 
@@ -108,7 +88,7 @@ def build_pivot_database(config: "PivotBuildConfig", *, crash_after_shards: int 
             return existing
     except StorageError:
         pass
-    _check_job(out, BUILD_JOB_FILE, {key: getattr(config, key) for key in
+    check_job_settings(out, BUILD_JOB_FILE, {key: getattr(config, key) for key in
                                      ("questions", "dataset", "encoder", "shard_size", "index_type")}, "pivot build")
     spec = IndexSpec(index_type=config.index_type)
 
@@ -130,10 +110,7 @@ def build_pivot_database(config: "PivotBuildConfig", *, crash_after_shards: int 
                 fn_constructor_kwargs={"encoder": config.encoder, "out": config.out, "index_spec": spec.to_dict(),
                                        "batch_size": config.batch_size, "threads": config.threads})
             finished_now = 0
-            for row in results.iter_rows():
-                if row["error"]:
-                    raise pickle.loads(row["error"])  # our own exception, pickled by our actor
-                entry = json.loads(row["entry"])
+            for entry in iter_entries(results.iter_rows()):
                 done[entry["number"]] = entry
                 finished_now += 1
                 if crash_after_shards is not None and finished_now >= crash_after_shards:
@@ -226,7 +203,7 @@ class AnswerBlocks:
         try:
             entry = self.write_block(block, json.loads(batch["questions"][0]))
         except RayCoraError as exc:
-            return _error_row("block", block, exc)
+            return error_row("block", block, exc)
         return {"block": batch["block"], "entry": np.array([json.dumps(entry)], dtype=object),
                 "error": np.array([b""], dtype=object)}
 
@@ -272,7 +249,7 @@ def run_predictions(config: "PivotRunConfig", *, crash_after_blocks: int | None 
     threshold = _threshold(config)
     key = {k: getattr(config, k) for k in ("db", "questions", "dataset", "lang", "reranker", "labels",
                                            "translator", "k", "block_size")}
-    _check_job(out, RUN_JOB_FILE, {**key, "threshold": threshold}, "pivot run")
+    check_job_settings(out, RUN_JOB_FILE, {**key, "threshold": threshold}, "pivot run")
     done = finished_blocks(out)
     items, counts = [], {}
     questions = iter_qa(config.questions, dataset=config.dataset, lang=config.lang)
@@ -300,10 +277,7 @@ def run_predictions(config: "PivotRunConfig", *, crash_after_blocks: int | None 
                 fn_constructor_kwargs={"out": config.out, "pipeline_options": options,
                                        "batch_size": config.batch_size})
             finished_now = 0
-            for row in results.iter_rows():
-                if row["error"]:
-                    raise pickle.loads(row["error"])  # our own exception, pickled by our actor
-                entry = json.loads(row["entry"])
+            for entry in iter_entries(results.iter_rows()):
                 done[entry["block"]] = entry
                 finished_now += 1
                 if crash_after_blocks is not None and finished_now >= crash_after_blocks:

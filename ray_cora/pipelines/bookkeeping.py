@@ -1,0 +1,47 @@
+"""What the resumable Ray Data jobs (embed, retrieve, pivot build/run) share.
+
+- Actor bodies hand back one row per unit of work: its marker ``entry`` (JSON), or the user error
+  it raised, pickled (:func:`error_row`). Ray Data would wrap a raised error and lose its type and
+  text; :func:`iter_entries` re-raises it on the driver as itself.
+- :func:`check_job_settings` records the settings that shape a job's output files next to them,
+  and refuses a rerun into the same folder with other settings (it would mix two jobs' files).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from ray_cora import storage
+from ray_cora.errors import ConfigError, RayCoraError
+
+
+def error_row(key: str, name: str, exc: RayCoraError) -> dict[str, np.ndarray]:
+    """The row an actor returns instead of raising ``exc`` for unit ``name`` (column ``key``)."""
+    return {key: np.array([name], dtype=object), "entry": np.array([""], dtype=object),
+            "error": np.array([pickle.dumps(exc)], dtype=object)}
+
+
+def iter_entries(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The finished units' entries, in the order Ray Data delivers them; an actor's error is raised."""
+    for row in rows:
+        if row["error"]:
+            raise pickle.loads(row["error"])  # our own exception, pickled by our actor
+        yield json.loads(row["entry"])
+
+
+def check_job_settings(out: storage.Location, name: str, key: dict[str, Any], what: str) -> None:
+    """Write ``key`` to ``out/name`` on the first run; on a rerun, a different ``key`` is a
+    :class:`ConfigError` naming the settings that differ."""
+    job = out.join(name)
+    if job.is_file():
+        saved = json.loads(storage.read_bytes(job))
+        if saved != key:
+            changed = sorted(k for k in set(key) | set(saved) if saved.get(k) != key.get(k))
+            raise ConfigError(f"{out.uri} holds a {what} with other settings ({', '.join(changed)} differ): "
+                              "use another --out, or delete that folder to start over")
+    else:
+        storage.write_bytes(job, json.dumps(key, indent=2).encode("utf-8"))
