@@ -249,12 +249,10 @@ def check_generator(source: str) -> None:
 def generate_config(config: EvaluateAllConfig, retrieval_uri: str, out: str) -> Any:
     """The `ray-cora generate` config that answers every question of the retrieval output."""
     from ray_cora.generate_job import GenerateConfig
-    from ray_cora.pipelines.retrieve import RETRIEVAL_KIND
 
-    artifact = storage.Artifact(retrieval_uri, kind=RETRIEVAL_KIND)
-    parts = [artifact.location(p).uri for p in artifact.manifest["parts"]]  # not the markers nor the store
-    return GenerateConfig.load(overrides={
-        "model": config.generator, "tokenizer": config.generator_tokenizer, "retrieval": parts, "out": out,
+    return GenerateConfig.load(overrides={  # generate reads the parts the retrieval manifest lists
+        "model": config.generator, "tokenizer": config.generator_tokenizer, "retrieval": [retrieval_uri],
+        "out": out,
         "top_k": config.top_k, "max_source_length": config.max_source_length,
         "max_target_length": config.max_target_length, "num_beams": config.num_beams,
         "batch_size": config.generate_batch_size, "concurrency": config.generate_actors,
@@ -262,31 +260,12 @@ def generate_config(config: EvaluateAllConfig, retrieval_uri: str, out: str) -> 
         "ray_address": config.ray_address, "num_cpus": config.num_cpus})
 
 
-_GENERATION_KEYS = ("model", "tokenizer", "retrieval", "top_k", "max_source_length", "max_target_length",
-                    "num_beams")
-
-
-def _check_previous_generation(gen: Any) -> None:
-    """A finished predictions file made with other settings is an error, not silently reused."""
-    marker = storage.resolve(gen.out + ".done.json")
-    if not marker.is_file():
-        return
-    saved = json.loads(storage.read_bytes(marker)).get("config", {})
-    wanted = gen.to_dict()
-    changed = [k for k in _GENERATION_KEYS if saved.get(k) != wanted.get(k)]
-    if changed:
-        raise ConfigError(f"{gen.out} holds answers generated with other settings ({', '.join(changed)} "
-                          "differ): use another --out, or delete it and its .done.json to regenerate")
-
-
 def generate_answers(config: EvaluateAllConfig, retrieval_uri: str, out: str) -> dict:
     """Answer every retrieved question with mGEN through `ray-cora generate`'s own job (a Ray Data
-    actor pool; a finished, verified predictions file is reused as is)."""
+    actor pool; a finished, verified predictions file made with the same settings is reused)."""
     from ray_cora.generate_job import run_generate
 
-    gen = generate_config(config, retrieval_uri, out)
-    _check_previous_generation(gen)
-    return run_generate(gen)
+    return run_generate(generate_config(config, retrieval_uri, out))
 
 
 def score_answers(retrieval_uri: str, predictions_uri: str, *, mode: str, sacrebleu: bool = True) -> dict:

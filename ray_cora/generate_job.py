@@ -9,13 +9,14 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ray_cora.config import RayJobConfig
+from ray_cora.errors import ConfigError
 
 
 class GenerateConfig(RayJobConfig):
     """Generate an answer for every question of a retrieval JSONL ({qid, lang, question, answers,
     ctxs:[{pid, lang, title, text, score}]}) with an mGEN model, on a Ray Data actor pool; writes
     predictions JSONL {qid, lang, prediction} (then a <out>.done.json marker; a rerun with a
-    verified marker does nothing)."""
+    verified marker and the same generation settings does nothing, other settings are refused)."""
 
     model: str = Field(..., description="Seq2seq model folder (e.g. <train-mgen out>/model, CORA's mGEN_model), "
                        "s3:// folder or local-HF-cache name")
@@ -32,6 +33,11 @@ class GenerateConfig(RayJobConfig):
     actor_cpus: float = Field(1.0, gt=0)
     actor_gpus: float = Field(0.0, ge=0)
     on_bad_record: Literal["error", "skip"] = Field("error")
+
+
+# The settings that make the answers: a finished predictions file made with other ones is refused.
+GENERATION_SETTINGS = ("model", "tokenizer", "retrieval", "top_k", "max_source_length", "max_target_length",
+                       "num_beams")
 
 
 class GeneratorActor:
@@ -73,6 +79,11 @@ def run_generate(config: GenerateConfig) -> dict[str, Any]:
     marker = storage.resolve(config.out + ".done.json")
     if marker.is_file() and out.is_file():
         done = json.loads(storage.read_bytes(marker))
+        saved, wanted = done.get("config", {}), config.to_dict()
+        changed = [k for k in GENERATION_SETTINGS if saved.get(k) != wanted.get(k)]
+        if changed:
+            raise ConfigError(f"{config.out} holds answers generated with other settings ({', '.join(changed)} "
+                              "differ): use another --out, or delete it and its .done.json to regenerate")
         if storage.sha256_of(out)[0] == done.get("sha256"):
             print(f"generate: {config.out} is complete ({done['predictions']} predictions); nothing to do")
             return done

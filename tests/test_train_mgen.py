@@ -102,3 +102,5 @@ def test_ray_train_mgen_then_generate_job(ray_local, tiny_t5, tmp_path):
     assert done["predictions"] == 20 and sorted(r["qid"] for r in rows) == sorted(x["qid"] for x in qa_pairs())
     assert all(set(r) == {"qid", "lang", "prediction"} for r in rows)
     assert run_generate(gen)["sha256"] == done["sha256"]  # rerun: marker verified, nothing redone
+    with pytest.raises(ConfigError, match=r"other settings \(max_target_length differ\)"):
+        run_generate(gen.model_copy(update={"max_target_length": 5}))  # not the stale answers
