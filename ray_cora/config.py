@@ -9,7 +9,7 @@ import argparse
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -54,6 +54,19 @@ class RayJobConfig(JobConfig):
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a locally started Ray (default: all)")
     ray_address: str | None = Field(None, description="Join this Ray cluster instead of starting a "
                                     "local one (RAY_ADDRESS also works)")
+
+
+class TrainRunConfig(RayJobConfig):
+    """A Ray Train job (train-mdpr, train-mgen): how wide it runs, checkpoints, failures, bad
+    records; each job adds its own model and optimiser options."""
+
+    checkpoint_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: each epoch)")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
+    use_gpu: bool = Field(False, description="One GPU per worker (NCCL, bf16 autocast)")
+    cpus_per_worker: float = Field(0.5, gt=0)
+    max_failures: int = Field(2, ge=-1, description="Worker failures to recover from (from the last checkpoint)")
+    on_bad_record: Literal["error", "skip"] = Field("error", description="error: stop at a bad record; skip: count it and go on")
+    seed: int = 0
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

@@ -6,10 +6,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ray_cora.config import RayJobConfig
+from ray_cora.config import TrainRunConfig
 
 
-class TrainMDPRConfig(RayJobConfig):
+class TrainMDPRConfig(TrainRunConfig):
     """Train mDPR (question + passage encoders, DPR loss with in-batch negatives gathered over all
     workers plus hard negatives) with Ray Train on DPR/CORA retriever JSON, JSONL or Parquet.
     Checkpoints go to <out>/ray-train/ (any storage URI, s3:// included); the trained encoders are
@@ -35,13 +35,6 @@ class TrainMDPRConfig(RayJobConfig):
     max_grad_norm: float = Field(2.0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     adam_eps: float = Field(1e-8, gt=0)
-    checkpoint_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: each epoch)")
-    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
-    use_gpu: bool = Field(False, description="One GPU per worker (NCCL, bf16 autocast)")
-    cpus_per_worker: float = Field(0.5, gt=0)
-    max_failures: int = Field(2, ge=-1, description="Worker failures to recover from (from the last checkpoint)")
-    on_bad_record: Literal["error", "skip"] = Field("error", description="error: stop at a bad record; skip: count it and go on")
-    seed: int = 0
 
 
 def run_train_mdpr(config: TrainMDPRConfig, **test_hooks: Any) -> dict[str, Any]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
-from ray_cora.config import RayJobConfig
+from ray_cora.config import TrainRunConfig
 
 
-class TrainMGENConfig(RayJobConfig):
+class TrainMGENConfig(TrainRunConfig):
     """Train mGEN (any HF seq2seq model, mT5 for real runs) on retrieval JSONL
     {qid, lang, question, answers, ctxs}: input = question + [lang] once + top-k passages with
     titles, target = the first answer. Defaults follow CORA's Table 10. Checkpoints go to
@@ -36,13 +36,6 @@ class TrainMGENConfig(RayJobConfig):
     weight_decay: float = Field(0.001, ge=0)
     adam_eps: float = Field(1e-8, gt=0)
     max_grad_norm: float = Field(0.1, ge=0)
-    checkpoint_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: each epoch)")
-    num_workers: int = Field(2, ge=1)
-    use_gpu: bool = Field(False)
-    cpus_per_worker: float = Field(0.5, gt=0)
-    max_failures: int = Field(2, ge=-1)
-    on_bad_record: Literal["error", "skip"] = Field("error", description="error: stop at a bad record; skip: count it and go on")
-    seed: int = 0
 
 
 def run_train_mgen(config: TrainMGENConfig, **test_hooks: Any) -> dict[str, Any]:
