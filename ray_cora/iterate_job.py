@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from ray_cora.config import RayJobConfig
 from ray_cora.demo import DEMO_PASSAGES, DEMO_QUESTIONS, DEMO_WIKIDATA_LABELS
@@ -105,18 +105,19 @@ class IterateConfig(RayJobConfig):
     def _langs(cls, value: str | None) -> str | None:
         return ",".join(parse_langs(value)) if value else None
 
-    @model_validator(mode="after")
-    def _stage_options(self) -> "IterateConfig":
-        for stage, (_, reserved) in STAGE_JOBS.items():
-            options = getattr(self, stage)
-            cls = stage_config_class(stage)
-            for key in options:
-                if key in reserved:
-                    raise ValueError(f"{stage}.{key} is set by the iterative loop itself; leave it out")
-                if key not in cls.model_fields:
-                    known = ", ".join(k for k in cls.model_fields if k not in reserved)
-                    raise ValueError(f"{stage}.{key} is not an option of {cls.__name__} (known: {known})")
-        return self
+    @field_validator("mdpr", "embed", "retrieve", "mgen", "generate")
+    @classmethod
+    def _stage_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        stage = info.field_name
+        reserved = STAGE_JOBS[stage][1]
+        job_cls = stage_config_class(stage)
+        for key in options:
+            if key in reserved:
+                raise ValueError(f"{stage}.{key} is set by the iterative loop itself; leave it out")
+            if key not in job_cls.model_fields:
+                known = ", ".join(k for k in job_cls.model_fields if k not in reserved)
+                raise ValueError(f"{stage}.{key} is not an option of {job_cls.__name__} (known: {known})")
+        return options
 
     def stage_config(self, stage: str, **loop_values: Any) -> Any:
         """The stage job's own config: the loop's values over the user's stage options."""

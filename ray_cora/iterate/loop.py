@@ -29,11 +29,10 @@ from ray_cora import storage
 from ray_cora.errors import ConfigError
 from ray_cora.iterate import mining
 from ray_cora.iterate.stages import StageResult, StageRunner
+from ray_cora.iterate_job import TINY
 
 if TYPE_CHECKING:
     from ray_cora.iterate_job import IterateConfig
-
-TINY = "tiny"
 
 
 # --- small I/O helpers ------------------------------------------------------------------------
@@ -100,9 +99,10 @@ class IterativeTraining:
     # -- round 1: the data every round uses --
 
     def prepare(self) -> StageResult:
-        return self.runner.run("round-1/data", self._prepare,
-                               outputs=("train_questions.jsonl", "dev_questions.jsonl", "b1.jsonl",
-                                        "passage-store/manifest.json"))
+        self.data = self.runner.run("round-1/data", self._prepare,
+                                    outputs=("train_questions.jsonl", "dev_questions.jsonl", "b1.jsonl",
+                                             "passage-store/manifest.json"))
+        return self.data
 
     def _prepare(self, folder: storage.Location) -> tuple[dict[str, Any], list[str]]:
         from ray_cora.data.qa import iter_qa
@@ -260,8 +260,6 @@ class IterativeTraining:
         from ray_cora.pipelines.retrieve import iter_retrieval
 
         labels = self.labels()
-        if labels is None:
-            return iter(())
 
         def translate(answer: str, lang: str) -> str | None:
             qid = labels.match_english(answer)
@@ -275,8 +273,7 @@ class IterativeTraining:
 
         c = self.config
         questions = self.root.join("round-1/data/dev_questions.jsonl").uri
-        options = {k: v for k, v in c.retrieve.items() if k in EvaluateAllConfig.model_fields}
-        evaluation = EvaluateAllConfig(**options, index=index.result["index"], questions=questions,
+        evaluation = EvaluateAllConfig(**c.retrieve, index=index.result["index"], questions=questions,
                                        dataset="jsonl", out=folder.uri, encoder=question_spec, k=c.k,
                                        passage_store=self.root.join("round-1/data/passage-store").uri,
                                        **self._generator_options(mgen))
@@ -339,7 +336,7 @@ class IterativeTraining:
              "answers": cand["answers"], "positive": positive} for cand, positive, prediction in labelled))
         new_records = mining.dpr_records((cand, positive) for cand, positive, _ in labelled)
         write_jsonl(folder.join("mined.jsonl"), new_records)
-        initial_pairs = mining.positive_language_pairs(iter_dpr_records(self.b1_files()))
+        initial_pairs = [(q, p) for q, p, _ in self.data.result["b1_positive_pairs"]]
         summary = stats.to_dict(initial_pairs=initial_pairs)
         summary["new_records"] = len(new_records)
         storage.write_bytes(folder.join("stats.json"), json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
@@ -379,8 +376,7 @@ class IterativeTraining:
 
         if self.config.link_langs:
             return list(parse_langs(self.config.link_langs))
-        marker = json.loads(storage.read_bytes(self.root.join("round-1/data/_stage.json")))
-        return list(marker["result"]["train_languages"])
+        return list(self.data.result["train_languages"])
 
     def _passages_by_title(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
         """One streaming pass over the corpus, keeping only the linked articles' passages."""

@@ -21,7 +21,7 @@ them by hand.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -296,10 +296,3 @@ def mgen_phases(epochs: int, switch_epoch: int, has_synthetic: bool) -> list[tup
     if switch_epoch == 0:
         return [(True, epochs)]
     return [(False, switch_epoch), (True, epochs - switch_epoch)]
-
-
-def group_counts(records: Iterable[Mapping[str, Any]], key: str) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for record in records:
-        counts[str(record.get(key))] += 1
-    return dict(sorted(counts.items()))
