@@ -3,6 +3,7 @@ node, token authentication on both, and `ray job submit` of the embedding job ac
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import subprocess
@@ -21,12 +22,37 @@ pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
+_worker_port_blocks = itertools.count(1)
+
+
+def _ephemeral_port_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _node_ports() -> list[str]:
-    """Free ports for every per-node server: two Rays on one machine collide on the defaults."""
-    return [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-            f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
-            f"--min-worker-port={(base := 20000 + secrets.randbelow(20000))}", f"--max-worker-port={base + 200}"]
+    """Free ports for every per-node server: two Rays on one machine collide on the defaults.
+
+    Ray refuses to start when a server port falls inside its worker port range, and `_free_port`
+    hands out ports from the kernel's ephemeral range, so each node's worker range is its own
+    block just below that range (and above Ray's default 10002-19999, used by other tests' Rays).
+    """
+    ports: list[int] = []
+    while len(ports) < 6:
+        if (port := _free_port()) not in ports:
+            ports.append(port)
+    low = _ephemeral_port_floor() - 300 * next(_worker_port_blocks)
+    assert low > 20000, "ran out of worker port blocks"
+    names = ["dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+             "runtime-env-agent-port", "node-manager-port", "object-manager-port"]
+    return [f"--{name}={port}" for name, port in zip(names, ports)] + [
+        f"--min-worker-port={low}", f"--max-worker-port={low + 200}"]
+
+
+def _log_tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
 
 def _wait_for(predicate, what: str, timeout_s: float) -> None:
@@ -53,7 +79,7 @@ def two_node_cluster(tmp_path_factory):
             stdout=head_log, stderr=subprocess.STDOUT, env=env, start_new_session=True), head_log))
 
         def job_api_ready() -> bool:
-            assert procs[0][0].poll() is None, f"ray start --head exited; see {logs / 'head.log'}"
+            assert procs[0][0].poll() is None, f"ray start --head exited:\n{_log_tail(logs / 'head.log')}"
             probe = subprocess.run([RAY, "job", "submit", "--address", address, "--", "true"],
                                    capture_output=True, text=True, timeout=120, env=env)
             return probe.returncode == 0
@@ -66,7 +92,7 @@ def two_node_cluster(tmp_path_factory):
             stdout=worker_log, stderr=subprocess.STDOUT, env=env, start_new_session=True), worker_log))
 
         def two_nodes_alive() -> bool:
-            assert procs[1][0].poll() is None, f"ray start --address exited; see {logs / 'worker.log'}"
+            assert procs[1][0].poll() is None, f"ray start --address exited:\n{_log_tail(logs / 'worker.log')}"
             status = subprocess.run([RAY, "status", f"--address=127.0.0.1:{gcs}"],
                                     capture_output=True, text=True, timeout=60, env=env).stdout
             return status.count("node_") >= 2
@@ -84,7 +110,8 @@ def test_second_node_needs_the_token(two_node_cluster, tmp_path):
     result = subprocess.run([RAY, "start", "--block", f"--address={two_node_cluster['gcs']}",
                              "--node-ip-address=127.0.0.1", "--num-cpus=1", *_node_ports()],
                             capture_output=True, text=True, timeout=120, env=env)
-    assert result.returncode != 0 and "auth" in (result.stdout + result.stderr).lower()
+    assert result.returncode != 0 and "auth" in (result.stdout + result.stderr).lower(), \
+        (result.stdout + result.stderr)[-3000:]
 
 
 def test_embedding_job_spreads_over_both_nodes(two_node_cluster, tmp_path):
