@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 
-from ray_cora import storage
 from ray_cora.data.passages import iter_passages
 from ray_cora.embed_job import EmbedConfig
 from ray_cora.encoders import load_encoder

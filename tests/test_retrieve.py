@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ray_cora import storage
 from ray_cora.demo import DEMO_PASSAGES, DEMO_QUESTIONS
 from ray_cora.errors import ConfigError
 from ray_cora.index.sharded import commit_index, plan_shards, write_shard

@@ -30,7 +30,7 @@ import json
 import posixpath
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import IO, Any
+from typing import Any
 
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import ConfigError

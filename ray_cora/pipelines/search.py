@@ -43,8 +43,6 @@ class DistributedIndex:
                        for i in range(num_actors)]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
-        import ray
-
         return search_on_actors(self.actors, queries, k, timeout_s=self.timeout_s)
 
     def shutdown(self) -> None:

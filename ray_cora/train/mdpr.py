@@ -258,8 +258,6 @@ def ranking_metrics(scores: Any, positive_index: Sequence[int], *, ks: Sequence[
 def evaluate_dev(spec: str, examples: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Rank every dev question's positive among all dev passages (positives and hard negatives),
     encoding through the exported ``hf:`` spec: what the embedding job will compute."""
-    import numpy as np
-
     from ray_cora.encoders import load_encoder
 
     encoder = load_encoder(spec, device="cpu")

@@ -16,7 +16,6 @@ pass ``tokenizer=`` when the folder has none).
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
