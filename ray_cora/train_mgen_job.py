@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -12,11 +12,11 @@ from ray_cora.config import TrainRunConfig
 class TrainMGENConfig(TrainRunConfig):
     """Train mGEN (any HF seq2seq model, mT5 for real runs) on retrieval JSONL
     {qid, lang, question, answers, ctxs}: input = question + [lang] once + top-k passages with
-    titles, target = the first answer. Defaults follow CORA's Table 10. Checkpoints go to
-    <out>/ray-train/ (any storage URI, s3:// included); the model is published to <out>/model/.
-    Re-running the same command: a stopped run resumes from its latest checkpoint (the step count
-    continues); a finished run (<out>/model published) is not trained again: it prints "already
-    trained" and exits. Training options must match the first run's (<out>/run_config.json); to
+    titles (chosen as CORA's conversion script does, see passage_choice), target = the first
+    answer. Defaults follow CORA's Table 10. Checkpoints go to <out>/ray-train/ (any storage URI,
+    s3:// included); the model is published to <out>/model/. Re-running the same command: a
+    stopped run resumes from its latest checkpoint (the step count continues); a finished run
+    (<out>/model published) is not trained again: it prints "already trained" and exits. Training options must match the first run's (<out>/run_config.json); to
     train from scratch delete <out> or use a new --out."""
 
     train: list[str] = Field(..., description="Retrieval JSONL files or folders")
@@ -24,6 +24,11 @@ class TrainMGENConfig(TrainRunConfig):
     init: str = Field(..., description="Seq2seq model folder, s3:// folder or local-HF-cache name (e.g. google/mt5-base)")
     tokenizer: str | None = Field(None, description="Tokenizer source when the model folder has none")
     top_k: int = Field(15, ge=1, description="Passages per question in the input")
+    passage_choice: Literal["answer_mix", "ranked"] = Field(
+        "answer_mix", description="Training inputs' passages. answer_mix (CORA's conversion script): up to "
+        "max_answer_passages retrieved passages containing a gold answer, the best-ranked others filling top_k, "
+        "shuffled. ranked: the top_k as retrieved, as at inference")
+    max_answer_passages: int = Field(3, ge=1, description="answer_mix: most answer-bearing passages per input")
     max_source_length: int = Field(1000, ge=8)
     max_target_length: int = Field(25, ge=1)
     label_smoothing: float = Field(0.1, ge=0, lt=1)

@@ -10,7 +10,8 @@ import torch
 from ray_cora.encoders.tiny import build_tiny_t5
 from ray_cora.errors import ConfigError
 from ray_cora.train.loop import LoopSettings, Stepper
-from ray_cora.train.mgen import Generator, MGENTask, format_source
+from ray_cora.train.data import retrieval_example
+from ray_cora.train.mgen import Generator, MGENTask, format_source, training_passages
 
 CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima"),
             ("Chile", "Santiago"), ("Egypt", "Cairo")]
@@ -51,6 +52,59 @@ def test_truncation_keeps_the_question_and_tag(tiny_t5):
     assert batch["input_ids"].shape[1] == 20
     text = task.tok().decode(batch["input_ids"][0], skip_special_tokens=True)
     assert text.startswith("<Q>: What is the capital of France? [en]")
+
+
+def _ranked_example(n: int = 10, answer_at: tuple[int, ...] = (7,)) -> dict:
+    ctxs = [{"title": f"p{i}", "text": f"Passage {i} is about Paris." if i in answer_at else f"Passage {i}."}
+            for i in range(n)]
+    return {"qid": "q1", "lang": "en", "question": "What is the capital of France?", "answers": ["paris"],
+            "ctxs": ctxs}
+
+
+def test_training_passages_bring_in_an_answer_ranked_below_top_k():
+    example = _ranked_example(answer_at=(7,))
+    chosen = training_passages(example, top_k=3)
+    assert sorted(p["title"] for p in chosen) == ["p0", "p1", "p7"]
+    assert [p["title"] for p in training_passages(example, top_k=3, choice="ranked")] == ["p0", "p1", "p2"]
+    assert training_passages(example, top_k=3) == chosen  # the same input every epoch and after a resume
+
+
+def test_training_passages_cap_answer_passages_and_shuffle_by_seed():
+    example = _ranked_example(n=12, answer_at=(1, 4, 6, 8, 11))
+    draws = [training_passages(example, top_k=5, seed=seed) for seed in range(20)]
+    for chosen in draws:
+        titles = [p["title"] for p in chosen]
+        with_answer = [t for t in titles if t in {"p1", "p4", "p6", "p8", "p11"}]
+        assert len(titles) == 5 and len(with_answer) == 3
+        assert sorted(set(titles) - set(with_answer)) == ["p0", "p2"]  # the best-ranked without an answer
+    assert len({tuple(p["title"] for p in d) for d in draws}) > 5
+    assert {p["title"] for d in draws for p in d} >= {"p1", "p4", "p6", "p8", "p11"}
+
+
+def test_training_passages_trust_the_files_has_answer_flag():
+    example = _ranked_example(n=6, answer_at=(2,))
+    example["ctxs"][2]["has_answer"] = False  # CORA's tokenised match said no
+    example["ctxs"][5]["has_answer"] = True
+    titles = sorted(p["title"] for p in training_passages(example, top_k=2))
+    assert titles == ["p0", "p5"]
+
+
+def test_retrieval_records_get_has_answer_and_training_inputs_show_the_answer(tiny_t5):
+    raw = _ranked_example(n=4, answer_at=(3,))
+    raw["ctxs"][0]["has_answer"] = True
+    example = retrieval_example(raw)
+    assert [c["has_answer"] for c in example["ctxs"]] == [True, False, False, True]
+    example["ctxs"][0]["has_answer"] = False
+
+    def input_ids(task: MGENTask, passage: dict) -> list[int]:
+        source = format_source(example["question"], "en", [passage], top_k=1)
+        return task.tok()(source, max_length=128, truncation=True)["input_ids"]
+
+    task = MGENTask(init=tiny_t5, top_k=1, max_source_length=128)
+    assert task.collate([example])["input_ids"][0].tolist() == input_ids(task, example["ctxs"][3])
+    ranked = MGENTask(init=tiny_t5, top_k=1, max_source_length=128, passage_choice="ranked")
+    assert ranked.collate([example])["input_ids"][0].tolist() == input_ids(ranked, example["ctxs"][0])
+    assert input_ids(task, example["ctxs"][3]) != input_ids(task, example["ctxs"][0])
 
 
 def test_tiny_mgen_overfits_20_pairs_in_3_languages_and_generates_them(tiny_t5, tmp_path):

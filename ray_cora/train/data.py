@@ -183,7 +183,8 @@ def dpr_example(obj: Any) -> dict[str, Any]:
 
 
 def retrieval_example(obj: Any, *, require_answer: bool = True) -> dict[str, Any]:
-    """Check one retrieval-JSONL record (``qid, lang, question, answers, ctxs``)."""
+    """Check one retrieval-JSONL record (``qid, lang, question, answers, ctxs``); every passage
+    gets ``has_answer``."""
     from ray_cora.languages import normalize_lang
 
     if not isinstance(obj, dict):
@@ -195,9 +196,21 @@ def retrieval_example(obj: Any, *, require_answer: bool = True) -> dict[str, Any
     ctxs = obj.get("ctxs")
     if not isinstance(ctxs, list):
         raise ValueError("'ctxs' is missing or not a list of passages")
+    answers = _answers(obj, required=require_answer)
     return {"qid": str(obj.get("qid", obj.get("id", ""))), "lang": normalize_lang(lang), "question": question,
-            "answers": _answers(obj, required=require_answer),
-            "ctxs": [_ctx(c, "ctxs", i) for i, c in enumerate(ctxs)]}
+            "answers": answers, "ctxs": [_retrieved_ctx(c, i, answers) for i, c in enumerate(ctxs)]}
+
+
+def _retrieved_ctx(value: Any, index: int, answers: list[str]) -> dict[str, Any]:
+    """A retrieved passage with ``has_answer``: the file's own flag (CORA's DPR output has one,
+    from its tokenised match) or else whether a gold answer occurs in it. Always a bool, so every
+    block of a training dataset has the same schema."""
+    from ray_cora.metrics.retrieval import has_answer
+
+    ctx: dict[str, Any] = _ctx(value, "ctxs", index)
+    flag = value.get("has_answer")
+    ctx["has_answer"] = flag if isinstance(flag, bool) else has_answer(f"{ctx['title']} {ctx['text']}", answers)
+    return ctx
 
 
 def iter_examples(uris: Sequence[str], kind: str, bad: BadRecords, *,

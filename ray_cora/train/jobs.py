@@ -155,7 +155,9 @@ def train_mgen(config: "TrainMGENConfig", **hooks: Any) -> dict[str, Any]:
         return {**done, "already_trained": True}
     task = MGENTask(init=config.init, tokenizer=config.tokenizer, top_k=config.top_k,
                     max_source_length=config.max_source_length, max_target_length=config.max_target_length,
-                    label_smoothing=config.label_smoothing, dropout=config.dropout)
+                    label_smoothing=config.label_smoothing, dropout=config.dropout,
+                    passage_choice=config.passage_choice, max_answer_passages=config.max_answer_passages,
+                    seed=config.seed)
     manifest, _, model_uri = _run(config, task, "retrieval", grad_accumulation=config.grad_accumulation,
                                   model_kind=MODEL_KIND, hooks=hooks)
     print(f"train-mgen: {manifest['examples']} examples, {manifest['steps']} steps, final loss "

@@ -7,7 +7,9 @@ its issue #3)::
 
 over the top-k passages, truncated (from the end, so the question and tag survive) to
 ``max_source_length`` tokens; the target is the first answer, at most ``max_target_length``
-tokens. :class:`Generator` is the inference API (``Generator.load(path).answer(questions, langs,
+tokens. Training inputs choose their passages as CORA's ``convert_dpr_retrieval_results_to_seq2seq.py``
+does (:func:`training_passages`): up to 3 retrieved passages that contain a gold answer, the
+best-ranked ones without filling the rest, shuffled; inference reads the top-k as ranked. :class:`Generator` is the inference API (``Generator.load(path).answer(questions, langs,
 passages)``) used by ``ray-cora generate`` and by Serve; it loads any HF seq2seq folder, including
 CORA's released ``mGEN_model`` (``config.json`` + ``pytorch_model.bin``; its tokenizer is mT5's:
 pass ``tokenizer=`` when the folder has none).
@@ -16,6 +18,7 @@ pass ``tokenizer=`` when the folder has none).
 from __future__ import annotations
 
 import contextlib
+import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -39,6 +42,49 @@ def format_source(question: str, lang: str, passages: Sequence[dict[str, Any]], 
         parts.append(f"<{index}: {title}> {text}")
     head = f"<Q>: {question.replace(chr(10), ' ').strip()} [{lang}]"
     return f"{head} <P>:{' '.join(parts)}" if parts else head
+
+
+PASSAGE_CHOICES = ("answer_mix", "ranked")
+
+
+def training_passages(example: dict[str, Any], *, top_k: int, choice: str = "answer_mix",
+                      max_answer_passages: int = 3, seed: int = 0) -> list[dict[str, Any]]:
+    """The passages one training input shows the generator.
+
+    ``ranked``: the first ``top_k`` retrieved, what inference sees. ``answer_mix`` (CORA): up to
+    ``max_answer_passages`` of the retrieved passages containing a gold answer (a random sample
+    when there are more), then the best-ranked passages without one up to ``top_k``, in random
+    order, so the generator learns to find the answer wherever it sits and is not taught to make
+    one up when retrieval ranked it low. A passage's own ``has_answer`` (CORA's DPR output carries
+    one) wins over string matching. The draw depends only on ``seed`` and the question, so every
+    epoch and every resumed run sees the same inputs, as with CORA's files written once.
+
+    >>> ex = {"qid": "1", "question": "q", "answers": ["Goethe"],
+    ...       "ctxs": [{"title": "a", "text": "x"}, {"title": "b", "text": "y"}, {"title": "c", "text": "by Goethe"}]}
+    >>> sorted(p["title"] for p in training_passages(ex, top_k=2))
+    ['a', 'c']
+    >>> [p["title"] for p in training_passages(ex, top_k=2, choice="ranked")]
+    ['a', 'b']
+    """
+    from ray_cora.metrics.retrieval import has_answer
+
+    ctxs = list(example["ctxs"])
+    if choice == "ranked":
+        return ctxs[:top_k]
+    if choice != "answer_mix":
+        raise ValueError(f"unknown passage choice {choice!r}; expected one of {', '.join(PASSAGE_CHOICES)}")
+    answers = example.get("answers") or []
+    with_answer, without = [], []
+    for ctx in ctxs:
+        flag = ctx.get("has_answer")
+        contains = flag if isinstance(flag, bool) else has_answer(f"{ctx.get('title', '')} {ctx['text']}", answers)
+        (with_answer if contains else without).append(ctx)
+    rng = random.Random(f"{seed}\x1f{example.get('qid', '')}\x1f{example['question']}")
+    if len(with_answer) > max_answer_passages:
+        with_answer = rng.sample(with_answer, max_answer_passages)
+    chosen = with_answer[:top_k] + without[:max(0, top_k - len(with_answer))]
+    rng.shuffle(chosen)
+    return chosen
 
 
 def _load_model_and_tokenizer(source: str, tokenizer: str | None, *, dropout: float | None = None) -> tuple[Any, Any]:
@@ -126,6 +172,9 @@ class MGENTask:
     max_target_length: int = DEFAULT_MAX_TARGET
     label_smoothing: float = 0.1
     dropout: float = 0.1
+    passage_choice: str = "answer_mix"
+    max_answer_passages: int = 3
+    seed: int = 0
     _tok: Any = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -142,7 +191,10 @@ class MGENTask:
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         tok = self.tok()
-        sources = [format_source(ex["question"], ex["lang"], ex["ctxs"], top_k=self.top_k) for ex in examples]
+        sources = [format_source(ex["question"], ex["lang"],
+                                 training_passages(ex, top_k=self.top_k, choice=self.passage_choice,
+                                                   max_answer_passages=self.max_answer_passages, seed=self.seed),
+                                 top_k=self.top_k) for ex in examples]
         enc = tok(sources, max_length=self.max_source_length, truncation=True, padding=True, return_tensors="pt")
         labels = tok([ex["answers"][0] for ex in examples], max_length=self.max_target_length, truncation=True,
                      padding=True, return_tensors="pt")["input_ids"]
