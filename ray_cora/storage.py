@@ -332,6 +332,39 @@ class Artifact:
         self._entry(relpath)
         return self.root.join(relpath)
 
+    def local_path(self, relpath: str, *, cache_dir: str) -> str:
+        """A local file with ``relpath``'s bytes, for memory-mapping: the file itself when the
+        artifact is local (its size checked against the manifest), else a copy in ``cache_dir``
+        named by its sha256 and checked when copied, so a rebuilt artifact never maps a stale copy
+        and each machine copies a file once."""
+        entry = self._entry(relpath)
+        loc = self.root.join(relpath)
+        if not loc.is_s3:
+            size = os.path.getsize(loc.path) if os.path.exists(loc.path) else None
+            if size != entry["size"]:
+                raise StorageError(f"{loc.uri}: {'missing' if size is None else f'{size} bytes'}, {MANIFEST_NAME} "
+                                   f"says {entry['size']} bytes; it changed after the artifact was written: "
+                                   "rebuild it")
+            return loc.path
+        target = os.path.join(cache_dir, f"{entry['sha256']}{posixpath.splitext(relpath)[1]}")
+        if not os.path.exists(target):
+            os.makedirs(cache_dir, exist_ok=True)
+            partial = f"{target}.{os.getpid()}.partial"
+            digest, size = hashlib.sha256(), 0
+            try:
+                with open_input(loc, decompress=False) as source, open(partial, "wb") as copy:
+                    while chunk := source.read(_CHUNK):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        copy.write(chunk)
+                _check_digest(loc, digest.hexdigest(), size, entry)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.remove(partial)
+                raise
+            os.replace(partial, target)  # several processes on one machine may copy at once
+        return target
+
 
 def _check_digest(loc: Location, sha256: str, size: int, entry: dict[str, Any]) -> None:
     if size != entry.get("size") or sha256 != entry.get("sha256"):

@@ -116,7 +116,7 @@ def test_bad_generator_and_bad_options_are_clear_errors(tmp_path):
 
 
 def test_passage_store_finds_every_passage_across_buckets(tmp_path):
-    from ray_cora.pipelines.retrieve import PassageStore, build_passage_store
+    from ray_cora.data.passage_store import PassageStore, build_passage_store
 
     passages = [{"pid": f"p{i}", "lang": "en" if i % 2 else "ja", "title": f"t{i}", "text": f"text {i}"}
                 for i in range(50)]
@@ -127,7 +127,7 @@ def test_passage_store_finds_every_passage_across_buckets(tmp_path):
     store = PassageStore(str(tmp_path / "store"), cache_buckets=2)
     found = store.lookup(["p49", "p0", "missing", "p17", "p0"])
     assert found == {p["pid"]: p for p in passages if p["pid"] in ("p49", "p0", "p17")}
-    assert len(store.lookup(p["pid"] for p in passages)) == 50 and len(store._cache) == 2
+    assert len(store.lookup(p["pid"] for p in passages)) == 50 and len(store._open) == 2
 
 
 def test_missing_passage_text_is_a_clear_error():

@@ -198,7 +198,7 @@ def test_pivot_response_hides_the_answer_when_the_pipeline_abstains():
 
 
 def test_retriever_reads_texts_from_a_committed_passage_store_like_from_its_own(demo_core, tmp_path):
-    from ray_cora.pipelines.retrieve import PassageStore, build_passage_store
+    from ray_cora.data.passage_store import PassageStore, build_passage_store
 
     assert isinstance(demo_core.passages, PassageStore)  # the retrieval job's store, built at load
     build_passage_store(str(DEMO_PASSAGES), str(tmp_path / "store"), num_buckets=3)

@@ -208,7 +208,7 @@ def test_index_split_over_two_shard_groups_answers_like_one_index(app_url, tmp_p
     from ray_cora.demo import DEMO_PASSAGES
     from ray_cora.encoders import load_encoder
     from ray_cora.index.sharded import ShardedIndex
-    from ray_cora.pipelines.retrieve import build_passage_store
+    from ray_cora.data.passage_store import build_passage_store
     from ray_cora.serve.app import APP_NAME, build_app
     from ray_cora.serve.core import build_index
 

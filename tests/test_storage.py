@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 
 import pyarrow.fs as pafs
 import pytest
@@ -99,6 +100,25 @@ def test_corrupted_file_fails_checksum(storage_root):
         art.read_bytes("a.bin")
     with pytest.raises(ChecksumError):
         art.verify("a.bin")
+
+
+def test_local_path_maps_local_files_and_copies_remote_ones_by_checksum(storage_root, tmp_path):
+    cache = tmp_path / "cache"
+    for content in (b"first version", b"rebuilt in place"):
+        writer = storage.ArtifactWriter(storage_root, kind="test")
+        writer.write_bytes("shards/a.faiss", content)
+        writer.commit()
+        path = storage.Artifact(storage_root).local_path("shards/a.faiss", cache_dir=str(cache))
+        with open(path, "rb") as f:
+            assert f.read() == content  # a rebuilt artifact never maps the old copy
+    remote = storage.resolve(storage_root).is_s3
+    assert (path.startswith(str(cache)) and path.endswith(".faiss")) == remote
+    assert (len(os.listdir(cache)) if cache.exists() else 0) == (2 if remote else 0)
+
+    storage.write_bytes(storage.resolve(storage_root).join("shards/a.faiss"), b"tampered!")
+    with pytest.raises(StorageError, match="a.faiss"):
+        storage.Artifact(storage_root).local_path("shards/a.faiss", cache_dir=str(tmp_path / "fresh"))
+    assert not (tmp_path / "fresh").exists() or os.listdir(tmp_path / "fresh") == []  # no partial copy left
 
 
 def test_compressed_artifact_file_is_checksummed_as_stored(storage_root):

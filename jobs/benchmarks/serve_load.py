@@ -148,7 +148,7 @@ def shard_group_levels(questions: list[dict], *, groups: int, clients: list[int]
 
     from ray_cora.demo import DEMO_PASSAGES
     from ray_cora.encoders import load_encoder
-    from ray_cora.pipelines.retrieve import build_passage_store
+    from ray_cora.data.passage_store import build_passage_store
     from ray_cora.serve.app import APP_NAME, build_app
     from ray_cora.serve.core import build_index
     from ray_cora.serve_job import ServeConfig, start_app

@@ -180,10 +180,12 @@ class ShardedIndex:
         for entry in entries:
             index_loc = artifact.location(entry["index"])
             if verify:
-                artifact.verify(entry["index"])
+                if not (mmap and index_loc.is_s3):  # the local copy is checked as it is made
+                    artifact.verify(entry["index"])
                 artifact.verify(entry["ids"])
             if mmap:
-                local = _local_copy(index_loc, cache_dir)
+                local = artifact.local_path(entry["index"], cache_dir=cache_dir or os.path.join(
+                    tempfile.gettempdir(), "ray_cora_index_cache"))
                 index = faiss.read_index(local, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
             else:
                 data = storage.read_bytes(index_loc, decompress=False)
@@ -255,16 +257,6 @@ def merge_topk(results: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     top_pids = np.take_along_axis(pids, order, axis=1)
     return top_scores, [[str(p) for p, s in zip(prow, srow) if np.isfinite(s)]
                         for prow, srow in zip(top_pids, top_scores)]
-
-
-def _local_copy(loc: storage.Location, cache_dir: str | None) -> str:
-    if not loc.is_s3:
-        return loc.path
-    folder = cache_dir or os.path.join(tempfile.gettempdir(), "ray_cora_index_cache")
-    target = os.path.join(folder, loc.path.replace("/", "__"))
-    if not os.path.exists(target):
-        storage.write_bytes(target, storage.read_bytes(loc, decompress=False))
-    return target
 
 
 def _to_gpu(index):

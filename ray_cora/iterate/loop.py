@@ -106,7 +106,8 @@ class IterativeTraining:
 
     def _prepare(self, folder: storage.Location) -> tuple[dict[str, Any], list[str]]:
         from ray_cora.data.qa import iter_qa
-        from ray_cora.pipelines.retrieve import PassageStore, open_or_build_store, question_files
+        from ray_cora.data.passage_store import PassageStore, open_or_build_store
+        from ray_cora.pipelines.retrieve import question_files
 
         c = self.config
         train_q, dev_q = [], []

@@ -10,147 +10,29 @@ does. The driver holds the questions, never questions × k passages; ``manifest.
 with its sha256) is written last. A rerun skips every block whose marker and checksum verify, so a
 killed job resumes where it stopped.
 
-Passage texts: the index stores only pids. They come from a *passage store*, built once from the
-corpus by one streaming pass: the passages hashed by pid (crc32) into ``num_buckets`` Parquet
-files. A writer actor loads only the buckets a block's pids fall into (an LRU of
-``cache_buckets``), so memory per actor is bounded by bucket size, not corpus size: pick
-``num_buckets`` so one bucket fits comfortably (e.g. 1024 for CORA's 26 GB corpus).
+Passage texts: the index stores only pids. They come from a *passage store*
+(:mod:`ray_cora.data.passage_store`), built once from the corpus by one streaming pass, laid out
+for random access: a writer actor memory-maps the buckets a block's pids fall into and reads only
+the rows it returns, so neither memory nor reads grow with the corpus.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
-import zlib
-from collections import OrderedDict
-from contextlib import ExitStack
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ray_cora import storage
-from ray_cora.data.passages import PASSAGE_SCHEMA, iter_passages, passage_files
+from ray_cora.data.passage_store import PassageStore, open_or_build_store
 from ray_cora.data.qa import iter_qa
 from ray_cora.errors import ConfigError, RayCoraError, StorageError
 from ray_cora.pipelines.bookkeeping import check_job_settings, error_row, iter_entries
 
-STORE_KIND = "passage-store"
 RETRIEVAL_KIND = "retrieval"
 JOB_FILE = "retrieve-job.json"
-
-
-# --- passage store (pure) -------------------------------------------------------------------
-
-
-def bucket_of(pid: str, num_buckets: int) -> int:
-    """Stable bucket of a pid (crc32, not Python's salted ``hash``)."""
-    return zlib.crc32(pid.encode("utf-8")) % num_buckets
-
-
-def _bucket_path(number: int) -> str:
-    return f"buckets/bucket-{number:05d}.parquet"
-
-
-def build_passage_store(passages: str, out: str, *, num_buckets: int = 16, format: str | None = None,
-                        lang: str | None = None, flush_rows: int = 4096) -> dict:
-    """Stream a corpus once into ``num_buckets`` Parquet files keyed by pid hash; commit a manifest.
-
-    Memory is bounded by ``num_buckets × flush_rows`` passages. Returns the manifest.
-    """
-    root = storage.resolve(out)
-    writer = storage.ArtifactWriter(root, kind=STORE_KIND, config={"passages": passages, "num_buckets": num_buckets})
-    buffers: list[list[dict]] = [[] for _ in range(num_buckets)]
-    count = 0
-    with ExitStack() as stack:
-        streams = [stack.enter_context(writer.open(_bucket_path(b))) for b in range(num_buckets)]
-        parquet = [stack.enter_context(pq.ParquetWriter(s, PASSAGE_SCHEMA)) for s in streams]
-
-        def flush(b: int) -> None:
-            if buffers[b]:
-                parquet[b].write_table(pa.Table.from_pylist(buffers[b], schema=PASSAGE_SCHEMA))
-                buffers[b].clear()
-
-        for file in passage_files(passages, format=format):
-            for passage in iter_passages(file, format=format, lang=lang):
-                b = bucket_of(passage["pid"], num_buckets)
-                buffers[b].append(passage)
-                count += 1
-                if len(buffers[b]) >= flush_rows:
-                    flush(b)
-        for b in range(num_buckets):
-            flush(b)
-    if not count:
-        raise ConfigError(f"{passages}: no passages found, nothing to look texts up in")
-    return writer.commit({"num_buckets": num_buckets, "num_passages": count, "passages": passages})
-
-
-def open_or_build_store(passages: str | None, store: str, *, num_buckets: int, format: str | None = None,
-                        lang: str | None = None) -> dict:
-    """The committed store at ``store`` when it was built from ``passages``, else build it."""
-    loc = storage.resolve(store)
-    if loc.join(storage.MANIFEST_NAME).is_file():
-        manifest = storage.Artifact(loc, kind=STORE_KIND).manifest
-        if passages is None or manifest.get("passages") == passages:
-            return manifest
-        raise ConfigError(f"{loc.uri} holds a passage store of {manifest.get('passages')}, not {passages}: "
-                          "pass another --passage-store, or delete that folder to rebuild it")
-    if passages is None:
-        raise ConfigError("no passage texts: pass --passages (the corpus the index was built from); the "
-                          "index manifest does not name it")
-    started = time.perf_counter()
-    manifest = build_passage_store(passages, store, num_buckets=num_buckets, format=format, lang=lang)
-    print(f"passage store: {manifest['num_passages']} passages in {num_buckets} buckets at {loc.uri} "
-          f"({time.perf_counter() - started:.1f} s)")
-    return manifest
-
-
-class PassageStore:
-    """pid → ``{pid, lang, title, text}`` from a committed passage store; keeps the last
-    ``cache_buckets`` buckets in memory.
-
-    >>> import tempfile, os, json
-    >>> d = tempfile.mkdtemp(); src = os.path.join(d, "p.jsonl")
-    >>> _ = open(src, "w").write(json.dumps({"pid": "a", "lang": "en", "title": "T", "text": "x"}) + "\\n")
-    >>> _ = build_passage_store(src, os.path.join(d, "store"), num_buckets=3)
-    >>> PassageStore(os.path.join(d, "store")).lookup(["a"])["a"]["title"]
-    'T'
-    """
-
-    def __init__(self, uri: str, *, cache_buckets: int = 8) -> None:
-        self.artifact = storage.Artifact(uri, kind=STORE_KIND)
-        self.num_buckets = int(self.artifact.manifest["num_buckets"])
-        self.cache_buckets = cache_buckets
-        self._cache: OrderedDict[int, tuple[dict[str, int], pa.Table]] = OrderedDict()
-
-    def _bucket(self, number: int) -> tuple[dict[str, int], pa.Table]:
-        if number in self._cache:
-            self._cache.move_to_end(number)
-            return self._cache[number]
-        table = pq.read_table(io.BytesIO(self.artifact.read_bytes(_bucket_path(number))))
-        rows = {pid: i for i, pid in enumerate(table.column("pid").to_pylist())}
-        self._cache[number] = (rows, table)
-        while len(self._cache) > self.cache_buckets:
-            self._cache.popitem(last=False)
-        return rows, table
-
-    def lookup(self, pids: Iterable[str]) -> dict[str, dict[str, str]]:
-        """Rows for the pids found (a pid missing from the corpus is absent from the result)."""
-        by_bucket: dict[int, list[str]] = {}
-        for pid in dict.fromkeys(pids):
-            by_bucket.setdefault(bucket_of(pid, self.num_buckets), []).append(pid)
-        found: dict[str, dict[str, str]] = {}
-        for number, wanted in sorted(by_bucket.items()):
-            rows, table = self._bucket(number)
-            present = [rows[p] for p in wanted if p in rows]
-            if not present:
-                continue
-            for record in table.take(present).to_pylist():
-                found[record["pid"]] = record
-        return found
 
 
 # --- questions and blocks (pure) -------------------------------------------------------------
@@ -296,7 +178,7 @@ class SearchAndWriteBlocks:
     the block's part file, then its marker."""
 
     def __init__(self, *, searchers: list, store: str, out: str, k: int, dim: int, add_lang: bool,
-                 timeout_s: float, cache_buckets: int = 8, crash_at_block: str | None = None,
+                 timeout_s: float, cache_buckets: int = 64, crash_at_block: str | None = None,
                  crash_once_marker: str | None = None) -> None:
         self.searchers = searchers
         self.store = PassageStore(store, cache_buckets=cache_buckets)

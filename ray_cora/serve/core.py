@@ -13,7 +13,7 @@ from ray_cora import storage
 from ray_cora.data.passages import iter_passages, passage_files
 from ray_cora.errors import ConfigError
 from ray_cora.index.sharded import INDEX_KIND, ShardedIndex, commit_index, plan_shards, write_shard
-from ray_cora.pipelines.retrieve import PassageStore, build_passage_store
+from ray_cora.data.passage_store import PassageStore, build_passage_store
 
 
 class PassageLookup(Protocol):
@@ -29,8 +29,8 @@ LOCAL_STORE_BUCKETS = 8
 
 
 def open_passages(*, passage_store: str | None, passages: str | None, index_manifest: dict | None,
-                  cache_buckets: int = 8) -> PassageStore:
-    """The :class:`~ray_cora.pipelines.retrieve.PassageStore` texts are looked up in: the committed
+                  cache_buckets: int = 64) -> PassageStore:
+    """The :class:`~ray_cora.data.passage_store.PassageStore` texts are looked up in: the committed
     ``passage_store``, or else one built now (in a temporary folder) from ``passages``, the corpus
     the index manifest names, or — without an index — the demo corpus."""
     from ray_cora.demo import DEMO_PASSAGES
@@ -116,7 +116,7 @@ class RetrieverCore:
     @classmethod
     def load(cls, *, index: str | None, passages: str | None = None, passage_store: str | None = None,
              encoder: str = "muse", threads: int = 1, device: Any = None, hold_index: bool = True,
-             cache_buckets: int = 8) -> "RetrieverCore":
+             cache_buckets: int = 64) -> "RetrieverCore":
         """Open ``index`` (its encoder must be ``encoder``) with texts from ``passage_store`` (a
         committed store) or else a store built now from ``passages`` (see :func:`open_passages`).
         Without an index, embed ``passages`` (default: the demo corpus) into a temporary index first."""

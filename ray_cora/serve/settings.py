@@ -21,9 +21,8 @@ class ServeAppOptions(JobConfig):
     passage_store: str | None = Field(None, description="Committed passage store URI (ray-cora retrieve's "
                                       "--passage-store): texts and titles are looked up there by pid, "
                                       "bucket by bucket; needs index")
-    passage_cache_buckets: int = Field(8, ge=1, description="Passage-store buckets each Retriever replica "
-                                       "keeps in memory (LRU); set it to the store's num_buckets to hold "
-                                       "the whole store")
+    passage_cache_buckets: int = Field(64, ge=1, description="Passage-store buckets each Retriever replica "
+                                       "keeps memory-mapped (LRU; a lookup reads only the rows it returns)")
     shard_groups: int = Field(1, ge=1, le=1024, description="Split the index's shards over this many "
                               "IndexShardGroup deployments (IndexShardGroup0..N-1; group g holds shards "
                               "g, g+N, ...); the Retriever fans each query batch out to every group and "

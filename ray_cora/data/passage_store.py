@@ -1,0 +1,202 @@
+"""Passage store: pid → ``{pid, lang, title, text}`` for a corpus far larger than memory (pure, no Ray).
+
+A FAISS index holds only pids; retrieval results need the passages' texts. Loading CORA's 26 GB
+TSV into a dict is what runs out of memory, and reading whole files per lookup is what makes
+retrieval slow: a block of 256 questions × top-100 asks for ~25k pids spread over every file. So
+the store is laid out for random access::
+
+    manifest.json                  kind passage-store, store_format 2, num_buckets, num_passages
+    buckets/bucket-00000.arrow     Arrow IPC file, uncompressed, one record batch
+    ...
+
+A passage goes to bucket ``crc32(pid) % num_buckets``; inside it rows are sorted by ``key``, a
+64-bit blake2b of the pid. A lookup memory-maps the bucket and binary-searches ``key``, so it reads
+a few pages of keys and the rows it returns, not the bucket. Remote (``s3://``) buckets are copied
+once per machine into a local cache folder, named by their sha256 (checked on copy), so a changed
+store never reads a stale copy.
+
+Building streams the corpus once into per-bucket Parquet staging files on local disk (memory:
+``num_buckets × flush_rows`` passages; disk: about the compressed corpus), then sorts one bucket at
+a time into its Arrow file: pick ``num_buckets`` so a bucket sorts comfortably in memory (1024 for
+CORA's 43.6M passages is ~25 MB a bucket).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+import zlib
+from collections import OrderedDict
+from contextlib import ExitStack
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ray_cora import storage
+from ray_cora.data.passages import PASSAGE_FIELDS, PASSAGE_SCHEMA, iter_passages, passage_files
+from ray_cora.errors import ConfigError, StorageError
+
+STORE_KIND = "passage-store"
+STORE_FORMAT = 2
+STORE_SCHEMA = pa.schema([("key", pa.uint64()), *PASSAGE_SCHEMA])
+
+
+def bucket_of(pid: str, num_buckets: int) -> int:
+    """Stable bucket of a pid (crc32, not Python's salted ``hash``)."""
+    return zlib.crc32(pid.encode("utf-8")) % num_buckets
+
+
+def pid_keys(pids: Sequence[str]) -> np.ndarray:
+    """The sort key of each pid inside its bucket: 64 bits of blake2b (equal keys are possible, so
+    a lookup also compares the pid).
+
+    >>> pid_keys(["a", "a", "b"]).dtype, len(set(pid_keys(["a", "a", "b"]).tolist()))
+    (dtype('uint64'), 2)
+    """
+    return np.fromiter((int.from_bytes(hashlib.blake2b(p.encode("utf-8"), digest_size=8).digest(), "little")
+                        for p in pids), dtype=np.uint64, count=len(pids))
+
+
+def _bucket_path(number: int) -> str:
+    return f"buckets/bucket-{number:05d}.arrow"
+
+
+def build_passage_store(passages: str, out: str, *, num_buckets: int = 16, format: str | None = None,
+                        lang: str | None = None, flush_rows: int = 4096, staging_dir: str | None = None) -> dict:
+    """Stream a corpus into a committed passage store at ``out``; returns its manifest.
+
+    A pid given twice keeps its first passage (corpus order). ``staging_dir`` holds the
+    temporary per-bucket files (default: the system temp folder).
+    """
+    root = storage.resolve(out)
+    writer = storage.ArtifactWriter(root, kind=STORE_KIND, config={"passages": passages, "num_buckets": num_buckets})
+    count = 0
+    with tempfile.TemporaryDirectory(prefix="ray_cora_store_", dir=staging_dir) as staging:
+        staged = [os.path.join(staging, f"{b:05d}.parquet") for b in range(num_buckets)]
+        buffers: list[list[dict]] = [[] for _ in range(num_buckets)]
+        with ExitStack() as stack:
+            parquet = [stack.enter_context(pq.ParquetWriter(path, PASSAGE_SCHEMA)) for path in staged]
+
+            def flush(b: int) -> None:
+                if buffers[b]:
+                    parquet[b].write_table(pa.Table.from_pylist(buffers[b], schema=PASSAGE_SCHEMA))
+                    buffers[b].clear()
+
+            for file in passage_files(passages, format=format):
+                for passage in iter_passages(file, format=format, lang=lang):
+                    b = bucket_of(passage["pid"], num_buckets)
+                    buffers[b].append(passage)
+                    count += 1
+                    if len(buffers[b]) >= flush_rows:
+                        flush(b)
+            for b in range(num_buckets):
+                flush(b)
+        if not count:
+            raise ConfigError(f"{passages}: no passages found, nothing to look texts up in")
+        for b, path in enumerate(staged):
+            table = pq.read_table(path, schema=PASSAGE_SCHEMA)
+            keys = pid_keys(table.column("pid").to_pylist())
+            order = np.argsort(keys, kind="stable")
+            table = pa.Table.from_arrays([pa.array(keys[order], type=pa.uint64()), *table.take(order).columns],
+                                         schema=STORE_SCHEMA).combine_chunks()
+            with writer.open(_bucket_path(b)) as stream, pa.ipc.new_file(stream, STORE_SCHEMA) as ipc:
+                ipc.write_table(table, max_chunksize=max(table.num_rows, 1))
+            os.remove(path)
+    return writer.commit({"num_buckets": num_buckets, "num_passages": count, "passages": passages,
+                          "store_format": STORE_FORMAT})
+
+
+def _check_format(manifest: dict, uri: str) -> None:
+    if manifest.get("store_format") != STORE_FORMAT:
+        raise ConfigError(f"{uri} holds a passage store in an older layout (store_format "
+                          f"{manifest.get('store_format', 1)}, this ray_cora reads {STORE_FORMAT}); delete that "
+                          "folder and run again to rebuild it from the corpus")
+
+
+def open_or_build_store(passages: str | None, store: str, *, num_buckets: int, format: str | None = None,
+                        lang: str | None = None) -> dict:
+    """The committed store at ``store`` when it was built from ``passages``, else build it."""
+    loc = storage.resolve(store)
+    if loc.join(storage.MANIFEST_NAME).is_file():
+        manifest = storage.Artifact(loc, kind=STORE_KIND).manifest
+        if passages is not None and manifest.get("passages") != passages:
+            raise ConfigError(f"{loc.uri} holds a passage store of {manifest.get('passages')}, not {passages}: "
+                              "pass another --passage-store, or delete that folder to rebuild it")
+        _check_format(manifest, loc.uri)
+        return manifest
+    if passages is None:
+        raise ConfigError("no passage texts: pass --passages (the corpus the index was built from); the "
+                          "index manifest does not name it")
+    started = time.perf_counter()
+    manifest = build_passage_store(passages, store, num_buckets=num_buckets, format=format, lang=lang)
+    print(f"passage store: {manifest['num_passages']} passages in {num_buckets} buckets at {loc.uri} "
+          f"({time.perf_counter() - started:.1f} s)")
+    return manifest
+
+
+class PassageStore:
+    """pid → ``{pid, lang, title, text}`` from a committed store; keeps up to ``cache_buckets``
+    buckets memory-mapped (opening one is cheap: a map and the file's footer).
+
+    >>> import tempfile, os, json
+    >>> d = tempfile.mkdtemp(); src = os.path.join(d, "p.jsonl")
+    >>> _ = open(src, "w").write(json.dumps({"pid": "a", "lang": "en", "title": "T", "text": "x"}) + "\\n")
+    >>> _ = build_passage_store(src, os.path.join(d, "store"), num_buckets=3)
+    >>> PassageStore(os.path.join(d, "store")).lookup(["a", "nope"])
+    {'a': {'pid': 'a', 'lang': 'en', 'title': 'T', 'text': 'x'}}
+    """
+
+    def __init__(self, uri: str, *, cache_buckets: int = 64, cache_dir: str | None = None) -> None:
+        self.artifact = storage.Artifact(uri, kind=STORE_KIND)
+        _check_format(self.artifact.manifest, self.artifact.root.uri)
+        self.num_buckets = int(self.artifact.manifest["num_buckets"])
+        self.cache_buckets = max(1, cache_buckets)
+        self.cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "ray_cora_passage_cache")
+        self._open: OrderedDict[int, tuple[np.ndarray, pa.Table]] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_open": OrderedDict()}  # maps stay behind; the copy reopens its own
+
+    def _bucket(self, number: int) -> tuple[np.ndarray, pa.Table]:
+        if number in self._open:
+            self._open.move_to_end(number)
+            return self._open[number]
+        path = self.artifact.local_path(_bucket_path(number), cache_dir=self.cache_dir)
+        try:
+            table = pa.ipc.open_file(pa.memory_map(path)).read_all()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StorageError(f"{path}: not a readable passage-store bucket ({exc}); rebuild the store") from exc
+        column = table.column("key")
+        keys = (column.chunk(0).to_numpy() if column.num_chunks == 1
+                else column.to_numpy() if column.num_chunks else np.empty(0, dtype=np.uint64))
+        self._open[number] = (keys, table)
+        while len(self._open) > self.cache_buckets:
+            self._open.popitem(last=False)
+        return keys, table
+
+    def lookup(self, pids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Rows for the pids found (a pid missing from the corpus is absent from the result)."""
+        by_bucket: dict[int, list[str]] = {}
+        for pid in dict.fromkeys(pids):
+            by_bucket.setdefault(bucket_of(pid, self.num_buckets), []).append(pid)
+        found: dict[str, dict[str, Any]] = {}
+        for number, wanted in sorted(by_bucket.items()):
+            keys, table = self._bucket(number)
+            wanted_keys = pid_keys(wanted)
+            starts = np.searchsorted(keys, wanted_keys, side="left")
+            pid_column = table.column("pid")
+            rows = []
+            for pid, key, row in zip(wanted, wanted_keys, starts.tolist()):
+                while row < len(keys) and keys[row] == key:
+                    if pid_column[row].as_py() == pid:
+                        rows.append(row)
+                        break
+                    row += 1
+            if rows:
+                for record in table.take(rows).select(list(PASSAGE_FIELDS)).to_pylist():
+                    found[record["pid"]] = record
+        return found
