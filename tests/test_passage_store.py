@@ -128,3 +128,19 @@ def test_a_store_pickles_without_its_maps(tmp_path):
     assert len(data) < 20_000  # the buckets' rows are not in it
     copy = pickle.loads(data)
     assert copy.lookup(["p7"]) == {"p7": passages[7]}
+
+
+def test_building_many_buckets_raises_a_low_open_file_limit(tmp_path):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 700:
+        pytest.skip(f"the hard open-file limit here is {hard}; the test needs room above 600 files")
+    passages = _corpus(tmp_path / "c.jsonl", n=50)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        build_passage_store(str(tmp_path / "c.jsonl"), str(tmp_path / "store"), num_buckets=600)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 600
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert PassageStore(str(tmp_path / "store")).lookup(["p42"]) == {"p42": passages[42]}

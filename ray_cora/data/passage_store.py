@@ -15,9 +15,9 @@ a few pages of keys and the rows it returns, not the bucket. Remote (``s3://``) 
 once per machine into a local cache folder, named by their sha256 (checked on copy), so a changed
 store never reads a stale copy.
 
-Building streams the corpus once into per-bucket Parquet staging files on local disk (memory:
-``num_buckets × flush_rows`` passages; disk: about the compressed corpus), then sorts one bucket at
-a time into its Arrow file: pick ``num_buckets`` so a bucket sorts comfortably in memory (1024 for
+Building streams the corpus once into per-bucket staging files on local disk (zstd Arrow IPC
+streams, which keep nothing per batch in memory; memory: about ``buffer_passages`` passages over
+all buckets; disk: about the compressed corpus), then sorts one bucket at a time into its Arrow file: pick ``num_buckets`` so a bucket sorts comfortably in memory (1024 for
 CORA's 43.6M passages is ~25 MB a bucket).
 """
 
@@ -34,7 +34,6 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ray_cora import storage
 from ray_cora.data.passages import PASSAGE_FIELDS, PASSAGE_SCHEMA, iter_passages, passage_files
@@ -66,24 +65,31 @@ def _bucket_path(number: int) -> str:
 
 
 def build_passage_store(passages: str, out: str, *, num_buckets: int = 16, format: str | None = None,
-                        lang: str | None = None, flush_rows: int = 4096, staging_dir: str | None = None) -> dict:
+                        lang: str | None = None, flush_rows: int | None = None, buffer_passages: int = 50_000,
+                        staging_dir: str | None = None) -> dict:
     """Stream a corpus into a committed passage store at ``out``; returns its manifest.
 
-    A pid given twice keeps its first passage (corpus order). ``staging_dir`` holds the
-    temporary per-bucket files (default: the system temp folder).
+    A pid given twice keeps its first passage (corpus order). Each bucket's buffer is written out
+    at ``flush_rows`` passages (default: ``buffer_passages`` shared by all buckets, so 1024 buckets
+    hold ~50k passages, not millions). ``staging_dir`` holds the temporary per-bucket files
+    (default: the system temp folder).
     """
+    flush_rows = flush_rows or max(16, buffer_passages // num_buckets)
     root = storage.resolve(out)
     writer = storage.ArtifactWriter(root, kind=STORE_KIND, config={"passages": passages, "num_buckets": num_buckets})
     count = 0
+    _allow_open_files(num_buckets + 64)
+    options = pa.ipc.IpcWriteOptions(compression="zstd" if pa.Codec.is_available("zstd") else None)
     with tempfile.TemporaryDirectory(prefix="ray_cora_store_", dir=staging_dir) as staging:
-        staged = [os.path.join(staging, f"{b:05d}.parquet") for b in range(num_buckets)]
+        staged = [os.path.join(staging, f"{b:05d}.arrows") for b in range(num_buckets)]
         buffers: list[list[dict]] = [[] for _ in range(num_buckets)]
         with ExitStack() as stack:
-            parquet = [stack.enter_context(pq.ParquetWriter(path, PASSAGE_SCHEMA)) for path in staged]
+            streams = [stack.enter_context(pa.ipc.new_stream(stack.enter_context(pa.OSFile(path, "wb")),
+                                                             PASSAGE_SCHEMA, options=options)) for path in staged]
 
             def flush(b: int) -> None:
                 if buffers[b]:
-                    parquet[b].write_table(pa.Table.from_pylist(buffers[b], schema=PASSAGE_SCHEMA))
+                    streams[b].write_batch(pa.RecordBatch.from_pylist(buffers[b], schema=PASSAGE_SCHEMA))
                     buffers[b].clear()
 
             for file in passage_files(passages, format=format):
@@ -98,7 +104,8 @@ def build_passage_store(passages: str, out: str, *, num_buckets: int = 16, forma
         if not count:
             raise ConfigError(f"{passages}: no passages found, nothing to look texts up in")
         for b, path in enumerate(staged):
-            table = pq.read_table(path, schema=PASSAGE_SCHEMA)
+            with pa.OSFile(path) as source:
+                table = pa.ipc.open_stream(source).read_all()
             keys = pid_keys(table.column("pid").to_pylist())
             order = np.argsort(keys, kind="stable")
             table = pa.Table.from_arrays([pa.array(keys[order], type=pa.uint64()), *table.take(order).columns],
@@ -108,6 +115,20 @@ def build_passage_store(passages: str, out: str, *, num_buckets: int = 16, forma
             os.remove(path)
     return writer.commit({"num_buckets": num_buckets, "num_passages": count, "passages": passages,
                           "store_format": STORE_FORMAT})
+
+
+def _allow_open_files(needed: int) -> None:
+    """Building keeps one staging file per bucket open: raise the soft open-file limit toward the
+    hard one when the default (often 1024) is too low, else say what to do."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            raise ConfigError(f"building a passage store with {needed - 64} buckets keeps that many files open, "
+                              f"but the open-file limit is {hard}: use fewer --store-buckets or raise `ulimit -n`")
 
 
 def _check_format(manifest: dict, uri: str) -> None:
