@@ -174,6 +174,63 @@ def test_qid_label_wins_over_english_match_and_mt_is_batched(labels):
     assert AnswerTranslator(None, None).translate("Mount Fuji", "Q39231", "ja") == ("Mount Fuji", "untranslated")
 
 
+def _entity(qid: str, labels: dict, aliases: dict | None = None) -> dict:
+    return {"type": "item", "id": qid, "labels": {k: {"language": k, "value": v} for k, v in labels.items()},
+            "aliases": {k: [{"language": k, "value": v} for v in vs] for k, vs in (aliases or {}).items()},
+            "sitelinks": {}}
+
+
+def test_labels_loaded_for_a_databases_answers_translate_like_the_full_table(tmp_path):
+    import json
+
+    from ray_cora import storage
+    from ray_cora.pipelines.wikidata import commit_tables, plan_parts, write_part
+
+    entities = [
+        _entity("Q1", {"en": "The Beatles", "ja": "ビートルズ"}),
+        _entity("Q2", {"en": "Straße", "de": "Straße", "ja": "通り"}),
+        _entity("Q3", {"en": "Paris", "ja": "パリ"}, {"en": ["City of Light"]}),
+        _entity("Q4", {"en": "Paris", "ja": "パリ (テキサス州)"}),      # same name later: Q3 keeps "paris"
+        _entity("Q5", {"en": "Fab Four", "ja": "ファブ・フォー"}, {"en": ["Beatles"]}),  # alias shadowed by Q1
+        _entity("Q6", {"en": "London", "ja": "ロンドン"}),
+        _entity("Q7", {"ja": "東京"}),
+        _entity("Q8", {"en": "ΣΑΣ", "el": "ΣΑΣ"}),
+    ]
+    dump = tmp_path / "dump.json"
+    dump.write_text("[\n" + ",\n".join(json.dumps(e, ensure_ascii=False) for e in entities) + "\n]\n",
+                    encoding="utf-8")
+    out = tmp_path / "labels"
+    langs = ("en", "ja", "de", "el")
+    markers = [write_part(dump=str(dump), out=str(out), part=part, langs=langs, on_bad_record="error")
+               for part in plan_parts(str(dump), 3)]
+    assert len(markers) > 1  # entities spread over several parts
+    commit_tables(storage.resolve(str(out)), markers, config={}, langs=langs)
+
+    answers = ["Beatles", "strasse", "city of light!", "PARIS", "σας", "nothing like it"]
+    full = LabelTable.load(str(out))
+    kept = LabelTable.load(str(out), answers=answers, qids=["Q7", None])
+    for answer in answers:
+        assert kept.match_english(answer) == full.match_english(answer)
+    assert [kept.match_english(a) for a in answers] == ["Q1", "Q2", "Q3", "Q3", "Q8", None]
+    assert all(kept.label(qid, lang) == full.label(qid, lang) for qid in ("Q1", "Q2", "Q3", "Q7", "Q8")
+               for lang in langs)
+    kept_qids = {qid for qid, _ in kept.labels}
+    assert "Q6" not in kept_qids and "Q7" in kept_qids and len(kept.labels) < len(full.labels)
+    translator = AnswerTranslator(kept)
+    assert translator.translate("The Beatles", None, "ja") == ("ビートルズ", "wikidata_en_match")
+    assert translator.translate("anything", "Q7", "ja") == ("東京", "wikidata_qid")
+
+
+def test_demo_labels_kept_for_the_demo_database_serve_every_answer(demo_db, labels):
+    db = PivotDatabase.open(demo_db)
+    answers, qids = db.rows.table.column("answer").to_pylist(), db.rows.table.column("answer_qid").to_pylist()
+    kept = LabelTable.load(str(DEMO_WIKIDATA_LABELS), answers=answers, qids=qids)
+    assert 0 < len(kept.labels) <= len(labels.labels)
+    for answer, qid in zip(answers, qids):
+        for lang in ("ja", "es", "ar", "zh_cn"):
+            assert AnswerTranslator(kept).translate(answer, qid, lang) == AnswerTranslator(labels).translate(answer, qid, lang)
+
+
 def test_unknown_target_language_is_a_clear_error(labels):
     with pytest.raises(ConfigError, match="unknown language code 'xx'"):
         AnswerTranslator(labels).translate("Mount Fuji", None, "xx")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -153,6 +153,13 @@ def commit_tables(root: storage.Location, markers: list[dict[str, Any]], *, conf
           f"{','.join(langs)}), {totals.redirects} redirects skipped, {totals.bad} bad lines; "
           f"{rows['labels']} label rows, {rows['sitelinks']} sitelinks → {root.uri}")
     return manifest
+
+
+def iter_label_parts(uri: str) -> Iterator[pa.Table]:
+    """The labels table one part at a time (checksums verified); an entity's rows are all in one part."""
+    artifact = storage.Artifact(uri, kind=KIND)
+    for path in artifact.manifest["labels"]:
+        yield pq.read_table(io.BytesIO(artifact.read_bytes(path)))
 
 
 def read_label_tables(uri: str) -> tuple[pa.Table, pa.Table]:

@@ -47,8 +47,12 @@ class PivotPipeline:
         if spec != database.encoder_spec:
             raise ConfigError(f"encoder {spec!r} differs from the one that built {db} "
                               f"({database.encoder_spec!r}): questions and database must share a space")
+        # Only the labels this database's answers can use: a full Wikidata table does not fit.
+        answer_table = database.rows.table
+        label_table = LabelTable.load(labels, answers=answer_table.column("answer").to_pylist(),
+                                      qids=answer_table.column("answer_qid").to_pylist()) if labels else None
         return cls(database, load_encoder(spec, threads=threads),
-                   AnswerTranslator(LabelTable.load(labels) if labels else None,
+                   AnswerTranslator(label_table,
                                     HFTranslator(translator, threads=threads) if translator else None),
                    CrossEncoder(reranker, threads=threads) if reranker else None, k, threshold)
 

@@ -65,33 +65,95 @@ class LabelTable:
         return table
 
     @classmethod
-    def load(cls, uri: str) -> "LabelTable":
+    def load(cls, uri: str, *, answers: Iterable[str] | None = None,
+             qids: Iterable[str] | None = None) -> "LabelTable":
         """From the output of ``ray-cora wikidata labels`` (a folder with manifest.json), or a
-        JSONL file of entities (dump lines, or the demo's ``wikidata_labels.jsonl``)."""
+        JSONL file of entities (dump lines, or the demo's ``wikidata_labels.jsonl``).
+
+        With ``answers`` (English answer strings) or ``qids``, only the entities that can serve
+        them are kept: those QIDs and the entities with an English label or alias matching an
+        answer. That is what a pivot database needs from a full Wikidata table (~100M entities,
+        far more than memory as Python dicts); the folder is then read one part at a time.
+        """
+        keep_qids = None if answers is None and qids is None else {q for q in (qids or ()) if q}
+        answers = [a for a in answers or () if a]
+        wanted = {normalize_label(a) for a in answers} if answers else None
         loc = storage.resolve(uri)
         if loc.join(storage.MANIFEST_NAME).is_file():
-            from ray_cora.pipelines.wikidata import read_label_tables
+            from ray_cora.pipelines.wikidata import iter_label_parts
 
-            labels, _ = read_label_tables(uri)
+            folded = _folded_answers(answers) if answers else None
             entities: dict[str, dict[str, Any]] = {}
-            for row in labels.to_pylist():
-                ent = entities.setdefault(row["qid"], {"qid": row["qid"], "labels": {}, "aliases": {}})
-                if row["label"]:
-                    ent["labels"][row["lang"]] = row["label"]
-                if row["aliases"]:
-                    ent["aliases"][row["lang"]] = row["aliases"]
+            for part in iter_label_parts(uri):
+                if keep_qids is not None:
+                    part = part.filter(_part_mask(part, keep_qids, folded))
+                for row in part.to_pylist():
+                    ent = entities.setdefault(row["qid"], {"qid": row["qid"], "labels": {}, "aliases": {}})
+                    if row["label"]:
+                        ent["labels"][row["lang"]] = row["label"]
+                    if row["aliases"]:
+                        ent["aliases"][row["lang"]] = row["aliases"]
             return cls.from_entities(entities.values())
         from ray_cora.wikidata import iter_entities
 
         with storage.open_input(loc) as stream:
             lines = enumerate(storage.iter_lines(stream), start=1)
-            return cls.from_entities(e.__dict__ for e in iter_entities(lines, source=uri, langs=list(LANGUAGES)))
+            entities_iter = (e.__dict__ for e in iter_entities(lines, source=uri, langs=list(LANGUAGES)))
+            if keep_qids is not None:
+                entities_iter = (e for e in entities_iter if e["qid"] in keep_qids
+                                 or (wanted is not None and _matches_english(e, wanted)))
+            return cls.from_entities(entities_iter)
 
     def label(self, qid: str, lang: str) -> str | None:
         return self.labels.get((qid, lang))
 
     def match_english(self, answer: str) -> str | None:
         return self.english.get(normalize_label(answer))
+
+
+def _matches_english(entity: dict[str, Any], wanted: set[str]) -> bool:
+    names = [(entity.get("labels") or {}).get("en") or "", *(entity.get("aliases") or {}).get("en", [])]
+    return any(normalize_label(name) in wanted for name in names if name)
+
+
+def _arrow_fold(values: Any) -> Any:
+    """A vectorised, looser :func:`normalize_label` (lower-case instead of case-fold, ß → ss) used
+    to pre-select rows; the kept rows are matched with :func:`normalize_label` itself."""
+    import pyarrow.compute as pc
+
+    values = pc.utf8_lower(pc.utf8_normalize(values, "NFKC"))
+    values = pc.replace_substring(pc.replace_substring(values, "ß", "ss"), "ς", "σ")
+    values = pc.replace_substring_regex(values, r"[\p{P}\p{Z}\s]+", " ")
+    values = pc.utf8_trim_whitespace(values)
+    return pc.replace_substring_regex(values, r"^(the|a|an) ", "")
+
+
+def _folded_answers(answers: list[str]) -> Any:
+    """The answers as :func:`_arrow_fold` writes them, raw and after :func:`normalize_label`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    both = pa.array(answers + [normalize_label(a) for a in answers], pa.string())
+    return pc.unique(_arrow_fold(both))
+
+
+def _part_mask(part: Any, keep_qids: set[str], folded: Any | None) -> Any:
+    """Rows of a labels part whose entity is in ``keep_qids`` or has an English label or alias
+    that may match an answer (``folded``: :func:`_folded_answers`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    qids = set(keep_qids)
+    if folded is not None:
+        english = part.filter(pc.equal(part.column("lang"), "en"))
+        label_hit = pc.fill_null(pc.is_in(_arrow_fold(english.column("label")), value_set=folded), False)
+        aliases = english.column("aliases").combine_chunks()
+        alias_hit = pc.is_in(_arrow_fold(pc.list_flatten(aliases)), value_set=folded)
+        alias_rows = pc.filter(pc.list_parent_indices(aliases), alias_hit)
+        candidates = set(english.column("qid").filter(label_hit).to_pylist())
+        candidates |= set(pc.take(english.column("qid"), alias_rows).to_pylist())
+        qids |= {q for q in candidates if q}
+    return pc.is_in(part.column("qid"), value_set=pa.array(sorted(qids), pa.string()))
 
 
 class Translator(Protocol):
