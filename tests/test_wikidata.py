@@ -92,6 +92,26 @@ def test_label_rows_one_row_per_entity_language_and_site():
     assert links == {"qid": ["Q1"], "site": ["enwiki"], "title": ["A"]}
 
 
+def test_sitelinks_of_titles_reads_only_the_linked_entities(tmp_path):
+    from ray_cora import storage
+    from ray_cora.iterate.mining import LanguageLinks, english_positive_titles
+    from ray_cora.pipelines.wikidata import commit_tables, plan_parts, sitelinks_of_titles, write_part
+
+    write_dump(tmp_path / "dump.json", bad_line=False)
+    out = tmp_path / "labels"
+    markers = [write_part(dump=str(tmp_path / "dump.json"), out=str(out), part=part, langs=("en", "ja"),
+                          on_bad_record="error") for part in plan_parts(str(tmp_path / "dump.json"), 2)]
+    commit_tables(storage.resolve(str(out)), markers, config={}, langs=("en", "ja"))
+    records = [{"lang": "en", "positive_ctxs": [{"title": "Paris", "lang": "en"}, {"title": "パリ", "lang": "ja"}]},
+               {"lang": "ja", "positive_ctxs": [{"title": "Vincent van Gogh"}]}]
+    titles = english_positive_titles(records)
+    assert titles == {"Paris"}  # only English questions' English articles
+    rows = sorted(sitelinks_of_titles(str(out), "enwiki", titles))
+    assert rows == [("Q90", "enwiki", "Paris"), ("Q90", "jawiki", "パリ")]
+    assert LanguageLinks.from_sitelinks(rows).linked_titles("en", "Paris", ["ja", "fr"]) == {"ja": "パリ"}
+    assert list(sitelinks_of_titles(str(out), "enwiki", {"Nowhere"})) == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("compression", ["", ".gz", ".bz2"])
 def test_label_job_on_plain_and_compressed_dumps(tmp_path, ray_local, compression):

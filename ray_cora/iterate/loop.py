@@ -236,7 +236,7 @@ class IterativeTraining:
         epochs = int(c.mgen.get("epochs", 1))
         switch = c.answer_translation_after_epoch
         synthetic = None
-        if self.labels() is not None and switch < epochs:
+        if self.config.wikidata and switch < epochs:
             synthetic = folder.join("synthetic.jsonl")
             count = write_jsonl(synthetic, self._translated_examples(retrieval))
             if not count:
@@ -301,7 +301,7 @@ class IterativeTraining:
         known = mining.known_pairs(records)
         rows = (record for _, _, record in iter_retrieval(retrieval.uri))
         candidates = list(mining.retrieval_candidates(rows, mine_k=c.mine_k, known=known))
-        links = self.language_links()
+        links = self.language_links(mining.english_positive_titles(records))
         link_candidates: list[dict[str, Any]] = []
         if links is not None:
             requests = list(mining.language_link_requests(records, links, self.link_langs()))
@@ -345,32 +345,29 @@ class IterativeTraining:
 
     # -- language links and labels --
 
-    def _wikidata_tables(self) -> tuple[Any, Any] | None:
+    def labels(self) -> Any:
+        """Wikidata labels for the English training answers (all answer translation needs; a full
+        Wikidata table would not fit in memory), loaded once."""
         if not self.config.wikidata:
             return None
-        if not hasattr(self, "_tables"):
+        if not hasattr(self, "_labels"):
             from ray_cora.pivot.translate import LabelTable
 
-            uri = self.config.wikidata
-            loc = storage.resolve(uri)
-            if loc.join(storage.MANIFEST_NAME).is_file():
-                from ray_cora.pipelines.wikidata import read_label_tables
+            questions = read_jsonl(self.root.join("round-1/data/train_questions.jsonl").uri)
+            answers = [a for q in questions if q.get("lang") == "en" for a in q.get("answers") or ()]
+            self._labels = LabelTable.load(self.config.wikidata, answers=answers, qids=())
+        return self._labels
 
-                _, sitelinks = read_label_tables(uri)
-                rows = zip(*(sitelinks.column(n).to_pylist() for n in ("qid", "site", "title")))
-                links = mining.LanguageLinks.from_sitelinks(rows)
-            else:
-                links = mining.LanguageLinks.from_sitelinks(_jsonl_sitelinks(uri))
-            self._tables = (LabelTable.load(uri), links)
-        return self._tables
+    def language_links(self, english_titles: set[str]) -> mining.LanguageLinks | None:
+        """Sitelinks of the entities behind these English articles (one pass over the sitelinks)."""
+        if not self.config.wikidata:
+            return None
+        uri = self.config.wikidata
+        if storage.resolve(uri).join(storage.MANIFEST_NAME).is_file():
+            from ray_cora.pipelines.wikidata import sitelinks_of_titles
 
-    def labels(self) -> Any:
-        tables = self._wikidata_tables()
-        return tables[0] if tables else None
-
-    def language_links(self) -> mining.LanguageLinks | None:
-        tables = self._wikidata_tables()
-        return tables[1] if tables else None
+            return mining.LanguageLinks.from_sitelinks(sitelinks_of_titles(uri, "enwiki", english_titles))
+        return mining.LanguageLinks.from_sitelinks(_jsonl_sitelinks(uri))
 
     def link_langs(self) -> list[str]:
         from ray_cora.languages import parse_langs

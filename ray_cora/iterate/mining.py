@@ -167,24 +167,34 @@ class LanguageLinks:
         return {t: sites[wiki_site(t)] for t in targets if t != lang and wiki_site(t) in sites}
 
 
+def _english_positive_titles(record: Mapping[str, Any]) -> Iterator[str]:
+    if record.get("lang") != "en":
+        return
+    for ctx in record.get("positive_ctxs") or []:
+        if ctx.get("lang") in (None, "en") and ctx.get("title"):
+            yield ctx["title"]
+
+
+def english_positive_titles(records: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Titles of the English articles that English records' positives come from: the articles
+    :func:`language_link_requests` looks up."""
+    return {title for record in records for title in _english_positive_titles(record)}
+
+
 def language_link_requests(records: Iterable[Mapping[str, Any]], links: LanguageLinks,
                            target_langs: Sequence[str]) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
     """For every English record whose positive passage is from an English article: the record and
     ``{lang: title}`` of the same entity's articles in the other languages (deduplicated by qid)."""
     seen: set[tuple[str, str]] = set()
     for record in records:
-        if record.get("lang") != "en":
-            continue
-        for ctx in record.get("positive_ctxs") or []:
-            if ctx.get("lang") not in (None, "en") or not ctx.get("title"):
-                continue
-            key = (str(record.get("qid")), ctx["title"])
+        for title in _english_positive_titles(record):
+            key = (str(record.get("qid")), title)
             if key in seen:
                 continue
             seen.add(key)
-            titles = links.linked_titles("en", ctx["title"], target_langs)
-            if titles:
-                yield dict(record), titles
+            linked = links.linked_titles("en", title, target_langs)
+            if linked:
+                yield dict(record), linked
 
 
 def language_link_candidates(requests: Iterable[tuple[Mapping[str, Any], Mapping[str, str]]],

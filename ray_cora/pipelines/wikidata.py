@@ -155,11 +155,26 @@ def commit_tables(root: storage.Location, markers: list[dict[str, Any]], *, conf
     return manifest
 
 
-def iter_label_parts(uri: str) -> Iterator[pa.Table]:
-    """The labels table one part at a time (checksums verified); an entity's rows are all in one part."""
+def iter_label_parts(uri: str, table: str = "labels") -> Iterator[pa.Table]:
+    """The ``labels`` (or ``sitelinks``) table one part at a time (checksums verified); an
+    entity's rows are all in one part."""
     artifact = storage.Artifact(uri, kind=KIND)
-    for path in artifact.manifest["labels"]:
+    for path in artifact.manifest[table]:
         yield pq.read_table(io.BytesIO(artifact.read_bytes(path)))
+
+
+def sitelinks_of_titles(uri: str, site: str, titles: set[str]) -> Iterator[tuple[str, str, str]]:
+    """``(qid, site, title)`` for every sitelink of the entities whose ``site`` article is one of
+    ``titles``: the language links of those articles, without loading every sitelink of Wikidata."""
+    import pyarrow.compute as pc
+
+    wanted = pa.array(sorted(titles), pa.string())
+    for part in iter_label_parts(uri, "sitelinks"):
+        hit = pc.and_(pc.equal(part.column("site"), site), pc.is_in(part.column("title"), value_set=wanted))
+        qids = part.column("qid").filter(hit)
+        if len(qids):
+            part = part.filter(pc.is_in(part.column("qid"), value_set=pc.unique(qids.combine_chunks())))
+            yield from zip(*(part.column(n).to_pylist() for n in ("qid", "site", "title")))
 
 
 def read_label_tables(uri: str) -> tuple[pa.Table, pa.Table]:
