@@ -34,8 +34,9 @@ class RetrieveConfig(RayJobConfig):
                                                                        "(default: from file names)")
     passage_store: str | None = Field(None, description="pid→passage store (built from --passages "
                                       "when absent; default <out>/passage-store); reuse it across runs")
-    store_buckets: int = Field(16, ge=1, description="Buckets of a new passage store (building sorts one "
-                               "bucket in memory at a time: 1024 for CORA's 43.6M passages)")
+    store_buckets: int | None = Field(None, ge=1, description="Buckets of a new passage store (default: one "
+                                      "per ~64 MB of corpus, at least 16; building sorts one bucket in memory "
+                                      "at a time)")
     add_lang: bool = Field(False, description="Append the question's language tag to the question the "
                            "query encoder sees, '{question} [{lang}]', as CORA's mDPR --add_lang does (for "
                            "an mDPR trained that way); the record keeps the plain question and adds `query`")

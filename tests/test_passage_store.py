@@ -144,3 +144,16 @@ def test_building_many_buckets_raises_a_low_open_file_limit(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert PassageStore(str(tmp_path / "store")).lookup(["p42"]) == {"p42": passages[42]}
+
+
+def test_default_bucket_count_follows_corpus_size(tmp_path):
+    from ray_cora.data.passage_store import default_num_buckets
+
+    _corpus(tmp_path / "small.jsonl", n=5)
+    assert default_num_buckets(str(tmp_path / "small.jsonl")) == 16
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for name, size in (("a.tsv", 2 << 30), ("b.jsonl.gz", 1 << 30)):  # sparse: no disk used
+        with open(folder / name, "wb") as f:
+            f.truncate(size)
+    assert default_num_buckets(str(folder)) == (2 + 3) * 16  # 5 GiB counted / 64 MiB

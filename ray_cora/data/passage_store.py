@@ -60,6 +60,19 @@ def pid_keys(pids: Sequence[str]) -> np.ndarray:
                         for p in pids), dtype=np.uint64, count=len(pids))
 
 
+BUCKET_TARGET_BYTES = 64 << 20
+
+
+def default_num_buckets(passages: str, *, format: str | None = None) -> int:
+    """One bucket per ~64 MB of corpus files (compressed ones count ×3), at least 16 and at most
+    4096: building sorts one bucket in memory at a time (CORA's 26 GB TSV → 416 buckets)."""
+    total = 0
+    for loc in passage_files(passages, format=format):
+        size = loc.info().size or 0
+        total += size * 3 if loc.path.endswith((".gz", ".bz2", ".zst", ".parquet")) else size
+    return max(16, min(4096, -(-total // BUCKET_TARGET_BYTES)))
+
+
 def _bucket_path(number: int) -> str:
     return f"buckets/bucket-{number:05d}.arrow"
 
@@ -138,9 +151,10 @@ def _check_format(manifest: dict, uri: str) -> None:
                           "folder and run again to rebuild it from the corpus")
 
 
-def open_or_build_store(passages: str | None, store: str, *, num_buckets: int, format: str | None = None,
-                        lang: str | None = None) -> dict:
-    """The committed store at ``store`` when it was built from ``passages``, else build it."""
+def open_or_build_store(passages: str | None, store: str, *, num_buckets: int | None = None,
+                        format: str | None = None, lang: str | None = None) -> dict:
+    """The committed store at ``store`` when it was built from ``passages``, else build it (with
+    ``num_buckets``, default :func:`default_num_buckets`)."""
     loc = storage.resolve(store)
     if loc.join(storage.MANIFEST_NAME).is_file():
         manifest = storage.Artifact(loc, kind=STORE_KIND).manifest
@@ -153,6 +167,7 @@ def open_or_build_store(passages: str | None, store: str, *, num_buckets: int, f
         raise ConfigError("no passage texts: pass --passages (the corpus the index was built from); the "
                           "index manifest does not name it")
     started = time.perf_counter()
+    num_buckets = num_buckets or default_num_buckets(passages, format=format)
     manifest = build_passage_store(passages, store, num_buckets=num_buckets, format=format, lang=lang)
     print(f"passage store: {manifest['num_passages']} passages in {num_buckets} buckets at {loc.uri} "
           f"({time.perf_counter() - started:.1f} s)")

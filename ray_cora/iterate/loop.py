@@ -123,7 +123,7 @@ class IterativeTraining:
         write_jsonl(folder.join("train_questions.jsonl"), train_q)
         write_jsonl(folder.join("dev_questions.jsonl"), dev_q)
         store = folder.join("passage-store")
-        open_or_build_store(c.corpus, store.uri, num_buckets=16, format=c.corpus_format)
+        open_or_build_store(c.corpus, store.uri, format=c.corpus_format)
         if c.train:
             b1_source, b1 = "given", list(iter_dpr_records(c.train))
         else:
