@@ -41,7 +41,8 @@ from ray_cora.errors import ConfigError, StorageError
 
 STORE_KIND = "passage-store"
 STORE_FORMAT = 2
-STORE_SCHEMA = pa.schema([("key", pa.uint64()), *PASSAGE_SCHEMA])
+# 64-bit offsets: a bucket may hold more than 2 GB of text when --store-buckets is set low.
+STORE_SCHEMA = pa.schema([("key", pa.uint64()), *(pa.field(f.name, pa.large_string()) for f in PASSAGE_SCHEMA)])
 
 
 def bucket_of(pid: str, num_buckets: int) -> int:
@@ -121,7 +122,8 @@ def build_passage_store(passages: str, out: str, *, num_buckets: int = 16, forma
                 table = pa.ipc.open_stream(source).read_all()
             keys = pid_keys(table.column("pid").to_pylist())
             order = np.argsort(keys, kind="stable")
-            table = pa.Table.from_arrays([pa.array(keys[order], type=pa.uint64()), *table.take(order).columns],
+            columns = [column.cast(pa.large_string()) for column in table.take(order).columns]
+            table = pa.Table.from_arrays([pa.array(keys[order], type=pa.uint64()), *columns],
                                          schema=STORE_SCHEMA).combine_chunks()
             with writer.open(_bucket_path(b)) as stream, pa.ipc.new_file(stream, STORE_SCHEMA) as ipc:
                 ipc.write_table(table, max_chunksize=max(table.num_rows, 1))
