@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from ray_cora import storage
-from ray_cora.errors import ConfigError, RayCoraError
+from ray_cora.errors import ConfigError, RayCoraError, SimulatedCrash
 
 
 def error_row(key: str, name: str, exc: RayCoraError) -> dict[str, np.ndarray]:
@@ -25,12 +25,19 @@ def error_row(key: str, name: str, exc: RayCoraError) -> dict[str, np.ndarray]:
             "error": np.array([pickle.dumps(exc)], dtype=object)}
 
 
-def iter_entries(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """The finished units' entries, in the order Ray Data delivers them; an actor's error is raised."""
-    for row in rows:
+def iter_entries(rows: Iterable[dict[str, Any]], *, crash_after: int | None = None,
+                 unit: str = "unit") -> Iterator[dict[str, Any]]:
+    """The finished units' entries, in the order Ray Data delivers them; an actor's error is raised.
+
+    ``crash_after`` is a test hook: once that many entries were handled by the caller, the driver
+    stops with :class:`~ray_cora.errors.SimulatedCrash`, as a killed job would.
+    """
+    for handled, row in enumerate(rows, start=1):
         if row["error"]:
             raise pickle.loads(row["error"])  # our own exception, pickled by our actor
         yield json.loads(row["entry"])
+        if crash_after is not None and handled >= crash_after:
+            raise SimulatedCrash(f"test hook: the driver stops after {handled} {unit}(s)")
 
 
 def check_job_settings(out: storage.Location, name: str, key: dict[str, Any], what: str) -> None:

@@ -28,7 +28,7 @@ from ray_cora.data.qa import iter_qa
 from ray_cora.errors import ConfigError, RayCoraError, StorageError
 from ray_cora.index.sharded import IndexSpec
 from ray_cora.pivot.calibrate import answer_is_correct, pick_threshold
-from ray_cora.pivot.database import (KIND, SimulatedCrash, commit_database, embed_shard, iter_db_records,
+from ray_cora.pivot.database import (KIND, commit_database, embed_shard, iter_db_records,
                                      prepare_parts)
 from ray_cora.pivot.pipeline import PREDICTION_FIELDS
 from ray_cora.pipelines.bookkeeping import check_job_settings, error_row, iter_entries
@@ -109,12 +109,8 @@ def build_pivot_database(config: "PivotBuildConfig", *, crash_after_shards: int 
                 num_cpus=config.actor_cpus, num_gpus=config.actor_gpus or None, runtime_env=worker_runtime_env(),
                 fn_constructor_kwargs={"encoder": config.encoder, "out": config.out, "index_spec": spec.to_dict(),
                                        "batch_size": config.batch_size, "threads": config.threads})
-            finished_now = 0
-            for entry in iter_entries(results.iter_rows()):
+            for entry in iter_entries(results.iter_rows(), crash_after=crash_after_shards, unit="shard"):
                 done[entry["number"]] = entry
-                finished_now += 1
-                if crash_after_shards is not None and finished_now >= crash_after_shards:
-                    raise SimulatedCrash(f"test hook: the driver stops after {finished_now} shard(s)")
     manifest = commit_database(out, parts, done, encoder_spec=config.encoder, spec=spec, config=config.to_dict())
     print(f"pivot build: {manifest['num_questions']} English questions ({manifest['with_answer_qid']} with an "
           f"answer QID) in {manifest['num_shards']} shards, embedded {sum(p['count'] for p in pending)} now "
@@ -276,12 +272,8 @@ def run_predictions(config: "PivotRunConfig", *, crash_after_blocks: int | None 
                 num_cpus=config.actor_cpus, runtime_env=worker_runtime_env(),
                 fn_constructor_kwargs={"out": config.out, "pipeline_options": options,
                                        "batch_size": config.batch_size})
-            finished_now = 0
-            for entry in iter_entries(results.iter_rows()):
+            for entry in iter_entries(results.iter_rows(), crash_after=crash_after_blocks, unit="block"):
                 done[entry["block"]] = entry
-                finished_now += 1
-                if crash_after_blocks is not None and finished_now >= crash_after_blocks:
-                    raise SimulatedCrash(f"test hook: the driver stops after {finished_now} block(s)")
     missing = sorted(set(counts) - set(done))
     if missing:
         raise StorageError(f"{out.uri}: blocks {missing[:10]} were not written; rerun the job to resume")
