@@ -3,6 +3,8 @@
 - Actor bodies hand back one row per unit of work: its marker ``entry`` (JSON), or the user error
   it raised, pickled (:func:`error_row`). Ray Data would wrap a raised error and lose its type and
   text; :func:`iter_entries` re-raises it on the driver as itself.
+- :func:`refuse_stale_blocks` / :func:`require_all_blocks`: the block-keyed jobs (retrieve,
+  pivot run) check their finished blocks against the input's before running and before committing.
 - :func:`check_job_settings` records the settings that shape a job's output files next to them,
   and refuses a rerun into the same folder with other settings (it would mix two jobs' files).
 """
@@ -16,7 +18,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from ray_cora import storage
-from ray_cora.errors import ConfigError, RayCoraError, SimulatedCrash
+from ray_cora.errors import ConfigError, RayCoraError, SimulatedCrash, StorageError
 
 
 def error_row(key: str, name: str, exc: RayCoraError) -> dict[str, np.ndarray]:
@@ -38,6 +40,20 @@ def iter_entries(rows: Iterable[dict[str, Any]], *, crash_after: int | None = No
         yield json.loads(row["entry"])
         if crash_after is not None and handled >= crash_after:
             raise SimulatedCrash(f"test hook: the driver stops after {handled} {unit}(s)")
+
+
+def refuse_stale_blocks(out: storage.Location, done: dict[str, Any], counts: dict[str, int]) -> None:
+    """Before a rerun: finished blocks this input does not make mean ``out`` holds another job."""
+    stale = sorted(set(done) - set(counts))
+    if stale:
+        raise ConfigError(f"{out.uri} has parts {stale[:5]} this question set does not make: use another --out")
+
+
+def require_all_blocks(out: storage.Location, done: dict[str, Any], counts: dict[str, int]) -> None:
+    """Before committing: every block must have come back."""
+    missing = sorted(set(counts) - set(done))
+    if missing:
+        raise StorageError(f"{out.uri}: blocks {missing[:10]} were not written; rerun the job to resume")
 
 
 def check_job_settings(out: storage.Location, name: str, key: dict[str, Any], what: str) -> None:

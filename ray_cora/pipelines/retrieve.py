@@ -29,7 +29,8 @@ from ray_cora import storage
 from ray_cora.data.passage_store import PassageStore, open_or_build_store
 from ray_cora.data.qa import iter_qa
 from ray_cora.errors import ConfigError, RayCoraError, StorageError
-from ray_cora.pipelines.bookkeeping import check_job_settings, error_row, iter_entries
+from ray_cora.pipelines.bookkeeping import (check_job_settings, error_row, iter_entries, refuse_stale_blocks,
+                                            require_all_blocks)
 
 RETRIEVAL_KIND = "retrieval"
 JOB_FILE = "retrieve-job.json"
@@ -296,9 +297,7 @@ def run_retrieval(config, *, crash_at_block: str | None = None, crash_once_marke
     if not counts:
         raise ConfigError(f"{config.questions}: no questions"
                           + (f" in {', '.join(langs)}" if langs else "") + " to retrieve for")
-    stale = sorted(set(done) - set(counts))
-    if stale:
-        raise ConfigError(f"{out.uri} has parts {stale[:5]} this question set does not make: use another --out")
+    refuse_stale_blocks(out, done, counts)
     print(f"retrieve: {sum(counts.values())} questions in {len(counts)} blocks; {len(done)} already "
           f"written, {len(items)} to retrieve")
     if items:
@@ -325,9 +324,7 @@ def run_retrieval(config, *, crash_at_block: str | None = None, crash_once_marke
                     done[entry["block"]] = entry
             finally:
                 index.shutdown()
-    missing = sorted(set(counts) - set(done))
-    if missing:
-        raise StorageError(f"{out.uri}: blocks {missing[:10]} were not written; rerun the job to resume")
+    require_all_blocks(out, done, counts)
     return commit_retrieval(out, done, counts, config=config, encoder=encoder, started=started)
 
 

@@ -31,7 +31,8 @@ from ray_cora.pivot.calibrate import answer_is_correct, pick_threshold
 from ray_cora.pivot.database import (KIND, commit_database, embed_shard, iter_db_records,
                                      prepare_parts)
 from ray_cora.pivot.pipeline import PREDICTION_FIELDS
-from ray_cora.pipelines.bookkeeping import check_job_settings, error_row, iter_entries
+from ray_cora.pipelines.bookkeeping import (check_job_settings, error_row, iter_entries, refuse_stale_blocks,
+                                            require_all_blocks)
 
 if TYPE_CHECKING:
     from ray_cora.pivot_job import PivotBuildConfig, PivotCalibrateConfig, PivotRunConfig
@@ -256,9 +257,7 @@ def run_predictions(config: "PivotRunConfig", *, crash_after_blocks: int | None 
             items.append({"block": block, "questions": json.dumps(slim, ensure_ascii=False)})
     if not counts:
         raise ConfigError(f"{config.questions}: no questions (dataset {config.dataset}, lang {config.lang})")
-    stale = sorted(set(done) - set(counts))
-    if stale:
-        raise ConfigError(f"{out.uri} has parts {stale[:5]} this question set does not make: use another --out")
+    refuse_stale_blocks(out, done, counts)
     print(f"pivot run: {sum(counts.values())} questions in {len(counts)} blocks; {len(done)} already "
           f"written, {len(items)} to answer")
     if items:
@@ -274,9 +273,7 @@ def run_predictions(config: "PivotRunConfig", *, crash_after_blocks: int | None 
                                        "batch_size": config.batch_size})
             for entry in iter_entries(results.iter_rows(), crash_after=crash_after_blocks, unit="block"):
                 done[entry["block"]] = entry
-    missing = sorted(set(counts) - set(done))
-    if missing:
-        raise StorageError(f"{out.uri}: blocks {missing[:10]} were not written; rerun the job to resume")
+    require_all_blocks(out, done, counts)
     blocks = sorted(counts)
     summary = merge_summaries([done[b]["summary"] for b in blocks])
     writer = storage.ArtifactWriter(out, kind=PREDICTIONS_KIND, config=config.to_dict())
