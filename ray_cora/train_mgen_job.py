@@ -16,8 +16,9 @@ class TrainMGENConfig(TrainRunConfig):
     answer. Defaults follow CORA's Table 10. Checkpoints go to <out>/ray-train/ (any storage URI,
     s3:// included); the model is published to <out>/model/. Re-running the same command: a
     stopped run resumes from its latest checkpoint (the step count continues); a finished run
-    (<out>/model published) is not trained again: it prints "already trained" and exits. Training options must match the first run's (<out>/run_config.json); to
-    train from scratch delete <out> or use a new --out."""
+    (<out>/model published) is not trained again: it prints "already trained" and exits. Training
+    options must match the first run's (<out>/run_config.json); to train from scratch delete <out>
+    or use a new --out."""
 
     train: list[str] = Field(..., description="Retrieval JSONL files or folders")
     out: str = Field(..., description="Output URI (local, file://, s3://)")

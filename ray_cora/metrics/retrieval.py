@@ -26,6 +26,19 @@ def has_answer(text: str, answers: Iterable[str]) -> bool:
     return any(a and _fold(a) in folded for a in answers)
 
 
+def passage_has_answer(passage: dict, answers: Iterable[str]) -> bool:
+    """A retrieved passage's own ``has_answer`` flag when it carries one (CORA's DPR output does,
+    from its tokenised match), else whether an answer occurs in its title or text.
+
+    >>> passage_has_answer({"title": "Faust", "text": "by Goethe", "has_answer": False}, ["Goethe"])
+    False
+    """
+    flag = passage.get("has_answer")
+    if isinstance(flag, bool):
+        return flag
+    return has_answer(f"{passage.get('title') or ''} {passage.get('text') or ''}", answers)
+
+
 def first_gold_rank(ranked_pids: Sequence[str], gold_pids: Iterable[str]) -> int | None:
     """1-based rank of the first gold passage, or None when none was retrieved."""
     gold = set(gold_pids)

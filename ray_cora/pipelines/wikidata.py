@@ -178,10 +178,10 @@ def sitelinks_of_titles(uri: str, site: str, titles: set[str]) -> Iterator[tuple
 
 
 def read_label_tables(uri: str) -> tuple[pa.Table, pa.Table]:
-    """The committed labels and sitelinks tables (checksums verified)."""
-    artifact = storage.Artifact(uri, kind=KIND)
+    """The committed labels and sitelinks tables, whole (checksums verified); large outputs are
+    better read with :func:`iter_label_parts`."""
     tables = []
     for key, schema in (("labels", LABELS_SCHEMA), ("sitelinks", SITELINKS_SCHEMA)):
-        parts = [pq.read_table(io.BytesIO(artifact.read_bytes(p))) for p in artifact.manifest[key]]
+        parts = list(iter_label_parts(uri, key))
         tables.append(pa.concat_tables(parts) if parts else schema.empty_table())
     return tables[0], tables[1]

@@ -202,14 +202,12 @@ def retrieval_example(obj: Any, *, require_answer: bool = True) -> dict[str, Any
 
 
 def _retrieved_ctx(value: Any, index: int, answers: list[str]) -> dict[str, Any]:
-    """A retrieved passage with ``has_answer``: the file's own flag (CORA's DPR output has one,
-    from its tokenised match) or else whether a gold answer occurs in it. Always a bool, so every
-    block of a training dataset has the same schema."""
-    from ray_cora.metrics.retrieval import has_answer
+    """A retrieved passage with ``has_answer`` (:func:`~ray_cora.metrics.retrieval.passage_has_answer`),
+    always a bool, so every block of a training dataset has the same schema."""
+    from ray_cora.metrics.retrieval import passage_has_answer
 
     ctx: dict[str, Any] = _ctx(value, "ctxs", index)
-    flag = value.get("has_answer")
-    ctx["has_answer"] = flag if isinstance(flag, bool) else has_answer(f"{ctx['title']} {ctx['text']}", answers)
+    ctx["has_answer"] = passage_has_answer({**ctx, "has_answer": value.get("has_answer")}, answers)
     return ctx
 
 

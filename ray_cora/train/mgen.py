@@ -7,12 +7,14 @@ its issue #3)::
 
 over the top-k passages, truncated (from the end, so the question and tag survive) to
 ``max_source_length`` tokens; the target is the first answer, at most ``max_target_length``
-tokens. Training inputs choose their passages as CORA's ``convert_dpr_retrieval_results_to_seq2seq.py``
-does (:func:`training_passages`): up to 3 retrieved passages that contain a gold answer, the
-best-ranked ones without filling the rest, shuffled; inference reads the top-k as ranked. :class:`Generator` is the inference API (``Generator.load(path).answer(questions, langs,
-passages)``) used by ``ray-cora generate`` and by Serve; it loads any HF seq2seq folder, including
-CORA's released ``mGEN_model`` (``config.json`` + ``pytorch_model.bin``; its tokenizer is mT5's:
-pass ``tokenizer=`` when the folder has none).
+tokens. Training inputs choose their passages as CORA's
+``convert_dpr_retrieval_results_to_seq2seq.py`` does (:func:`training_passages`): up to 3 retrieved
+passages that contain a gold answer, the best-ranked ones without filling the rest, shuffled;
+inference reads the top-k as ranked. :class:`Generator` is the inference API
+(``Generator.load(path).answer(questions, langs, passages)``) used by ``ray-cora generate`` and
+by Serve; it loads any HF seq2seq folder, including CORA's released ``mGEN_model``
+(``config.json`` + ``pytorch_model.bin``; its tokenizer is mT5's: pass ``tokenizer=`` when the
+folder has none).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def training_passages(example: dict[str, Any], *, top_k: int, choice: str = "ans
     >>> [p["title"] for p in training_passages(ex, top_k=2, choice="ranked")]
     ['a', 'b']
     """
-    from ray_cora.metrics.retrieval import has_answer
+    from ray_cora.metrics.retrieval import passage_has_answer
 
     ctxs = list(example["ctxs"])
     if choice == "ranked":
@@ -76,9 +78,7 @@ def training_passages(example: dict[str, Any], *, top_k: int, choice: str = "ans
     answers = example.get("answers") or []
     with_answer, without = [], []
     for ctx in ctxs:
-        flag = ctx.get("has_answer")
-        contains = flag if isinstance(flag, bool) else has_answer(f"{ctx.get('title', '')} {ctx['text']}", answers)
-        (with_answer if contains else without).append(ctx)
+        (with_answer if passage_has_answer(ctx, answers) else without).append(ctx)
     rng = random.Random(f"{seed}\x1f{example.get('qid', '')}\x1f{example['question']}")
     if len(with_answer) > max_answer_passages:
         with_answer = rng.sample(with_answer, max_answer_passages)
