@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from ray_cora.cli import main
-from ray_cora.demo import DemoConfig
+from ray_cora.configs.demo import DemoConfig
 from ray_cora.errors import ConfigError
-from ray_cora.validate import ValidateConfig
+from ray_cora.configs.validate import ValidateConfig
 
 
 def test_config_precedence_defaults_yaml_cli(tmp_path):
@@ -85,10 +85,10 @@ def test_grouped_subcommands_parse_and_run(monkeypatch, capsys, tmp_path):
     import ray_cora.cli as cli
 
     calls = []
-    monkeypatch.setitem(cli.JOBS, "tools check", cli.Job("ray_cora.validate:ValidateConfig",
-                                                         "ray_cora.cli:_load", "a grouped test job"))
-    monkeypatch.setattr(cli, "_load", lambda target: calls.append(target) or (
-        ValidateConfig if target.endswith("Config") else (lambda config: calls.append(config))))
+    monkeypatch.setitem(cli.JOBS, "tools check", cli.Job(ValidateConfig, "ray_cora.cli:load_driver",
+                                                         "a grouped test job"))
+    monkeypatch.setattr(cli, "load_driver", lambda job: calls.append(job.driver) or (
+        lambda config: calls.append(config)))
     data = tmp_path / "q.jsonl"
     data.write_text("")
     assert cli.run_job("tools check", ["--input", str(data)]) == 0
@@ -103,9 +103,9 @@ def test_grouped_subcommands_parse_and_run(monkeypatch, capsys, tmp_path):
 def test_short_alias_k_is_in_help_and_parses(job, capsys):
     """A field declares a short alias with json_schema_extra={"short": "-k"}; `-k 7` means `--k 7`."""
     from ray_cora.cli import build_parser
-    from ray_cora.config import config_from_args
-    from ray_cora.evaluate_job import EvaluateAllConfig
-    from ray_cora.retrieve_job import RetrieveConfig
+    from ray_cora.configs.arguments import config_from_args
+    from ray_cora.configs.evaluate import EvaluateAllConfig
+    from ray_cora.configs.retrieve import RetrieveConfig
 
     with pytest.raises(SystemExit):
         main([*job.split(), "--help"])
@@ -123,7 +123,8 @@ def test_a_bad_short_alias_is_a_clear_error():
 
     from pydantic import Field
 
-    from ray_cora.config import JobConfig, add_config_arguments
+    from ray_cora.configs.arguments import add_config_arguments
+    from ray_cora.configs.base import JobConfig
 
     class Bad(JobConfig):
         k: int = Field(1, json_schema_extra={"short": "--kk"})

@@ -11,8 +11,8 @@ import pytest
 import ray
 import yaml
 
-from ray_cora.cli import JOBS, _load, build_parser
-from ray_cora.config import config_from_args
+from ray_cora.cli import JOBS, build_parser
+from ray_cora.configs.arguments import config_from_args
 from ray_cora.errors import ConfigError
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
@@ -37,7 +37,7 @@ def _check_entrypoint(entrypoint: str) -> None:
     assert words[0] == "python" and (REPO / words[1]).is_file(), f"no such entrypoint: {words[1]}"
     name = _job_name_for(words[1])
     args = build_parser().parse_args([*name.split(" "), *words[2:]])
-    config_from_args(_load(JOBS[name].config), args)
+    config_from_args(JOBS[name].config, args)
 
 
 def test_aws_launcher_config_passes_rays_own_schema():
@@ -114,7 +114,7 @@ def test_serve_config_is_a_valid_deploy_config_for_the_real_app(monkeypatch):
     from ray.serve._private.utils import import_attr
 
     from ray_cora.serve.app import DEPLOYMENTS, deployment_names
-    from ray_cora.serve.settings import ServeAppOptions
+    from ray_cora.configs.serve import ServeAppOptions
 
     (app,) = _serve_apps()
     builder = import_attr(app["import_path"])
@@ -145,7 +145,7 @@ def _public_http_needs_api_key(config: dict) -> bool:
 
 
 def test_serve_config_args_are_checked_like_the_app_checks_them():
-    from ray_cora.serve.settings import ServeAppOptions
+    from ray_cora.configs.serve import ServeAppOptions
 
     (app,) = _serve_apps()
     ServeAppOptions.model_validate(app["args"])

@@ -43,7 +43,7 @@ def assets(tmp_path_factory):
 
 
 def _config(assets, out, **overrides):
-    from ray_cora.evaluate_job import EvaluateAllConfig
+    from ray_cora.configs.evaluate import EvaluateAllConfig
 
     values = {"index": assets["index"], "questions": str(DEMO_QUESTIONS), "dataset": "jsonl", "out": str(out),
               "langs": ",".join(LANGS), "k": 3, "ks": [1, 3], "block_size": 40, "generator": assets["mgen"],
@@ -53,7 +53,8 @@ def _config(assets, out, **overrides):
 
 
 def _evaluate_qa(predictions, out) -> dict:
-    from ray_cora.evaluate_qa_job import EvaluateQAConfig, run_evaluate_qa
+    from ray_cora.configs.evaluate_qa import EvaluateQAConfig
+    from ray_cora.evaluate.qa import run_evaluate_qa
 
     return run_evaluate_qa(EvaluateQAConfig(mode="xor", dataset="jsonl", gold=[str(DEMO_QUESTIONS)],
                                             predictions=str(predictions), langs=list(LANGS), sacrebleu=False,
@@ -62,7 +63,7 @@ def _evaluate_qa(predictions, out) -> dict:
 
 @pytest.mark.slow
 def test_evaluate_all_generates_every_answer_and_scores_it_like_evaluate_qa(ray_local, assets, tmp_path):
-    from ray_cora.evaluate_job import run_evaluate_all, score_answers
+    from ray_cora.evaluate.all import run_evaluate_all, score_answers
 
     out = tmp_path / "eval"
     metrics = run_evaluate_all(_config(assets, out))
@@ -123,7 +124,7 @@ def test_evaluate_all_generates_every_answer_and_scores_it_like_evaluate_qa(ray_
 
 
 def test_merge_puts_answer_scores_beside_retrieval_scores():
-    from ray_cora.evaluate_job import merge_answer_metrics
+    from ray_cora.evaluate.all import merge_answer_metrics
     from ray_cora.metrics.qa import score_predictions
 
     retrieval = {"mode": "retrieval", "ks": [1], "per_language": {"en": {"count": 2, "R^L@1": 50.0},
@@ -147,7 +148,7 @@ def test_merge_puts_answer_scores_beside_retrieval_scores():
 @pytest.mark.parametrize("dataset, mode, expected", [("mkqa", None, "mkqa"), ("xor", None, "xor"),
                                                      ("jsonl", None, "xor"), ("mkqa", "xor", "xor")])
 def test_scorer_mode_defaults_from_the_dataset(dataset, mode, expected):
-    from ray_cora.evaluate_job import EvaluateAllConfig
+    from ray_cora.configs.evaluate import EvaluateAllConfig
 
     config = EvaluateAllConfig.load(overrides={"index": "i", "questions": "q", "dataset": dataset, "out": "o",
                                                "mode": mode})

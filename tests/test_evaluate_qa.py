@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ray_cora.cli import main
-from ray_cora.predictions import Prediction, read_mkqa_predictions, read_predictions, read_xor_predictions
+from ray_cora.data.predictions import Prediction, read_mkqa_predictions, read_predictions, read_xor_predictions
 from tests.conftest import shared_data
 
 # Real MKQA sample ids (../shared/data/mkqa/mkqa_sample.jsonl.gz).

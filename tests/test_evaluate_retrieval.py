@@ -134,7 +134,7 @@ def test_missing_passage_text_is_a_clear_error():
     import numpy as np
 
     from ray_cora.errors import StorageError
-    from ray_cora.pipelines.retrieve import make_ctxs
+    from ray_cora.data.retrieval import make_ctxs
 
     with pytest.raises(StorageError, match="'p9' is in the index but not in the corpus c.jsonl"):
         make_ctxs(["p9"], np.array([1.0]), {}, source="c.jsonl")
@@ -144,7 +144,7 @@ def test_missing_passage_text_is_a_clear_error():
 
 
 def test_add_lang_tags_the_question_as_cora_mdpr_does_and_keeps_the_plain_question():
-    from ray_cora.pipelines.retrieve import query_text, retrieval_record
+    from ray_cora.data.retrieval import query_text, retrieval_record
 
     question = {"qid": "7", "lang": "ja", "question": "日本の首都は？", "answers": ["東京"]}
     # CORA mDPR/dense_retriever.py: "{0} [{1}]".format(question, lang), fed to the query encoder
@@ -177,7 +177,7 @@ def test_query_encoder_actor_encodes_the_tagged_question_with_add_lang(tmp_path,
 
 @pytest.mark.parametrize("block_size", [1, 2, 3, 7])
 def test_question_blocks_keep_every_question_once_in_order(block_size):
-    from ray_cora.pipelines.retrieve import question_blocks
+    from ray_cora.data.retrieval import question_blocks
 
     records = [{"qid": str(i), "lang": "ja" if i % 3 else "en"} for i in range(20)]
     blocks = list(question_blocks(records, block_size))
@@ -191,7 +191,7 @@ def test_question_blocks_keep_every_question_once_in_order(block_size):
 
 
 def test_answers_in_all_languages_unites_mkqa_answers(tmp_path):
-    from ray_cora.pipelines.retrieve import answers_in_all_languages
+    from ray_cora.data.retrieval import answers_in_all_languages
 
     mkqa = {"example_id": 7, "query": "who?", "queries": {"en": "who?", "ja": "誰？"},
             "answers": {"en": [{"type": "entity", "text": "Dave", "aliases": ["D."]}],

@@ -177,7 +177,7 @@ def test_an_interrupted_stage_resumes_in_place_and_a_crash_hook_stops_after_a_ma
 
 
 def test_stage_options_are_checked_against_the_stage_jobs():
-    from ray_cora.iterate_job import IterateConfig
+    from ray_cora.configs.iterate import IterateConfig
 
     base = {"out": "o", "mdpr_init": "tiny", "mgen_init": "tiny"}
     config = IterateConfig.load(overrides={**base, "mdpr": '{"epochs": 2, "batch_size": 8}'})
@@ -205,7 +205,7 @@ def _memorised_mgen(folder: str, questions: list[dict], passages: list[dict]) ->
 
     from ray_cora.encoders.tiny import build_tiny_t5
     from ray_cora.train.loop import LoopSettings, Stepper
-    from ray_cora.train.mgen import MGENTask
+    from ray_cora.models.mgen import MGENTask
 
     texts = [q["question"] for q in questions] + [a for q in questions for a in q["answers"]]
     texts += [f"{p['title']} {p['text']}" for p in passages]
@@ -227,8 +227,9 @@ def _memorised_mgen(folder: str, questions: list[dict], passages: list[dict]) ->
 
 @pytest.mark.slow
 def test_three_rounds_on_the_demo_killed_in_round_2_resume_from_round_2(ray_local, tmp_path):
-    from ray_cora.iterate_job import IterateConfig, run_iterate
-    from ray_cora.train.mgen import Generator
+    from ray_cora.configs.iterate import IterateConfig
+    from ray_cora.iterate.loop import iterate
+    from ray_cora.models.mgen import Generator
 
     questions = [q for q in _demo(DEMO_QUESTIONS) if q["qid"] in SUBSET]
     passages = _demo(DEMO_PASSAGES)
@@ -253,12 +254,12 @@ def test_three_rounds_on_the_demo_killed_in_round_2_resume_from_round_2(ray_loca
         "generate": {"batch_size": 32, "actor_cpus": 0.5, "max_source_length": 128, "max_target_length": 16},
     })
     with pytest.raises(SimulatedCrash):
-        run_iterate(config, crash_after="round-2/index")
+        iterate(config, crash_after="round-2/index")
     round1 = {p: p.stat().st_mtime_ns for p in (out / "round-1").glob(f"*/{MARKER}")}
     assert {p.parent.name for p in round1} == {"data", "mdpr", "index", "retrieve", "mgen", "dev", "mine"}
     assert not (out / "round-2" / "retrieve").exists()
 
-    result = run_iterate(config)
+    result = iterate(config)
     assert result["skipped"] == ["round-1/data", *[f"round-1/{s}" for s in ("mdpr", "index", "retrieve", "mgen",
                                                                              "dev", "mine")],
                                  "round-2/mdpr", "round-2/index"]
@@ -296,7 +297,7 @@ def test_three_rounds_on_the_demo_killed_in_round_2_resume_from_round_2(ray_loca
 def test_shipped_iterate_configs_load(name):
     from pathlib import Path
 
-    from ray_cora.iterate_job import IterateConfig
+    from ray_cora.configs.iterate import IterateConfig
 
     path = Path(__file__).resolve().parents[1] / "jobs" / "configs" / name
     config = IterateConfig.load(str(path), overrides={"out": "o"})

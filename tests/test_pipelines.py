@@ -24,7 +24,7 @@ def _write_corpus(folder, n_files=3, per_file=7):
 
 
 def test_datasource_reads_every_passage_once(ray_local, tmp_path):
-    from ray_cora.pipelines.passages import PassageDatasource
+    from ray_cora.pipelines.passage_source import PassageDatasource
 
     folder = _write_corpus(tmp_path / "corpus")
     ds = ray_local.data.read_datasource(PassageDatasource(str(folder), batch_size=3))
@@ -35,7 +35,7 @@ def test_datasource_reads_every_passage_once(ray_local, tmp_path):
 
 
 def test_bad_record_inside_a_read_task_reaches_the_user_as_itself(ray_local, tmp_path):
-    from ray_cora.pipelines.passages import PassageDatasource
+    from ray_cora.pipelines.passage_source import PassageDatasource
 
     folder = _write_corpus(tmp_path / "corpus", n_files=2)
     with open(folder / "part-1.jsonl", "a") as f:
@@ -47,7 +47,7 @@ def test_bad_record_inside_a_read_task_reaches_the_user_as_itself(ray_local, tmp
 
 
 def test_skip_policy_quarantines_per_file(ray_local, tmp_path):
-    from ray_cora.pipelines.passages import PassageDatasource
+    from ray_cora.pipelines.passage_source import PassageDatasource
 
     folder = _write_corpus(tmp_path / "corpus", n_files=2)
     with open(folder / "part-1.jsonl", "a") as f:
@@ -66,7 +66,7 @@ def test_encoder_actor_pool_matches_direct_encoding(ray_local, tmp_path):
     from ray.data import ActorPoolStrategy
 
     from ray_cora.encoders import load_encoder
-    from ray_cora.pipelines.embed import EncodeQueries
+    from ray_cora.pipelines.encode import EncodeQueries
 
     questions = [{"qid": str(i), "lang": "en", "question": q} for i, q in
                  enumerate(["How tall is Mount Fuji?", "富士山の高さは？", "Wer schrieb Faust?"])]

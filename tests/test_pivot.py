@@ -184,7 +184,7 @@ def test_labels_loaded_for_a_databases_answers_translate_like_the_full_table(tmp
     import json
 
     from ray_cora import storage
-    from ray_cora.pipelines.wikidata import commit_tables, plan_parts, write_part
+    from ray_cora.pipelines.wikidata_labels import commit_tables, plan_parts, write_part
 
     entities = [
         _entity("Q1", {"en": "The Beatles", "ja": "ビートルズ"}),
@@ -292,7 +292,7 @@ def test_prediction_reader_takes_a_run_folder_or_a_folder_of_files(tmp_path):
     import json
 
     from ray_cora.errors import ChecksumError
-    from ray_cora.predictions import read_predictions
+    from ray_cora.data.predictions import read_predictions
 
     out = tmp_path / "run"
     (out / "parts").mkdir(parents=True)

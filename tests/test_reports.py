@@ -7,8 +7,8 @@ import io
 import matplotlib.image
 import pytest
 
-from ray_cora.plots import language_heatmap, per_language_bar_chart
-from ray_cora.reports import CORA_MKQA_GROUPS, CORA_XOR_GROUPS, paper_table
+from ray_cora.reports.plots import language_heatmap, per_language_bar_chart
+from ray_cora.reports.tables import CORA_MKQA_GROUPS, CORA_XOR_GROUPS, paper_table
 
 
 def _rows(table: str) -> list[list[str]]:

@@ -40,7 +40,7 @@ def demo(tmp_path_factory):
 
 
 def _config(demo, out, **overrides):
-    from ray_cora.retrieve_job import RetrieveConfig
+    from ray_cora.configs.retrieve import RetrieveConfig
 
     values = {"index": demo["index"], "questions": str(DEMO_QUESTIONS), "dataset": "jsonl", "out": str(out),
               "k": 5, "block_size": 16, "search_actors": 2, "langs": "en,ja,zh_cn,th"}
@@ -48,7 +48,7 @@ def _config(demo, out, **overrides):
 
 
 def _read(out) -> list[dict]:
-    from ray_cora.pipelines.retrieve import iter_retrieval
+    from ray_cora.data.retrieval import iter_retrieval
 
     return [record for _, _, record in iter_retrieval(str(out))]
 

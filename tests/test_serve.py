@@ -8,15 +8,12 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from ray_cora.configs.serve import ServeAppOptions
 from ray_cora.demo import DEMO_PASSAGES
 from ray_cora.errors import ConfigError
-from ray_cora.index.sharded import commit_index, write_shard
-from ray_cora.serve.core import (RetrieverCore, build_index, merge_group_results, open_passages,
-                                 pivot_response, shard_group)
-from ray_cora.serve.schemas import (AnswerRequest, ClientError, Limits, RetrieveRequest,
-                                    describe_validation_errors)
-from ray_cora.serve.settings import ServeAppOptions
-
+from ray_cora.index.sharded import commit_index, merge_pid_arrays, write_shard
+from ray_cora.serve.core import RetrieverCore, build_index, open_passages, pivot_response, shard_group
+from ray_cora.serve.schemas import AnswerRequest, ClientError, Limits, RetrieveRequest, describe_validation_errors
 
 # --- input limits -------------------------------------------------------------------------------
 
@@ -110,11 +107,11 @@ def test_app_options_reject_default_k_above_max_k_and_unknown_encoders():
 
 
 def test_serve_command_parses_into_its_config():
-    from ray_cora.cli import JOBS, _load, build_parser
-    from ray_cora.config import config_from_args
+    from ray_cora.cli import JOBS, build_parser
+    from ray_cora.configs.arguments import config_from_args
 
     args = build_parser().parse_args(["serve", "--port", "8123", "--pivot-db", "demo", "--max-k", "20"])
-    config = config_from_args(_load(JOBS["serve"].config), args)
+    config = config_from_args(JOBS["serve"].config, args)
     assert (config.host, config.port, config.max_k) == ("127.0.0.1", 8123, 20)
     assert config.app_options().pivot_db == "demo"
 
@@ -227,8 +224,8 @@ def test_passage_store_without_an_index_is_refused():
 
 def test_generator_adapter_answers_from_retrieved_passages(demo_core, tmp_path):
     from ray_cora.encoders.tiny import build_tiny_t5
+    from ray_cora.models.mgen import format_source
     from ray_cora.serve.core import load_generator
-    from ray_cora.train.mgen import format_source
 
     path = build_tiny_t5(tmp_path / "mgen", [p["text"] for p in _demo_rows().values()])
     generator = load_generator(path, top_k=2)
@@ -266,7 +263,7 @@ def test_shard_group_merge_equals_one_index_over_all_shards(split_index, demo_co
     rng = np.random.default_rng(0)
     queries = np.concatenate([queries, rng.standard_normal((5, queries.shape[1])).astype("float32")])
     for k in (1, 7, 50, 200):  # 200 > every group's size and the corpus: all slots, no padding pids
-        scores, pids = merge_group_results([g.search_pid_arrays(queries, k) for g in groups], k)
+        scores, pids = merge_pid_arrays([g.search_pid_arrays(queries, k) for g in groups], k)
         expected_scores, expected_pids = whole.search(queries, k)
         assert pids == expected_pids
         np.testing.assert_array_equal(scores, expected_scores)
@@ -282,7 +279,7 @@ def test_retriever_core_without_the_index_gives_the_same_passages(split_index, d
     vectors = front.encode(questions)
     partials = [ShardedIndex.open(split_index, shards=shard_group(5, 3, g)).search_pid_arrays(vectors, 9)
                 for g in range(3)]
-    assert front.attach(*merge_group_results(partials, 9), ks) == holder.retrieve(questions, ks)
+    assert front.attach(*merge_pid_arrays(partials, 9), ks) == holder.retrieve(questions, ks)
     with pytest.raises(ConfigError, match="holds no index"):
         front.retrieve(questions, ks)
 

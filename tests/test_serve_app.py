@@ -29,7 +29,8 @@ MAX_CHARS, MAX_K = 200, 20
 def app_url(ray_local):
     from ray import serve
 
-    from ray_cora.serve_job import ServeConfig, start_app
+    from ray_cora.configs.serve import ServeConfig
+    from ray_cora.serve.run import start_app
 
     os.environ[API_KEY_ENV] = API_KEY  # read by build_app in this process, handed to the Ingress
     config = ServeConfig(port=_free_port(), pivot_db="demo", max_question_chars=MAX_CHARS, max_k=MAX_K,
@@ -253,7 +254,7 @@ def test_answer_with_a_generator_returns_its_answer_and_the_evidence(app_url, tm
     from ray_cora.demo import DEMO_PASSAGES
     from ray_cora.encoders.tiny import build_tiny_t5
     from ray_cora.serve.app import APP_NAME, build_app
-    from ray_cora.train.mgen import Generator
+    from ray_cora.models.mgen import Generator
 
     texts = [json.loads(line)["text"] for line in DEMO_PASSAGES.read_text(encoding="utf-8").splitlines()]
     checkpoint = build_tiny_t5(tmp_path_factory.mktemp("mgen"), texts)

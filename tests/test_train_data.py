@@ -12,7 +12,7 @@ import pytest
 from ray_cora.cli import main
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import BadRecordError
-from ray_cora.train import data
+from ray_cora.data import training as data
 
 
 def dpr_record(i: int, **overrides):
@@ -95,7 +95,7 @@ def test_cli_reports_a_bad_record_in_one_line_before_starting_ray(tmp_path, caps
 
 def test_a_retrieval_output_folder_trains_on_its_parts_only(tmp_path):
     from ray_cora import storage
-    from ray_cora.train.data import _files
+    from ray_cora.data.training import data_files
 
     out = tmp_path / "retrieval"
     writer = storage.ArtifactWriter(str(out), kind="retrieval")
@@ -104,5 +104,5 @@ def test_a_retrieval_output_folder_trains_on_its_parts_only(tmp_path):
     writer.write_bytes("parts/en-00000.json", b'{"block": "en-00000"}')  # the block's marker
     writer.write_bytes("passage-store/bucket-00000.parquet", b"PAR1")
     writer.commit({"parts": ["parts/en-00000.jsonl"]})
-    assert _files(str(out)) == [str(out / "parts" / "en-00000.jsonl")]
+    assert data_files(str(out)) == [str(out / "parts" / "en-00000.jsonl")]
     assert [e["question"] for e in data.iter_examples([str(out)], "retrieval", BadRecords("error"))] == ["q?"]

@@ -12,7 +12,7 @@ import torch
 from ray_cora.encoders import load_encoder
 from ray_cora.encoders.tiny import build_tiny_bert, build_tiny_dpr_checkpoint
 from ray_cora.train.loop import LoopSettings, Stepper, check_batching, warmup_linear
-from ray_cora.train.mdpr import MDPRTask, ctx_slots, dpr_nll_loss, ranking_metrics
+from ray_cora.models.mdpr import MDPRTask, ctx_slots, dpr_nll_loss, ranking_metrics
 
 CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima"),
             ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Cuba", "Havana"),
@@ -144,7 +144,8 @@ def test_export_loads_as_hf_encoder_and_encodes_as_training_did(tiny_bert, tmp_p
 
 @pytest.mark.slow
 def test_ray_train_two_workers_killed_worker_resumes_and_exports(ray_local, tiny_bert, tmp_path):
-    from ray_cora.train_mdpr_job import TrainMDPRConfig, run_train_mdpr
+    from ray_cora.configs.train import TrainMDPRConfig
+    from ray_cora.train.jobs import train_mdpr
 
     train = tmp_path / "train.json"
     train.write_text(json.dumps(dpr_rows(24)))
@@ -155,7 +156,7 @@ def test_ray_train_two_workers_killed_worker_resumes_and_exports(ray_local, tiny
     # Killed right after the step-4 checkpoint was reported: Ray Train registers a checkpoint only once
     # it has polled every worker's report, so without the loop's commit wait the killed worker's queued
     # report is lost and the restart resumes from step 2 (or from 0 after the first checkpoint).
-    manifest = run_train_mdpr(config, kill_worker_at_step=4, kill_marker=str(marker))
+    manifest = train_mdpr(config, kill_worker_at_step=4, kill_marker=str(marker))
     assert marker.exists()  # the last worker really was SIGKILLed after step 4
     assert manifest["steps"] == 6 and manifest["final"]["step"] == 6
     assert manifest["final"]["resumed_from_step"] == 4  # exactly the checkpoint it was killed after

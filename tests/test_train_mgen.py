@@ -10,8 +10,8 @@ import torch
 from ray_cora.encoders.tiny import build_tiny_t5
 from ray_cora.errors import ConfigError
 from ray_cora.train.loop import LoopSettings, Stepper
-from ray_cora.train.data import retrieval_example
-from ray_cora.train.mgen import Generator, MGENTask, format_source, training_passages
+from ray_cora.data.training import retrieval_example
+from ray_cora.models.mgen import Generator, MGENTask, format_source, training_passages
 
 CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima"),
             ("Chile", "Santiago"), ("Egypt", "Cairo")]
@@ -138,15 +138,17 @@ def test_generator_needs_a_tokenizer_when_the_folder_has_none(tiny_t5, tmp_path)
 
 @pytest.mark.slow
 def test_ray_train_mgen_then_generate_job(ray_local, tiny_t5, tmp_path):
-    from ray_cora.generate_job import GenerateConfig, run_generate
-    from ray_cora.train_mgen_job import TrainMGENConfig, run_train_mgen
+    from ray_cora.configs.generate import GenerateConfig
+    from ray_cora.pipelines.generate import run_generate
+    from ray_cora.configs.train import TrainMGENConfig
+    from ray_cora.train.jobs import train_mgen
 
     retrieval = tmp_path / "retrieval.jsonl"
     retrieval.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in qa_pairs()))
     config = TrainMGENConfig(train=[str(retrieval)], out=str(tmp_path / "out"), init=tiny_t5, top_k=1,
                              max_source_length=128, max_target_length=16, batch_size=4, grad_accumulation=1,
                              lr=3e-3, warmup_steps=2, epochs=1, num_workers=2)
-    manifest = run_train_mgen(config)
+    manifest = train_mgen(config)
     assert manifest["steps"] == 5 and manifest["examples"] == 20
     out = tmp_path / "pred.jsonl"
     gen = GenerateConfig(model=str(tmp_path / "out" / "model"), retrieval=[str(retrieval)], out=str(out),

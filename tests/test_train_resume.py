@@ -60,7 +60,7 @@ def _checkpoints(keys: dict[str, str]) -> list[str]:
 def test_rerun_check_skips_a_published_model_and_refuses_changed_training_options(tmp_path, capsys):
     from ray_cora import storage
     from ray_cora.train.jobs import RUN_CONFIG, _training_options, check_rerun
-    from ray_cora.train_mgen_job import TrainMGENConfig
+    from ray_cora.configs.train import TrainMGENConfig
 
     config = TrainMGENConfig(train=["x.jsonl"], out=str(tmp_path / "out"), init="t5", epochs=2)
     assert check_rerun(config, "train-mgen") is None  # nothing there yet: train
@@ -78,7 +78,8 @@ def test_rerun_check_skips_a_published_model_and_refuses_changed_training_option
 @pytest.mark.slow
 def test_s3_checkpoints_rerun_resumes_then_a_finished_run_is_not_retrained(ray_local, s3_env, tiny_bert, tmp_path,
                                                                            capsys):
-    from ray_cora.train_mdpr_job import TrainMDPRConfig, run_train_mdpr
+    from ray_cora.configs.train import TrainMDPRConfig
+    from ray_cora.train.jobs import train_mdpr
 
     client, bucket = s3_env["client"], s3_env["bucket"]
     prefix = f"train-resume-{time.time_ns()}"
@@ -91,13 +92,13 @@ def test_s3_checkpoints_rerun_resumes_then_a_finished_run_is_not_retrained(ray_l
 
     # 1. The run stops right after its step-2 checkpoint (as a crashed driver would leave it).
     with pytest.raises(Exception, match="fail_after_step"):
-        run_train_mdpr(config, fail_after_step=2)
+        train_mdpr(config, fail_after_step=2)
     keys = _keys(client, bucket, prefix)
     assert _checkpoints(keys) == ["step-00000002"]  # checkpoint files are in the bucket
     assert "run_config.json" in keys and not any(k.startswith("model/") for k in keys)
 
     # 2. The same command resumes from that checkpoint: the step count continues to the full 6 steps.
-    manifest = run_train_mdpr(config)
+    manifest = train_mdpr(config)
     assert manifest["steps"] == 6 and manifest["final"]["step"] == 6
     assert manifest["final"]["resumed_from_step"] == 2
     keys = _keys(client, bucket, prefix)
@@ -115,7 +116,7 @@ def test_s3_checkpoints_rerun_resumes_then_a_finished_run_is_not_retrained(ray_l
 
     # 3. A finished run is not trained again: it says so and returns the published manifest.
     capsys.readouterr()
-    again = run_train_mdpr(config)
+    again = train_mdpr(config)
     assert "already trained" in capsys.readouterr().out
     assert again["already_trained"] is True and again["created_at"] == manifest["created_at"]
     assert again["summary"]["encoder_spec"] == spec
@@ -123,11 +124,11 @@ def test_s3_checkpoints_rerun_resumes_then_a_finished_run_is_not_retrained(ray_l
 
     # 4. Changed training options are refused, naming the option (runtime options may change).
     with pytest.raises(ConfigError, match="epochs: 1 → 2.*new --out"):
-        run_train_mdpr(config.model_copy(update={"epochs": 2}))
+        train_mdpr(config.model_copy(update={"epochs": 2}))
 
     # 5. Stopped after training but before publishing: the re-run publishes from the last
     #    checkpoint without training (no new checkpoint appears).
     client.delete_object(Bucket=bucket, Key=f"{prefix}/model/manifest.json")
-    republished = run_train_mdpr(config.model_copy(update={"num_workers": 1}))
+    republished = train_mdpr(config.model_copy(update={"num_workers": 1}))
     assert "already_trained" not in republished and republished["steps"] == 6
     assert _checkpoints(_keys(client, bucket, prefix)) == ["step-00000004", "step-00000006"]

@@ -23,7 +23,7 @@ from ray_cora.data.wiki import (
     process_article, split_article,
 )
 from ray_cora.errors import BadRecordError, ConfigError
-from ray_cora.passages_job import PassagesConfig
+from ray_cora.configs.passages import PassagesConfig
 
 JA = "東京は日本の首都であり、世界有数の大都市である。人口は約1400万人。"
 ZH = "北京是中华人民共和国的首都，也是全国的政治和文化中心。"
@@ -288,11 +288,11 @@ def _committed(out: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_job_equals_the_pure_splitter(ray_local, storage_root):
-    from ray_cora.passages_job import run_passages
+    from ray_cora.pipelines.build_passages import build_passages
 
     _make_inputs(storage_root)
     config = _config(storage_root)
-    summary = run_passages(config)
+    summary = build_passages(config)
     expected = _pure(config)
     assert _committed(config.out) == expected  # same passages, same order (manifest order = file order)
     assert summary["passages"] == len(expected) and summary["files_processed"] == 5
@@ -304,18 +304,18 @@ def test_job_equals_the_pure_splitter(ray_local, storage_root):
 
 @pytest.mark.slow
 def test_rerun_redoes_only_a_deleted_shard(ray_local, tmp_path):
-    from ray_cora.passages_job import run_passages
+    from ray_cora.pipelines.build_passages import build_passages
 
     root = str(tmp_path)
     _make_inputs(root)
     config = _config(root)
-    run_passages(config)
+    build_passages(config)
     out = tmp_path / "out"
     shards = sorted(p.name for p in out.glob("*.parquet"))
     before = {name: ((out / name).stat().st_mtime_ns, storage.sha256_of(str(out / name))[0]) for name in shards}
     os.remove(out / "part-ja-00000-000.parquet")
 
-    summary = run_passages(config)
+    summary = build_passages(config)
     assert (summary["files_processed"], summary["files_skipped"]) == (1, 4)
     after = {name: ((out / name).stat().st_mtime_ns, storage.sha256_of(str(out / name))[0]) for name in shards}
     changed = {name for name in shards if after[name] != before[name]}
@@ -324,14 +324,14 @@ def test_rerun_redoes_only_a_deleted_shard(ray_local, tmp_path):
     assert all(after[n][1] == before[n][1] for n in shards)  # the redone shard is byte-identical
     assert _committed(config.out) == _pure(config)
 
-    assert run_passages(config)["files_processed"] == 0
+    assert build_passages(config)["files_processed"] == 0
     other = _config(root, passage_tokens=50, min_tail_tokens=10)  # new options: every file is redone
-    assert run_passages(other)["files_processed"] == 5 and _committed(other.out) == _pure(other)
+    assert build_passages(other)["files_processed"] == 5 and _committed(other.out) == _pure(other)
 
 
 @pytest.mark.slow
 def test_bad_line_stops_the_job_at_file_and_line_or_is_quarantined(ray_local, tmp_path):
-    from ray_cora.passages_job import run_passages
+    from ray_cora.pipelines.build_passages import build_passages
 
     root = str(tmp_path)
     _make_inputs(root)
@@ -339,11 +339,11 @@ def test_bad_line_stops_the_job_at_file_and_line_or_is_quarantined(ray_local, tm
         f.write('{"id": "9", "title": "壊れた"\n')
     config = _config(root)
     with pytest.raises(BadRecordError, match=r"jawiki/AA/wiki_01:20: invalid JSON"):
-        run_passages(config)
+        build_passages(config)
     assert not (tmp_path / "out" / "manifest.json").exists()
 
     config = _config(root, on_bad_record="skip")
-    summary = run_passages(config)
+    summary = build_passages(config)
     assert summary["quarantined"] == 1
     bad = BadRecords("skip")
     assert _committed(config.out) == _pure(config, bad) and bad.count == 1

@@ -10,7 +10,7 @@ import pytest
 
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import BadRecordError
-from ray_cora.wikidata import DumpStats, iter_entities, label_rows
+from ray_cora.data.wikidata import DumpStats, iter_entities, label_rows
 
 
 def _entity(qid, labels=None, aliases=None, sitelinks=None):
@@ -85,7 +85,7 @@ def test_bad_line_stops_with_file_and_line(tmp_path):
 
 
 def test_label_rows_one_row_per_entity_language_and_site():
-    from ray_cora.wikidata import Entity
+    from ray_cora.data.wikidata import Entity
 
     labels, links = label_rows([Entity("Q1", {"en": "A"}, {"en": ["a1"], "de": ["a2"]}, {"enwiki": "A"})])
     assert list(zip(labels["lang"], labels["label"], labels["aliases"])) == [("de", None, ["a2"]), ("en", "A", ["a1"])]
@@ -95,7 +95,8 @@ def test_label_rows_one_row_per_entity_language_and_site():
 def test_sitelinks_of_titles_reads_only_the_linked_entities(tmp_path):
     from ray_cora import storage
     from ray_cora.iterate.mining import LanguageLinks, english_positive_titles
-    from ray_cora.pipelines.wikidata import commit_tables, plan_parts, sitelinks_of_titles, write_part
+    from ray_cora.data.wikidata import sitelinks_of_titles
+    from ray_cora.pipelines.wikidata_labels import commit_tables, plan_parts, write_part
 
     write_dump(tmp_path / "dump.json", bad_line=False)
     out = tmp_path / "labels"
@@ -115,9 +116,10 @@ def test_sitelinks_of_titles_reads_only_the_linked_entities(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("compression", ["", ".gz", ".bz2"])
 def test_label_job_on_plain_and_compressed_dumps(tmp_path, ray_local, compression):
-    from ray_cora.pipelines.wikidata import read_label_tables
+    from ray_cora.data.wikidata import read_label_tables
     from ray_cora.pivot.translate import LabelTable
-    from ray_cora.wikidata_job import WikidataLabelsConfig, run_wikidata_labels
+    from ray_cora.configs.wikidata import WikidataLabelsConfig
+    from ray_cora.pipelines.wikidata_labels import build_label_tables
 
     opener = {"": open, ".gz": gzip.open, ".bz2": bz2.open}[compression]
     dump = tmp_path / f"latest-all.json{compression}"
@@ -125,7 +127,7 @@ def test_label_job_on_plain_and_compressed_dumps(tmp_path, ray_local, compressio
     out = tmp_path / "labels"
     config = WikidataLabelsConfig.load(overrides={"dump": str(dump), "langs": ["en", "ja", "zh_cn"], "out": str(out),
                                                   "on_bad_record": "skip", "part_lines": 3})
-    manifest = run_wikidata_labels(config)
+    manifest = build_label_tables(config)
     assert manifest["stats"] == {"lines": 8, "entities": 3, "redirects": 1, "without_labels": 1, "bad": 2}
     assert len(manifest["labels"]) == (1 if compression else 3)  # 8 lines by 3; a compressed dump: one part
     labels, links = read_label_tables(str(out))
@@ -139,20 +141,21 @@ def test_label_job_on_plain_and_compressed_dumps(tmp_path, ray_local, compressio
 
 @pytest.mark.slow
 def test_label_job_rerun_skips_finished_parts(tmp_path, ray_local, capsys):
-    from ray_cora.pipelines.wikidata import part_paths
-    from ray_cora.wikidata_job import WikidataLabelsConfig, run_wikidata_labels
+    from ray_cora.pipelines.wikidata_labels import part_paths
+    from ray_cora.configs.wikidata import WikidataLabelsConfig
+    from ray_cora.pipelines.wikidata_labels import build_label_tables
 
     dump = tmp_path / "dump.json"
     write_dump(dump, bad_line=False)
     out = tmp_path / "labels"
     config = WikidataLabelsConfig.load(overrides={"dump": str(dump), "langs": ["en"], "out": str(out),
                                                   "part_lines": 2})
-    first = run_wikidata_labels(config)
+    first = build_label_tables(config)
     (out / "manifest.json").unlink()  # as if killed before the commit…
     (out / part_paths(1)["marker"]).unlink()  # …and before part 1 finished
     kept = (out / part_paths(0)["labels"]).stat().st_mtime_ns
     capsys.readouterr()
-    second = run_wikidata_labels(config)
+    second = build_label_tables(config)
     assert "3 part(s), 2 already written, 1 to parse" in capsys.readouterr().out
     assert (out / part_paths(0)["labels"]).stat().st_mtime_ns == kept
     assert second["files"] == first["files"] and second["stats"] == first["stats"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 RSS_PROBE = """
 import resource, sys
-from ray_cora.embed_job import EmbedConfig
+from ray_cora.configs.embed import EmbedConfig
 from ray_cora.pipelines.embed_corpus import embed_corpus
 config = EmbedConfig.load(overrides=dict(passages=sys.argv[1], out=sys.argv[2], shard_size=int(sys.argv[3]),
                                          batch_size=int(sys.argv[4]), actor_cpus=1, num_cpus=2))
@@ -84,7 +84,7 @@ def plain_loop(passages: str, out: str, *, batch_size: int, shard_size: int, thr
 
 def ray_pipeline(passages: str, out: str, *, batch_size: int, shard_size: int, threads: int,
                  concurrency: int) -> float:
-    from ray_cora.embed_job import EmbedConfig
+    from ray_cora.configs.embed import EmbedConfig
     from ray_cora.pipelines.embed_corpus import embed_corpus
 
     config = EmbedConfig.load(overrides=dict(

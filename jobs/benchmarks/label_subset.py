@@ -39,7 +39,7 @@ print(json.dumps({"labels": len(table.labels), "seconds": round(time.perf_counte
 
 def write_labels(folder: Path, entities: int, seed: int) -> None:
     from ray_cora import storage
-    from ray_cora.pipelines.wikidata import commit_tables, plan_parts, write_part
+    from ray_cora.pipelines.wikidata_labels import commit_tables, plan_parts, write_part
 
     rng = random.Random(seed)
     dump = folder / "dump.json"

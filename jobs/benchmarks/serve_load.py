@@ -116,7 +116,8 @@ def serve_levels(questions: list[dict], *, clients: list[int], max_requests: int
     from ray import serve
 
     from ray_cora.serve.app import APP_NAME, build_app
-    from ray_cora.serve_job import ServeConfig, start_app
+    from ray_cora.configs.serve import ServeConfig
+    from ray_cora.serve.run import start_app
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              logging_level="WARNING", log_to_driver=False)
@@ -151,7 +152,8 @@ def shard_group_levels(questions: list[dict], *, groups: int, clients: list[int]
     from ray_cora.data.passage_store import build_passage_store
     from ray_cora.serve.app import APP_NAME, build_app
     from ray_cora.serve.core import build_index
-    from ray_cora.serve_job import ServeConfig, start_app
+    from ray_cora.configs.serve import ServeConfig
+    from ray_cora.serve.run import start_app
 
     index = build_index(load_encoder("muse"), str(DEMO_PASSAGES), os.path.join(folder, "index"), shard_size=40)
     store = os.path.join(folder, "store")

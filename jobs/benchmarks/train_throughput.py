@@ -103,18 +103,20 @@ def measure(setup: dict[str, Any], workers: int, *, init: str, steps: int, tmp: 
               "num_workers": workers, "use_gpu": setup["use_gpu"], "cpus_per_worker": 1 if setup["use_gpu"] else 0.5,
               "max_failures": 0}
     if setup["model"] == "mdpr":
-        from ray_cora.train_mdpr_job import TrainMDPRConfig, run_train_mdpr
+        from ray_cora.configs.train import TrainMDPRConfig
+        from ray_cora.train.jobs import train_mdpr
 
         path = os.path.join(tmp, f"{setup['name']}.json")
         Path(path).write_text(json.dumps(synthetic_dpr(examples, words=setup["words"])))
-        manifest = run_train_mdpr(TrainMDPRConfig(train=[path], max_length=setup["max_length"], **common))
+        manifest = train_mdpr(TrainMDPRConfig(train=[path], max_length=setup["max_length"], **common))
     else:
-        from ray_cora.train_mgen_job import TrainMGENConfig, run_train_mgen
+        from ray_cora.configs.train import TrainMGENConfig
+        from ray_cora.train.jobs import train_mgen
 
         path = os.path.join(tmp, f"{setup['name']}.jsonl")
         rows = synthetic_retrieval(examples, words=setup["words"], top_k=setup["top_k"])
         Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
-        manifest = run_train_mgen(TrainMGENConfig(train=[path], top_k=setup["top_k"], grad_accumulation=1,
+        manifest = train_mgen(TrainMGENConfig(train=[path], top_k=setup["top_k"], grad_accumulation=1,
                                                   max_source_length=setup["max_source_length"],
                                                   max_target_length=setup["max_target_length"], **common))
     rate = float(manifest["final"]["samples_per_s"])

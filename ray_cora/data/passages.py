@@ -165,7 +165,7 @@ def _to_passage(row: dict[str, Any], default_lang: str | None, uri: str) -> dict
     return {"pid": str(pid).strip(), "lang": lang, "title": title.strip(), "text": text.strip()}
 
 
-def _decoded_lines(loc: Location, segment: Segment) -> Iterator[tuple[int, str | None, bytes]]:
+def decoded_lines(loc: Location, segment: Segment) -> Iterator[tuple[int, str | None, bytes]]:
     """(line number, text or None when not UTF-8, raw bytes) for every non-blank line."""
     seek = segment.start_byte > 0 and detect_compression(loc.path) is None
     with (loc.fs.open_input_file(loc.path) if seek else open_input(loc)) as stream:
@@ -205,7 +205,7 @@ def parse_tsv_header(first_line: str) -> tuple[str, ...] | None:
 
 def _tsv_rows(loc: Location, segment: Segment) -> Iterator[tuple[int, dict | str, bytes]]:
     columns = segment.tsv_columns
-    for number, text, raw in _decoded_lines(loc, segment):
+    for number, text, raw in decoded_lines(loc, segment):
         if text is None:
             yield number, "invalid UTF-8", raw
             continue
@@ -223,7 +223,7 @@ def _tsv_rows(loc: Location, segment: Segment) -> Iterator[tuple[int, dict | str
 
 
 def _jsonl_rows(loc: Location, segment: Segment) -> Iterator[tuple[int, dict | str, bytes]]:
-    for number, text, raw in _decoded_lines(loc, segment):
+    for number, text, raw in decoded_lines(loc, segment):
         if text is None:
             yield number, "invalid UTF-8", raw
             continue

@@ -399,7 +399,7 @@ def load_pretrained(path: str, *, source: str) -> Any:
     return model
 
 
-def _has_tokenizer(path: str) -> bool:
+def has_tokenizer(path: str) -> bool:
     return any(os.path.isfile(os.path.join(path, name)) for name in _TOKENIZER_FILES)
 
 
@@ -440,7 +440,7 @@ class HFEncoder:
             tok_root = stack.enter_context(local_model_dir(parsed.tokenizer)) if parsed.tokenizer else None
             if two:
                 paths = {d: os.path.join(path, d) for d in TOWER_DIRS}
-                if tok_root is None and _has_tokenizer(path):
+                if tok_root is None and has_tokenizer(path):
                     tok_root = path
                 self._question = tower(paths["question_encoder"], tok_root or paths["question_encoder"],
                                        parsed.query_prefix, f"{parsed.source}/question_encoder")

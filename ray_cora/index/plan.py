@@ -89,12 +89,12 @@ def _file_segments(file: Location, fmt: str, shard_size: int) -> list[tuple]:
             first = next(iter(iter_lines(stream)), b"").decode("utf-8", errors="replace").lstrip("\ufeff")
         header = parse_tsv_header(first)
     first_record_line = 2 if header else 1
-    offsets, total_lines = _shard_offsets(file, first_record_line, shard_size)
+    offsets, total_lines = shard_offsets(file, first_record_line, shard_size)
     return [(line, min(shard_size, total_lines - line + 1), offset, header)
             for line, offset in zip(range(first_record_line, total_lines + 1, shard_size), offsets)]
 
 
-def _shard_offsets(file: Location, first_line: int, shard_size: int) -> tuple[list[int], int]:
+def shard_offsets(file: Location, first_line: int, shard_size: int) -> tuple[list[int], int]:
     """Byte offsets of the lines that start shards (0s for compressed files: they are read from
     the start), and the file's number of lines, in one streaming pass."""
     compressed = detect_compression(file.path) is not None

@@ -249,14 +249,7 @@ def merge_topk(results: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     >>> merge_topk([a, b], k=2)[1]
     [['a1', 'b0']]
     """
-    scores = np.concatenate([np.where(r >= 0, s, -np.inf) for s, r, _ in results], axis=1)
-    pids = np.concatenate([np.asarray(p, dtype=object)[np.clip(r, 0, None)] for _, r, p in results],
-                          axis=1)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    top_scores = np.take_along_axis(scores, order, axis=1).astype(np.float32)
-    top_pids = np.take_along_axis(pids, order, axis=1)
-    return top_scores, [[str(p) for p, s in zip(prow, srow) if np.isfinite(s)]
-                        for prow, srow in zip(top_pids, top_scores)]
+    return merge_pid_arrays([(s, pid_array(r, p)) for s, r, p in results], k)
 
 
 def _to_gpu(index):
@@ -274,3 +267,25 @@ def iter_shard_ids(uri: str) -> Iterator[tuple[int, list[str]]]:
     for number, entry in enumerate(artifact.manifest["shards"]):
         table = pq.read_table(io.BytesIO(artifact.read_bytes(entry["ids"])))
         yield number, table.column("pid").to_pylist()
+
+
+def pid_array(rows: np.ndarray, pids: np.ndarray) -> np.ndarray:
+    """FAISS result rows (n, k) → the pids they name, as an object array with None in empty slots
+    (row -1)."""
+    array = np.asarray(pids, dtype=object)[np.clip(rows, 0, None)]
+    array[rows < 0] = None
+    return array
+
+
+def merge_pid_arrays(partials: Sequence[tuple[np.ndarray, np.ndarray]],
+                     k: int) -> tuple[np.ndarray, list[list[str]]]:
+    """Merge partial (scores (n, k_i), pids (n, k_i) object array, None in empty slots) results
+    exactly, as :meth:`ShardedIndex.search_pid_arrays` returns them (one per shard group or
+    searcher actor); stable, so ties keep the partials' order."""
+    scores = np.concatenate([np.where(p == None, -np.inf, s) for s, p in partials], axis=1)  # noqa: E711
+    pids = np.concatenate([p for _, p in partials], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top_scores = np.take_along_axis(scores, order, axis=1).astype(np.float32)
+    top_pids = np.take_along_axis(pids, order, axis=1)
+    return top_scores, [[str(p) for p, s in zip(prow, srow) if np.isfinite(s)]
+                        for prow, srow in zip(top_pids, top_scores)]

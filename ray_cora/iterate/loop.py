@@ -29,10 +29,10 @@ from ray_cora import storage
 from ray_cora.errors import ConfigError
 from ray_cora.iterate import mining
 from ray_cora.iterate.stages import StageResult, StageRunner
-from ray_cora.iterate_job import TINY
+from ray_cora.configs.iterate import TINY
 
 if TYPE_CHECKING:
-    from ray_cora.iterate_job import IterateConfig
+    from ray_cora.configs.iterate import IterateConfig
 
 
 # --- small I/O helpers ------------------------------------------------------------------------
@@ -57,11 +57,11 @@ def read_jsonl(uri: str) -> Iterator[dict[str, Any]]:
 def iter_dpr_records(files: Iterable[str]) -> Iterator[dict[str, Any]]:
     """Raw DPR records (with our extra ``qid``/``lang``/``source`` fields) of B_t's files."""
     from ray_cora.data.records import BadRecords
-    from ray_cora.train.data import _files, iter_raw_records
+    from ray_cora.data.training import data_files, iter_raw_records
 
     bad = BadRecords("error")
     for uri in files:
-        for file in _files(uri):
+        for file in data_files(uri):
             for _, obj in iter_raw_records(file, bad):
                 yield obj
 
@@ -107,7 +107,7 @@ class IterativeTraining:
     def _prepare(self, folder: storage.Location) -> tuple[dict[str, Any], list[str]]:
         from ray_cora.data.qa import iter_qa
         from ray_cora.data.passage_store import PassageStore, open_or_build_store
-        from ray_cora.pipelines.retrieve import question_files
+        from ray_cora.data.retrieval import question_files
 
         c = self.config
         train_q, dev_q = [], []
@@ -258,7 +258,7 @@ class IterativeTraining:
         return result, outputs + (["synthetic.jsonl"] if synthetic else [])
 
     def _translated_examples(self, retrieval: storage.Location) -> Iterator[dict[str, Any]]:
-        from ray_cora.pipelines.retrieve import iter_retrieval
+        from ray_cora.data.retrieval import iter_retrieval
 
         labels = self.labels()
 
@@ -270,7 +270,8 @@ class IterativeTraining:
         return mining.translated_answer_examples(rows, translate, self.link_langs())
 
     def _dev(self, folder: storage.Location, index: StageResult, question_spec: str, mgen: StageResult):
-        from ray_cora.evaluate_job import EvaluateAllConfig, run_evaluate_all
+        from ray_cora.configs.evaluate import EvaluateAllConfig
+        from ray_cora.evaluate.all import run_evaluate_all
 
         c = self.config
         questions = self.root.join("round-1/data/dev_questions.jsonl").uri
@@ -293,8 +294,8 @@ class IterativeTraining:
 
     def _mine(self, folder: storage.Location, train_files: list[str], retrieval: storage.Location,
               mgen: StageResult, state: dict[str, Any]):
-        from ray_cora.generate_job import run_generate
-        from ray_cora.pipelines.retrieve import iter_retrieval
+        from ray_cora.pipelines.generate import run_generate
+        from ray_cora.data.retrieval import iter_retrieval
 
         c = self.config
         records = list(iter_dpr_records(train_files))
@@ -364,7 +365,7 @@ class IterativeTraining:
             return None
         uri = self.config.wikidata
         if storage.resolve(uri).join(storage.MANIFEST_NAME).is_file():
-            from ray_cora.pipelines.wikidata import sitelinks_of_titles
+            from ray_cora.data.wikidata import sitelinks_of_titles
 
             return mining.LanguageLinks.from_sitelinks(sitelinks_of_titles(uri, "enwiki", english_titles))
         return mining.LanguageLinks.from_sitelinks(_jsonl_sitelinks(uri))
@@ -416,7 +417,7 @@ class IterativeTraining:
 
 def _jsonl_sitelinks(uri: str) -> Iterator[tuple[str, str, str]]:
     from ray_cora.languages import LANGUAGES
-    from ray_cora.wikidata import iter_entities
+    from ray_cora.data.wikidata import iter_entities
 
     with storage.open_input(uri) as stream:
         lines = enumerate(storage.iter_lines(stream), start=1)

@@ -33,14 +33,19 @@ from ray_cora import storage
 from ray_cora.data.passages import PASSAGE_SCHEMA
 from ray_cora.data.records import BadRecords, OnBadRecord
 from ray_cora.data.wiki import (
-    DROP_REASONS, InputFile, WikiOptions, iter_wiki_passage_batches, list_inputs, parse_input,
+    DROP_REASONS,
+    InputFile,
+    WikiOptions,
+    iter_wiki_passage_batches,
+    list_inputs,
+    parse_input,
     write_input_shards,
 )
 from ray_cora.errors import StorageError
 from ray_cora.runtime import ray_session, worker_runtime_env
 
 if TYPE_CHECKING:
-    from ray_cora.passages_job import PassagesConfig
+    from ray_cora.configs.passages import PassagesConfig
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 
 from ray_cora import storage
 from ray_cora.data.qa import iter_qa
-from ray_cora.demo import DemoConfig
+from ray_cora.configs.demo import DemoConfig
 from ray_cora.index.flat import FlatIndex
 from ray_cora.metrics.retrieval import first_answer_rank, first_gold_rank, recall_by_language
-from ray_cora.reports import retrieval_markdown
+from ray_cora.reports.tables import retrieval_markdown
 from ray_cora.runtime import ray_session, worker_runtime_env
 
 KS = (1, 5, 10)
@@ -40,8 +40,8 @@ def run_demo(config: DemoConfig) -> dict:
     """Run the demo end to end; returns the metrics written to ``metrics.json``."""
     import ray
 
-    from ray_cora.pipelines.embed import EncodePassages, EncodeQueries
-    from ray_cora.pipelines.passages import PassageDatasource
+    from ray_cora.pipelines.encode import EncodePassages, EncodeQueries
+    from ray_cora.pipelines.passage_source import PassageDatasource
 
     started = time.perf_counter()
     out = storage.resolve(config.out)

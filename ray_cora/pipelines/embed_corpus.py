@@ -21,12 +21,12 @@ import numpy as np
 import ray
 
 from ray_cora import storage
+from ray_cora.data.bookkeeping import iter_entries
 from ray_cora.data.passages import iter_passages
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import ChecksumError, ConfigError, RayCoraError, StorageError
 from ray_cora.index.plan import ShardSpec, plan_corpus, plan_fingerprint
 from ray_cora.index.sharded import IndexSpec, commit_index, write_shard
-from ray_cora.pipelines.bookkeeping import iter_entries
 
 PLAN_NAME = "plan.json"
 
@@ -148,7 +148,7 @@ def finished_shards(out: storage.Location, tasks: list[list[ShardSpec]], *, veri
 
 
 def embed_corpus(config, *, crash_at_shard: int | None = None, crash_once_marker: str | None = None) -> dict:
-    """Run the embedding job described by an :class:`~ray_cora.embed_job.EmbedConfig`.
+    """Run the embedding job described by an :class:`~ray_cora.configs.embed.EmbedConfig`.
 
     ``crash_at_shard``/``crash_once_marker`` are for tests: one actor dies once at that shard.
     """

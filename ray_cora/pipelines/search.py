@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ray_cora import storage
-from ray_cora.index.sharded import INDEX_KIND, ShardedIndex
+from ray_cora.index.sharded import INDEX_KIND, ShardedIndex, merge_pid_arrays
 
 
 class ShardSearcher:
@@ -64,12 +64,3 @@ def search_on_actors(actors: list, queries: np.ndarray, k: int, *,
     return merge_pid_arrays(partials, k)
 
 
-def merge_pid_arrays(partials: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, list[list[str]]]:
-    """Merge per-actor (scores, pid array) pairs exactly (pids are already resolved)."""
-    scores = np.concatenate([np.where(p == None, -np.inf, s) for s, p in partials], axis=1)  # noqa: E711
-    pids = np.concatenate([p for _, p in partials], axis=1)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    top_scores = np.take_along_axis(scores, order, axis=1).astype(np.float32)
-    top_pids = np.take_along_axis(pids, order, axis=1)
-    return top_scores, [[str(p) for p, s in zip(prow, srow) if np.isfinite(s)]
-                        for prow, srow in zip(top_pids, top_scores)]

@@ -37,7 +37,7 @@ class CrossEncoder:
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from ray_cora.hf_models import load_hf_model
+        from ray_cora.models.hf import load_hf_model
 
         loaded = load_hf_model(spec, AutoModelForSequenceClassification, options=RERANK_OPTIONS,
                                what="sequence-classification model", threads=threads, device=device)

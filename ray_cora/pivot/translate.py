@@ -80,7 +80,7 @@ class LabelTable:
         wanted = {normalize_label(a) for a in answers} if answers else None
         loc = storage.resolve(uri)
         if loc.join(storage.MANIFEST_NAME).is_file():
-            from ray_cora.pipelines.wikidata import iter_label_parts
+            from ray_cora.data.wikidata import iter_label_parts
 
             folded = _folded_answers(answers) if answers else None
             entities: dict[str, dict[str, Any]] = {}
@@ -94,7 +94,7 @@ class LabelTable:
                     if row["aliases"]:
                         ent["aliases"][row["lang"]] = row["aliases"]
             return cls.from_entities(entities.values())
-        from ray_cora.wikidata import iter_entities
+        from ray_cora.data.wikidata import iter_entities
 
         with storage.open_input(loc) as stream:
             lines = enumerate(storage.iter_lines(stream), start=1)
@@ -221,7 +221,7 @@ class HFTranslator:
         from transformers import AutoModelForSeq2SeqLM
 
         from ray_cora.encoders.hf import parse_spec
-        from ray_cora.hf_models import load_hf_model
+        from ray_cora.models.hf import load_hf_model
 
         _, options = parse_spec(spec, "hf", MT_OPTIONS)  # options are checked before any weights load
         self.spec = spec

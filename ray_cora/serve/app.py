@@ -34,14 +34,22 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from ray_cora import __version__, storage
+from ray_cora.configs.serve import ServeAppOptions
 from ray_cora.errors import ConfigError
-from ray_cora.index.sharded import INDEX_KIND, ShardedIndex
-from ray_cora.serve.core import (RetrieverCore, load_generator, load_pivot, merge_group_results,
-                                 pivot_response, shard_group)
-from ray_cora.serve.schemas import (AnswerRequest, AnswerResponse, ClientError, ErrorResponse, Limits,
-                                    PivotRequest, PivotResponse, RetrieveRequest, RetrieveResponse,
-                                    describe_validation_errors)
-from ray_cora.serve.settings import ServeAppOptions
+from ray_cora.index.sharded import INDEX_KIND, ShardedIndex, merge_pid_arrays
+from ray_cora.serve.core import RetrieverCore, load_generator, load_pivot, pivot_response, shard_group
+from ray_cora.serve.schemas import (
+    AnswerRequest,
+    AnswerResponse,
+    ClientError,
+    ErrorResponse,
+    Limits,
+    PivotRequest,
+    PivotResponse,
+    RetrieveRequest,
+    RetrieveResponse,
+    describe_validation_errors,
+)
 
 APP_NAME = "ray_cora"
 API_KEY_HEADER = "X-API-Key"
@@ -148,7 +156,7 @@ class Retriever:
             return await asyncio.to_thread(self.core.retrieve, questions, ks)
         vectors = await asyncio.to_thread(self.core.encode, questions)
         partials = await asyncio.gather(*(g.search.remote(vectors, max(ks)) for g in self.groups))
-        scores, pids = merge_group_results(partials, max(ks))
+        scores, pids = merge_pid_arrays(partials, max(ks))
         return await asyncio.to_thread(self.core.attach, scores, pids, ks)
 
     async def retrieve(self, question: str, k: int) -> list[dict[str, Any]]:

@@ -10,10 +10,10 @@ from typing import Any, Iterable, Protocol, Sequence
 import numpy as np
 
 from ray_cora import storage
+from ray_cora.data.passage_store import PassageStore, build_passage_store
 from ray_cora.data.passages import iter_passages, passage_files
 from ray_cora.errors import ConfigError
 from ray_cora.index.sharded import INDEX_KIND, ShardedIndex, commit_index, plan_shards, write_shard
-from ray_cora.data.passage_store import PassageStore, build_passage_store
 
 
 class PassageLookup(Protocol):
@@ -83,15 +83,6 @@ def shard_group(num_shards: int, groups: int, group: int) -> list[int]:
         raise ConfigError(f"shard_groups={groups} but the index has only {num_shards} shard(s): every "
                           f"group needs at least one; set shard_groups to at most {num_shards}")
     return list(range(group, num_shards, groups))
-
-
-def merge_group_results(partials: Sequence[tuple[np.ndarray, np.ndarray]],
-                        k: int) -> tuple[np.ndarray, list[list[str]]]:
-    """Exact top-k over the shard groups' partial results (``ShardedIndex.search_pid_arrays``
-    of each group): the same merge as across shards in one process."""
-    from ray_cora.pipelines.search import merge_pid_arrays
-
-    return merge_pid_arrays(list(partials), k)
 
 
 @dataclass
@@ -174,7 +165,7 @@ class AnswerGenerator(Protocol):
 def load_generator(path: str, *, tokenizer: str | None = None, top_k: int | None = None) -> AnswerGenerator:
     """The mGEN generator (any HF seq2seq folder) at ``path``; ``tokenizer`` for checkpoints that
     ship without one (CORA's ``mGEN_model``: mT5's)."""
-    from ray_cora.train.mgen import Generator
+    from ray_cora.models.mgen import Generator
 
     return Generator.load(path, tokenizer=tokenizer, **({"top_k": top_k} if top_k else {}))
 

@@ -24,12 +24,21 @@ from typing import TYPE_CHECKING, Any
 
 from ray_cora import storage
 from ray_cora.errors import ConfigError, StorageError
-from ray_cora.train import data
-from ray_cora.train.loop import LoopSettings, RunSettings, check_batching, fit, load_final_model, publish_model, settings_dict
+from ray_cora.data.records import BadRecords
+from ray_cora.data.training import iter_examples, scan
+from ray_cora.train.data import training_dataset
+from ray_cora.train.loop import (
+    LoopSettings,
+    RunSettings,
+    check_batching,
+    fit,
+    load_final_model,
+    publish_model,
+    settings_dict,
+)
 
 if TYPE_CHECKING:
-    from ray_cora.train_mdpr_job import TrainMDPRConfig
-    from ray_cora.train_mgen_job import TrainMGENConfig
+    from ray_cora.configs.train import TrainMDPRConfig, TrainMGENConfig
 
 RUN_NAME = "ray-train"
 RUN_CONFIG = "run_config.json"
@@ -72,7 +81,7 @@ def check_rerun(config: Any, job: str) -> dict[str, Any] | None:
 
 
 def _scan(config: Any, kind: str) -> tuple[int, int]:
-    count, bad = data.scan(config.train, kind, config.on_bad_record)
+    count, bad = scan(config.train, kind, config.on_bad_record)
     if bad.count:
         storage.write_bytes(storage.resolve(config.out).join("bad_records.jsonl"), bad.to_jsonl())
         print(f"skipped {bad.count} bad training record(s); listed in {config.out.rstrip('/')}/bad_records.jsonl")
@@ -105,7 +114,7 @@ def _run(config: Any, task: Any, kind: str, *, grad_accumulation: int, model_kin
         storage.write_bytes(recorded_loc, json.dumps(_training_options(config), indent=2,
                                                      ensure_ascii=False).encode("utf-8"))
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
-        result = fit(task, settings, data.training_dataset(config.train, kind), out=config.out, run=run,
+        result = fit(task, settings, training_dataset(config.train, kind), out=config.out, run=run,
                      name=RUN_NAME)
     if result.error is not None:
         raise result.error
@@ -119,7 +128,7 @@ def _run(config: Any, task: Any, kind: str, *, grad_accumulation: int, model_kin
 
 def train_mdpr(config: "TrainMDPRConfig", **hooks: Any) -> dict[str, Any]:
     """Train, publish ``<out>/model`` (``hf:`` bi-encoder folder); returns its manifest."""
-    from ray_cora.train.mdpr import MODEL_KIND, MDPRTask, evaluate_dev, export_spec
+    from ray_cora.models.mdpr import MODEL_KIND, MDPRTask, evaluate_dev, export_spec
 
     task = MDPRTask(init=config.init, shared_encoder=config.shared_encoder, max_length=config.max_length,
                     hard_negatives=config.hard_negatives, segment_ids=config.segment_ids)
@@ -136,7 +145,7 @@ def train_mdpr(config: "TrainMDPRConfig", **hooks: Any) -> dict[str, Any]:
     spec = export_spec(model_uri, task)
     summary = {"encoder_spec": spec, "steps": manifest["steps"], "loss": manifest["final"]["loss"]}
     if config.dev:
-        dev = list(data.iter_examples(config.dev, "dpr", data.BadRecords(config.on_bad_record)))
+        dev = list(iter_examples(config.dev, "dpr", BadRecords(config.on_bad_record)))
         summary["dev"] = evaluate_dev(spec, dev)
     storage.write_bytes(storage.resolve(config.out).join("summary.json"),
                         json.dumps(summary, indent=2).encode("utf-8"))
@@ -148,7 +157,7 @@ def train_mdpr(config: "TrainMDPRConfig", **hooks: Any) -> dict[str, Any]:
 
 def train_mgen(config: "TrainMGENConfig", **hooks: Any) -> dict[str, Any]:
     """Train, publish ``<out>/model`` (a seq2seq folder ``Generator.load`` reads); returns its manifest."""
-    from ray_cora.train.mgen import MODEL_KIND, MGENTask
+    from ray_cora.models.mgen import MODEL_KIND, MGENTask
 
     done = check_rerun(config, "train-mgen")
     if done is not None:

@@ -4,40 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-
-from ray_cora.config import RayJobConfig
+from ray_cora.data.training import data_files, iter_examples
+from ray_cora.configs.generate import GENERATION_SETTINGS, GenerateConfig
 from ray_cora.errors import ConfigError
-
-
-class GenerateConfig(RayJobConfig):
-    """Generate an answer for every question of a retrieval JSONL ({qid, lang, question, answers,
-    ctxs:[{pid, lang, title, text, score}]}) with an mGEN model, on a Ray Data actor pool; writes
-    predictions JSONL {qid, lang, prediction} (then a <out>.done.json marker; a rerun with a
-    verified marker and the same generation settings does nothing, other settings are refused)."""
-
-    model: str = Field(..., description="Seq2seq model folder (e.g. <train-mgen out>/model, CORA's mGEN_model), "
-                       "s3:// folder or local-HF-cache name")
-    retrieval: list[str] = Field(..., description="Retrieval JSONL file(s) or folder")
-    out: str = Field(..., description="Predictions JSONL URI")
-    tokenizer: str | None = Field(None, description="Tokenizer source when the model folder has none "
-                                  "(CORA's mGEN_model: google/mt5-base)")
-    top_k: int = Field(15, ge=1, description="Passages per question in the input")
-    max_source_length: int = Field(1000, ge=8)
-    max_target_length: int = Field(25, ge=1)
-    num_beams: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=1, description="Questions per generate() call")
-    concurrency: int = Field(1, ge=1, description="Generator actors")
-    actor_cpus: float = Field(1.0, gt=0)
-    actor_gpus: float = Field(0.0, ge=0)
-    on_bad_record: Literal["error", "skip"] = Field("error")
-
-
-# The settings that make the answers: a finished predictions file made with other ones is refused.
-GENERATION_SETTINGS = ("model", "tokenizer", "retrieval", "top_k", "max_source_length", "max_target_length",
-                       "num_beams")
 
 
 class GeneratorActor:
@@ -46,7 +17,7 @@ class GeneratorActor:
     def __init__(self, settings: dict[str, Any]) -> None:
         import torch
 
-        from ray_cora.train.mgen import Generator
+        from ray_cora.models.mgen import Generator
 
         torch.set_num_threads(max(1, int(settings.pop("threads"))))
         source, tokenizer = settings.pop("model"), settings.pop("tokenizer")
@@ -61,7 +32,6 @@ class GeneratorActor:
 
 def _read_rows(row: dict[str, Any]) -> list[dict[str, str]]:
     from ray_cora.data.records import BadRecords
-    from ray_cora.train.data import iter_examples
 
     return [{"example": json.dumps(e, ensure_ascii=False)}
             for e in iter_examples([row["uri"]], "retrieval", BadRecords("skip"), require_answer=False)]
@@ -73,7 +43,6 @@ def run_generate(config: GenerateConfig) -> dict[str, Any]:
     from ray_cora import storage
     from ray_cora.data.records import BadRecords
     from ray_cora.runtime import ray_session
-    from ray_cora.train import data
 
     out = storage.resolve(config.out)
     marker = storage.resolve(config.out + ".done.json")
@@ -88,8 +57,8 @@ def run_generate(config: GenerateConfig) -> dict[str, Any]:
             print(f"generate: {config.out} is complete ({done['predictions']} predictions); nothing to do")
             return done
     bad = BadRecords(config.on_bad_record)
-    count = sum(1 for _ in data.iter_examples(config.retrieval, "retrieval", bad, require_answer=False))
-    files = [f for uri in config.retrieval for f in data._files(uri)]
+    count = sum(1 for _ in iter_examples(config.retrieval, "retrieval", bad, require_answer=False))
+    files = [f for uri in config.retrieval for f in data_files(uri)]
     settings = {"model": config.model, "tokenizer": config.tokenizer, "top_k": config.top_k,
                 "max_source_length": config.max_source_length, "max_target_length": config.max_target_length,
                 "num_beams": config.num_beams, "threads": max(1, int(config.actor_cpus))}

@@ -1,4 +1,4 @@
-"""``ray-cora iterate``: CORA's iterative training with cross-lingual data mining (Algorithm 1)."""
+"""Config of ``ray-cora iterate``: CORA's iterative training with cross-lingual data mining (Algorithm 1)."""
 
 from __future__ import annotations
 
@@ -7,31 +7,27 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from ray_cora.config import RayJobConfig
+from ray_cora.configs.base import JobConfig, RayJobConfig
+from ray_cora.configs.embed import EmbedConfig
+from ray_cora.configs.generate import GenerateConfig
+from ray_cora.configs.retrieve import RetrieveConfig
+from ray_cora.configs.train import TrainMDPRConfig, TrainMGENConfig
 from ray_cora.demo import DEMO_PASSAGES, DEMO_QUESTIONS, DEMO_WIKIDATA_LABELS
+from ray_cora.errors import ConfigError
 from ray_cora.languages import parse_langs
 
 TINY = "tiny"
 
 # The stage jobs whose options can be set per stage, and the options the loop sets itself.
-STAGE_JOBS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "mdpr": ("ray_cora.train_mdpr_job:TrainMDPRConfig", ("train", "out", "init", "ray_address", "num_cpus")),
-    "embed": ("ray_cora.embed_job:EmbedConfig", ("passages", "out", "encoder", "format", "ray_address", "num_cpus")),
-    "retrieve": ("ray_cora.retrieve_job:RetrieveConfig",
+STAGE_JOBS: dict[str, tuple[type[JobConfig], tuple[str, ...]]] = {
+    "mdpr": (TrainMDPRConfig, ("train", "out", "init", "ray_address", "num_cpus")),
+    "embed": (EmbedConfig, ("passages", "out", "encoder", "format", "ray_address", "num_cpus")),
+    "retrieve": (RetrieveConfig,
                  ("index", "questions", "dataset", "out", "encoder", "lang", "langs", "k", "passages",
                   "passage_format", "passage_store", "ray_address", "num_cpus")),
-    "mgen": ("ray_cora.train_mgen_job:TrainMGENConfig",
-             ("train", "out", "init", "tokenizer", "top_k", "ray_address", "num_cpus")),
-    "generate": ("ray_cora.generate_job:GenerateConfig",
-                 ("model", "retrieval", "out", "tokenizer", "top_k", "ray_address", "num_cpus")),
+    "mgen": (TrainMGENConfig, ("train", "out", "init", "tokenizer", "top_k", "ray_address", "num_cpus")),
+    "generate": (GenerateConfig, ("model", "retrieval", "out", "tokenizer", "top_k", "ray_address", "num_cpus")),
 }
-
-
-def stage_config_class(stage: str) -> Any:
-    import importlib
-
-    module, name = STAGE_JOBS[stage][0].split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 class IterateConfig(RayJobConfig):
@@ -110,7 +106,7 @@ class IterateConfig(RayJobConfig):
     def _stage_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         stage = info.field_name
         reserved = STAGE_JOBS[stage][1]
-        job_cls = stage_config_class(stage)
+        job_cls = STAGE_JOBS[stage][0]
         for key in options:
             if key in reserved:
                 raise ValueError(f"{stage}.{key} is set by the iterative loop itself; leave it out")
@@ -121,16 +117,8 @@ class IterateConfig(RayJobConfig):
 
     def stage_config(self, stage: str, **loop_values: Any) -> Any:
         """The stage job's own config: the loop's values over the user's stage options."""
-        from ray_cora.errors import ConfigError
-
-        cls = stage_config_class(stage)
+        cls = STAGE_JOBS[stage][0]
         try:
             return cls.model_validate({**getattr(self, stage), **loop_values})
         except Exception as exc:  # pydantic ValidationError: name the stage
             raise ConfigError(f"iterate option '{stage}': {exc}") from None
-
-
-def run_iterate(config: IterateConfig, **test_hooks: Any) -> dict[str, Any]:
-    from ray_cora.iterate.loop import iterate
-
-    return iterate(config, **test_hooks)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ray_cora.config import RayJobConfig
+from ray_cora.configs.base import RayJobConfig
 from ray_cora.encoders import check_encoder_spec
 from ray_cora.index.sharded import IndexType
 from ray_cora.languages import normalize_lang
@@ -124,27 +124,3 @@ class PivotTrainRerankerConfig(RayJobConfig):
     @classmethod
     def _model(cls, value: str) -> str:
         return _reranker(value)
-
-
-def run_pivot_build(config: PivotBuildConfig) -> dict:
-    from ray_cora.pivot.distributed import build_pivot_database
-
-    return build_pivot_database(config)
-
-
-def run_pivot(config: PivotRunConfig) -> dict:
-    from ray_cora.pivot.distributed import run_predictions
-
-    return run_predictions(config)
-
-
-def run_pivot_calibrate(config: PivotCalibrateConfig) -> dict:
-    from ray_cora.pivot.distributed import calibrate
-
-    return calibrate(config)
-
-
-def run_train_reranker(config: PivotTrainRerankerConfig) -> dict:
-    from ray_cora.pivot.train import train_reranker
-
-    return train_reranker(config)

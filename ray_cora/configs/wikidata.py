@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ray_cora.config import RayJobConfig
-from ray_cora.wikidata import check_langs
+from ray_cora.configs.base import RayJobConfig
+from ray_cora.data.wikidata import check_langs
 
 
 class WikidataLabelsConfig(RayJobConfig):
@@ -29,9 +29,3 @@ class WikidataLabelsConfig(RayJobConfig):
     @classmethod
     def _known_langs(cls, value: list[str]) -> list[str]:
         return list(check_langs(value))
-
-
-def run_wikidata_labels(config: WikidataLabelsConfig) -> dict:
-    from ray_cora.pipelines.wikidata import build_label_tables
-
-    return build_label_tables(config)

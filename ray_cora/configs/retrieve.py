@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ray_cora.config import RayJobConfig
+from ray_cora.configs.base import RayJobConfig
 from ray_cora.encoders import check_encoder_spec
 from ray_cora.languages import normalize_lang, parse_langs
 
@@ -72,9 +72,3 @@ class RetrieveConfig(RayJobConfig):
         if self.lang and self.langs:
             raise ValueError("pass either --lang or --langs, not both")
         return self
-
-
-def run_retrieve(config: RetrieveConfig) -> dict:
-    from ray_cora.pipelines.retrieve import run_retrieval
-
-    return run_retrieval(config)

@@ -1,7 +1,7 @@
 """``ray-cora evaluate qa`` (score predictions like the official scorers) and
 ``ray-cora predictions convert`` (to and from the official prediction formats).
 
-Both are thin: parse the config, read with :mod:`ray_cora.data.qa` / :mod:`ray_cora.predictions`,
+Both are thin: parse the config, read with :mod:`ray_cora.data.qa` / :mod:`ray_cora.data.predictions`,
 score with :mod:`ray_cora.metrics.qa`, write with :mod:`ray_cora.storage`. No Ray.
 """
 
@@ -9,63 +9,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any, Literal
-
-from pydantic import Field
+from typing import Any
 
 from ray_cora import storage
-from ray_cora.config import JobConfig
+from ray_cora.configs.evaluate_qa import ConvertPredictionsConfig, EvaluateQAConfig
+from ray_cora.data.predictions import Predictions, read_any
 from ray_cora.data.qa import DATASETS, iter_qa
 from ray_cora.errors import ConfigError
 from ray_cora.languages import normalize_lang, parse_langs
 from ray_cora.metrics.qa import score_predictions
-from ray_cora.predictions import Predictions, read_any
 
-Mode = Literal["xor", "mkqa"]
-Format = Literal["ours", "xor", "mkqa"]
 _LIST_LIMIT = 50  # qids listed in report.md; metrics.json and per_question.jsonl have them all
-
-
-class EvaluateQAConfig(JobConfig):
-    """Score QA predictions exactly as the official scorers do (xor: XOR-TyDi/CORA, mkqa: MKQA)
-    and write metrics.json, report.md, per_language.png and per_question.jsonl to --out."""
-
-    mode: Mode = Field(..., description="Scorer to mirror: xor (XOR-TyDi / CORA: MeCab for ja, "
-                       "NLTK BLEU) or mkqa (MKQA: mixed segmentation, articles per language)")
-    dataset: str = Field(..., description=f"Layout of the gold file(s): {', '.join(DATASETS)}")
-    gold: list[str] = Field(..., description="Gold QA file(s), comma-separated (e.g. one XQuAD "
-                            "file per language)")
-    predictions: str = Field(..., description="Predictions: JSONL {qid, lang, prediction} "
-                             "(or the official formats, see --predictions-format)")
-    predictions_format: Format = Field("ours", description="ours (JSONL keyed by qid+lang), xor "
-                                       "({id: answer} JSON) or mkqa (a {lang}.jsonl file or folder)")
-    langs: list[str] | None = Field(None, description="Languages to score (codes or a set name "
-                                    "such as mkqa); default: every language of the gold file")
-    lang: str | None = Field(None, description="Language of a single-language gold file without "
-                             "a language field (XQuAD/SQuAD), or of xor/mkqa-format predictions")
-    keep_unanswerable: bool | None = Field(
-        None, description="Score questions without a short answer (default: yes in mkqa mode, as "
-        "the MKQA scorer does; no in xor mode, as CORA's tables)")
-    sacrebleu: bool = Field(True, description="Also compute corpus-level sacreBLEU per language "
-                            "(a modern extra figure, not the official BLEU)")
-    title: str | None = Field(None, description="Title of the report")
-    out: str = Field(..., description="Output folder: path, file:// or s3://")
-
-
-class ConvertPredictionsConfig(JobConfig):
-    """Convert predictions between our JSONL and the official scorers' formats."""
-
-    from_format: Format = Field(..., description="Input format: ours, xor ({id: answer} JSON) or "
-                                "mkqa ({lang}.jsonl file, or a folder of them)")
-    to_format: Format = Field(..., description="Output format: ours (JSONL file), xor (JSON file) "
-                              "or mkqa (a folder of {lang}.jsonl files)")
-    input: str = Field(..., description="Input file (or folder for mkqa)")
-    out: str = Field(..., description="Output file (folder for --to-format mkqa)")
-    lang: str | None = Field(None, description="Language of every input record when the format "
-                             "has none (xor; mkqa file not named {lang}.jsonl); on output, keep "
-                             "only this language")
-    gold: list[str] | None = Field(None, description="Gold file(s) giving each XOR id its language")
-    dataset: str = Field("xor", description="Layout of --gold")
 
 
 def _gold_rows(gold: list[str], dataset: str, *, lang: str | None, langs: tuple[str, ...] | None,
@@ -119,7 +73,7 @@ def run_evaluate_qa(config: EvaluateQAConfig) -> dict[str, Any]:
     writer = storage.ArtifactWriter(config.out, kind="qa-evaluation", config=config.to_dict())
     writer.write_bytes("report.md", report.encode("utf-8"))
     chart_metrics = ["f1", "em", "bleu"] if config.mode == "xor" else ["f1", "em"]
-    from ray_cora.plots import per_language_bar_chart
+    from ray_cora.reports.plots import per_language_bar_chart
 
     writer.write_bytes("per_language.png", per_language_bar_chart(
         metrics["per_language"], chart_metrics, title=f"{config.title or 'QA'} ({config.mode} scorer)"))
@@ -138,7 +92,7 @@ def _fmt(value: Any) -> str:
 def qa_report_markdown(metrics: dict[str, Any], *, title: str | None = None) -> str:
     """The report: paper-style table (languages as columns), the scorer's extra figures, and
     every missing / unknown prediction (the first few by id)."""
-    from ray_cora.reports import paper_table
+    from ray_cora.reports.tables import paper_table
 
     mode = metrics["mode"]
     per_language = metrics["per_language"]
@@ -187,7 +141,11 @@ def qa_report_markdown(metrics: dict[str, Any], *, title: str | None = None) -> 
 
 def run_convert_predictions(config: ConvertPredictionsConfig) -> dict[str, Any]:
     """Read ``config.input`` in one format and write it in another; returns counts."""
-    from ray_cora.predictions import write_mkqa_predictions, write_predictions, write_xor_predictions
+    from ray_cora.data.predictions import (
+        write_mkqa_predictions,
+        write_predictions,
+        write_xor_predictions,
+    )
 
     qid_langs = None
     if config.gold:

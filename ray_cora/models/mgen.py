@@ -90,7 +90,7 @@ def training_passages(example: dict[str, Any], *, top_k: int, choice: str = "ans
 def _load_model_and_tokenizer(source: str, tokenizer: str | None, *, dropout: float | None = None) -> tuple[Any, Any]:
     from transformers import AutoModelForSeq2SeqLM
 
-    from ray_cora.encoders.hf import _has_tokenizer, load_config, load_tokenizer, local_model_dir
+    from ray_cora.encoders.hf import has_tokenizer, load_config, load_tokenizer, local_model_dir
 
     with local_model_dir(source) as path:
         config = load_config(path, source=source)
@@ -105,7 +105,7 @@ def _load_model_and_tokenizer(source: str, tokenizer: str | None, *, dropout: fl
             model = AutoModelForSeq2SeqLM.from_pretrained(path, config=config)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load seq2seq weights from {source!r}: {exc}") from exc
-        if tokenizer is None and not _has_tokenizer(path):
+        if tokenizer is None and not has_tokenizer(path):
             raise ConfigError(f"{source}: no tokenizer files in the model folder (CORA's mGEN_model ships "
                               "without one); pass the tokenizer, e.g. tokenizer=google/mt5-base from the "
                               "local Hugging Face cache or a folder")

@@ -6,29 +6,12 @@ import signal
 import threading
 import time
 
-from pydantic import Field
-
-from ray_cora.config import RayJobConfig
+from ray_cora.configs.serve import ServeConfig
 from ray_cora.errors import RayCoraError
-from ray_cora.serve.settings import ServeAppOptions
 
 
 class ServeStartError(RayCoraError):
     """The Serve application failed to deploy."""
-
-
-class ServeConfig(ServeAppOptions, RayJobConfig):
-    """Serve the HTTP API (POST /v1/retrieve, /v1/answer, /v1/pivot; GET /healthz; /docs) on Ray Serve.
-    Without --index the demo corpus is embedded with mUSE at replica start; --pivot-db demo builds
-    the demo pivot database."""
-
-    host: str = Field("127.0.0.1", description="Address Serve's HTTP proxy binds (0.0.0.0 exposes it "
-                      "to the network)")
-    port: int = Field(8000, ge=1, le=65535, description="HTTP port")
-
-    def app_options(self) -> ServeAppOptions:
-        return ServeAppOptions.model_validate({k: v for k, v in self.to_dict().items()
-                                               if k in ServeAppOptions.model_fields})
 
 
 def start_app(config: ServeConfig) -> str:

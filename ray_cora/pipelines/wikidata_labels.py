@@ -13,25 +13,20 @@ from __future__ import annotations
 
 import io
 import json
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_cora import storage
-from ray_cora.data.passages import Segment, _decoded_lines, detect_compression
+from ray_cora.data.passages import Segment, decoded_lines, detect_compression
 from ray_cora.data.records import BadRecords
+from ray_cora.data.wikidata import LABELS_KIND, LABELS_SCHEMA, SITELINKS_SCHEMA, DumpStats, iter_entities, label_rows
 from ray_cora.errors import StorageError
-from ray_cora.index.plan import _shard_offsets
-from ray_cora.wikidata import DumpStats, iter_entities, label_rows
+from ray_cora.index.plan import shard_offsets
 
 if TYPE_CHECKING:
-    from ray_cora.wikidata_job import WikidataLabelsConfig
-
-KIND = "wikidata-labels"
-LABELS_SCHEMA = pa.schema([("qid", pa.string()), ("lang", pa.string()), ("label", pa.string()),
-                           ("aliases", pa.list_(pa.string()))])
-SITELINKS_SCHEMA = pa.schema([("qid", pa.string()), ("site", pa.string()), ("title", pa.string())])
+    from ray_cora.configs.wikidata import WikidataLabelsConfig
 
 
 def plan_parts(dump: str, part_lines: int) -> list[dict[str, Any]]:
@@ -39,8 +34,8 @@ def plan_parts(dump: str, part_lines: int) -> list[dict[str, Any]]:
     loc = storage.resolve(dump)
     if detect_compression(loc.path) is not None:
         return [{"part": 0, "first_line": 1, "num_lines": None, "start_byte": 0}]
-    offsets, total = _shard_offsets(loc, 1, part_lines)
-    # _shard_offsets also reports the (empty) line after a final newline: no part starts there.
+    offsets, total = shard_offsets(loc, 1, part_lines)
+    # shard_offsets also reports the (empty) line after a final newline: no part starts there.
     return [{"part": n, "first_line": 1 + n * part_lines,
              "num_lines": min(part_lines, total - n * part_lines), "start_byte": offset}
             for n, offset in enumerate(offsets) if n * part_lines < total]
@@ -59,11 +54,11 @@ def write_part(*, dump: str, out: str, part: dict[str, Any], langs: tuple[str, .
     bad = BadRecords(on_bad_record)
     stats = DumpStats()
     segment = Segment(part["first_line"], part["num_lines"], part["start_byte"])
-    lines = ((number, raw) for number, _, raw in _decoded_lines(loc, segment))
+    lines = ((number, raw) for number, _, raw in decoded_lines(loc, segment))
     labels, links = label_rows(iter_entities(lines, source=dump, langs=langs, bad_records=bad,
                                              stats=stats))
     paths = part_paths(part["part"])
-    writer = storage.ArtifactWriter(root, kind=KIND)
+    writer = storage.ArtifactWriter(root, kind=LABELS_KIND)
     for name, columns, schema in (("labels", labels, LABELS_SCHEMA), ("sitelinks", links, SITELINKS_SCHEMA)):
         buffer = io.BytesIO()
         pq.write_table(pa.table(columns, schema=schema), buffer)
@@ -111,8 +106,8 @@ def build_label_tables(config: "WikidataLabelsConfig") -> dict[str, Any]:
     """Run the job; returns the manifest written (or found, when everything was done before)."""
     import ray
 
+    from ray_cora.data.wikidata import check_langs
     from ray_cora.runtime import ray_session, worker_runtime_env
-    from ray_cora.wikidata import check_langs
 
     langs = check_langs(config.langs)
     root = storage.resolve(config.out)
@@ -137,7 +132,7 @@ def build_label_tables(config: "WikidataLabelsConfig") -> dict[str, Any]:
 
 def commit_tables(root: storage.Location, markers: list[dict[str, Any]], *, config: dict,
                   langs: tuple[str, ...]) -> dict[str, Any]:
-    writer = storage.ArtifactWriter(root, kind=KIND, config=config)
+    writer = storage.ArtifactWriter(root, kind=LABELS_KIND, config=config)
     totals = DumpStats()
     rows = {"labels": 0, "sitelinks": 0}
     for marker in markers:
@@ -155,33 +150,3 @@ def commit_tables(root: storage.Location, markers: list[dict[str, Any]], *, conf
     return manifest
 
 
-def iter_label_parts(uri: str, table: str = "labels") -> Iterator[pa.Table]:
-    """The ``labels`` (or ``sitelinks``) table one part at a time (checksums verified); an
-    entity's rows are all in one part."""
-    artifact = storage.Artifact(uri, kind=KIND)
-    for path in artifact.manifest[table]:
-        yield pq.read_table(io.BytesIO(artifact.read_bytes(path)))
-
-
-def sitelinks_of_titles(uri: str, site: str, titles: set[str]) -> Iterator[tuple[str, str, str]]:
-    """``(qid, site, title)`` for every sitelink of the entities whose ``site`` article is one of
-    ``titles``: the language links of those articles, without loading every sitelink of Wikidata."""
-    import pyarrow.compute as pc
-
-    wanted = pa.array(sorted(titles), pa.string())
-    for part in iter_label_parts(uri, "sitelinks"):
-        hit = pc.and_(pc.equal(part.column("site"), site), pc.is_in(part.column("title"), value_set=wanted))
-        qids = part.column("qid").filter(hit)
-        if len(qids):
-            part = part.filter(pc.is_in(part.column("qid"), value_set=pc.unique(qids.combine_chunks())))
-            yield from zip(*(part.column(n).to_pylist() for n in ("qid", "site", "title")))
-
-
-def read_label_tables(uri: str) -> tuple[pa.Table, pa.Table]:
-    """The committed labels and sitelinks tables, whole (checksums verified); large outputs are
-    better read with :func:`iter_label_parts`."""
-    tables = []
-    for key, schema in (("labels", LABELS_SCHEMA), ("sitelinks", SITELINKS_SCHEMA)):
-        parts = list(iter_label_parts(uri, key))
-        tables.append(pa.concat_tables(parts) if parts else schema.empty_table())
-    return tables[0], tables[1]

@@ -24,18 +24,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ray_cora import storage
+from ray_cora.data.bookkeeping import (
+    check_job_settings,
+    error_row,
+    iter_entries,
+    refuse_stale_blocks,
+    require_all_blocks,
+)
 from ray_cora.data.qa import iter_qa
 from ray_cora.errors import ConfigError, RayCoraError, StorageError
 from ray_cora.index.sharded import IndexSpec
 from ray_cora.pivot.calibrate import answer_is_correct, pick_threshold
-from ray_cora.pivot.database import (KIND, commit_database, embed_shard, iter_db_records,
-                                     prepare_parts)
+from ray_cora.pivot.database import KIND, commit_database, embed_shard, iter_db_records, prepare_parts
 from ray_cora.pivot.pipeline import PREDICTION_FIELDS
-from ray_cora.pipelines.bookkeeping import (check_job_settings, error_row, iter_entries, refuse_stale_blocks,
-                                            require_all_blocks)
 
 if TYPE_CHECKING:
-    from ray_cora.pivot_job import PivotBuildConfig, PivotCalibrateConfig, PivotRunConfig
+    from ray_cora.configs.pivot import PivotBuildConfig, PivotCalibrateConfig, PivotRunConfig
 
 PREDICTIONS_KIND = "pivot-predictions"
 BUILD_JOB_FILE = "build-job.json"
@@ -205,7 +209,7 @@ class AnswerBlocks:
                 "error": np.array([b""], dtype=object)}
 
     def write_block(self, block: str, questions: list[dict[str, Any]]) -> dict[str, Any]:
-        from ray_cora.pipelines.retrieve import part_paths
+        from ray_cora.data.retrieval import part_paths
 
         rows = []
         for start in range(0, len(questions), self.batch_size):
@@ -230,7 +234,8 @@ def run_predictions(config: "PivotRunConfig", *, crash_after_blocks: int | None 
     import ray
     from ray.data import ActorPoolStrategy
 
-    from ray_cora.pipelines.retrieve import finished_blocks, question_blocks
+    from ray_cora.pipelines.retrieve import finished_blocks
+    from ray_cora.data.retrieval import question_blocks
     from ray_cora.runtime import ray_session, worker_runtime_env
 
     started = time.perf_counter()

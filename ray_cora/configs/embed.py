@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ray_cora.config import RayJobConfig
+from ray_cora.configs.base import RayJobConfig
 from ray_cora.encoders import check_encoder_spec
 from ray_cora.index.sharded import IndexSpec
 
@@ -44,9 +44,3 @@ class EmbedConfig(RayJobConfig):
     def index_spec(self) -> IndexSpec:
         return IndexSpec(self.index_type, hnsw_m=self.hnsw_m, ivf_nlist=self.ivf_nlist, pq_m=self.pq_m,
                          pq_nbits=self.pq_nbits)
-
-
-def run_embed(config: EmbedConfig) -> dict:
-    from ray_cora.pipelines.embed_corpus import embed_corpus
-
-    return embed_corpus(config)

@@ -22,7 +22,7 @@ from ray_cora.data.records import BadRecords
 from ray_cora.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ray_cora.pivot_job import PivotTrainRerankerConfig
+    from ray_cora.configs.pivot import PivotTrainRerankerConfig
 
 FIRST_KEYS = ("sentence1", "question1", "query")
 SECOND_KEYS = ("sentence2", "question2", "candidate")
@@ -98,7 +98,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from ray_cora.hf_models import load_hf_model
+    from ray_cora.models.hf import load_hf_model
     from ray_cora.pivot.rerank import RERANK_OPTIONS
 
     torch.manual_seed(config["seed"])

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ray_cora.config import RayJobConfig
+from ray_cora.configs.base import RayJobConfig
 from ray_cora.data.wiki import WikiOptions, parse_input
 from ray_cora.errors import ConfigError
 
@@ -72,10 +72,3 @@ class PassagesConfig(RayJobConfig):
     def wiki_options(self) -> WikiOptions:
         return WikiOptions(self.passage_tokens, self.min_tail_tokens, self.min_article_tokens,
                            self.drop_disambiguation, self.segmenter)
-
-
-def run_passages(config: PassagesConfig) -> dict:
-    """Run the job; returns the summary (also printed)."""
-    from ray_cora.pipelines.build_passages import build_passages
-
-    return build_passages(config)

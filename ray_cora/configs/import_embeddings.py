@@ -1,10 +1,10 @@
-"""``ray-cora import-embeddings``: CORA/DPR released embedding pickles → a sharded index."""
+"""Config of ``ray-cora import-embeddings`` (CORA/DPR released embedding pickles → a sharded index)."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from ray_cora.config import JobConfig
+from ray_cora.configs.base import JobConfig
 
 
 class ImportEmbeddingsConfig(JobConfig):
@@ -16,13 +16,3 @@ class ImportEmbeddingsConfig(JobConfig):
     encoder: str = Field(..., description="The encoder spec that made the vectors, recorded in the manifest "
                          "(e.g. dpr:/ckpt/mDPR_biencoder_best.cpt); queries must use its question side")
     shard_size: int = Field(1_000_000, ge=1, description="Vectors per shard")
-
-
-def run_import(config: ImportEmbeddingsConfig) -> dict:
-    from ray_cora.index.cora_import import import_cora_embeddings
-
-    manifest = import_cora_embeddings(config.inputs, config.out, shard_size=config.shard_size,
-                                      encoder_spec=config.encoder)
-    print(f"imported {manifest['num_vectors']} vectors (dim {manifest['encoder']['dim']}) into "
-          f"{len(manifest['shards'])} shards at {config.out}")
-    return manifest

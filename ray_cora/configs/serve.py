@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from ray_cora.config import JobConfig
+from ray_cora.configs.base import JobConfig, RayJobConfig
 from ray_cora.encoders import check_encoder_spec
 
 
@@ -74,3 +74,17 @@ class ServeAppOptions(JobConfig):
                              "inside the Retriever replica, so there is nothing to split; pass index=<URI> "
                              "(ray-cora embed --out) or leave shard_groups at 1")
         return self
+
+
+class ServeConfig(ServeAppOptions, RayJobConfig):
+    """Serve the HTTP API (POST /v1/retrieve, /v1/answer, /v1/pivot; GET /healthz; /docs) on Ray Serve.
+    Without --index the demo corpus is embedded with mUSE at replica start; --pivot-db demo builds
+    the demo pivot database."""
+
+    host: str = Field("127.0.0.1", description="Address Serve's HTTP proxy binds (0.0.0.0 exposes it "
+                      "to the network)")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port")
+
+    def app_options(self) -> ServeAppOptions:
+        return ServeAppOptions.model_validate({k: v for k, v in self.to_dict().items()
+                                               if k in ServeAppOptions.model_fields})

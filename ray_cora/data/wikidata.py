@@ -22,10 +22,15 @@ wrong shape, is a bad record (``file:line`` error, or skipped and counted).
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ray_cora import storage
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import ConfigError
 from ray_cora.languages import normalize_lang
@@ -202,3 +207,50 @@ def check_langs(langs: Sequence[str]) -> tuple[str, ...]:
     if not langs:
         raise ConfigError("no languages selected: pass --langs en,es,... (the label languages to keep)")
     return tuple(dict.fromkeys(normalize_lang(l) for l in langs))
+
+
+LABELS_KIND = "wikidata-labels"
+
+
+
+LABELS_SCHEMA = pa.schema([("qid", pa.string()), ("lang", pa.string()), ("label", pa.string()),
+                           ("aliases", pa.list_(pa.string()))])
+
+
+
+SITELINKS_SCHEMA = pa.schema([("qid", pa.string()), ("site", pa.string()), ("title", pa.string())])
+
+
+
+def iter_label_parts(uri: str, table: str = "labels") -> Iterator[pa.Table]:
+    """The ``labels`` (or ``sitelinks``) table one part at a time (checksums verified); an
+    entity's rows are all in one part."""
+    artifact = storage.Artifact(uri, kind=LABELS_KIND)
+    for path in artifact.manifest[table]:
+        yield pq.read_table(io.BytesIO(artifact.read_bytes(path)))
+
+
+
+def sitelinks_of_titles(uri: str, site: str, titles: set[str]) -> Iterator[tuple[str, str, str]]:
+    """``(qid, site, title)`` for every sitelink of the entities whose ``site`` article is one of
+    ``titles``: the language links of those articles, without loading every sitelink of Wikidata."""
+    import pyarrow.compute as pc
+
+    wanted = pa.array(sorted(titles), pa.string())
+    for part in iter_label_parts(uri, "sitelinks"):
+        hit = pc.and_(pc.equal(part.column("site"), site), pc.is_in(part.column("title"), value_set=wanted))
+        qids = part.column("qid").filter(hit)
+        if len(qids):
+            part = part.filter(pc.is_in(part.column("qid"), value_set=pc.unique(qids.combine_chunks())))
+            yield from zip(*(part.column(n).to_pylist() for n in ("qid", "site", "title")))
+
+
+
+def read_label_tables(uri: str) -> tuple[pa.Table, pa.Table]:
+    """The committed labels and sitelinks tables, whole (checksums verified); large outputs are
+    better read with :func:`iter_label_parts`."""
+    tables = []
+    for key, schema in (("labels", LABELS_SCHEMA), ("sitelinks", SITELINKS_SCHEMA)):
+        parts = list(iter_label_parts(uri, key))
+        tables.append(pa.concat_tables(parts) if parts else schema.empty_table())
+    return tables[0], tables[1]

@@ -1,0 +1,109 @@
+"""The evaluation report: paper-style Markdown tables of retrieval and answer metrics, and the
+folder `evaluate retrieval` / `evaluate all` write (metrics.json, report.md, PNG plots). Pure: no Ray."""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+from ray_cora import storage
+from ray_cora.reports.plots import language_heatmap, per_language_bar_chart
+from ray_cora.reports.tables import CORA_MKQA_GROUPS, CORA_XOR_GROUPS, default_groups, paper_table
+
+
+def _groups(choice: str, languages: Sequence[str]) -> dict[str, list[str]] | None:
+
+    return {"auto": default_groups(languages), "mkqa": CORA_MKQA_GROUPS, "xor": CORA_XOR_GROUPS,
+            "none": {"all": sorted(languages)}}[choice]
+
+
+def qa_metric_names(mode: str) -> list[str]:
+    """The answer metrics of a scorer mode, as the paper's tables show them."""
+    return ["f1", "em", "bleu"] if mode == "xor" else ["f1", "em"]
+
+
+def qa_section(metrics: dict, grouping: dict[str, list[str]] | None) -> str:
+    """The answer-quality part of the report (only when answers were generated and scored)."""
+
+    generation = metrics["generation"]
+    mode, per_language = generation["mode"], metrics["per_language"]
+    scorer = ("XOR-TyDi / CORA scorer (MeCab for ja, counters 年歳人년 removed, NLTK sentence BLEU)"
+              if mode == "xor" else "official MKQA scorer (mixed segmentation for zh/ja/th/km, articles "
+              "per language, answers + aliases)")
+    parts = [f"## Answers (mGEN `{generation['model']}`)\n",
+             f"Predictions: `{generation['predictions']}`, scored with the {scorer}, like `ray-cora "
+             f"evaluate qa --mode {mode}`; gold answers from the retrieval records.\n",
+             paper_table(per_language, qa_metric_names(mode), groups=grouping, title="Answer quality (%)")]
+    if any("sacrebleu" in row for row in per_language.values()):
+        parts.append(paper_table(per_language, ["sacrebleu"], groups=grouping,
+                                 title="Corpus-level sacreBLEU (a modern extra figure, not the official BLEU)"))
+    missing, unknown = generation["missing"]["count"], generation["unknown"]["count"]
+    if missing or unknown:
+        parts.append(f"{missing} questions without a prediction (scored 0), {unknown} predictions for no "
+                     "question (ignored); see metrics.json.\n")
+    parts.append("## Retrieval\n")
+    return "\n".join(parts)
+
+
+def retrieval_report(metrics: dict, *, groups: str = "auto", title: str | None = None,
+                     notes: Sequence[str] = ()) -> str:
+    """Markdown report: one paper-style table per metric family (answers first, when generated),
+    plus counts and notes."""
+
+    per_language = metrics["per_language"]
+    grouping = _groups(groups, list(per_language))
+    ks = metrics["ks"]
+    parts = [f"# {title or 'Retrieval evaluation'}\n",
+             f"Source: `{metrics['source']}`; {sum(r['count'] for r in per_language.values())} questions in "
+             f"{len(per_language)} languages, up to {metrics['passages_per_question']} passages each. "
+             "Percentages; `macro` averages the languages equally.\n"]
+    if metrics.get("generation"):
+        parts.append(qa_section(metrics, grouping))
+    parts += ["- **R^L@k**: an answer string in the question's language occurs in a top-k passage.\n"
+             "- **R^multi@k**: an answer string in any language of the dataset occurs in a top-k passage.\n"
+             "- **R^gold@k**: a gold passage is among the top k (only where gold passages are known).\n\n"
+             "Matching is Unicode-NFKC, case-folded substring matching (it works for ja/zh/th, which "
+             "have no spaces).\n"]
+    families = [("R^L", "Answer recall in the question's language"), ("R^multi", "Answer recall in any language"),
+                ("R^gold", "Gold-passage recall")]
+    for family, caption in families:
+        names = [f"{family}@{k}" for k in ks]
+        if any(name in row for row in per_language.values() for name in names):
+            parts.append(paper_table(per_language, names, groups=grouping, title=caption))
+    parts.append(paper_table({lang: {"questions": float(row["count"])} for lang, row in per_language.items()},
+                             ["questions"], groups=grouping, title="Questions per language"))
+    if metrics.get("ks_left_out"):
+        parts.append(f"k = {', '.join(map(str, metrics['ks_left_out']))} left out: only "
+                     f"{metrics['passages_per_question']} passages were retrieved per question.\n")
+    parts.extend(f"{note}\n" for note in notes)
+    plots = "Plots: `per_language.png` (recall per question language), `retrieved_languages.png` " \
+        "(share of each passage language among the top passages, per question language)"
+    if metrics.get("generation"):
+        plots += ", `qa_per_language.png` (answer F1/EM per question language)"
+    parts.append(plots + ".\n")
+    return "\n".join(parts)
+
+
+def write_evaluation(metrics: dict, out: str, *, groups: str = "auto", title: str | None = None,
+                     heatmap_k: int = 10, notes: Sequence[str] = ()) -> str:
+    """Write metrics.json, report.md, per_language.png and retrieved_languages.png; return the report."""
+
+    root = storage.resolve(out)
+    report = retrieval_report(metrics, groups=groups, title=title, notes=notes)
+    k_plot = max([k for k in metrics["ks"] if k <= 20] or metrics["ks"][:1])
+    per_language = metrics["per_language"]
+    bars = [name for name in (f"R^L@{k_plot}", f"R^multi@{k_plot}", f"R^gold@{k_plot}")
+            if any(name in row for row in per_language.values())]
+    storage.write_bytes(root.join("per_language.png"), per_language_bar_chart(
+        per_language, bars, title=f"{title or 'Retrieval'}: recall@{k_plot} per question language"))
+    storage.write_bytes(root.join("retrieved_languages.png"), language_heatmap(
+        metrics["retrieved_languages"], title=f"Languages of the top-{heatmap_k} passages"))
+    if metrics.get("generation"):
+        mode = metrics["generation"]["mode"]
+        storage.write_bytes(root.join("qa_per_language.png"), per_language_bar_chart(
+            per_language, qa_metric_names(mode)[:2],
+            title=f"{title or 'QA'}: answer F1 / EM per question language ({mode} scorer)"))
+    storage.write_bytes(root.join("report.md"), report.encode("utf-8"))
+    # metrics.json last: its presence means the evaluation finished.
+    storage.write_bytes(root.join("metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False).encode("utf-8"))
+    return report
