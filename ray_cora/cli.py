@@ -8,12 +8,29 @@ import sys
 from dataclasses import dataclass
 
 from ray_cora import __version__
-from ray_cora.configs import (ConvertPredictionsConfig, DemoConfig, EmbedConfig, EvaluateAllConfig,
-                              EvaluateQAConfig, EvaluateRetrievalConfig, GenerateConfig,
-                              ImportEmbeddingsConfig, IterateConfig, JobConfig, PassagesConfig,
-                              PivotBuildConfig, PivotCalibrateConfig, PivotRunConfig,
-                              PivotTrainRerankerConfig, RetrieveConfig, ServeConfig, TrainMDPRConfig,
-                              TrainMGENConfig, ValidateConfig, WikidataLabelsConfig)
+from ray_cora.configs import (
+    ConvertPredictionsConfig,
+    DemoConfig,
+    EmbedConfig,
+    EvaluateAllConfig,
+    EvaluateQAConfig,
+    EvaluateRetrievalConfig,
+    GenerateConfig,
+    ImportEmbeddingsConfig,
+    IterateConfig,
+    JobConfig,
+    PassagesConfig,
+    PivotBuildConfig,
+    PivotCalibrateConfig,
+    PivotRunConfig,
+    PivotTrainRerankerConfig,
+    RetrieveConfig,
+    ServeConfig,
+    TrainMDPRConfig,
+    TrainMGENConfig,
+    ValidateConfig,
+    WikidataLabelsConfig,
+)
 from ray_cora.configs.arguments import add_config_arguments, config_from_args
 from ray_cora.errors import RayCoraError
 

@@ -7,6 +7,8 @@ import logging
 import os
 from typing import Iterator
 
+import ray
+
 from ray_cora.errors import RayCoraError
 
 
@@ -15,8 +17,6 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> bool
 
     Returns True when this call started Ray (the caller then shuts it down).
     """
-    import ray
-
     if ray.is_initialized():
         return False
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
@@ -44,8 +44,6 @@ def worker_runtime_env() -> dict:
 @contextlib.contextmanager
 def ray_session(*, address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
     """Ray for the duration of a job: shut down on exit only if this job started it."""
-    import ray
-
     started = init_ray(address=address, num_cpus=num_cpus)
     try:
         with user_errors_from_ray():

@@ -10,12 +10,11 @@ from ray_cora.configs.base import RayJobConfig
 from ray_cora.encoders import check_encoder_spec
 from ray_cora.index.sharded import IndexType
 from ray_cora.languages import normalize_lang
+from ray_cora.pivot.rerank import check_reranker_spec
 
 
 def _reranker(value: str | None) -> str | None:
     if value:
-        from ray_cora.pivot.rerank import check_reranker_spec
-
         return check_reranker_spec(value)
     return None
 

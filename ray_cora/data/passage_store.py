@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import tempfile
 import time
 import zlib
@@ -135,8 +136,6 @@ def build_passage_store(passages: str, out: str, *, num_buckets: int = 16, forma
 def _allow_open_files(needed: int) -> None:
     """Building keeps one staging file per bucket open: raise the soft open-file limit toward the
     hard one when the default (often 1024) is too low, else say what to do."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import ConfigError, RayCoraError
@@ -239,8 +240,6 @@ def _jsonl_rows(loc: Location, segment: Segment) -> Iterator[tuple[int, dict | s
 
 
 def _parquet_rows(loc: Location, segment: Segment) -> Iterator[tuple[int, dict | str, bytes]]:
-    import pyarrow.parquet as pq
-
     with loc.fs.open_input_file(loc.path) as handle:
         try:
             parquet = pq.ParquetFile(handle)

@@ -35,6 +35,7 @@ from typing import Any
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import ConfigError
 from ray_cora.languages import MKQA_LANGS, normalize_lang, parse_langs
+from ray_cora.storage import iter_lines, open_input
 
 __all__ = [
     "DATASETS",
@@ -205,8 +206,6 @@ def _jsonl_qa(
 ) -> Iterator[dict[str, Any]]:
     """Read ``uri`` as JSON lines; ``parse(obj, index)`` returns a list of records or raises
     :class:`_Bad` (it may also return ``_Bad`` items for per-language problems of one line)."""
-    from ray_cora.storage import iter_lines, open_input
-
     index = 0
     with open_input(uri) as stream:
         for line_no, raw in enumerate(iter_lines(stream), start=1):
@@ -422,8 +421,6 @@ def _squad_lang(uri: str, lang: str | None, dataset: str) -> str:
 
 def _load_squad(uri: str, bad: BadRecords, st: dict[str, int] | None = None
                 ) -> tuple[str, list[Any]] | None:
-    from ray_cora.storage import open_input
-
     st = st if st is not None else {"read": 0, "bad": 0}
     with open_input(uri) as stream:
         data = stream.read()

@@ -20,12 +20,16 @@ import codecs
 import json
 from typing import Any, Iterator, Sequence
 
+import pyarrow.parquet as pq
+
 from ray_cora import storage
 from ray_cora.data.records import BadRecords
 from ray_cora.data.retrieval import RETRIEVAL_KIND
 from ray_cora.errors import BadRecordError
+from ray_cora.languages import normalize_lang
+from ray_cora.metrics.retrieval import passage_has_answer
 
-__all__ = ["BadRecords", "iter_examples", "scan", "training_dataset"]
+__all__ = ["BadRecords", "data_files", "iter_examples", "scan"]
 
 DPR_KINDS = ("dpr", "retrieval")
 _CHUNK = 1 << 20
@@ -103,8 +107,6 @@ def iter_json_array(stream: Any, source: str) -> Iterator[tuple[int, Any]]:
 def iter_raw_records(uri: str, bad: BadRecords) -> Iterator[tuple[int, Any]]:
     """``(line-or-row, object)`` from a .json array, .jsonl or .parquet file (rows numbered from 1)."""
     if _is_parquet(uri):
-        import pyarrow.parquet as pq
-
         loc = storage.resolve(uri)
         with loc.fs.open_input_file(loc.path) as handle:
             parquet = pq.ParquetFile(handle)
@@ -186,8 +188,6 @@ def dpr_example(obj: Any) -> dict[str, Any]:
 def retrieval_example(obj: Any, *, require_answer: bool = True) -> dict[str, Any]:
     """Check one retrieval-JSONL record (``qid, lang, question, answers, ctxs``); every passage
     gets ``has_answer``."""
-    from ray_cora.languages import normalize_lang
-
     if not isinstance(obj, dict):
         raise ValueError("expected a JSON object")
     question = _question(obj)
@@ -205,8 +205,6 @@ def retrieval_example(obj: Any, *, require_answer: bool = True) -> dict[str, Any
 def _retrieved_ctx(value: Any, index: int, answers: list[str]) -> dict[str, Any]:
     """A retrieved passage with ``has_answer`` (:func:`~ray_cora.metrics.retrieval.passage_has_answer`),
     always a bool, so every block of a training dataset has the same schema."""
-    from ray_cora.metrics.retrieval import passage_has_answer
-
     ctx: dict[str, Any] = _ctx(value, "ctxs", index)
     ctx["has_answer"] = passage_has_answer({**ctx, "has_answer": value.get("has_answer")}, answers)
     return ctx

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ray_cora import storage
@@ -234,8 +235,6 @@ def iter_label_parts(uri: str, table: str = "labels") -> Iterator[pa.Table]:
 def sitelinks_of_titles(uri: str, site: str, titles: set[str]) -> Iterator[tuple[str, str, str]]:
     """``(qid, site, title)`` for every sitelink of the entities whose ``site`` article is one of
     ``titles``: the language links of those articles, without loading every sitelink of Wikidata."""
-    import pyarrow.compute as pc
-
     wanted = pa.array(sorted(titles), pa.string())
     for part in iter_label_parts(uri, "sitelinks"):
         hit = pc.and_(pc.equal(part.column("site"), site), pc.is_in(part.column("title"), value_set=wanted))

@@ -9,7 +9,11 @@ same tokenizer and weights.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Any, Iterable
+
+# torch / transformers are imported inside the functions that use them (3.4 s + 2.0 s cold here):
+# the tiny-model builders are imported by tests and the iterate config, which only sometimes build one.
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MAX_POSITIONS = 512
@@ -28,8 +32,6 @@ def train_wordpiece(texts: Iterable[str], *, vocab_size: int = 500) -> Any:
     >>> tok("hello", "world")["token_type_ids"]
     [0, 0, 0, 1, 1]
     """
-    from collections import Counter
-
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -186,8 +188,6 @@ def train_char_unigram(texts: Iterable[str], *, max_words: int = 300) -> Any:
     >>> tok.decode(tok("東京 Tokyo")["input_ids"], skip_special_tokens=True)
     '東京 Tokyo'
     """
-    from collections import Counter
-
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 

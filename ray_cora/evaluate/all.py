@@ -10,9 +10,17 @@ from typing import Any
 from ray_cora import storage
 from ray_cora.configs.evaluate import EvaluateAllConfig
 from ray_cora.configs.generate import GenerateConfig
+from ray_cora.data.predictions import read_predictions
+from ray_cora.data.retrieval import iter_retrieval
+from ray_cora.encoders.hf import load_config
 from ray_cora.errors import ConfigError
 from ray_cora.evaluate.retrieval import score_retrieval_file
+from ray_cora.languages import normalize_lang
+from ray_cora.metrics.qa import score_predictions
+from ray_cora.pipelines.generate import run_generate
+from ray_cora.pipelines.retrieve import run_retrieval
 from ray_cora.reports.evaluation import write_evaluation
+from ray_cora.runtime import ray_session
 
 
 def _looks_like_path(source: str) -> bool:
@@ -22,8 +30,6 @@ def _looks_like_path(source: str) -> bool:
 def check_generator(source: str) -> None:
     """Fail before any work when --generator names a local folder that is not a seq2seq model
     (s3:// folders and Hugging Face cache names are checked where the model loads)."""
-    from ray_cora.encoders.hf import load_config
-
     if "://" in source and not source.startswith("file://"):
         return
     if not _looks_like_path(source):
@@ -53,19 +59,12 @@ def generate_config(config: EvaluateAllConfig, retrieval_uri: str, out: str) -> 
 def generate_answers(config: EvaluateAllConfig, retrieval_uri: str, out: str) -> dict:
     """Answer every retrieved question with mGEN through `ray-cora generate`'s own job (a Ray Data
     actor pool; a finished, verified predictions file made with the same settings is reused)."""
-    from ray_cora.pipelines.generate import run_generate
-
     return run_generate(generate_config(config, retrieval_uri, out))
 
 
 def score_answers(retrieval_uri: str, predictions_uri: str, *, mode: str, sacrebleu: bool = True) -> dict:
     """Score a predictions JSONL with the `evaluate qa` scorer against the gold answers carried in
     the retrieval records (the same rows `evaluate qa --gold <questions>` reads)."""
-    from ray_cora.data.predictions import read_predictions
-    from ray_cora.languages import normalize_lang
-    from ray_cora.metrics.qa import score_predictions
-    from ray_cora.data.retrieval import iter_retrieval
-
     gold = [{"qid": str(r["qid"]), "lang": normalize_lang(r["lang"]), "answers": r["answers"]}
             for _, _, r in iter_retrieval(retrieval_uri)]
     return score_predictions(gold, read_predictions(predictions_uri), mode=mode, sacrebleu=sacrebleu)
@@ -92,9 +91,6 @@ def merge_answer_metrics(metrics: dict, qa: dict, *, model: str, predictions: st
 
 
 def run_evaluate_all(config: EvaluateAllConfig) -> dict:
-    from ray_cora.pipelines.retrieve import run_retrieval
-    from ray_cora.runtime import ray_session
-
     if config.generator:
         check_generator(config.generator)  # before any work is done
     root = storage.resolve(config.out)

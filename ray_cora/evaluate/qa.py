@@ -13,11 +13,19 @@ from typing import Any
 
 from ray_cora import storage
 from ray_cora.configs.evaluate_qa import ConvertPredictionsConfig, EvaluateQAConfig
-from ray_cora.data.predictions import Predictions, read_any
+from ray_cora.data.predictions import (
+    Predictions,
+    read_any,
+    write_mkqa_predictions,
+    write_predictions,
+    write_xor_predictions,
+)
 from ray_cora.data.qa import DATASETS, iter_qa
 from ray_cora.errors import ConfigError
 from ray_cora.languages import normalize_lang, parse_langs
 from ray_cora.metrics.qa import score_predictions
+from ray_cora.reports.plots import per_language_bar_chart
+from ray_cora.reports.tables import paper_table
 
 _LIST_LIMIT = 50  # qids listed in report.md; metrics.json and per_question.jsonl have them all
 
@@ -73,7 +81,6 @@ def run_evaluate_qa(config: EvaluateQAConfig) -> dict[str, Any]:
     writer = storage.ArtifactWriter(config.out, kind="qa-evaluation", config=config.to_dict())
     writer.write_bytes("report.md", report.encode("utf-8"))
     chart_metrics = ["f1", "em", "bleu"] if config.mode == "xor" else ["f1", "em"]
-    from ray_cora.reports.plots import per_language_bar_chart
 
     writer.write_bytes("per_language.png", per_language_bar_chart(
         metrics["per_language"], chart_metrics, title=f"{config.title or 'QA'} ({config.mode} scorer)"))
@@ -92,8 +99,6 @@ def _fmt(value: Any) -> str:
 def qa_report_markdown(metrics: dict[str, Any], *, title: str | None = None) -> str:
     """The report: paper-style table (languages as columns), the scorer's extra figures, and
     every missing / unknown prediction (the first few by id)."""
-    from ray_cora.reports.tables import paper_table
-
     mode = metrics["mode"]
     per_language = metrics["per_language"]
     scorer = ("XOR-TyDi / CORA scorer (MeCab -Owakati for ja, counters 年歳人년 removed, NLTK "
@@ -141,12 +146,6 @@ def qa_report_markdown(metrics: dict[str, Any], *, title: str | None = None) -> 
 
 def run_convert_predictions(config: ConvertPredictionsConfig) -> dict[str, Any]:
     """Read ``config.input`` in one format and write it in another; returns counts."""
-    from ray_cora.data.predictions import (
-        write_mkqa_predictions,
-        write_predictions,
-        write_xor_predictions,
-    )
-
     qid_langs = None
     if config.gold:
         _check_dataset(config.dataset)

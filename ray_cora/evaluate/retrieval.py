@@ -7,16 +7,15 @@ from typing import Sequence
 
 from ray_cora import storage
 from ray_cora.configs.evaluate import EvaluateRetrievalConfig
+from ray_cora.data.retrieval import iter_retrieval
 from ray_cora.errors import BadRecordError, ConfigError
+from ray_cora.languages import normalize_lang
+from ray_cora.metrics.retrieval import retrieval_metrics, score_retrieval_row
 from ray_cora.reports.evaluation import write_evaluation
 
 
 def score_retrieval_file(uri: str, *, ks: Sequence[int], heatmap_k: int) -> dict:
     """Stream a retrieval output and aggregate its metrics (memory: a few ints per question)."""
-    from ray_cora.languages import normalize_lang
-    from ray_cora.metrics.retrieval import retrieval_metrics, score_retrieval_row
-    from ray_cora.data.retrieval import iter_retrieval
-
     scored, max_ctxs = [], 0
     for source, line, record in iter_retrieval(uri):
         try:

@@ -15,7 +15,9 @@ from typing import IO, Any, Iterator
 
 import numpy as np
 
+from ray_cora import storage
 from ray_cora.errors import StorageError
+from ray_cora.index.sharded import IndexSpec, commit_index, write_shard
 
 _ALLOWED_GLOBALS = frozenset({
     ("numpy", "ndarray"),
@@ -90,8 +92,6 @@ class _StreamReader(io.RawIOBase):
 def load_cora_pickle(uri: str) -> Any:
     """Unpickle one file (local, ``file://``, ``s3://``; ``.gz`` decompressed) with
     :class:`RestrictedUnpickler`, streaming it rather than reading it into memory first."""
-    from ray_cora import storage
-
     with storage.open_input(uri) as stream:
         reader = io.BufferedReader(_StreamReader(stream), buffer_size=1 << 20)
         try:
@@ -165,8 +165,6 @@ def import_cora_embeddings(inputs: list[str], out: str, *, shard_size: int, enco
     ``shard_size`` across file boundaries (the last shard takes the remainder), so the driver
     holds at most one file plus one shard.
     """
-    from ray_cora.index.sharded import IndexSpec, commit_index, write_shard
-
     spec = spec or IndexSpec()
     shards: list[dict] = []
     pending_ids: list[str] = []

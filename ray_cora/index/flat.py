@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import faiss
 import numpy as np
 
 
@@ -16,8 +17,6 @@ class FlatIndex:
     """
 
     def __init__(self, vectors: np.ndarray, pids: Sequence[str]) -> None:
-        import faiss
-
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(pids):
             raise ValueError(f"need one row per pid: vectors {vectors.shape}, {len(pids)} pids")
@@ -31,8 +30,6 @@ class FlatIndex:
 
     def to_bytes(self) -> bytes:
         """The FAISS index serialised (``faiss.read_index`` / ``deserialize_index`` reads it)."""
-        import faiss
-
         return faiss.serialize_index(self._index).tobytes()
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:

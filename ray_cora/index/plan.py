@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from ray_cora.data.passages import (
     Segment,
@@ -78,8 +79,6 @@ def plan_fingerprint(tasks: list[list[ShardSpec]]) -> str:
 
 def _file_segments(file: Location, fmt: str, shard_size: int) -> list[tuple]:
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
         with file.fs.open_input_file(file.path) as handle:
             rows = pq.ParquetFile(handle).metadata.num_rows
         return [(start + 1, min(shard_size, rows - start), 0, None) for start in range(0, rows, shard_size)]

@@ -27,6 +27,9 @@ import pyarrow.parquet as pq
 from ray_cora import storage
 from ray_cora.errors import ConfigError, StorageError
 
+# faiss is imported inside the functions that use it (0.6 s cold here): IndexSpec and the manifest
+# helpers are imported by every job config and by `ray-cora --help`.
+
 INDEX_KIND = "sharded-index"
 IndexType = Literal["flat", "ivfpq", "hnsw"]
 

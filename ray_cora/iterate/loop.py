@@ -23,17 +23,31 @@ import json
 import os
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from ray_cora import storage
+from ray_cora.configs.evaluate import EvaluateAllConfig
+from ray_cora.configs.iterate import TINY, IterateConfig
+from ray_cora.data.passage_store import PassageStore, open_or_build_store
+from ray_cora.data.passages import iter_passages, passage_files
+from ray_cora.data.qa import iter_qa
+from ray_cora.data.records import BadRecords
+from ray_cora.data.retrieval import iter_retrieval, question_files
+from ray_cora.data.training import data_files, iter_raw_records
+from ray_cora.data.wikidata import iter_entities, sitelinks_of_titles
+from ray_cora.encoders.tiny import build_tiny_bert, build_tiny_t5
 from ray_cora.errors import ConfigError
+from ray_cora.evaluate.all import run_evaluate_all
 from ray_cora.iterate import mining
+from ray_cora.iterate.report import overall_summary, round_summary
 from ray_cora.iterate.stages import StageResult, StageRunner
-from ray_cora.configs.iterate import TINY
-
-if TYPE_CHECKING:
-    from ray_cora.configs.iterate import IterateConfig
-
+from ray_cora.languages import LANGUAGES, parse_langs
+from ray_cora.pipelines.embed_corpus import embed_corpus
+from ray_cora.pipelines.generate import run_generate
+from ray_cora.pipelines.retrieve import run_retrieval
+from ray_cora.pivot.translate import LabelTable
+from ray_cora.runtime import ray_session
+from ray_cora.train.jobs import train_mdpr, train_mgen
 
 # --- small I/O helpers ------------------------------------------------------------------------
 
@@ -56,9 +70,6 @@ def read_jsonl(uri: str) -> Iterator[dict[str, Any]]:
 
 def iter_dpr_records(files: Iterable[str]) -> Iterator[dict[str, Any]]:
     """Raw DPR records (with our extra ``qid``/``lang``/``source`` fields) of B_t's files."""
-    from ray_cora.data.records import BadRecords
-    from ray_cora.data.training import data_files, iter_raw_records
-
     bad = BadRecords("error")
     for uri in files:
         for file in data_files(uri):
@@ -75,8 +86,6 @@ def _upload_dir(local: str, target: storage.Location) -> None:
 
 
 def _build_tiny(kind: str, target: storage.Location, texts: list[str]) -> None:
-    from ray_cora.encoders.tiny import build_tiny_bert, build_tiny_t5
-
     with tempfile.TemporaryDirectory(prefix="ray-cora-tiny-") as tmp:
         if kind == "mdpr":
             build_tiny_bert(tmp, texts, vocab_size=2000)
@@ -91,7 +100,7 @@ def _build_tiny(kind: str, target: storage.Location, texts: list[str]) -> None:
 class IterativeTraining:
     """State of one ``iterate`` run: the config, the stage runner and the round-1 data."""
 
-    def __init__(self, config: "IterateConfig", *, crash_after: str | None = None) -> None:
+    def __init__(self, config: IterateConfig, *, crash_after: str | None = None) -> None:
         self.config = config
         self.runner = StageRunner(config.out, crash_after=crash_after)
         self.root = storage.resolve(config.out)
@@ -105,10 +114,6 @@ class IterativeTraining:
         return self.data
 
     def _prepare(self, folder: storage.Location) -> tuple[dict[str, Any], list[str]]:
-        from ray_cora.data.qa import iter_qa
-        from ray_cora.data.passage_store import PassageStore, open_or_build_store
-        from ray_cora.data.retrieval import question_files
-
         c = self.config
         train_q, dev_q = [], []
         for uri in question_files(c.questions, c.dataset):
@@ -201,8 +206,6 @@ class IterativeTraining:
         return stats
 
     def _train_mdpr(self, folder: storage.Location, train_files: list[str], state: dict[str, Any]):
-        from ray_cora.train.jobs import train_mdpr
-
         init = state.get("mdpr_spec") or self.init_spec("mdpr")
         manifest = train_mdpr(self.config.stage_config("mdpr", train=train_files, out=folder.uri, init=init))
         summary = manifest["summary"]
@@ -210,8 +213,6 @@ class IterativeTraining:
                 "steps": summary["steps"], "loss": summary["loss"]}, []
 
     def _embed(self, folder: storage.Location, spec: str):
-        from ray_cora.pipelines.embed_corpus import embed_corpus
-
         c = self.config
         summary = embed_corpus(c.stage_config("embed", passages=c.corpus, out=folder.join("index").uri,
                                               encoder=spec, format=c.corpus_format))
@@ -219,8 +220,6 @@ class IterativeTraining:
                 "shards": summary["shards"]}, []
 
     def _retrieve(self, folder: storage.Location, index: StageResult, questions: str, question_spec: str):
-        from ray_cora.pipelines.retrieve import run_retrieval
-
         c = self.config
         out = folder.join("retrieval")
         summary = run_retrieval(c.stage_config(
@@ -229,8 +228,6 @@ class IterativeTraining:
         return {"retrieval": out.uri, "questions": summary.get("questions"), "encoder": question_spec}, []
 
     def _train_mgen(self, folder: storage.Location, retrieval: storage.Location, state: dict[str, Any]):
-        from ray_cora.train.jobs import train_mgen
-
         c = self.config
         init = state.get("mgen_model") or self.init_spec("mgen")
         epochs = int(c.mgen.get("epochs", 1))
@@ -258,8 +255,6 @@ class IterativeTraining:
         return result, outputs + (["synthetic.jsonl"] if synthetic else [])
 
     def _translated_examples(self, retrieval: storage.Location) -> Iterator[dict[str, Any]]:
-        from ray_cora.data.retrieval import iter_retrieval
-
         labels = self.labels()
 
         def translate(answer: str, lang: str) -> str | None:
@@ -270,9 +265,6 @@ class IterativeTraining:
         return mining.translated_answer_examples(rows, translate, self.link_langs())
 
     def _dev(self, folder: storage.Location, index: StageResult, question_spec: str, mgen: StageResult):
-        from ray_cora.configs.evaluate import EvaluateAllConfig
-        from ray_cora.evaluate.all import run_evaluate_all
-
         c = self.config
         questions = self.root.join("round-1/data/dev_questions.jsonl").uri
         evaluation = EvaluateAllConfig(**c.retrieve, index=index.result["index"], questions=questions,
@@ -294,9 +286,6 @@ class IterativeTraining:
 
     def _mine(self, folder: storage.Location, train_files: list[str], retrieval: storage.Location,
               mgen: StageResult, state: dict[str, Any]):
-        from ray_cora.pipelines.generate import run_generate
-        from ray_cora.data.retrieval import iter_retrieval
-
         c = self.config
         records = list(iter_dpr_records(train_files))
         known = mining.known_pairs(records)
@@ -352,8 +341,6 @@ class IterativeTraining:
         if not self.config.wikidata:
             return None
         if not hasattr(self, "_labels"):
-            from ray_cora.pivot.translate import LabelTable
-
             questions = read_jsonl(self.root.join("round-1/data/train_questions.jsonl").uri)
             answers = [a for q in questions if q.get("lang") == "en" for a in q.get("answers") or ()]
             self._labels = LabelTable.load(self.config.wikidata, answers=answers, qids=())
@@ -365,22 +352,16 @@ class IterativeTraining:
             return None
         uri = self.config.wikidata
         if storage.resolve(uri).join(storage.MANIFEST_NAME).is_file():
-            from ray_cora.data.wikidata import sitelinks_of_titles
-
             return mining.LanguageLinks.from_sitelinks(sitelinks_of_titles(uri, "enwiki", english_titles))
         return mining.LanguageLinks.from_sitelinks(_jsonl_sitelinks(uri))
 
     def link_langs(self) -> list[str]:
-        from ray_cora.languages import parse_langs
-
         if self.config.link_langs:
             return list(parse_langs(self.config.link_langs))
         return list(self.data.result["train_languages"])
 
     def _passages_by_title(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
         """One streaming pass over the corpus, keeping only the linked articles' passages."""
-        from ray_cora.data.passages import iter_passages, passage_files
-
         found: dict[tuple[str, str], list[dict[str, Any]]] = {}
         if not wanted:
             return found
@@ -396,8 +377,6 @@ class IterativeTraining:
     def _round_stats(self, t: int, train_files: list[str], mdpr: StageResult, retrieve: StageResult,
                      mgen: StageResult, dev: StageResult | None, mine: StageResult | None,
                      data: StageResult) -> dict[str, Any]:
-        from ray_cora.iterate.report import round_summary
-
         stats = {
             "round": t,
             "train_records": sum(1 for _ in iter_dpr_records(train_files)),
@@ -416,9 +395,6 @@ class IterativeTraining:
 
 
 def _jsonl_sitelinks(uri: str) -> Iterator[tuple[str, str, str]]:
-    from ray_cora.languages import LANGUAGES
-    from ray_cora.data.wikidata import iter_entities
-
     with storage.open_input(uri) as stream:
         lines = enumerate(storage.iter_lines(stream), start=1)
         for entity in iter_entities(lines, source=uri, langs=list(LANGUAGES)):
@@ -441,11 +417,8 @@ def _dev_macro(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: macro[k] for k in keep if k in macro}
 
 
-def iterate(config: "IterateConfig", *, crash_after: str | None = None) -> dict[str, Any]:
+def iterate(config: IterateConfig, *, crash_after: str | None = None) -> dict[str, Any]:
     """Run (or resume) all rounds; returns ``{"rounds": [round stats...], "ran", "skipped"}``."""
-    from ray_cora.iterate.report import overall_summary
-    from ray_cora.runtime import ray_session
-
     started = time.perf_counter()
     job = IterativeTraining(config, crash_after=crash_after)
     storage.write_bytes(job.root.join("config.json"), json.dumps(config.to_dict(), indent=2).encode("utf-8"))

@@ -11,6 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ray_cora.encoders.hf import (
+    load_tokenizer,
+    local_model_dir,
+    option_int,
+    parse_spec,
+    resolve_device,
+    set_cpu_threads,
+)
 from ray_cora.errors import ConfigError
 
 
@@ -26,8 +34,6 @@ class HFModel:
     device: Any
 
     def option_int(self, key: str, default: int | None) -> int | None:
-        from ray_cora.encoders.hf import option_int
-
         return option_int(self.spec, self.options, key, default)
 
 
@@ -45,9 +51,6 @@ def load_hf_model(spec: str, auto_cls: Any, *, options: Sequence[str] = (), what
     >>> m.option_int("max_length", 256)  # doctest: +SKIP
     128
     """
-    from ray_cora.encoders.hf import (load_tokenizer, local_model_dir, parse_spec, resolve_device,
-                                      set_cpu_threads)
-
     source, parsed = parse_spec(spec, "hf", tuple(options))
     dev = None
     if to_device:

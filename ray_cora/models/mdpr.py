@@ -25,7 +25,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
+
+from ray_cora.encoders import load_encoder
+from ray_cora.encoders.hf import Tower, clean_text, pad_batch, passage_inputs, pool
 from ray_cora.errors import ConfigError
+
+# torch / transformers are imported inside the functions that use them (3.4 s + 2.0 s cold here):
+# the DPR loss helpers and export spec are imported by drivers that never touch a tensor on the driver (Ray workers do).
 
 MODEL_KIND = "mdpr-bi-encoder"
 
@@ -92,7 +99,6 @@ def ctx_slots(example: dict[str, Any], hard_negatives: int) -> tuple[list[dict[s
 def _module_classes():
     import torch
 
-    from ray_cora.encoders.hf import pool
 
     class BiEncoder(torch.nn.Module):
         """Question and passage transformers (the same module when ``shared``), pooled vectors."""
@@ -138,8 +144,6 @@ class MDPRTask:
         """Load the towers from ``init`` (the encoders' own loading code), on CPU, float32."""
         import torch
 
-        from ray_cora.encoders import load_encoder
-        from ray_cora.encoders.hf import Tower
 
         encoder = load_encoder(self.init, device="cpu")
         question, passage = getattr(encoder, "_question", None), getattr(encoder, "_passage", None)
@@ -172,7 +176,6 @@ class MDPRTask:
         """Tokenize questions and their passage slots exactly as the ``hf:``/``dpr:`` encoder will."""
         import torch
 
-        from ray_cora.encoders.hf import clean_text, pad_batch, passage_inputs
 
         q_tower, c_tower = self.towers()
         questions = [clean_text(ex["question"]) for ex in examples]
@@ -244,8 +247,6 @@ def ranking_metrics(scores: Any, positive_index: Sequence[int], *, ks: Sequence[
     >>> ranking_metrics(np.array([[3.0, 1.0], [3.0, 1.0]]), [0, 1], ks=(1,))
     {'avg_rank': 1.5, 'top1': 0.5}
     """
-    import numpy as np
-
     scores = np.asarray(scores, dtype=np.float64)
     pos = np.asarray(positive_index)
     pos_scores = scores[np.arange(len(pos)), pos]
@@ -258,8 +259,6 @@ def ranking_metrics(scores: Any, positive_index: Sequence[int], *, ks: Sequence[
 def evaluate_dev(spec: str, examples: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Rank every dev question's positive among all dev passages (positives and hard negatives),
     encoding through the exported ``hf:`` spec: what the embedding job will compute."""
-    from ray_cora.encoders import load_encoder
-
     encoder = load_encoder(spec, device="cpu")
     titles, texts, positive = [], [], []
     for ex in examples:

@@ -23,13 +23,15 @@ import json
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
+import ray
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
 from ray_cora import storage
+from ray_cora.configs.passages import PassagesConfig
 from ray_cora.data.passages import PASSAGE_SCHEMA
 from ray_cora.data.records import BadRecords, OnBadRecord
 from ray_cora.data.wiki import (
@@ -43,9 +45,6 @@ from ray_cora.data.wiki import (
 )
 from ray_cora.errors import StorageError
 from ray_cora.runtime import ray_session, worker_runtime_env
-
-if TYPE_CHECKING:
-    from ray_cora.configs.passages import PassagesConfig
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ def _uncommit(out: storage.Location) -> None:
         out.fs.delete_file(manifest.path)
 
 
-def _commit(out: storage.Location, config: "PassagesConfig", records: list[dict[str, Any]],
+def _commit(out: storage.Location, config: PassagesConfig, records: list[dict[str, Any]],
             languages: dict[str, dict[str, int]]) -> dict:
     writer = storage.ArtifactWriter(out, kind=MANIFEST_KIND, config=config.to_dict())
     inputs = []
@@ -160,10 +159,8 @@ def _stray_shards(out: storage.Location, listed: dict[str, Any]) -> list[str]:
     return [name for name in found if name not in listed]
 
 
-def build_passages(config: "PassagesConfig") -> dict[str, Any]:
+def build_passages(config: PassagesConfig) -> dict[str, Any]:
     """Run the passages job (see the module docstring); returns and prints a summary."""
-    import ray
-
     out = storage.resolve(config.out)
     files = list_inputs(config.input_pairs())
     langs = [lang for lang, _ in config.input_pairs()]

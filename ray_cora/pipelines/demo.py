@@ -10,12 +10,16 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
+from ray.data import ActorPoolStrategy
 
 from ray_cora import storage
-from ray_cora.data.qa import iter_qa
 from ray_cora.configs.demo import DemoConfig
+from ray_cora.data.qa import iter_qa
 from ray_cora.index.flat import FlatIndex
 from ray_cora.metrics.retrieval import first_answer_rank, first_gold_rank, recall_by_language
+from ray_cora.pipelines.encode import EncodePassages, EncodeQueries
+from ray_cora.pipelines.passage_source import PassageDatasource
 from ray_cora.reports.tables import retrieval_markdown
 from ray_cora.runtime import ray_session, worker_runtime_env
 
@@ -23,8 +27,6 @@ KS = (1, 5, 10)
 
 
 def _embed(dataset, udf, *, config: DemoConfig, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
-    from ray.data import ActorPoolStrategy
-
     embedded = dataset.map_batches(
         udf, fn_constructor_kwargs={"spec": config.encoder}, batch_size=config.batch_size,
         batch_format="numpy", compute=ActorPoolStrategy(size=config.num_actors),
@@ -38,10 +40,6 @@ def _embed(dataset, udf, *, config: DemoConfig, columns: tuple[str, ...]) -> dic
 
 def run_demo(config: DemoConfig) -> dict:
     """Run the demo end to end; returns the metrics written to ``metrics.json``."""
-    import ray
-
-    from ray_cora.pipelines.encode import EncodePassages, EncodeQueries
-    from ray_cora.pipelines.passage_source import PassageDatasource
 
     started = time.perf_counter()
     out = storage.resolve(config.out)

@@ -19,14 +19,18 @@ from dataclasses import asdict
 
 import numpy as np
 import ray
+from ray.data import ActorPoolStrategy
 
 from ray_cora import storage
+from ray_cora.configs.embed import EmbedConfig
 from ray_cora.data.bookkeeping import iter_entries
 from ray_cora.data.passages import iter_passages
 from ray_cora.data.records import BadRecords
+from ray_cora.encoders import load_encoder
 from ray_cora.errors import ChecksumError, ConfigError, RayCoraError, StorageError
 from ray_cora.index.plan import ShardSpec, plan_corpus, plan_fingerprint
 from ray_cora.index.sharded import IndexSpec, commit_index, write_shard
+from ray_cora.runtime import ray_session, worker_runtime_env
 
 PLAN_NAME = "plan.json"
 
@@ -41,8 +45,6 @@ class EmbedShards:
     def __init__(self, *, encoder: str, out: str, index_spec: dict, batch_size: int, lang: str | None,
                  threads: int = 1, on_bad_record: str = "error", crash_once_marker: str | None = None,
                  crash_at_shard: int | None = None):
-        from ray_cora.encoders import load_encoder
-
         self.encoder = load_encoder(encoder, threads=threads)
         self.out = out
         self.spec = IndexSpec(**index_spec)
@@ -147,15 +149,11 @@ def finished_shards(out: storage.Location, tasks: list[list[ShardSpec]], *, veri
     return done
 
 
-def embed_corpus(config, *, crash_at_shard: int | None = None, crash_once_marker: str | None = None) -> dict:
+def embed_corpus(config: EmbedConfig, *, crash_at_shard: int | None = None, crash_once_marker: str | None = None) -> dict:
     """Run the embedding job described by an :class:`~ray_cora.configs.embed.EmbedConfig`.
 
     ``crash_at_shard``/``crash_once_marker`` are for tests: one actor dies once at that shard.
     """
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    from ray_cora.runtime import ray_session, worker_runtime_env
 
     started = time.perf_counter()
     out = storage.resolve(config.out)

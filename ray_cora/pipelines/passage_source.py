@@ -9,6 +9,7 @@ import pyarrow as pa
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
+from ray_cora import storage
 from ray_cora.data.passages import PASSAGE_SCHEMA, iter_passage_batches, passage_files
 from ray_cora.data.records import BadRecords, OnBadRecord
 
@@ -44,8 +45,6 @@ class PassageDatasource(Datasource):
                 yield from iter_passage_batches(uri, batch_size=batch_size, format=fmt, lang=lang,
                                                 bad_records=bad)
                 if bad.count and quarantine:
-                    from ray_cora import storage
-
                     name = f"{number:05d}-{posixpath.basename(uri)}.jsonl"
                     storage.write_bytes(storage.resolve(quarantine).join(name), bad.to_jsonl())
 

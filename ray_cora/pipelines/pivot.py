@@ -19,11 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import ray
+from ray.data import ActorPoolStrategy
 
 from ray_cora import storage
+from ray_cora.configs.pivot import PivotBuildConfig, PivotCalibrateConfig, PivotRunConfig
 from ray_cora.data.bookkeeping import (
     check_job_settings,
     error_row,
@@ -32,14 +35,15 @@ from ray_cora.data.bookkeeping import (
     require_all_blocks,
 )
 from ray_cora.data.qa import iter_qa
+from ray_cora.data.retrieval import part_paths, question_blocks
+from ray_cora.encoders import load_encoder
 from ray_cora.errors import ConfigError, RayCoraError, StorageError
 from ray_cora.index.sharded import IndexSpec
+from ray_cora.pipelines.retrieve import finished_blocks
 from ray_cora.pivot.calibrate import answer_is_correct, pick_threshold
 from ray_cora.pivot.database import KIND, commit_database, embed_shard, iter_db_records, prepare_parts
-from ray_cora.pivot.pipeline import PREDICTION_FIELDS
-
-if TYPE_CHECKING:
-    from ray_cora.configs.pivot import PivotBuildConfig, PivotCalibrateConfig, PivotRunConfig
+from ray_cora.pivot.pipeline import PREDICTION_FIELDS, PivotPipeline
+from ray_cora.runtime import ray_session, worker_runtime_env
 
 PREDICTIONS_KIND = "pivot-predictions"
 BUILD_JOB_FILE = "build-job.json"
@@ -53,8 +57,6 @@ class EmbedPivotShards:
     """Actor body: embeds whole shards (answer part → index shard → marker); the encoder loads once."""
 
     def __init__(self, *, encoder: str, out: str, index_spec: dict, batch_size: int, threads: int = 1) -> None:
-        from ray_cora.encoders import load_encoder
-
         self.encoder = load_encoder(encoder, threads=threads)
         self.root = storage.resolve(out)
         self.spec = IndexSpec(**index_spec)
@@ -70,7 +72,7 @@ class EmbedPivotShards:
                 "entry": np.array([json.dumps(entry)], dtype=object), "error": np.array([b""], dtype=object)}
 
 
-def build_pivot_database(config: "PivotBuildConfig", *, crash_after_shards: int | None = None,
+def build_pivot_database(config: PivotBuildConfig, *, crash_after_shards: int | None = None,
                          crash_after_parts: int | None = None) -> dict[str, Any]:
     """Run ``ray-cora pivot build``; returns the database manifest.
 
@@ -78,10 +80,6 @@ def build_pivot_database(config: "PivotBuildConfig", *, crash_after_shards: int 
     :class:`~ray_cora.pivot.database.SimulatedCrash`) after that many shards came back from the
     actors / after writing that many answer parts, as a killed driver would.
     """
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    from ray_cora.runtime import ray_session, worker_runtime_env
 
     started = time.perf_counter()
     out = storage.resolve(config.out)
@@ -130,8 +128,6 @@ class PivotPredictor:
     """``map_batches`` callable: one :class:`PivotPipeline` per actor, loaded once."""
 
     def __init__(self, **pipeline_options: Any) -> None:
-        from ray_cora.pivot.pipeline import PivotPipeline
-
         self.pipeline = PivotPipeline.load(**pipeline_options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -140,13 +136,9 @@ class PivotPredictor:
                                                         dtype=object)}
 
 
-def predict(config: "PivotRunConfig | PivotCalibrateConfig", *, threshold: float | None) -> list[dict[str, Any]]:
+def predict(config: PivotRunConfig | PivotCalibrateConfig, *, threshold: float | None) -> list[dict[str, Any]]:
     """Answer every question of the config on an actor pool; rows in input order, each
     ``{qid, lang, question, answers, **pipeline result}``."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    from ray_cora.runtime import ray_session, worker_runtime_env
 
     questions = list(iter_qa(config.questions, dataset=config.dataset, lang=config.lang))
     if not questions:
@@ -176,7 +168,7 @@ def prediction_line(row: dict[str, Any]) -> str:
     return json.dumps(keep, ensure_ascii=False)
 
 
-def _threshold(config: "PivotRunConfig") -> float | None:
+def _threshold(config: PivotRunConfig) -> float | None:
     if config.threshold is not None:
         return config.threshold
     if config.calibration:
@@ -193,8 +185,6 @@ class AnswerBlocks:
     actor) and writes ``parts/<block>.jsonl``, then the block's marker."""
 
     def __init__(self, *, out: str, pipeline_options: dict[str, Any], batch_size: int) -> None:
-        from ray_cora.pivot.pipeline import PivotPipeline
-
         self.root = storage.resolve(out)
         self.pipeline = PivotPipeline.load(**pipeline_options)
         self.batch_size = batch_size
@@ -209,8 +199,6 @@ class AnswerBlocks:
                 "error": np.array([b""], dtype=object)}
 
     def write_block(self, block: str, questions: list[dict[str, Any]]) -> dict[str, Any]:
-        from ray_cora.data.retrieval import part_paths
-
         rows = []
         for start in range(0, len(questions), self.batch_size):
             chunk = questions[start:start + self.batch_size]
@@ -225,18 +213,12 @@ class AnswerBlocks:
         return entry
 
 
-def run_predictions(config: "PivotRunConfig", *, crash_after_blocks: int | None = None) -> dict[str, Any]:
+def run_predictions(config: PivotRunConfig, *, crash_after_blocks: int | None = None) -> dict[str, Any]:
     """Run ``ray-cora pivot run``; returns the predictions manifest.
 
     ``crash_after_blocks`` is a test hook: the driver stops (raising
     :class:`~ray_cora.pivot.database.SimulatedCrash`) after that many blocks came back.
     """
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    from ray_cora.pipelines.retrieve import finished_blocks
-    from ray_cora.data.retrieval import question_blocks
-    from ray_cora.runtime import ray_session, worker_runtime_env
 
     started = time.perf_counter()
     out = storage.resolve(config.out)
@@ -320,7 +302,7 @@ def is_correct(row: dict[str, Any], correct_by: str) -> bool:
     return answer_is_correct(row["prediction"], row["answers"], row["lang"])
 
 
-def calibrate(config: "PivotCalibrateConfig") -> dict[str, Any]:
+def calibrate(config: PivotCalibrateConfig) -> dict[str, Any]:
     rows = predict(config, threshold=None)
     correct = [is_correct(r, config.correct_by) for r in rows]
     result = pick_threshold([r["score"] for r in rows], correct, target_precision=config.target_precision)

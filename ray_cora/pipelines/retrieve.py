@@ -18,13 +18,17 @@ the rows it returns, so neither memory nor reads grow with the corpus.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 
 import numpy as np
+import ray
+from ray.data import ActorPoolStrategy
 
 from ray_cora import storage
+from ray_cora.configs.retrieve import RetrieveConfig
 from ray_cora.data.bookkeeping import (
     check_job_settings,
     error_row,
@@ -42,7 +46,12 @@ from ray_cora.data.retrieval import (
     query_text,
     question_blocks,
 )
+from ray_cora.encoders import load_encoder
 from ray_cora.errors import ConfigError, RayCoraError, StorageError
+from ray_cora.index.sharded import INDEX_KIND
+from ray_cora.languages import parse_langs
+from ray_cora.pipelines.search import DistributedIndex, search_on_actors
+from ray_cora.runtime import ray_session, worker_runtime_env
 
 JOB_FILE = "retrieve-job.json"
 
@@ -58,8 +67,6 @@ class EncodeQuestionBlocks:
 
     def __init__(self, *, encoder: str, expected_dim: int, index: str, threads: int = 1,
                  add_lang: bool = False) -> None:
-        from ray_cora.encoders import load_encoder
-
         self.add_lang = add_lang
         self.encoder = load_encoder(encoder, threads=threads)
         self.problem = None
@@ -107,8 +114,6 @@ class SearchAndWriteBlocks:
                 "error": np.array([b""], dtype=object)}
 
     def write_block(self, block: str, payload: dict, vector_bytes: bytes) -> dict:
-        from ray_cora.pipelines.search import search_on_actors
-
         questions, answers_all = payload["questions"], payload.get("answers_all")
         vectors = np.frombuffer(vector_bytes, dtype=np.float32).reshape(len(questions), self.dim)
         scores, ranked = search_on_actors(self.searchers, vectors, self.k, timeout_s=self.timeout_s)
@@ -123,7 +128,6 @@ class SearchAndWriteBlocks:
                 and not os.path.exists(self.crash_once_marker)):
             open(self.crash_once_marker, "w").close()
             os._exit(1)  # part written, marker not: the rerun must redo this block
-        import hashlib
 
         entry = {"block": block, "path": part, "lang": questions[0]["lang"], "count": len(questions),
                  "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -134,7 +138,7 @@ class SearchAndWriteBlocks:
 # --- the job ---------------------------------------------------------------------------------
 
 
-def _job_key(config) -> dict:
+def _job_key(config: RetrieveConfig) -> dict:
     return {key: getattr(config, key) for key in
             ("index", "questions", "dataset", "lang", "langs", "k", "block_size", "add_lang")} | \
         {"encoder": config.encoder}
@@ -156,18 +160,11 @@ def finished_blocks(out: storage.Location) -> dict[str, dict]:
     return done
 
 
-def run_retrieval(config, *, crash_at_block: str | None = None, crash_once_marker: str | None = None) -> dict:
+def run_retrieval(config: RetrieveConfig, *, crash_at_block: str | None = None, crash_once_marker: str | None = None) -> dict:
     """Run the job of a :class:`~ray_cora.configs.retrieve.RetrieveConfig`; returns a summary.
 
     ``crash_at_block``/``crash_once_marker`` are for tests: one writer actor dies once there.
     """
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    from ray_cora.index.sharded import INDEX_KIND
-    from ray_cora.languages import parse_langs
-    from ray_cora.pipelines.search import DistributedIndex
-    from ray_cora.runtime import ray_session, worker_runtime_env
 
     started = time.perf_counter()
     out = storage.resolve(config.out)
@@ -230,7 +227,7 @@ def run_retrieval(config, *, crash_at_block: str | None = None, crash_once_marke
     return commit_retrieval(out, done, counts, config=config, encoder=encoder, started=started)
 
 
-def commit_retrieval(out: storage.Location, done: dict[str, dict], counts: dict[str, int], *, config,
+def commit_retrieval(out: storage.Location, done: dict[str, dict], counts: dict[str, int], *, config: RetrieveConfig,
                      encoder: str, started: float) -> dict:
     writer = storage.ArtifactWriter(out, kind=RETRIEVAL_KIND, config=config.to_dict())
     per_language: dict[str, int] = {}

@@ -7,9 +7,11 @@ out to every actor and the partial top-k lists are merged exactly, as within one
 from __future__ import annotations
 
 import numpy as np
+import ray
 
 from ray_cora import storage
 from ray_cora.index.sharded import INDEX_KIND, ShardedIndex, merge_pid_arrays
+from ray_cora.runtime import worker_runtime_env
 
 
 class ShardSearcher:
@@ -30,9 +32,6 @@ class DistributedIndex:
 
     def __init__(self, uri: str, *, num_actors: int, actor_cpus: float = 0.5, actor_gpus: float = 0,
                  mmap: bool = False, timeout_s: float = 600) -> None:
-        import ray
-
-        from ray_cora.runtime import worker_runtime_env
 
         num_shards = len(storage.Artifact(uri, kind=INDEX_KIND).manifest["shards"])
         num_actors = max(1, min(num_actors, num_shards))
@@ -46,8 +45,6 @@ class DistributedIndex:
         return search_on_actors(self.actors, queries, k, timeout_s=self.timeout_s)
 
     def shutdown(self) -> None:
-        import ray
-
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
@@ -57,8 +54,6 @@ def search_on_actors(actors: list, queries: np.ndarray, k: int, *,
                      timeout_s: float = 600) -> tuple[np.ndarray, list[list[str]]]:
     """Fan one query batch out to :class:`ShardSearcher` actor handles and merge their top-k
     exactly; usable from any Ray worker that holds the handles (e.g. a Ray Data UDF)."""
-    import ray
-
     queries_ref = ray.put(np.ascontiguousarray(queries, dtype=np.float32))
     partials = ray.get([a.search.remote(queries_ref, k) for a in actors], timeout=timeout_s)
     return merge_pid_arrays(partials, k)

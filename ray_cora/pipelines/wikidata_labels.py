@@ -13,20 +13,28 @@ from __future__ import annotations
 
 import io
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 
 from ray_cora import storage
+from ray_cora.configs.wikidata import WikidataLabelsConfig
 from ray_cora.data.passages import Segment, decoded_lines, detect_compression
 from ray_cora.data.records import BadRecords
-from ray_cora.data.wikidata import LABELS_KIND, LABELS_SCHEMA, SITELINKS_SCHEMA, DumpStats, iter_entities, label_rows
+from ray_cora.data.wikidata import (
+    LABELS_KIND,
+    LABELS_SCHEMA,
+    SITELINKS_SCHEMA,
+    DumpStats,
+    check_langs,
+    iter_entities,
+    label_rows,
+)
 from ray_cora.errors import StorageError
 from ray_cora.index.plan import shard_offsets
-
-if TYPE_CHECKING:
-    from ray_cora.configs.wikidata import WikidataLabelsConfig
+from ray_cora.runtime import ray_session, worker_runtime_env
 
 
 def plan_parts(dump: str, part_lines: int) -> list[dict[str, Any]]:
@@ -102,12 +110,8 @@ class WritePart:
         return {"marker": json.dumps(marker)}
 
 
-def build_label_tables(config: "WikidataLabelsConfig") -> dict[str, Any]:
+def build_label_tables(config: WikidataLabelsConfig) -> dict[str, Any]:
     """Run the job; returns the manifest written (or found, when everything was done before)."""
-    import ray
-
-    from ray_cora.data.wikidata import check_langs
-    from ray_cora.runtime import ray_session, worker_runtime_env
 
     langs = check_langs(config.langs)
     root = storage.resolve(config.out)

@@ -7,12 +7,12 @@ that still reaches the target keeps the most answers.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
+
+from ray_cora.metrics.qa import exact_match
 
 
 @dataclass(frozen=True)
@@ -62,19 +62,6 @@ def pick_threshold(scores: Sequence[float], correct: Sequence[bool], *,
                        float(answered[cut] / n), n, overall)
 
 
-def normalize_answer(text: str) -> str:
-    """SQuAD-style: case-folded, punctuation and English articles removed, spaces collapsed."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
 def answer_is_correct(prediction: str, answers: Sequence[str], lang: str) -> bool:
-    """Exact match after normalisation; uses the project scorer (``ray_cora.metrics.qa``) when present."""
-    try:
-        from ray_cora.metrics.qa import exact_match  # type: ignore[import-not-found]
-    except ImportError:
-        key = normalize_answer(prediction)
-        return bool(key) and any(key == normalize_answer(a) for a in answers)
+    """Exact match after the XOR-TyDi / CORA scorer's normalisation (:mod:`ray_cora.metrics.qa`)."""
     return bool(exact_match(prediction, list(answers), lang))

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_cora import storage
+from ray_cora.data.qa import iter_qa
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import ConfigError, SimulatedCrash, StorageError
 from ray_cora.index.sharded import IndexSpec, ShardedIndex, commit_index, write_shard
@@ -52,8 +53,6 @@ def iter_db_records(uri: str, *, dataset: str, bad_records: BadRecords | None = 
         raise ConfigError(f"unknown pivot database dataset {dataset!r}; accepted: {', '.join(DB_DATASETS)}")
     bad = bad_records if bad_records is not None else BadRecords("error")
     if dataset != "jsonl":
-        from ray_cora.data.qa import iter_qa
-
         lang = "en" if dataset in ("xquad", "squad") else None
         for rec in iter_qa(uri, dataset=dataset, lang=lang, bad_records=bad):
             yield {"qid": rec["qid"], "question": rec["question"], "answer": rec["answers"][0],

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ray_cora.encoders import load_encoder
 from ray_cora.errors import ConfigError
 from ray_cora.languages import normalize_lang
 from ray_cora.pivot.database import PivotDatabase
@@ -40,8 +41,6 @@ class PivotPipeline:
         """Open the database and build the models; the encoder defaults to the database's own.
         ``mmap`` memory-maps the index shards: actors on one machine then share one copy of a
         large (million-question) database in the page cache instead of each loading it."""
-        from ray_cora.encoders import load_encoder
-
         database = PivotDatabase.open(db, mmap=mmap)
         spec = encoder or database.encoder_spec
         if spec != database.encoder_spec:

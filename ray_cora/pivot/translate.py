@@ -16,9 +16,18 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from ray_cora import storage
+from ray_cora.data.wikidata import iter_entities, iter_label_parts
+from ray_cora.encoders.hf import parse_spec
 from ray_cora.errors import ConfigError
 from ray_cora.languages import LANGUAGES, normalize_lang
+from ray_cora.models.hf import load_hf_model
+
+# torch / transformers are imported inside the functions that use them (3.4 s + 2.0 s cold here):
+# label-only translation (no MT model) must not load them.
 
 SOURCES = ("english", "wikidata_qid", "wikidata_en_match", "mt", "untranslated")
 
@@ -80,8 +89,6 @@ class LabelTable:
         wanted = {normalize_label(a) for a in answers} if answers else None
         loc = storage.resolve(uri)
         if loc.join(storage.MANIFEST_NAME).is_file():
-            from ray_cora.data.wikidata import iter_label_parts
-
             folded = _folded_answers(answers) if answers else None
             entities: dict[str, dict[str, Any]] = {}
             for part in iter_label_parts(uri):
@@ -94,7 +101,6 @@ class LabelTable:
                     if row["aliases"]:
                         ent["aliases"][row["lang"]] = row["aliases"]
             return cls.from_entities(entities.values())
-        from ray_cora.data.wikidata import iter_entities
 
         with storage.open_input(loc) as stream:
             lines = enumerate(storage.iter_lines(stream), start=1)
@@ -119,8 +125,6 @@ def _matches_english(entity: dict[str, Any], wanted: set[str]) -> bool:
 def _arrow_fold(values: Any) -> Any:
     """A vectorised, looser :func:`normalize_label` (lower-case instead of case-fold, ß → ss) used
     to pre-select rows; the kept rows are matched with :func:`normalize_label` itself."""
-    import pyarrow.compute as pc
-
     values = pc.utf8_lower(pc.utf8_normalize(values, "NFKC"))
     values = pc.replace_substring(pc.replace_substring(values, "ß", "ss"), "ς", "σ")
     values = pc.replace_substring_regex(values, r"[\p{P}\p{Z}\s]+", " ")
@@ -130,9 +134,6 @@ def _arrow_fold(values: Any) -> Any:
 
 def _folded_answers(answers: list[str]) -> Any:
     """The answers as :func:`_arrow_fold` writes them, raw and after :func:`normalize_label`."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     both = pa.array(answers + [normalize_label(a) for a in answers], pa.string())
     return pc.unique(_arrow_fold(both))
 
@@ -140,9 +141,6 @@ def _folded_answers(answers: list[str]) -> Any:
 def _part_mask(part: Any, keep_qids: set[str], folded: Any | None) -> Any:
     """Rows of a labels part whose entity is in ``keep_qids`` or has an English label or alias
     that may match an answer (``folded``: :func:`_folded_answers`)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     qids = set(keep_qids)
     if folded is not None:
         english = part.filter(pc.equal(part.column("lang"), "en"))
@@ -220,8 +218,6 @@ class HFTranslator:
         import torch
         from transformers import AutoModelForSeq2SeqLM
 
-        from ray_cora.encoders.hf import parse_spec
-        from ray_cora.models.hf import load_hf_model
 
         _, options = parse_spec(spec, "hf", MT_OPTIONS)  # options are checked before any weights load
         self.spec = spec

@@ -12,8 +12,12 @@ import numpy as np
 from ray_cora import storage
 from ray_cora.data.passage_store import PassageStore, build_passage_store
 from ray_cora.data.passages import iter_passages, passage_files
+from ray_cora.demo import DEMO_PASSAGES, DEMO_PIVOT_DB, DEMO_WIKIDATA_LABELS
+from ray_cora.encoders import load_encoder
 from ray_cora.errors import ConfigError
 from ray_cora.index.sharded import INDEX_KIND, ShardedIndex, commit_index, plan_shards, write_shard
+from ray_cora.models.mgen import Generator
+from ray_cora.pivot import PivotPipeline, build_database, iter_db_records
 
 
 class PassageLookup(Protocol):
@@ -33,8 +37,6 @@ def open_passages(*, passage_store: str | None, passages: str | None, index_mani
     """The :class:`~ray_cora.data.passage_store.PassageStore` texts are looked up in: the committed
     ``passage_store``, or else one built now (in a temporary folder) from ``passages``, the corpus
     the index manifest names, or — without an index — the demo corpus."""
-    from ray_cora.demo import DEMO_PASSAGES
-
     if passage_store:
         return PassageStore(passage_store, cache_buckets=cache_buckets)
     source = passages or (index_manifest or {}).get("passages")
@@ -111,9 +113,6 @@ class RetrieverCore:
         """Open ``index`` (its encoder must be ``encoder``) with texts from ``passage_store`` (a
         committed store) or else a store built now from ``passages`` (see :func:`open_passages`).
         Without an index, embed ``passages`` (default: the demo corpus) into a temporary index first."""
-        from ray_cora.demo import DEMO_PASSAGES
-        from ray_cora.encoders import load_encoder
-
         model = load_encoder(encoder, threads=threads, device=device)
         if index is None:
             source = passages or str(DEMO_PASSAGES)
@@ -165,8 +164,6 @@ class AnswerGenerator(Protocol):
 def load_generator(path: str, *, tokenizer: str | None = None, top_k: int | None = None) -> AnswerGenerator:
     """The mGEN generator (any HF seq2seq folder) at ``path``; ``tokenizer`` for checkpoints that
     ship without one (CORA's ``mGEN_model``: mT5's)."""
-    from ray_cora.models.mgen import Generator
-
     return Generator.load(path, tokenizer=tokenizer, **({"top_k": top_k} if top_k else {}))
 
 
@@ -182,9 +179,6 @@ def load_pivot(db: str, *, labels: str | None = None, reranker: str | None = Non
                threshold: float | None = None) -> PivotAnswerer:
     """The RM-MIPS pipeline over the pivot database ``db``; ``db="demo"`` builds the demo database
     (and translates with the demo Wikidata labels unless ``labels`` is given)."""
-    from ray_cora.demo import DEMO_WIKIDATA_LABELS
-    from ray_cora.pivot import PivotPipeline
-
     if db == "demo":
         db, labels = build_demo_pivot_db(), labels or str(DEMO_WIKIDATA_LABELS)
     return PivotPipeline.load(db, labels=labels, reranker=reranker, threshold=threshold)
@@ -201,10 +195,6 @@ def pivot_response(question: str, lang: str, result: dict[str, Any]) -> dict[str
 
 def build_demo_pivot_db(encoder: str = "muse") -> str:
     """Build the demo pivot database (``ray_cora/demo/assets/pivot_db.jsonl``) in a temporary folder."""
-    from ray_cora.demo import DEMO_PIVOT_DB
-    from ray_cora.encoders import load_encoder
-    from ray_cora.pivot import build_database, iter_db_records
-
     out = tempfile.mkdtemp(prefix="ray_cora_serve_pivot_")
     build_database(list(iter_db_records(str(DEMO_PIVOT_DB), dataset="jsonl")), load_encoder(encoder), out)
     return out

@@ -6,8 +6,12 @@ import signal
 import threading
 import time
 
+from ray import serve
+
 from ray_cora.configs.serve import ServeConfig
 from ray_cora.errors import RayCoraError
+from ray_cora.runtime import ray_session
+from ray_cora.serve.app import APP_NAME, build_app
 
 
 class ServeStartError(RayCoraError):
@@ -16,9 +20,6 @@ class ServeStartError(RayCoraError):
 
 def start_app(config: ServeConfig) -> str:
     """Start Serve's proxy on ``host:port`` and deploy the app (Ray must be running); returns its URL."""
-    from ray import serve
-
-    from ray_cora.serve.app import APP_NAME, build_app
 
     app = build_app(config.app_options())
     serve.start(http_options={"host": config.host, "port": config.port})
@@ -34,9 +35,6 @@ def start_app(config: ServeConfig) -> str:
 
 def run_serve(config: ServeConfig) -> None:
     """Serve until interrupted (Ctrl-C), then shut Serve down (and Ray, if this command started it)."""
-    from ray import serve
-
-    from ray_cora.runtime import ray_session
 
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (kubectl delete, `kill`, a shell that ignores SIGINT in background jobs) stops

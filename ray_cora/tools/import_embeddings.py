@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from ray_cora.configs.import_embeddings import ImportEmbeddingsConfig
+from ray_cora.index.cora_import import import_cora_embeddings
 
 
 def import_embeddings(config: ImportEmbeddingsConfig) -> dict:
-    from ray_cora.index.cora_import import import_cora_embeddings
-
     manifest = import_cora_embeddings(config.inputs, config.out, shard_size=config.shard_size,
                                       encoder_spec=config.encoder)
     print(f"imported {manifest['num_vectors']} vectors (dim {manifest['encoder']['dim']}) into "

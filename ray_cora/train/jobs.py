@@ -20,12 +20,19 @@ Re-running with the same ``out``:
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray_cora import storage
-from ray_cora.errors import ConfigError, StorageError
+from ray_cora.configs.base import TrainRunConfig
+from ray_cora.configs.train import TrainMDPRConfig, TrainMGENConfig
 from ray_cora.data.records import BadRecords
 from ray_cora.data.training import iter_examples, scan
+from ray_cora.errors import ConfigError, StorageError
+from ray_cora.models.mdpr import MODEL_KIND as MDPR_MODEL_KIND
+from ray_cora.models.mdpr import MDPRTask, evaluate_dev, export_spec
+from ray_cora.models.mgen import MODEL_KIND as MGEN_MODEL_KIND
+from ray_cora.models.mgen import MGENTask
+from ray_cora.runtime import ray_session
 from ray_cora.train.data import training_dataset
 from ray_cora.train.loop import (
     LoopSettings,
@@ -37,9 +44,6 @@ from ray_cora.train.loop import (
     settings_dict,
 )
 
-if TYPE_CHECKING:
-    from ray_cora.configs.train import TrainMDPRConfig, TrainMGENConfig
-
 RUN_NAME = "ray-train"
 RUN_CONFIG = "run_config.json"
 # Options that may change between a run and its resumption: where and how wide it runs, what it
@@ -48,11 +52,11 @@ RUNTIME_OPTIONS = frozenset({"ray_address", "num_cpus", "num_workers", "use_gpu"
                              "max_failures", "dev", "out"})
 
 
-def _training_options(config: Any) -> dict[str, Any]:
+def _training_options(config: TrainRunConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in RUNTIME_OPTIONS}
 
 
-def check_rerun(config: Any, job: str) -> dict[str, Any] | None:
+def check_rerun(config: TrainRunConfig, job: str) -> dict[str, Any] | None:
     """Before training into ``config.out``: refuse training options that differ from those
     recorded by an earlier run there (:class:`ConfigError` naming them), and return the published
     manifest when the model is already there (the run finished: nothing to train)."""
@@ -80,7 +84,7 @@ def check_rerun(config: Any, job: str) -> dict[str, Any] | None:
     return manifest
 
 
-def _scan(config: Any, kind: str) -> tuple[int, int]:
+def _scan(config: TrainMDPRConfig | TrainMGENConfig, kind: str) -> tuple[int, int]:
     count, bad = scan(config.train, kind, config.on_bad_record)
     if bad.count:
         storage.write_bytes(storage.resolve(config.out).join("bad_records.jsonl"), bad.to_jsonl())
@@ -88,7 +92,7 @@ def _scan(config: Any, kind: str) -> tuple[int, int]:
     return count, bad.count
 
 
-def _settings(config: Any, steps: int, *, grad_accumulation: int, hooks: dict[str, Any]) -> LoopSettings:
+def _settings(config: TrainMDPRConfig | TrainMGENConfig, steps: int, *, grad_accumulation: int, hooks: dict[str, Any]) -> LoopSettings:
     return LoopSettings(epochs=config.epochs, batch_size=config.batch_size, steps_per_epoch=steps, lr=config.lr,
                         warmup_steps=config.warmup_steps, max_grad_norm=config.max_grad_norm,
                         weight_decay=config.weight_decay, adam_eps=config.adam_eps,
@@ -98,10 +102,8 @@ def _settings(config: Any, steps: int, *, grad_accumulation: int, hooks: dict[st
                         fail_after_step=hooks.get("fail_after_step"))
 
 
-def _run(config: Any, task: Any, kind: str, *, grad_accumulation: int, model_kind: str,
+def _run(config: TrainMDPRConfig | TrainMGENConfig, task: Any, kind: str, *, grad_accumulation: int, model_kind: str,
          hooks: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
-    from ray_cora.runtime import ray_session
-
     count, skipped = _scan(config, kind)
     steps = check_batching(batch_size=config.batch_size, num_workers=config.num_workers,
                            grad_accumulation=grad_accumulation, examples=count)
@@ -126,10 +128,8 @@ def _run(config: Any, task: Any, kind: str, *, grad_accumulation: int, model_kin
     return manifest, model, model_uri
 
 
-def train_mdpr(config: "TrainMDPRConfig", **hooks: Any) -> dict[str, Any]:
+def train_mdpr(config: TrainMDPRConfig, **hooks: Any) -> dict[str, Any]:
     """Train, publish ``<out>/model`` (``hf:`` bi-encoder folder); returns its manifest."""
-    from ray_cora.models.mdpr import MODEL_KIND, MDPRTask, evaluate_dev, export_spec
-
     task = MDPRTask(init=config.init, shared_encoder=config.shared_encoder, max_length=config.max_length,
                     hard_negatives=config.hard_negatives, segment_ids=config.segment_ids)
     done = check_rerun(config, "train-mdpr")
@@ -141,7 +141,7 @@ def train_mdpr(config: "TrainMDPRConfig", **hooks: Any) -> dict[str, Any]:
             summary = {"encoder_spec": export_spec(storage.resolve(config.out).join("model").uri, task),
                        "steps": done["steps"], "loss": done["final"]["loss"]}
         return {**done, "summary": summary, "already_trained": True}
-    manifest, _, model_uri = _run(config, task, "dpr", grad_accumulation=1, model_kind=MODEL_KIND, hooks=hooks)
+    manifest, _, model_uri = _run(config, task, "dpr", grad_accumulation=1, model_kind=MDPR_MODEL_KIND, hooks=hooks)
     spec = export_spec(model_uri, task)
     summary = {"encoder_spec": spec, "steps": manifest["steps"], "loss": manifest["final"]["loss"]}
     if config.dev:
@@ -155,10 +155,8 @@ def train_mdpr(config: "TrainMDPRConfig", **hooks: Any) -> dict[str, Any]:
     return {**manifest, "summary": summary}
 
 
-def train_mgen(config: "TrainMGENConfig", **hooks: Any) -> dict[str, Any]:
+def train_mgen(config: TrainMGENConfig, **hooks: Any) -> dict[str, Any]:
     """Train, publish ``<out>/model`` (a seq2seq folder ``Generator.load`` reads); returns its manifest."""
-    from ray_cora.models.mgen import MODEL_KIND, MGENTask
-
     done = check_rerun(config, "train-mgen")
     if done is not None:
         return {**done, "already_trained": True}
@@ -168,7 +166,7 @@ def train_mgen(config: "TrainMGENConfig", **hooks: Any) -> dict[str, Any]:
                     passage_choice=config.passage_choice, max_answer_passages=config.max_answer_passages,
                     seed=config.seed)
     manifest, _, model_uri = _run(config, task, "retrieval", grad_accumulation=config.grad_accumulation,
-                                  model_kind=MODEL_KIND, hooks=hooks)
+                                  model_kind=MGEN_MODEL_KIND, hooks=hooks)
     print(f"train-mgen: {manifest['examples']} examples, {manifest['steps']} steps, final loss "
           f"{manifest['final']['loss']:.4f} → --model {model_uri}")
     return manifest

@@ -29,6 +29,7 @@ controller has registered all of that worker's reports (at most one poll interva
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -38,7 +39,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Protocol, Sequence
 
+import ray.train
+import ray.train.torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ray_cora import storage
 from ray_cora.errors import ConfigError
+from ray_cora.runtime import worker_runtime_env
 
 STATE_FILE = "state.pt"
 PROGRESS_FILE = "progress.json"
@@ -130,8 +138,6 @@ def warmup_linear(step: int, *, warmup_steps: int, total_steps: int) -> float:
 
 
 def build_scheduler(optimizer: Any, *, warmup_steps: int, total_steps: int) -> Any:
-    import functools
-
     import torch
 
     return torch.optim.lr_scheduler.LambdaLR(
@@ -224,8 +230,6 @@ def wait_until_committed(timeout_s: float = 600.0) -> None:
     that report, and the restarted worker group resumes from an older checkpoint (see the module
     docstring). A no-op where the API is missing (Ray Train v1, ``RAY_TRAIN_V2_ENABLED=0``).
     """
-    import ray.train
-
     mode = getattr(ray.train, "CheckpointConsistencyMode", None)
     get_all = getattr(ray.train, "get_all_reported_checkpoints", None)
     if mode is None or get_all is None:
@@ -247,8 +251,6 @@ def _micro_batches(shard: Any, *, micro: int, accumulation: int, seed: int, buff
 
 def train_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker (``config``: ``{"task", "settings"}``)."""
-    import ray.train
-    import ray.train.torch
     import torch
 
     task: Task = config["task"]
@@ -342,11 +344,6 @@ def fit(task: Task, settings: LoopSettings, dataset: Any, *, out: str, run: RunS
     """Train ``task`` with ``TorchTrainer`` (DDP: gloo on CPU, NCCL on GPU); Ray Train state and
     checkpoints go to ``<out>/<name>/`` on any storage URI. Rerunning with the same ``out`` resumes
     from the latest checkpoint there. Returns the Ray Train ``Result``."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from ray_cora import storage
-    from ray_cora.runtime import worker_runtime_env
 
     root = storage.resolve(out)
     resources = {"CPU": run.cpus_per_worker}
@@ -382,8 +379,6 @@ def load_final_model(task: Task, result: Any) -> tuple[Any, dict[str, Any]]:
 def publish_model(task: Task, model: Any, out: str, *, kind: str, config: dict[str, Any],
                   extra: dict[str, Any]) -> dict[str, Any]:
     """Export the model into ``out`` as an artifact (files first, ``manifest.json`` last)."""
-    from ray_cora import storage
-
     writer = storage.ArtifactWriter(out, kind=kind, config=config)
     with tempfile.TemporaryDirectory(prefix="ray-cora-export-") as tmp:
         task.export(model, tmp)

@@ -15,14 +15,21 @@ import json
 import os
 import random
 import tempfile
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
+
+import ray
+import ray.train
+import ray.train.torch
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
 from ray_cora import storage
+from ray_cora.configs.pivot import PivotTrainRerankerConfig
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import ConfigError
-
-if TYPE_CHECKING:
-    from ray_cora.configs.pivot import PivotTrainRerankerConfig
+from ray_cora.models.hf import load_hf_model
+from ray_cora.pivot.rerank import RERANK_OPTIONS
+from ray_cora.runtime import ray_session, worker_runtime_env
 
 FIRST_KEYS = ("sentence1", "question1", "query")
 SECOND_KEYS = ("sentence2", "question2", "candidate")
@@ -93,13 +100,9 @@ def mix_pairs(sources: Sequence[list[dict[str, Any]]], weights: Sequence[float] 
 
 def train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: its shard of the pairs, BCE on the one-logit head."""
-    import ray.train
-    import ray.train.torch
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from ray_cora.models.hf import load_hf_model
-    from ray_cora.pivot.rerank import RERANK_OPTIONS
 
     torch.manual_seed(config["seed"])
     loaded = load_hf_model(config["model"], AutoModelForSequenceClassification, options=RERANK_OPTIONS,
@@ -136,13 +139,8 @@ def train_loop(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def train_reranker(config: "PivotTrainRerankerConfig") -> dict[str, Any]:
+def train_reranker(config: PivotTrainRerankerConfig) -> dict[str, Any]:
     """Run the Ray Train job and publish ``<out>/model``; returns its manifest."""
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from ray_cora.runtime import ray_session, worker_runtime_env
 
     sources = []
     for uri in config.pairs:
