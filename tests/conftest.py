@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,60 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
-S3_ACCESS_KEY = "ray-cora-test"
-S3_SECRET_KEY = "ray-cora-test-secret"
-S3_BUCKET = "ray-cora-test"
-
-
-def load_benchmark(name: str):
-    """Import ``jobs/benchmarks/<name>.py`` (a script, not a package) so tests can call its functions."""
-    import importlib.util
-
-    path = REPO_ROOT / "jobs" / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data; the test is skipped (with the reason) when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not found at {path} (the project's shared/data folder sits beside "
-                    "the repository in CI; a user's clone does not have it)")
-    return path
-
-
-def _free_port_pair() -> int:
-    """A port P such that P and P + 10000 (SeaweedFS puts gRPC there) are both free on 127.0.0.1."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair on 127.0.0.1")
-
-
-def _stop(proc: subprocess.Popen, terminate, *, grace_s: float) -> None:
-    """Stop a server we started: ``terminate()``, then SIGKILL its process group after ``grace_s``."""
-    terminate()
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+from tests.support import S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, free_port, free_port_pair, stop_process
 
 
 def _weed_binary() -> str:
@@ -87,7 +33,7 @@ def s3_server(tmp_path_factory):
     import boto3
 
     data_dir = tmp_path_factory.mktemp("seaweedfs")
-    ports = {name: _free_port_pair() for name in
+    ports = {name: free_port_pair() for name in
              ("s3", "master", "volume", "filer", "webdav", "iceberg", "lance", "admin")}
     cmd = [
         _weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -122,7 +68,7 @@ def s3_server(tmp_path_factory):
         yield {"endpoint": endpoint, "access_key": S3_ACCESS_KEY, "secret_key": S3_SECRET_KEY,
                "bucket": S3_BUCKET, "client": client, "pid": proc.pid}
     finally:
-        _stop(proc, lambda: os.killpg(proc.pid, signal.SIGTERM), grace_s=20)
+        stop_process(proc, lambda: os.killpg(proc.pid, signal.SIGTERM), grace_s=20)
         log.close()
 
 
@@ -160,12 +106,6 @@ def ray_local():
         ray.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A real `ray start --head` on 127.0.0.1 with token authentication on, stopped by its pid.
@@ -177,7 +117,7 @@ def ray_head(tmp_path_factory):
 
     token_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env = {**os.environ, **token_env}
-    gcs_port, dashboard_port, client_port = _free_port(), _free_port(), _free_port()
+    gcs_port, dashboard_port, client_port = free_port(), free_port(), free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
     log = open(tmp_path_factory.mktemp("ray-head") / "head.log", "wb")
     proc = subprocess.Popen(
@@ -186,9 +126,9 @@ def ray_head(tmp_path_factory):
          f"--ray-client-server-port={client_port}", "--num-cpus=2", "--disable-usage-stats",
          # Free ports for the agents too: the defaults (e.g. 52365) collide with any other Ray
          # running on the machine, and the job API needs the dashboard agent.
-         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-         f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}"],
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+         f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
@@ -217,5 +157,5 @@ def ray_head(tmp_path_factory):
         yield {"address": address, "gcs": f"127.0.0.1:{gcs_port}", "env": env, "pid": proc.pid}
     finally:
         # `ray start --block` stops the processes it started on SIGTERM.
-        _stop(proc, proc.terminate, grace_s=60)
+        stop_process(proc, proc.terminate, grace_s=60)
         log.close()

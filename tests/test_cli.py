@@ -8,8 +8,8 @@ import pytest
 
 from ray_cora.cli import main
 from ray_cora.configs.demo import DemoConfig
-from ray_cora.errors import ConfigError
 from ray_cora.configs.validate import ValidateConfig
+from ray_cora.errors import ConfigError
 
 
 def test_config_precedence_defaults_yaml_cli(tmp_path):

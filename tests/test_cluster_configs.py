@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 import ray
@@ -14,8 +13,9 @@ import yaml
 from ray_cora.cli import JOBS, build_parser
 from ray_cora.configs.arguments import config_from_args
 from ray_cora.errors import ConfigError
+from tests.support import REPO_ROOT
 
-CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
+CLUSTER = REPO_ROOT / "cluster"
 REPO = CLUSTER.parent
 
 
@@ -113,8 +113,8 @@ def test_serve_config_is_a_valid_deploy_config_for_the_real_app(monkeypatch):
     from ray.serve._private.build_app import build_app as serve_build  # what `serve build` runs
     from ray.serve._private.utils import import_attr
 
-    from ray_cora.serve.app import DEPLOYMENTS, deployment_names
     from ray_cora.configs.serve import ServeAppOptions
+    from ray_cora.serve.app import DEPLOYMENTS, deployment_names
 
     (app,) = _serve_apps()
     builder = import_attr(app["import_path"])

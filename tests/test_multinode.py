@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, _free_port, _stop
 from ray_cora.demo import DEMO_PASSAGES
 from ray_cora.index.sharded import ShardedIndex
+from tests.support import REPO_ROOT, free_port, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def _node_ports() -> list[str]:
     """
     ports: list[int] = []
     while len(ports) < 6:
-        if (port := _free_port()) not in ports:
+        if (port := free_port()) not in ports:
             ports.append(port)
     low = _ephemeral_port_floor() - 300 * next(_worker_port_blocks)
     assert low > 20000, "ran out of worker port blocks"
@@ -67,7 +67,7 @@ def _wait_for(predicate, what: str, timeout_s: float) -> None:
 def two_node_cluster(tmp_path_factory):
     logs = tmp_path_factory.mktemp("ray-two-nodes")
     env = {**__import__("os").environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard = free_port(), free_port()
     address = f"http://127.0.0.1:{dashboard}"
     procs = []
     try:
@@ -75,7 +75,7 @@ def two_node_cluster(tmp_path_factory):
         procs.append((subprocess.Popen(
             [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-             f"--ray-client-server-port={_free_port()}", "--num-cpus=2", "--disable-usage-stats", *_node_ports()],
+             f"--ray-client-server-port={free_port()}", "--num-cpus=2", "--disable-usage-stats", *_node_ports()],
             stdout=head_log, stderr=subprocess.STDOUT, env=env, start_new_session=True), head_log))
 
         def job_api_ready() -> bool:
@@ -101,7 +101,7 @@ def two_node_cluster(tmp_path_factory):
         yield {"address": address, "gcs": f"127.0.0.1:{gcs}", "env": env}
     finally:
         for proc, log in reversed(procs):
-            _stop(proc, proc.terminate, grace_s=60)
+            stop_process(proc, proc.terminate, grace_s=60)
             log.close()
 
 

@@ -11,8 +11,8 @@ import torch
 
 from ray_cora.encoders import load_encoder
 from ray_cora.encoders.tiny import build_tiny_bert, build_tiny_dpr_checkpoint
-from ray_cora.train.loop import LoopSettings, Stepper, check_batching, warmup_linear
 from ray_cora.models.mdpr import MDPRTask, ctx_slots, dpr_nll_loss, ranking_metrics
+from ray_cora.train.loop import LoopSettings, Stepper, check_batching, warmup_linear
 
 CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima"),
             ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Cuba", "Havana"),

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import load_benchmark, shared_data
-
-
+from tests.support import load_benchmark, shared_data
 
 
 def test_reduced_xquad_run_writes_the_report_and_reuses_cached_embeddings(tmp_path, monkeypatch):

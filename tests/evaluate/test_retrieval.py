@@ -92,7 +92,7 @@ def test_bad_retrieval_records_are_one_line_errors_naming_file_and_line(tmp_path
     result = _cli("evaluate", "retrieval", "--retrieval", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "o"))
     assert result.returncode == 2
     error = result.stderr.strip().splitlines()
-    assert len(error) == 1 and f"r.jsonl:2: " in error[0] and message in error[0], result.stderr
+    assert len(error) == 1 and "r.jsonl:2: " in error[0] and message in error[0], result.stderr
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
@@ -133,8 +133,8 @@ def test_passage_store_finds_every_passage_across_buckets(tmp_path):
 def test_missing_passage_text_is_a_clear_error():
     import numpy as np
 
-    from ray_cora.errors import StorageError
     from ray_cora.data.retrieval import make_ctxs
+    from ray_cora.errors import StorageError
 
     with pytest.raises(StorageError, match="'p9' is in the index but not in the corpus c.jsonl"):
         make_ctxs(["p9"], np.array([1.0]), {}, source="c.jsonl")

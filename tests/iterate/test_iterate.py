@@ -13,6 +13,7 @@ from ray_cora.demo import DEMO_PASSAGES, DEMO_QUESTIONS, DEMO_WIKIDATA_LABELS
 from ray_cora.errors import ConfigError
 from ray_cora.iterate import mining
 from ray_cora.iterate.stages import MARKER, SimulatedCrash, StageRunner
+from tests.support import REPO_ROOT
 
 
 def _demo(path) -> list[dict]:
@@ -204,8 +205,8 @@ def _memorised_mgen(folder: str, questions: list[dict], passages: list[dict]) ->
     import torch
 
     from ray_cora.encoders.tiny import build_tiny_t5
-    from ray_cora.train.loop import LoopSettings, Stepper
     from ray_cora.models.mgen import MGENTask
+    from ray_cora.train.loop import LoopSettings, Stepper
 
     texts = [q["question"] for q in questions] + [a for q in questions for a in q["answers"]]
     texts += [f"{p['title']} {p['text']}" for p in passages]
@@ -295,11 +296,10 @@ def test_three_rounds_on_the_demo_killed_in_round_2_resume_from_round_2(ray_loca
 
 @pytest.mark.parametrize("name", ["iterate_tiny_demo.yaml", "iterate_cora.yaml"])
 def test_shipped_iterate_configs_load(name):
-    from pathlib import Path
 
     from ray_cora.configs.iterate import IterateConfig
 
-    path = Path(__file__).resolve().parents[1] / "jobs" / "configs" / name
+    path = REPO_ROOT / "jobs" / "configs" / name
     config = IterateConfig.load(str(path), overrides={"out": "o"})
     assert config.rounds == 3
     loop_values = {"mdpr": {"train": ["t"], "out": "o", "init": "hf:x"}, "embed": {"passages": "p", "out": "o"},
@@ -312,7 +312,7 @@ def test_shipped_iterate_configs_load(name):
 
 def test_round_cost_arithmetic_and_the_calculator_script(tmp_path):
     from ray_cora.iterate.cost import Rates, RoundWork, round_cost
-    from conftest import load_benchmark
+    from tests.support import load_benchmark
 
     work = RoundWork(passages=43_600_000, train_examples=80_000, questions=80_000, mine_k=10)
     rates = Rates(embed_passages=2000, mdpr_train_samples=400, mgen_train_samples=100, generate_questions=200,

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
+from ray_cora.data.training import retrieval_example
 from ray_cora.encoders.tiny import build_tiny_t5
 from ray_cora.errors import ConfigError
-from ray_cora.train.loop import LoopSettings, Stepper
-from ray_cora.data.training import retrieval_example
 from ray_cora.models.mgen import Generator, MGENTask, format_source, training_passages
+from ray_cora.train.loop import LoopSettings, Stepper
 
 CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima"),
             ("Chile", "Santiago"), ("Egypt", "Cairo")]
@@ -139,8 +139,8 @@ def test_generator_needs_a_tokenizer_when_the_folder_has_none(tiny_t5, tmp_path)
 @pytest.mark.slow
 def test_ray_train_mgen_then_generate_job(ray_local, tiny_t5, tmp_path):
     from ray_cora.configs.generate import GenerateConfig
-    from ray_cora.pipelines.generate import run_generate
     from ray_cora.configs.train import TrainMGENConfig
+    from ray_cora.pipelines.generate import run_generate
     from ray_cora.train.jobs import train_mgen
 
     retrieval = tmp_path / "retrieval.jsonl"

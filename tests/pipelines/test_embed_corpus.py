@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from ray_cora.data.passages import iter_passages
 from ray_cora.configs.embed import EmbedConfig
+from ray_cora.data.passages import iter_passages
 from ray_cora.encoders import load_encoder
 from ray_cora.index.sharded import ShardedIndex, iter_shard_ids
 from ray_cora.pipelines.embed_corpus import embed_corpus, shard_marker

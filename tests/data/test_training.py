@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_cora.cli import main
+from ray_cora.data import training as data
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import BadRecordError
-from ray_cora.data import training as data
 
 
 def dpr_record(i: int, **overrides):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import load_benchmark
+from tests.support import load_benchmark
 
 
 def test_markdown_table_has_a_row_per_run_and_the_speed_up():

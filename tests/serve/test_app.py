@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import _free_port
+from tests.support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def app_url(ray_local):
     from ray_cora.serve.run import start_app
 
     os.environ[API_KEY_ENV] = API_KEY  # read by build_app in this process, handed to the Ingress
-    config = ServeConfig(port=_free_port(), pivot_db="demo", max_question_chars=MAX_CHARS, max_k=MAX_K,
+    config = ServeConfig(port=free_port(), pivot_db="demo", max_question_chars=MAX_CHARS, max_k=MAX_K,
                          default_k=5, api_key_env=API_KEY_ENV, max_replicas=1, replica_cpus=0.25,
                          health_check_period_s=1, batch_wait_timeout_s=0.02)
     try:
@@ -206,10 +206,10 @@ def test_index_split_over_two_shard_groups_answers_like_one_index(app_url, tmp_p
     import ray
     from ray import serve
 
+    from ray_cora.data.passage_store import build_passage_store
     from ray_cora.demo import DEMO_PASSAGES
     from ray_cora.encoders import load_encoder
     from ray_cora.index.sharded import ShardedIndex
-    from ray_cora.data.passage_store import build_passage_store
     from ray_cora.serve.app import APP_NAME, build_app
     from ray_cora.serve.core import build_index
 
@@ -253,8 +253,8 @@ def test_answer_with_a_generator_returns_its_answer_and_the_evidence(app_url, tm
 
     from ray_cora.demo import DEMO_PASSAGES
     from ray_cora.encoders.tiny import build_tiny_t5
-    from ray_cora.serve.app import APP_NAME, build_app
     from ray_cora.models.mgen import Generator
+    from ray_cora.serve.app import APP_NAME, build_app
 
     texts = [json.loads(line)["text"] for line in DEMO_PASSAGES.read_text(encoding="utf-8").splitlines()]
     checkpoint = build_tiny_t5(tmp_path_factory.mktemp("mgen"), texts)

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ray_cora import storage
 from ray_cora.data.passages import (
     PASSAGE_SCHEMA,
     detect_format,
@@ -16,7 +17,6 @@ from ray_cora.data.passages import (
 )
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import BadRecordError, ConfigError
-from ray_cora import storage
 
 DPR_TSV = (
     "id\ttext\ttitle\n"
@@ -120,8 +120,8 @@ def test_reads_from_s3(s3_env):
 
 
 def test_real_xquad_paragraphs_as_passages():
-    from conftest import shared_data
     from ray_cora.data.qa import iter_squad_paragraphs
+    from tests.support import shared_data
 
     path = shared_data("xquad", "xquad.th.json")
     paragraphs = list(iter_squad_paragraphs(str(path)))

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from ray_cora.data.records import BadRecords
-from ray_cora.errors import BadRecordError
 from ray_cora.data.wikidata import DumpStats, iter_entities, label_rows
+from ray_cora.errors import BadRecordError
 
 
 def _entity(qid, labels=None, aliases=None, sitelinks=None):
@@ -94,8 +94,8 @@ def test_label_rows_one_row_per_entity_language_and_site():
 
 def test_sitelinks_of_titles_reads_only_the_linked_entities(tmp_path):
     from ray_cora import storage
-    from ray_cora.iterate.mining import LanguageLinks, english_positive_titles
     from ray_cora.data.wikidata import sitelinks_of_titles
+    from ray_cora.iterate.mining import LanguageLinks, english_positive_titles
     from ray_cora.pipelines.wikidata_labels import commit_tables, plan_parts, write_part
 
     write_dump(tmp_path / "dump.json", bad_line=False)
@@ -116,10 +116,10 @@ def test_sitelinks_of_titles_reads_only_the_linked_entities(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("compression", ["", ".gz", ".bz2"])
 def test_label_job_on_plain_and_compressed_dumps(tmp_path, ray_local, compression):
-    from ray_cora.data.wikidata import read_label_tables
-    from ray_cora.pivot.translate import LabelTable
     from ray_cora.configs.wikidata import WikidataLabelsConfig
+    from ray_cora.data.wikidata import read_label_tables
     from ray_cora.pipelines.wikidata_labels import build_label_tables
+    from ray_cora.pivot.translate import LabelTable
 
     opener = {"": open, ".gz": gzip.open, ".bz2": bz2.open}[compression]
     dump = tmp_path / f"latest-all.json{compression}"
@@ -141,9 +141,8 @@ def test_label_job_on_plain_and_compressed_dumps(tmp_path, ray_local, compressio
 
 @pytest.mark.slow
 def test_label_job_rerun_skips_finished_parts(tmp_path, ray_local, capsys):
-    from ray_cora.pipelines.wikidata_labels import part_paths
     from ray_cora.configs.wikidata import WikidataLabelsConfig
-    from ray_cora.pipelines.wikidata_labels import build_label_tables
+    from ray_cora.pipelines.wikidata_labels import build_label_tables, part_paths
 
     dump = tmp_path / "dump.json"
     write_dump(dump, bad_line=False)

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, shared_data
 from ray_cora import storage
 from ray_cora.data.qa import iter_squad_paragraphs
 from ray_cora.encoders import load_encoder
 from ray_cora.index.sharded import ShardedIndex
+from tests.support import REPO_ROOT, shared_data
 
 pytestmark = pytest.mark.slow
 

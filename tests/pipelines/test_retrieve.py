@@ -15,9 +15,9 @@ import pytest
 from ray_cora.demo import DEMO_PASSAGES, DEMO_QUESTIONS
 from ray_cora.errors import ConfigError
 from ray_cora.index.sharded import commit_index, plan_shards, write_shard
+from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.slow
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

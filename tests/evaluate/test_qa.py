@@ -9,7 +9,7 @@ import pytest
 
 from ray_cora.cli import main
 from ray_cora.data.predictions import Prediction, read_mkqa_predictions, read_predictions, read_xor_predictions
-from tests.conftest import shared_data
+from tests.support import shared_data
 
 # Real MKQA sample ids (../shared/data/mkqa/mkqa_sample.jsonl.gz).
 DATE = "36228854473990432"  # 2017 / 2017-05-18 and date aliases

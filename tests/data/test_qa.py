@@ -17,8 +17,9 @@ from ray_cora.data.qa import (
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import BadRecordError, ConfigError
 from ray_cora.languages import MKQA_LANGS
+from tests.support import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 SHARED_DATA = REPO.parent / "shared" / "data"
 MKQA_SAMPLE = SHARED_DATA / "mkqa" / "mkqa_sample.jsonl.gz"
 XQUAD_DIR = SHARED_DATA / "xquad"

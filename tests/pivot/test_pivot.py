@@ -8,8 +8,15 @@ import pytest
 
 from ray_cora.demo import DEMO_PIVOT_DB, DEMO_QUESTIONS, DEMO_WIKIDATA_LABELS
 from ray_cora.errors import BadRecordError, ConfigError
-from ray_cora.pivot import (AnswerTranslator, LabelTable, PivotDatabase, PivotPipeline, build_database,
-                            iter_db_records, pick_threshold)
+from ray_cora.pivot import (
+    AnswerTranslator,
+    LabelTable,
+    PivotDatabase,
+    PivotPipeline,
+    build_database,
+    iter_db_records,
+    pick_threshold,
+)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +129,7 @@ def test_database_with_a_single_answer_table_still_opens(tmp_path, demo_db):
 
 
 def test_database_from_xquad_english(tmp_path, muse):
-    from conftest import shared_data
+    from tests.support import shared_data
 
     xquad = shared_data("xquad", "xquad.en.json")
     records = list(iter_db_records(str(xquad), dataset="xquad"))
@@ -291,8 +298,8 @@ def test_prediction_reader_takes_a_run_folder_or_a_folder_of_files(tmp_path):
     import hashlib
     import json
 
-    from ray_cora.errors import ChecksumError
     from ray_cora.data.predictions import read_predictions
+    from ray_cora.errors import ChecksumError
 
     out = tmp_path / "run"
     (out / "parts").mkdir(parents=True)

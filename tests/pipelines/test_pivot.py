@@ -126,9 +126,9 @@ def test_build_rerun_redoes_only_the_damaged_shard(built_db, tmp_path, capsys):
 
 
 def test_build_driver_crash_then_rerun_equals_uninterrupted(built_db, tmp_path, capsys):
-    from ray_cora.pivot.database import SimulatedCrash
-    from ray_cora.pipelines.pivot import build_pivot_database
     from ray_cora.configs.pivot import PivotBuildConfig
+    from ray_cora.pipelines.pivot import build_pivot_database
+    from ray_cora.pivot.database import SimulatedCrash
 
     out = tmp_path / "db"
     config = PivotBuildConfig(questions=str(DEMO_PIVOT_DB), out=str(out), shard_size=40, num_cpus=2)
@@ -149,10 +149,10 @@ def test_build_driver_crash_then_rerun_equals_uninterrupted(built_db, tmp_path, 
 
 
 def test_calibrate_then_run_streams_parts_and_resumes(built_db, tmp_path, capsys):
-    from ray_cora.pivot.database import SimulatedCrash
-    from ray_cora.pipelines.pivot import run_predictions
     from ray_cora.configs.pivot import PivotRunConfig
     from ray_cora.data.predictions import read_predictions
+    from ray_cora.pipelines.pivot import run_predictions
+    from ray_cora.pivot.database import SimulatedCrash
 
     pred, cal = tmp_path / "pred", tmp_path / "cal"
     common = ["--db", str(built_db), "--questions", str(DEMO_QUESTIONS), "--labels", str(DEMO_WIKIDATA_LABELS)]

@@ -15,15 +15,21 @@ import pytest
 
 from ray_cora import storage
 from ray_cora.cli import main
+from ray_cora.configs.passages import PassagesConfig
 from ray_cora.data import segment as seg
 from ray_cora.data.records import BadRecords
 from ray_cora.data.segment import normalize_whitespace, segment, segmenter_name
 from ray_cora.data.wiki import (
-    WikiOptions, drop_reason, is_disambiguation, iter_wiki_passages, list_inputs, passage_ranges,
-    process_article, split_article,
+    WikiOptions,
+    drop_reason,
+    is_disambiguation,
+    iter_wiki_passages,
+    list_inputs,
+    passage_ranges,
+    process_article,
+    split_article,
 )
 from ray_cora.errors import BadRecordError, ConfigError
-from ray_cora.configs.passages import PassagesConfig
 
 JA = "東京は日本の首都であり、世界有数の大都市である。人口は約1400万人。"
 ZH = "北京是中华人民共和国的首都，也是全国的政治和文化中心。"

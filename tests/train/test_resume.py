@@ -59,8 +59,8 @@ def _checkpoints(keys: dict[str, str]) -> list[str]:
 
 def test_rerun_check_skips_a_published_model_and_refuses_changed_training_options(tmp_path, capsys):
     from ray_cora import storage
-    from ray_cora.train.jobs import RUN_CONFIG, _training_options, check_rerun
     from ray_cora.configs.train import TrainMGENConfig
+    from ray_cora.train.jobs import RUN_CONFIG, _training_options, check_rerun
 
     config = TrainMGENConfig(train=["x.jsonl"], out=str(tmp_path / "out"), init="t5", epochs=2)
     assert check_rerun(config, "train-mgen") is None  # nothing there yet: train

@@ -3,15 +3,11 @@ benchmark (jobs/benchmarks/xquad_retrieval.py) on tiny hand-made cases."""
 
 from __future__ import annotations
 
-
 import pytest
 
-from conftest import load_benchmark
 from ray_cora.errors import ConfigError, RayCoraError
 from ray_cora.index.bm25 import BM25Index, InLanguageBM25, bm25_tokens, term_rule
-
-
-
+from tests.support import load_benchmark
 
 # --- tokenizers --------------------------------------------------------------------------------
 
