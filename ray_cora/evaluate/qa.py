@@ -24,10 +24,8 @@ from ray_cora.data.qa import DATASETS, iter_qa
 from ray_cora.errors import ConfigError
 from ray_cora.languages import normalize_lang, parse_langs
 from ray_cora.metrics.qa import score_predictions
+from ray_cora.reports.evaluation import qa_metric_names, qa_report_markdown
 from ray_cora.reports.plots import per_language_bar_chart
-from ray_cora.reports.tables import paper_table
-
-_LIST_LIMIT = 50  # qids listed in report.md; metrics.json and per_question.jsonl have them all
 
 
 def _gold_rows(gold: list[str], dataset: str, *, lang: str | None, langs: tuple[str, ...] | None,
@@ -80,68 +78,14 @@ def run_evaluate_qa(config: EvaluateQAConfig) -> dict[str, Any]:
     report = qa_report_markdown(metrics, title=config.title)
     writer = storage.ArtifactWriter(config.out, kind="qa-evaluation", config=config.to_dict())
     writer.write_bytes("report.md", report.encode("utf-8"))
-    chart_metrics = ["f1", "em", "bleu"] if config.mode == "xor" else ["f1", "em"]
-
     writer.write_bytes("per_language.png", per_language_bar_chart(
-        metrics["per_language"], chart_metrics, title=f"{config.title or 'QA'} ({config.mode} scorer)"))
+        metrics["per_language"], qa_metric_names(config.mode), title=f"{config.title or 'QA'} ({config.mode} scorer)"))
     writer.write_bytes("per_question.jsonl", "".join(
         json.dumps(r, ensure_ascii=False) + "\n" for r in per_question).encode("utf-8"))
     writer.write_bytes("metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False).encode("utf-8"))
     writer.commit({"macro": metrics["macro"]})
     print(report)
     return metrics
-
-
-def _fmt(value: Any) -> str:
-    return "–" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
-
-
-def qa_report_markdown(metrics: dict[str, Any], *, title: str | None = None) -> str:
-    """The report: paper-style table (languages as columns), the scorer's extra figures, and
-    every missing / unknown prediction (the first few by id)."""
-    mode = metrics["mode"]
-    per_language = metrics["per_language"]
-    scorer = ("XOR-TyDi / CORA scorer (MeCab -Owakati for ja, counters 年歳人년 removed, NLTK "
-              "sentence BLEU of the raw prediction)" if mode == "xor" else
-              "official MKQA scorer (mixed segmentation for zh/ja/th/km, articles per language, "
-              "answers + aliases, default no-answer threshold)")
-    lines = [f"# {title or 'QA evaluation'}", "", f"Scored with the {scorer}; figures in percent.", ""]
-    main_metrics = ["f1", "em", "bleu"] if mode == "xor" else ["f1", "em"]
-    lines.append(paper_table(per_language, main_metrics))
-    lines.append("Questions scored: " + ", ".join(f"{lang} {s['count']}" for lang, s in per_language.items())
-                 + f" (total {metrics['macro'].get('count', 0)}).")
-    if mode == "mkqa":
-        extra = ["answerable_f1", "answerable_em", "unanswerable_em", "best_f1", "best_em",
-                 "best_f1_threshold"]
-        lines += ["", "MKQA answerable / unanswerable split, and the figures at the best "
-                  "no-answer threshold (`best_*`, chosen per language to maximise F1 over "
-                  "`no_answer_prob`, as the MKQA script does):", "",
-                  paper_table(per_language, extra)]
-    if any("sacrebleu" in s for s in per_language.values()):
-        tokenizers = sorted({s["sacrebleu_tokenize"] for s in per_language.values()})
-        lines += ["", f"Corpus-level sacreBLEU (a modern extra figure, not the official scorer's "
-                  f"BLEU; tokenize={'/'.join(tokenizers)} by language):", "",
-                  paper_table(per_language, ["sacrebleu"])]
-    lines += ["", "| | count | languages |", "|---|---:|---|"]
-    for key, label in (("missing", "gold questions without a prediction (scored 0)"),
-                       ("unknown", "predictions for no gold question (ignored)")):
-        info = metrics[key]
-        langs = ", ".join(f"{k}: {v}" for k, v in info["by_language"].items()) or "–"
-        lines.append(f"| {label} | {info['count']} | {langs} |")
-    if metrics.get("predictions_outside_langs"):
-        lines.append(f"| predictions in languages outside --langs (ignored) | "
-                     f"{metrics['predictions_outside_langs']} | |")
-    if metrics.get("skipped_no_answer"):
-        lines.append(f"| gold questions without any answer (skipped, as the XOR scorer has none) | "
-                     f"{metrics['skipped_no_answer']} | |")
-    for key, label in (("missing", "Missing predictions"), ("unknown", "Unknown predictions")):
-        examples = metrics[key]["examples"]
-        if examples:
-            shown = ", ".join(f"`{e['qid']}` ({e['lang']})" for e in examples[:_LIST_LIMIT])
-            more = metrics[key]["count"] - min(len(examples), _LIST_LIMIT)
-            lines += ["", f"{label}: {shown}" + (f" … and {more} more (see metrics.json / "
-                                                  "per_question.jsonl)" if more else "")]
-    return "\n".join(lines).rstrip() + "\n"
 
 
 def run_convert_predictions(config: ConvertPredictionsConfig) -> dict[str, Any]:

@@ -4,7 +4,7 @@ folder `evaluate retrieval` / `evaluate all` write (metrics.json, report.md, PNG
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from typing import Any, Sequence
 
 from ray_cora import storage
 from ray_cora.reports.plots import language_heatmap, per_language_bar_chart
@@ -107,3 +107,60 @@ def write_evaluation(metrics: dict, out: str, *, groups: str = "auto", title: st
     # metrics.json last: its presence means the evaluation finished.
     storage.write_bytes(root.join("metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False).encode("utf-8"))
     return report
+
+
+_LIST_LIMIT = 50  # qids listed in report.md; metrics.json and per_question.jsonl have them all
+
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+
+def qa_report_markdown(metrics: dict[str, Any], *, title: str | None = None) -> str:
+    """The report: paper-style table (languages as columns), the scorer's extra figures, and
+    every missing / unknown prediction (the first few by id)."""
+    mode = metrics["mode"]
+    per_language = metrics["per_language"]
+    scorer = ("XOR-TyDi / CORA scorer (MeCab -Owakati for ja, counters 年歳人년 removed, NLTK "
+              "sentence BLEU of the raw prediction)" if mode == "xor" else
+              "official MKQA scorer (mixed segmentation for zh/ja/th/km, articles per language, "
+              "answers + aliases, default no-answer threshold)")
+    lines = [f"# {title or 'QA evaluation'}", "", f"Scored with the {scorer}; figures in percent.", ""]
+    main_metrics = ["f1", "em", "bleu"] if mode == "xor" else ["f1", "em"]
+    lines.append(paper_table(per_language, main_metrics))
+    lines.append("Questions scored: " + ", ".join(f"{lang} {s['count']}" for lang, s in per_language.items())
+                 + f" (total {metrics['macro'].get('count', 0)}).")
+    if mode == "mkqa":
+        extra = ["answerable_f1", "answerable_em", "unanswerable_em", "best_f1", "best_em",
+                 "best_f1_threshold"]
+        lines += ["", "MKQA answerable / unanswerable split, and the figures at the best "
+                  "no-answer threshold (`best_*`, chosen per language to maximise F1 over "
+                  "`no_answer_prob`, as the MKQA script does):", "",
+                  paper_table(per_language, extra)]
+    if any("sacrebleu" in s for s in per_language.values()):
+        tokenizers = sorted({s["sacrebleu_tokenize"] for s in per_language.values()})
+        lines += ["", f"Corpus-level sacreBLEU (a modern extra figure, not the official scorer's "
+                  f"BLEU; tokenize={'/'.join(tokenizers)} by language):", "",
+                  paper_table(per_language, ["sacrebleu"])]
+    lines += ["", "| | count | languages |", "|---|---:|---|"]
+    for key, label in (("missing", "gold questions without a prediction (scored 0)"),
+                       ("unknown", "predictions for no gold question (ignored)")):
+        info = metrics[key]
+        langs = ", ".join(f"{k}: {v}" for k, v in info["by_language"].items()) or "–"
+        lines.append(f"| {label} | {info['count']} | {langs} |")
+    if metrics.get("predictions_outside_langs"):
+        lines.append(f"| predictions in languages outside --langs (ignored) | "
+                     f"{metrics['predictions_outside_langs']} | |")
+    if metrics.get("skipped_no_answer"):
+        lines.append(f"| gold questions without any answer (skipped, as the XOR scorer has none) | "
+                     f"{metrics['skipped_no_answer']} | |")
+    for key, label in (("missing", "Missing predictions"), ("unknown", "Unknown predictions")):
+        examples = metrics[key]["examples"]
+        if examples:
+            shown = ", ".join(f"`{e['qid']}` ({e['lang']})" for e in examples[:_LIST_LIMIT])
+            more = metrics[key]["count"] - min(len(examples), _LIST_LIMIT)
+            lines += ["", f"{label}: {shown}" + (f" … and {more} more (see metrics.json / "
+                                                  "per_question.jsonl)" if more else "")]
+    return "\n".join(lines).rstrip() + "\n"
