@@ -36,8 +36,3 @@ class BadRecordError(RayCoraError):
 
 def _rebuild_bad_record(source: str, line: int, reason: str, hint: str) -> BadRecordError:
     return BadRecordError(source, line, reason, hint=hint)
-
-
-class SimulatedCrash(RuntimeError):
-    """Raised by the test hooks that stop a job midway, as if it had been killed there (never in
-    normal runs; not a user error)."""

@@ -1,4 +1,6 @@
-"""Shared fixtures: real data location, a SeaweedFS S3 server on loopback, a local Ray."""
+"""Shared fixtures: real data location, a SeaweedFS S3 server on loopback, a local Ray, and the
+expensive artefacts every test folder uses (mUSE, its demo index and pivot database, tiny BERT / DPR /
+T5 models), each built once a session."""
 
 from __future__ import annotations
 
@@ -12,7 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, free_port, free_port_pair, stop_process
+from ray_cora.demo import DEMO_PASSAGES, DEMO_PIVOT_DB
+from tests.support import (
+    S3_ACCESS_KEY,
+    S3_BUCKET,
+    S3_SECRET_KEY,
+    TINY_BERT_VOCAB,
+    free_port,
+    free_port_pair,
+    stop_process,
+    tiny_bert_texts,
+    tiny_t5_texts,
+)
 
 
 def _weed_binary() -> str:
@@ -159,3 +172,86 @@ def ray_head(tmp_path_factory):
         # `ray start --block` stops the processes it started on SIGTERM.
         stop_process(proc, proc.terminate, grace_s=60)
         log.close()
+
+
+# ---------------------------------------------------------------- expensive artefacts, built once a session
+# As in sentence-transformers' tests/conftest.py: one session fixture per artefact. They are shared, so
+# treat them as read-only; a test that writes into one takes its per-test copy (the *_copy fixtures).
+# Variants a test needs for what it checks (another seed, another width) come from tiny_bert_factory.
+
+@pytest.fixture(scope="session")
+def muse():
+    """The mUSE encoder (``load_encoder("muse")``, one BLAS thread), loaded once: its model loads on
+    the first encode, about 2 s."""
+    from ray_cora.encoders import load_encoder
+
+    return load_encoder("muse")
+
+
+@pytest.fixture(scope="session")
+def demo_index(muse, tmp_path_factory) -> str:
+    """The demo corpus (176 passages) embedded with mUSE by ``serve.core.build_index`` into a
+    committed index of 5 shards of 40, in corpus order; its manifest names the corpus."""
+    from ray_cora.serve.core import build_index
+
+    out = tmp_path_factory.mktemp("demo-index") / "index"
+    return build_index(muse, str(DEMO_PASSAGES), str(out), shard_size=40)
+
+
+@pytest.fixture(scope="session")
+def demo_pivot_db(muse, tmp_path_factory) -> str:
+    """The demo pivot database built in one process with mUSE: 91 questions in shards of 40, 40, 11.
+    Copy it (shutil.copytree) to change it."""
+    from ray_cora.pivot import build_database, iter_db_records
+
+    out = tmp_path_factory.mktemp("demo-pivot-db")
+    build_database(list(iter_db_records(str(DEMO_PIVOT_DB), dataset="jsonl")), muse, str(out), shard_size=40)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_factory(tmp_path_factory):
+    """``make(**variant)``: the folder of a tiny BERT (``build_tiny_bert``) whose tokenizer is trained on
+    ``tiny_bert_texts()``, each variant (``seed=1``, ``hidden=16``, ...) built once a session."""
+    from ray_cora.encoders.tiny import build_tiny_bert
+
+    built: dict[tuple, str] = {}
+
+    def make(**variant) -> str:
+        key = tuple(sorted(variant.items()))
+        if key not in built:
+            name = "tiny-bert" + "".join(f"-{k}{v}" for k, v in key)
+            built[key] = build_tiny_bert(tmp_path_factory.mktemp(name), tiny_bert_texts(),
+                                         vocab_size=TINY_BERT_VOCAB, **variant)
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_bert_factory) -> str:
+    """The tiny BERT folder (``hf:<it>``): hidden 32, 2 layers, seed 0, tokenizer of tiny_bert_texts()."""
+    return tiny_bert_factory()
+
+
+@pytest.fixture(scope="session")
+def tiny_cpt(tmp_path_factory, tiny_bert) -> str:
+    """A CORA/DPR-style bi-encoder ``.cpt`` (``dpr:<it>``): tiny_bert as the question tower, a seed-1
+    BERT as the passage tower, no projection."""
+    from ray_cora.encoders.tiny import build_tiny_dpr_checkpoint
+
+    return build_tiny_dpr_checkpoint(tmp_path_factory.mktemp("tiny-dpr") / "biencoder.cpt", tiny_bert)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> str:
+    """A tiny, untrained T5 folder (a stand-in for mGEN) whose tokenizer is trained on tiny_t5_texts()."""
+    from ray_cora.encoders.tiny import build_tiny_t5
+
+    return build_tiny_t5(tmp_path_factory.mktemp("tiny-t5"), tiny_t5_texts())
+
+
+@pytest.fixture
+def tiny_t5_copy(tiny_t5, tmp_path) -> str:
+    """This test's own copy of tiny_t5, for a test that trains it and saves into its folder."""
+    return str(shutil.copytree(tiny_t5, tmp_path / "tiny-t5"))

@@ -2,7 +2,7 @@
 
 Measured in one run on the same synthetic corpus, encoder, batch size and thread count:
   1. a plain single-process loop: read passages → encode in batches → write FAISS shards;
-  2. the Ray pipeline (`ray-cora embed`) with one encoder actor, and with --concurrency actors;
+  2. the Ray pipeline (`ray-cora embed`) with one encoder actor, and with --actors actors;
   3. the driver's peak RSS for `ray-cora embed` at two corpus sizes (it must stay flat).
 Prints a table and writes JSON (default docs/results/embed_throughput.json).
 
@@ -83,13 +83,13 @@ def plain_loop(passages: str, out: str, *, batch_size: int, shard_size: int, thr
 
 
 def ray_pipeline(passages: str, out: str, *, batch_size: int, shard_size: int, threads: int,
-                 concurrency: int) -> float:
+                 actors: int) -> float:
     from ray_cora.configs.embed import EmbedConfig
     from ray_cora.pipelines.embed_corpus import embed_corpus
 
     config = EmbedConfig.load(overrides=dict(
         passages=passages, out=out, shard_size=shard_size, batch_size=batch_size, threads=threads,
-        concurrency=concurrency, actor_cpus=max(0.5, 1.0 / concurrency)))
+        actors=actors, actor_cpus=max(0.5, 1.0 / actors)))
     started = time.perf_counter()
     embed_corpus(config)
     return time.perf_counter() - started
@@ -113,7 +113,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--shard-size", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--actors", "--concurrency", dest="actors", type=int, default=2,
+                        help="encoder actors of the second Ray run (--concurrency: its old name)")
     parser.add_argument("--json", default="docs/results/embed_throughput.json")
     args = parser.parse_args()
 
@@ -127,9 +128,9 @@ def main() -> None:
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
              logging_level="WARNING")
     try:
-        ray_warmup = ray_pipeline(str(corpus), str(work / "warmup"), concurrency=1, **common)
-        ray1_s = ray_pipeline(str(corpus), str(work / "ray1"), concurrency=1, **common)
-        rayn_s = ray_pipeline(str(corpus), str(work / "rayn"), concurrency=args.concurrency, **common)
+        ray_warmup = ray_pipeline(str(corpus), str(work / "warmup"), actors=1, **common)
+        ray1_s = ray_pipeline(str(corpus), str(work / "ray1"), actors=1, **common)
+        rayn_s = ray_pipeline(str(corpus), str(work / "rayn"), actors=args.actors, **common)
     finally:
         ray.shutdown()
     rss = {}
@@ -145,7 +146,7 @@ def main() -> None:
         "encoder": "muse", "passages": n, **common,
         "plain_loop_passages_per_s": round(n / plain_s, 1),
         "ray_1_actor_passages_per_s": round(n / ray1_s, 1),
-        f"ray_{args.concurrency}_actors_passages_per_s": round(n / rayn_s, 1),
+        f"ray_{args.actors}_actors_passages_per_s": round(n / rayn_s, 1),
         "ray_1_actor_vs_plain": round(plain_s / ray1_s, 3),
         "first_ray_run_seconds_incl_actor_start": round(ray_warmup, 1),
         "driver_peak_rss_mb": {str(k): round(v / 1024, 1) for k, v in rss.items()},
@@ -157,7 +158,7 @@ def main() -> None:
     print(f"\n| run | passages/s |\n|---|---:|\n| plain loop (1 process) | {results['plain_loop_passages_per_s']} |")
     print(f"| Ray pipeline, 1 actor | {results['ray_1_actor_passages_per_s']} "
           f"({results['ray_1_actor_vs_plain']}x plain) |")
-    print(f"| Ray pipeline, {args.concurrency} actors | {results[f'ray_{args.concurrency}_actors_passages_per_s']} |")
+    print(f"| Ray pipeline, {args.actors} actors | {results[f'ray_{args.actors}_actors_passages_per_s']} |")
     for size, mb in results["driver_peak_rss_mb"].items():
         print(f"driver peak RSS at {size} passages: {mb} MB")
     print(f"wrote {args.json}")

@@ -10,6 +10,7 @@ from ray_cora.configs.evaluate_qa import ConvertPredictionsConfig, EvaluateQACon
 from ray_cora.configs.generate import GenerateConfig
 from ray_cora.configs.import_embeddings import ImportEmbeddingsConfig
 from ray_cora.configs.iterate import IterateConfig
+from ray_cora.configs.options import ActorPoolOptions, IndexOptions, OptionGroup, TaskOptions
 from ray_cora.configs.passages import PassagesConfig
 from ray_cora.configs.pivot import (
            PivotBuildConfig,
@@ -23,8 +24,9 @@ from ray_cora.configs.train import TrainMDPRConfig, TrainMGENConfig
 from ray_cora.configs.validate import ValidateConfig
 from ray_cora.configs.wikidata import WikidataLabelsConfig
 
-__all__ = ["ConvertPredictionsConfig", "DemoConfig", "EmbedConfig", "EvaluateAllConfig", "EvaluateQAConfig",
-           "EvaluateRetrievalConfig", "GenerateConfig", "ImportEmbeddingsConfig", "IterateConfig", "JobConfig",
-           "PassagesConfig", "PivotBuildConfig", "PivotCalibrateConfig", "PivotRunConfig",
-           "PivotTrainRerankerConfig", "RayJobConfig", "RetrieveConfig", "ServeAppOptions", "ServeConfig",
-           "TrainMDPRConfig", "TrainMGENConfig", "TrainRunConfig", "ValidateConfig", "WikidataLabelsConfig"]
+__all__ = ["ActorPoolOptions", "ConvertPredictionsConfig", "DemoConfig", "EmbedConfig", "EvaluateAllConfig",
+           "EvaluateQAConfig", "EvaluateRetrievalConfig", "GenerateConfig", "ImportEmbeddingsConfig",
+           "IndexOptions", "IterateConfig", "JobConfig", "OptionGroup", "PassagesConfig", "PivotBuildConfig",
+           "PivotCalibrateConfig", "PivotRunConfig", "PivotTrainRerankerConfig", "RayJobConfig",
+           "RetrieveConfig", "ServeAppOptions", "ServeConfig", "TaskOptions", "TrainMDPRConfig",
+           "TrainMGENConfig", "TrainRunConfig", "ValidateConfig", "WikidataLabelsConfig"]

@@ -1,25 +1,91 @@
 """One frozen config model per job, loaded from YAML and overridden from the command line.
 
 Precedence: field defaults < ``--config file.yaml`` < ``--field-name value`` on the command line.
+An option renamed keeps its old names as aliases (:func:`aliases`): YAML, ``model_validate`` and
+the command line accept either name; giving two names of one option is refused.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Mapping, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from ray_cora.errors import ConfigError
 
 C = TypeVar("C", bound="JobConfig")
 
 
-class JobConfig(BaseModel):
-    """Base of every job config: frozen, unknown keys rejected, saved beside what the job makes."""
+def aliases(name: str, *old_names: str) -> dict[str, Any]:
+    """``Field`` keywords that keep ``old_names`` as aliases of the option ``name``: accepted in YAML
+    and ``model_validate``, and as ``--old-name`` flags (listed in --help as "alias of --name").
+    Saved config dicts (:meth:`JobConfig.to_dict`) use ``name``.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    >>> class Example(JobConfig):
+    ...     actors: int = Field(1, description="Actors", **aliases("actors", "concurrency"))
+    >>> Example.load(overrides={"concurrency": "3"}).to_dict()
+    {'actors': 3}
+    """
+    return {"validation_alias": AliasChoices(name, *old_names), "json_schema_extra": {"aliases": list(old_names)}}
+
+
+def option_aliases(field: FieldInfo) -> tuple[str, ...]:
+    """The old names a field keeps (``json_schema_extra={"aliases": [...]}``, see :func:`aliases`)."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return tuple(extra.get("aliases") or ())
+
+
+def both_names_message(name: str, given: list[str], *, flags: bool = False) -> str:
+    """The refusal of the option ``name`` given under several of its names (``flags``: as ``--flags``).
+
+    >>> both_names_message("actors", ["actors", "concurrency"], flags=True)
+    '--actors and --concurrency name one option (--concurrency is an alias of --actors): give only one of them'
+    """
+    def show(n: str) -> str:
+        return "--" + n.replace("_", "-") if flags else f"'{n}'"
+
+    others = [n for n in given if n != name]
+    return (f"{' and '.join(map(show, given))} name one option ({', '.join(map(show, others))} "
+            f"{'is an alias' if len(others) == 1 else 'are aliases'} of {show(name)}): give only one of them")
+
+
+class ConfigModel(BaseModel):
+    """Base of the job configs and of the option groups they inherit (:mod:`.options`): frozen,
+    unknown keys rejected, an option accepted under its name or one of its aliases (not both).
+    ``options_title``, set on a class itself, heads the --help section of the options it declares."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    options_title: ClassVar[str | None] = None
+
+    @classmethod
+    def canonical(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` with every option under its own name (aliases renamed); an option given under
+        two of its names is a ``ValueError`` naming both.
+
+        >>> from ray_cora.configs.embed import EmbedConfig
+        >>> EmbedConfig.canonical({"concurrency": 2, "out": "o"})
+        {'out': 'o', 'actors': 2}
+        """
+        result = dict(values)
+        for name, field in cls.model_fields.items():
+            given = [n for n in (name, *option_aliases(field)) if n in result]
+            if len(given) > 1:
+                raise ValueError(both_names_message(name, given))
+            if given and given[0] != name:
+                result[name] = result.pop(given[0])
+        return result
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_per_option(cls, data: Any) -> Any:
+        return cls.canonical(data) if isinstance(data, Mapping) else data
+
+
+class JobConfig(ConfigModel):
+    """Base of every job config: frozen, unknown keys rejected, saved beside what the job makes."""
 
     @classmethod
     def load(cls: type[C], yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> C:
@@ -30,12 +96,13 @@ class JobConfig(BaseModel):
         >>> Example.load(overrides={"k": "5"}).k
         5
         """
+        # Each source under the options' own names, so that `--actors` overrides `concurrency:` in YAML.
         values: dict[str, Any] = {}
         source = "command line"
         if yaml_path:
-            values.update(_read_yaml(yaml_path))
+            values.update(_canonical(cls, _read_yaml(yaml_path), yaml_path))
             source = f"{yaml_path} / command line"
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        values.update(_canonical(cls, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line"))
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
@@ -48,22 +115,25 @@ class JobConfig(BaseModel):
 class RayJobConfig(JobConfig):
     """A job that runs on Ray: joins a cluster, or starts a local Ray on 127.0.0.1."""
 
+    options_title: ClassVar[str | None] = "Ray"
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a locally started Ray (default: all)")
     ray_address: str | None = Field(None, description="Join this Ray cluster instead of starting a "
                                     "local one (RAY_ADDRESS also works)")
 
 
 class TrainRunConfig(RayJobConfig):
-    """A Ray Train job (train-mdpr, train-mgen): how wide it runs, checkpoints, failures, bad
-    records; each job adds its own model and optimiser options."""
+    """A Ray Train job (train-mdpr, train-mgen, pivot train-reranker): how wide it runs,
+    checkpoints, failures, bad records, the seed; each job adds its own model and optimiser
+    options. ``cpus_per_worker`` is Ray Train's own term (a worker is not a Ray Data actor)."""
 
+    options_title: ClassVar[str | None] = "Ray Train run"
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: each epoch)")
-    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
-    use_gpu: bool = Field(False, description="One GPU per worker (NCCL, bf16 autocast)")
-    cpus_per_worker: float = Field(0.5, gt=0)
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP: gloo on CPU, NCCL on GPU)")
+    use_gpu: bool = Field(False, description="One GPU per worker (train-mdpr/train-mgen add bf16 autocast)")
+    cpus_per_worker: float = Field(0.5, gt=0, description="CPUs reserved per Ray Train worker")
     max_failures: int = Field(2, ge=-1, description="Worker failures to recover from (from the last checkpoint)")
     on_bad_record: Literal["error", "skip"] = Field("error", description="error: stop at a bad record; skip: count it and go on")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of initialisation, shuffling and sampling")
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -81,11 +151,20 @@ def _read_yaml(path: str) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def _canonical(cls: type[JobConfig], values: dict[str, Any], source: str) -> dict[str, Any]:
+    try:
+        return cls.canonical(values)
+    except ValueError as exc:
+        raise ConfigError(f"invalid {cls.__name__} ({source}): {exc}") from None
+
+
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(config)"
-        if err["type"] == "extra_forbidden":
+        field = ".".join(str(p) for p in err["loc"])
+        if not field:  # a check of the whole config (a model validator): its message says it all
+            parts.append(str(err["msg"]).removeprefix("Value error, "))
+        elif err["type"] == "extra_forbidden":
             parts.append(f"unknown option '{field}'")
         else:
             parts.append(f"option '{field}': {err['msg']} (got {err.get('input')!r})")

@@ -7,11 +7,13 @@ from typing import Literal
 from pydantic import Field
 
 from ray_cora.configs.base import RayJobConfig
+from ray_cora.configs.options import ActorPoolOptions
 
 
-class GenerateConfig(RayJobConfig):
+class GenerateConfig(ActorPoolOptions, RayJobConfig):
     """Generate an answer for every question of a retrieval JSONL ({qid, lang, question, answers,
-    ctxs:[{pid, lang, title, text, score}]}) with an mGEN model, on a Ray Data actor pool; writes
+    ctxs:[{pid, lang, title, text, score}]}) with an mGEN model, on a Ray Data actor pool of
+    generator actors (an actor's CPU threads: its --actor-cpus, rounded down, at least 1); writes
     predictions JSONL {qid, lang, prediction} (then a <out>.done.json marker; a rerun with a
     verified marker and the same generation settings does nothing, other settings are refused)."""
 
@@ -22,14 +24,13 @@ class GenerateConfig(RayJobConfig):
     tokenizer: str | None = Field(None, description="Tokenizer source when the model folder has none "
                                   "(CORA's mGEN_model: google/mt5-base)")
     top_k: int = Field(15, ge=1, description="Passages per question in the input")
-    max_source_length: int = Field(1000, ge=8)
-    max_target_length: int = Field(25, ge=1)
-    num_beams: int = Field(1, ge=1)
+    max_source_length: int = Field(1000, ge=8, description="mGEN input tokens")
+    max_target_length: int = Field(25, ge=1, description="mGEN answer tokens")
+    num_beams: int = Field(1, ge=1, description="Beam size of mGEN's decoding")
     batch_size: int = Field(16, ge=1, description="Questions per generate() call")
-    concurrency: int = Field(1, ge=1, description="Generator actors")
-    actor_cpus: float = Field(1.0, gt=0)
-    actor_gpus: float = Field(0.0, ge=0)
-    on_bad_record: Literal["error", "skip"] = Field("error")
+    actor_cpus: float = ActorPoolOptions.option("actor_cpus", 1.0)
+    on_bad_record: Literal["error", "skip"] = Field("error", description="error: stop at the first malformed "
+                                                    "retrieval record; skip: count it and go on")
 
 
 

@@ -107,6 +107,10 @@ class IterateConfig(RayJobConfig):
         stage = info.field_name
         reserved = STAGE_JOBS[stage][1]
         job_cls = STAGE_JOBS[stage][0]
+        try:  # old names (aliases) under the options' own names: {"concurrency": 8} → {"actors": 8}
+            options = job_cls.canonical(options)
+        except ValueError as exc:
+            raise ValueError(f"{stage}: {exc}") from None
         for key in options:
             if key in reserved:
                 raise ValueError(f"{stage}.{key} is set by the iterative loop itself; leave it out")

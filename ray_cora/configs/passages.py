@@ -9,14 +9,16 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ray_cora.configs.base import RayJobConfig
+from ray_cora.configs.options import TaskOptions
 from ray_cora.data.wiki import WikiOptions, parse_input
 from ray_cora.errors import ConfigError
 
 
-class PassagesConfig(RayJobConfig):
+class PassagesConfig(TaskOptions, RayJobConfig):
     """Split wikiextractor --json dumps (one folder per language) into fixed-size passages
     (pid, lang, title, text), written as Parquet shards, one or more per input file, and a
-    manifest.json committed last. A rerun skips input files whose shards are already written."""
+    manifest.json committed last. A rerun skips input files whose shards are already written.
+    A unit of work (--tasks, --task-cpus) is one input file."""
 
     inputs: list[str] = Field(..., description="LANG=URI pairs, one per language: wikiextractor "
                               "--json output folders or files (.bz2/.gz ok), as in "
@@ -40,8 +42,6 @@ class PassagesConfig(RayJobConfig):
                                 "passages of an input file past that go to its next piece (-001, -002)")
     resume: bool = Field(True, description="Keep shards a previous run committed for the same input "
                          "and options; false redoes every input file")
-    num_cpus_per_task: float = Field(1.0, gt=0, description="CPUs reserved per input-file task "
-                                     "(fractional is fine)")
 
     @field_validator("inputs")
     @classmethod

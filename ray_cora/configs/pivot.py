@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from ray_cora.configs.base import RayJobConfig
+from ray_cora.configs.base import RayJobConfig, TrainRunConfig
+from ray_cora.configs.options import ActorPoolOptions, IndexOptions
 from ray_cora.encoders import check_encoder_spec
-from ray_cora.index.sharded import IndexType
 from ray_cora.languages import normalize_lang
 from ray_cora.pivot.rerank import check_reranker_spec
 
@@ -19,9 +19,10 @@ def _reranker(value: str | None) -> str | None:
     return None
 
 
-class PivotBuildConfig(RayJobConfig):
+class PivotBuildConfig(ActorPoolOptions, IndexOptions, RayJobConfig):
     """Embed English (question, answer[, answer QID]) records into a pivot database: a sharded
-    FAISS index of the questions plus a Parquet answer table, on a Ray Data actor pool."""
+    FAISS index of the questions plus a Parquet answer table, on a Ray Data actor pool of encoder
+    actors."""
 
     questions: str = Field(..., description="English QA records (path or URI)")
     dataset: Literal["jsonl", "nq", "squad", "xquad"] = Field(
@@ -32,11 +33,7 @@ class PivotBuildConfig(RayJobConfig):
                          "for LaBSE / paraphrase-multilingual models)")
     shard_size: int = Field(100_000, ge=1, description="Questions per index shard (and answer part); a "
                             "rerun after a crash redoes only missing or damaged shards")
-    index_type: IndexType = Field("flat", description="FAISS index per shard: flat (exact), hnsw or ivfpq")
     batch_size: int = Field(256, ge=1, description="Questions per encoder batch")
-    concurrency: int = Field(1, ge=1, description="Encoder actors")
-    actor_cpus: float = Field(0.5, gt=0, description="CPUs reserved per encoder actor")
-    actor_gpus: float = Field(0, ge=0, description="GPUs per encoder actor")
     threads: int = Field(1, ge=1, description="CPU threads per encoder actor")
 
     @field_validator("encoder")
@@ -45,7 +42,10 @@ class PivotBuildConfig(RayJobConfig):
         return check_encoder_spec(value)
 
 
-class _PivotQueryConfig(RayJobConfig):
+class _PivotQueryConfig(ActorPoolOptions, RayJobConfig):
+    """A pivot job that answers questions on a Ray Data actor pool of pipeline actors (encoder,
+    reranker and translator in each)."""
+
     db: str = Field(..., description="Pivot database folder or URI (from `ray-cora pivot build`)")
     questions: str = Field(..., description="Questions to answer (path or URI)")
     dataset: Literal["mkqa", "xor", "nq", "xquad", "squad", "jsonl"] = Field(
@@ -59,8 +59,6 @@ class _PivotQueryConfig(RayJobConfig):
                                    "hf:<seq2seq model>?style=marian|m2m|plain&langs=...")
     k: int = Field(10, ge=1, le=1000, description="English questions retrieved by MIPS (and reranked)")
     batch_size: int = Field(64, ge=1, description="Questions per actor batch")
-    concurrency: int = Field(1, ge=1, description="Pipeline actors")
-    actor_cpus: float = Field(0.5, gt=0, description="CPUs reserved per pipeline actor")
     threads: int = Field(1, ge=1, description="CPU threads per pipeline actor (encoder, reranker, MT)")
     mmap: bool = Field(False, description="Memory-map the database's index shards (actors on one machine "
                        "share them; for databases of millions of questions)")
@@ -99,8 +97,15 @@ class PivotCalibrateConfig(_PivotQueryConfig):
         "English question is the dev question's own (same qid or source_qid)")
 
 
-class PivotTrainRerankerConfig(RayJobConfig):
-    """Fine-tune a cross-encoder on labelled paraphrase pairs (PAWS-X / QQP style) with Ray Train."""
+# The Ray Train run options the reranker's training does not use (see PivotTrainRerankerConfig).
+RERANKER_UNUSED_RUN_OPTIONS = ("checkpoint_every", "max_failures")
+
+
+class PivotTrainRerankerConfig(TrainRunConfig):
+    """Fine-tune a cross-encoder on labelled paraphrase pairs (PAWS-X / QQP style) with Ray Train.
+    Of the Ray Train run options it does not use --checkpoint-every (a checkpoint is reported after
+    every epoch) or --max-failures (a failed worker ends the run; a rerun starts it again): other
+    values than their defaults are refused. --on-bad-record applies to the pairs files."""
 
     model: str = Field(..., description="Start model: hf:<seq-classification model or encoder>")
     pairs: list[str] = Field(..., description="Labelled pair files: JSONL or TSV with sentence1/sentence2/"
@@ -114,12 +119,17 @@ class PivotTrainRerankerConfig(RayJobConfig):
     max_length: int = Field(128, ge=8, description="Tokens per pair")
     max_pairs: int | None = Field(None, ge=1, description="Use at most this many pairs (with --mix: "
                                   "the sample size)")
-    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP; gloo on CPU)")
-    cpus_per_worker: float = Field(0.5, gt=0, description="CPUs per training worker")
-    use_gpu: bool = Field(False, description="One GPU per worker (nccl)")
-    seed: int = Field(0, description="Shuffling and sampling seed")
 
     @field_validator("model")
     @classmethod
     def _model(cls, value: str) -> str:
         return _reranker(value)
+
+    @model_validator(mode="after")
+    def _unused_run_options(self) -> "PivotTrainRerankerConfig":
+        unused = [name for name in RERANKER_UNUSED_RUN_OPTIONS
+                  if getattr(self, name) != type(self).model_fields[name].default]
+        if unused:
+            raise ValueError(f"pivot train-reranker does not use {', '.join(unused)}: leave "
+                             f"{'it' if len(unused) == 1 else 'them'} at the default")
+        return self

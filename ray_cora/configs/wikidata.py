@@ -7,12 +7,14 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from ray_cora.configs.base import RayJobConfig
+from ray_cora.configs.options import TaskOptions
 from ray_cora.data.wikidata import check_langs
 
 
-class WikidataLabelsConfig(RayJobConfig):
+class WikidataLabelsConfig(TaskOptions, RayJobConfig):
     """Stream a Wikidata JSON dump (one entity per line, .json/.gz/.bz2, any storage URI) into
-    Parquet: labels + aliases per language, and sitelinks (language links), in one pass."""
+    Parquet: labels + aliases per language, and sitelinks (language links), in one pass. A unit
+    of work (--tasks, --task-cpus) is one dump part (--part-lines)."""
 
     dump: str = Field(..., description="Wikidata JSON dump (latest-all.json[.gz|.bz2]) path or URI")
     langs: list[str] = Field(..., description="Label languages to keep, e.g. en,es,ja,zh_cn")
@@ -22,8 +24,8 @@ class WikidataLabelsConfig(RayJobConfig):
     on_bad_record: Literal["error", "skip"] = Field(
         "error", description="error: stop at the first malformed line with file:line; skip: count it, "
         "quarantine it under bad/ and go on")
-    concurrency: int = Field(2, ge=1, description="Parts parsed at once")
-    task_cpus: float = Field(0.5, gt=0, description="CPUs reserved per parsing task")
+    tasks: int | None = TaskOptions.option("tasks", 2)
+    task_cpus: float = TaskOptions.option("task_cpus", 0.5)
 
     @field_validator("langs")
     @classmethod

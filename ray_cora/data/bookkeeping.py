@@ -17,8 +17,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ray_cora import storage
-from ray_cora.errors import ConfigError, RayCoraError, SimulatedCrash, StorageError
+from ray_cora import faults, storage
+from ray_cora.errors import ConfigError, RayCoraError, StorageError
 
 
 def error_row(key: str, name: str, exc: RayCoraError) -> dict[str, np.ndarray]:
@@ -27,19 +27,18 @@ def error_row(key: str, name: str, exc: RayCoraError) -> dict[str, np.ndarray]:
             "error": np.array([pickle.dumps(exc)], dtype=object)}
 
 
-def iter_entries(rows: Iterable[dict[str, Any]], *, crash_after: int | None = None,
-                 unit: str = "unit") -> Iterator[dict[str, Any]]:
+def iter_entries(rows: Iterable[dict[str, Any]], *, unit: str = "unit") -> Iterator[dict[str, Any]]:
     """The finished units' entries, in the order Ray Data delivers them; an actor's error is raised.
 
-    ``crash_after`` is a test hook: once that many entries were handled by the caller, the driver
-    stops with :class:`~ray_cora.errors.SimulatedCrash`, as a killed job would.
+    Runs on the driver. Fault point ``driver.entries`` (:mod:`ray_cora.faults`): once that many
+    entries were handled by the caller, the driver stops with a ``SimulatedCrash``, as a killed job would.
     """
+    plan = faults.current()
     for handled, row in enumerate(rows, start=1):
         if row["error"]:
             raise pickle.loads(row["error"])  # our own exception, pickled by our actor
         yield json.loads(row["entry"])
-        if crash_after is not None and handled >= crash_after:
-            raise SimulatedCrash(f"test hook: the driver stops after {handled} {unit}(s)")
+        plan.raise_after(faults.DRIVER_ENTRIES, handled, f"the driver stops after {handled} {unit}(s)")
 
 
 def refuse_stale_blocks(out: storage.Location, done: dict[str, Any], counts: dict[str, int]) -> None:

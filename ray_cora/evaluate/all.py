@@ -51,7 +51,7 @@ def generate_config(config: EvaluateAllConfig, retrieval_uri: str, out: str) -> 
         "out": out,
         "top_k": config.top_k, "max_source_length": config.max_source_length,
         "max_target_length": config.max_target_length, "num_beams": config.num_beams,
-        "batch_size": config.generate_batch_size, "concurrency": config.generate_actors,
+        "batch_size": config.generate_batch_size, "actors": config.generate_actors,
         "actor_cpus": config.generate_actor_cpus, "actor_gpus": config.generate_actor_gpus,
         "ray_address": config.ray_address, "num_cpus": config.num_cpus})
 

@@ -100,9 +100,9 @@ def _build_tiny(kind: str, target: storage.Location, texts: list[str]) -> None:
 class IterativeTraining:
     """State of one ``iterate`` run: the config, the stage runner and the round-1 data."""
 
-    def __init__(self, config: IterateConfig, *, crash_after: str | None = None) -> None:
+    def __init__(self, config: IterateConfig) -> None:
         self.config = config
-        self.runner = StageRunner(config.out, crash_after=crash_after)
+        self.runner = StageRunner(config.out)
         self.root = storage.resolve(config.out)
 
     # -- round 1: the data every round uses --
@@ -277,7 +277,7 @@ class IterativeTraining:
     def _generator_options(self, mgen: StageResult) -> dict[str, Any]:
         """`evaluate all`'s generation options, from the iterate config's generate: mapping."""
         c = self.config
-        renamed = {"batch_size": "generate_batch_size", "concurrency": "generate_actors",
+        renamed = {"batch_size": "generate_batch_size", "actors": "generate_actors",
                    "actor_cpus": "generate_actor_cpus", "actor_gpus": "generate_actor_gpus"}
         options = {renamed.get(k, k): v for k, v in c.generate.items()
                    if k in ("max_source_length", "max_target_length", "num_beams", *renamed)}
@@ -417,10 +417,10 @@ def _dev_macro(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: macro[k] for k in keep if k in macro}
 
 
-def iterate(config: IterateConfig, *, crash_after: str | None = None) -> dict[str, Any]:
+def iterate(config: IterateConfig) -> dict[str, Any]:
     """Run (or resume) all rounds; returns ``{"rounds": [round stats...], "ran", "skipped"}``."""
     started = time.perf_counter()
-    job = IterativeTraining(config, crash_after=crash_after)
+    job = IterativeTraining(config)
     storage.write_bytes(job.root.join("config.json"), json.dumps(config.to_dict(), indent=2).encode("utf-8"))
     rounds = []
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):

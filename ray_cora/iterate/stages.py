@@ -20,8 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ray_cora import storage
-from ray_cora.errors import SimulatedCrash
+from ray_cora import faults, storage
 
 MARKER = "_stage.json"
 STARTED = "_started.json"
@@ -56,11 +55,11 @@ class StageRunner:
     {'n': 1}
     """
 
-    def __init__(self, out: str, *, log: Callable[[str], None] = print,
-                 crash_after: str | None = None) -> None:
+    def __init__(self, out: str, *, log: Callable[[str], None] = print) -> None:
         self.root = storage.resolve(out)
         self.log = log
-        self.crash_after = crash_after
+        # Fault point ``iterate.after_stage`` (tests only): stop right after that stage's marker.
+        self.faults = faults.current()
         self.ran: list[str] = []
         self.skipped: list[str] = []
 
@@ -113,6 +112,5 @@ class StageRunner:
                                                             default=str).encode("utf-8"))
         self.ran.append(name)
         self.log(f"iterate: {name}: done in {seconds:.1f} s")
-        if self.crash_after == name:
-            raise SimulatedCrash(f"test hook: crashed after {name}")
+        self.faults.raise_at(faults.ITERATE_AFTER_STAGE, name, f"crashed after {name}")
         return StageResult(name, folder.uri, digest, result, skipped=False)

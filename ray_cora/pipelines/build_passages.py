@@ -171,7 +171,7 @@ def build_passages(config: PassagesConfig) -> dict[str, Any]:
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
         started = time.perf_counter()
         dataset = ray.data.read_datasource(source, override_num_blocks=max(len(files), 1),
-                                           num_cpus=config.num_cpus_per_task,
+                                           num_cpus=config.task_cpus, concurrency=config.tasks,
                                            # S3 settings for workers started before they were set
                                            runtime_env=worker_runtime_env() or None)
         records = [json.loads(row["record"]) for row in dataset.iter_rows()]

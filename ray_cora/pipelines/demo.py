@@ -29,8 +29,8 @@ KS = (1, 5, 10)
 def _embed(dataset, udf, *, config: DemoConfig, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
     embedded = dataset.map_batches(
         udf, fn_constructor_kwargs={"spec": config.encoder}, batch_size=config.batch_size,
-        batch_format="numpy", compute=ActorPoolStrategy(size=config.num_actors),
-        num_cpus=config.actor_cpus, runtime_env=worker_runtime_env())
+        batch_format="numpy", compute=ActorPoolStrategy(size=config.actors),
+        num_cpus=config.actor_cpus, num_gpus=config.actor_gpus or None, runtime_env=worker_runtime_env())
     parts: dict[str, list] = {c: [] for c in columns + ("embedding",)}
     for batch in embedded.iter_batches(batch_size=1024, batch_format="numpy"):
         for column in parts:

@@ -12,7 +12,6 @@ Ray Data and its task rerun, which rewrites the same deterministic paths — no 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import time
 from dataclasses import asdict
@@ -21,7 +20,7 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy
 
-from ray_cora import storage
+from ray_cora import faults, storage
 from ray_cora.configs.embed import EmbedConfig
 from ray_cora.data.bookkeeping import iter_entries
 from ray_cora.data.passages import iter_passages
@@ -43,16 +42,16 @@ class EmbedShards:
     """Actor body: embeds whole shards; built once per actor (the model loads once)."""
 
     def __init__(self, *, encoder: str, out: str, index_spec: dict, batch_size: int, lang: str | None,
-                 threads: int = 1, on_bad_record: str = "error", crash_once_marker: str | None = None,
-                 crash_at_shard: int | None = None):
+                 threads: int = 1, on_bad_record: str = "error", fault_plan: faults.FaultPlan = faults.EMPTY):
         self.encoder = load_encoder(encoder, threads=threads)
         self.out = out
         self.spec = IndexSpec(**index_spec)
         self.batch_size = batch_size
         self.lang = lang
         self.on_bad_record = on_bad_record
-        # Test hook, as in FAISS's big_batch_search: die once at a given shard to prove recovery.
-        self.crash_once_marker, self.crash_at_shard = crash_once_marker, crash_at_shard
+        # The driver's fault plan (tests only), as in FAISS's big_batch_search: die once at a given
+        # shard to prove recovery.
+        self.faults = fault_plan
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         entries, errors = [], []
@@ -79,6 +78,7 @@ class EmbedShards:
                 texts.clear()
 
         bad = BadRecords(self.on_bad_record)
+        die_here = self.faults.get(faults.EMBED_ACTOR_SHARD) == spec.number  # once per shard, not per passage
         for passage in iter_passages(spec.uri, format=spec.format, lang=self.lang, segment=spec.segment,
                                      bad_records=bad):
             pids.append(passage["pid"])
@@ -87,10 +87,9 @@ class EmbedShards:
             texts.append(passage["text"])
             if len(texts) >= self.batch_size:
                 flush()
-            if (self.crash_at_shard == spec.number and self.crash_once_marker
-                    and not os.path.exists(self.crash_once_marker) and len(pids) > 1):
-                open(self.crash_once_marker, "w").close()
-                os._exit(1)
+            if die_here and len(pids) > 1:  # mid-shard; returns only when it died here once already
+                self.faults.die_once_here(faults.EMBED_ACTOR_SHARD, spec.number)
+                die_here = False
         flush()
         matrix = np.concatenate(vectors) if vectors else np.zeros((0, self.encoder.dim), np.float32)
         root = storage.resolve(self.out)
@@ -149,10 +148,10 @@ def finished_shards(out: storage.Location, tasks: list[list[ShardSpec]], *, veri
     return done
 
 
-def embed_corpus(config: EmbedConfig, *, crash_at_shard: int | None = None, crash_once_marker: str | None = None) -> dict:
+def embed_corpus(config: EmbedConfig) -> dict:
     """Run the embedding job described by an :class:`~ray_cora.configs.embed.EmbedConfig`.
 
-    ``crash_at_shard``/``crash_once_marker`` are for tests: one actor dies once at that shard.
+    Fault point ``embed.actor_shard`` (:mod:`ray_cora.faults`): one actor dies once at that shard.
     """
 
     started = time.perf_counter()
@@ -171,13 +170,12 @@ def embed_corpus(config: EmbedConfig, *, crash_at_shard: int | None = None, cras
             items = [{"task": json.dumps([asdict(s) for s in task])} for task in pending]
             results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 EmbedShards, batch_size=1, batch_format="numpy",
-                compute=ActorPoolStrategy(size=config.concurrency),
+                compute=ActorPoolStrategy(size=config.actors),
                 num_cpus=config.actor_cpus, num_gpus=config.actor_gpus, runtime_env=worker_runtime_env(),
                 fn_constructor_kwargs={
                     "encoder": config.encoder, "out": config.out, "index_spec": index_spec.to_dict(),
                     "batch_size": config.batch_size, "lang": config.lang, "threads": config.threads,
-                    "on_bad_record": config.on_bad_record,
-                    "crash_once_marker": crash_once_marker, "crash_at_shard": crash_at_shard})
+                    "on_bad_record": config.on_bad_record, "fault_plan": faults.current()})
             for entry in iter_entries(results.iter_rows()):
                 done[entry["number"]] = entry
                 new_passages += entry["count"]

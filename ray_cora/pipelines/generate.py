@@ -69,7 +69,7 @@ def run_generate(config: GenerateConfig) -> dict[str, Any]:
         ds = (ray.data.from_items([{"uri": f} for f in files], override_num_blocks=max(1, len(files)))
               .flat_map(_read_rows)
               .map_batches(GeneratorActor, fn_constructor_args=(settings,), batch_size=config.batch_size,
-                           concurrency=config.concurrency, num_cpus=config.actor_cpus,
+                           concurrency=config.actors, num_cpus=config.actor_cpus,
                            num_gpus=config.actor_gpus or None))
         with storage.open_output(out) as stream:
             for row in ds.iter_rows():

@@ -72,13 +72,11 @@ class EmbedPivotShards:
                 "entry": np.array([json.dumps(entry)], dtype=object), "error": np.array([b""], dtype=object)}
 
 
-def build_pivot_database(config: PivotBuildConfig, *, crash_after_shards: int | None = None,
-                         crash_after_parts: int | None = None) -> dict[str, Any]:
+def build_pivot_database(config: PivotBuildConfig) -> dict[str, Any]:
     """Run ``ray-cora pivot build``; returns the database manifest.
 
-    ``crash_after_shards``/``crash_after_parts`` are test hooks: the driver stops (raising
-    :class:`~ray_cora.pivot.database.SimulatedCrash`) after that many shards came back from the
-    actors / after writing that many answer parts, as a killed driver would.
+    Fault points (:mod:`ray_cora.faults`): ``driver.entries`` / ``pivot.answer_parts`` stop the
+    driver after that many shards came back from the actors / after writing that many answer parts.
     """
 
     started = time.perf_counter()
@@ -93,13 +91,13 @@ def build_pivot_database(config: PivotBuildConfig, *, crash_after_shards: int | 
         pass
     check_job_settings(out, BUILD_JOB_FILE, {key: getattr(config, key) for key in
                                      ("questions", "dataset", "encoder", "shard_size", "index_type")}, "pivot build")
-    spec = IndexSpec(index_type=config.index_type)
+    spec = config.index_spec()
 
     def records():
         return iter_db_records(config.questions, dataset=config.dataset)
 
     parts, done = prepare_parts(records(), out, shard_size=config.shard_size, source=config.questions,
-                                reread=records, crash_after_parts=crash_after_parts)
+                                reread=records)
     pending = [p for p in parts if p["number"] not in done]
     print(f"pivot build: {sum(p['count'] for p in parts)} questions in {len(parts)} shards; "
           f"{len(done)} already written, {len(pending)} to embed")
@@ -108,11 +106,11 @@ def build_pivot_database(config: PivotBuildConfig, *, crash_after_shards: int | 
             items = [{"part": json.dumps(p)} for p in pending]
             results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 EmbedPivotShards, batch_size=1, batch_format="numpy",
-                compute=ActorPoolStrategy(size=min(config.concurrency, len(items))),
+                compute=ActorPoolStrategy(size=min(config.actors, len(items))),
                 num_cpus=config.actor_cpus, num_gpus=config.actor_gpus or None, runtime_env=worker_runtime_env(),
                 fn_constructor_kwargs={"encoder": config.encoder, "out": config.out, "index_spec": spec.to_dict(),
                                        "batch_size": config.batch_size, "threads": config.threads})
-            for entry in iter_entries(results.iter_rows(), crash_after=crash_after_shards, unit="shard"):
+            for entry in iter_entries(results.iter_rows(), unit="shard"):
                 done[entry["number"]] = entry
     manifest = commit_database(out, parts, done, encoder_spec=config.encoder, spec=spec, config=config.to_dict())
     print(f"pivot build: {manifest['num_questions']} English questions ({manifest['with_answer_qid']} with an "
@@ -152,8 +150,8 @@ def predict(config: PivotRunConfig | PivotCalibrateConfig, *, threshold: float |
                                      for i, q in enumerate(questions)])
         answered = items.map_batches(
             PivotPredictor, fn_constructor_kwargs=options, batch_size=config.batch_size, batch_format="numpy",
-            compute=ActorPoolStrategy(size=config.concurrency), num_cpus=config.actor_cpus,
-            runtime_env=worker_runtime_env())
+            compute=ActorPoolStrategy(size=config.actors), num_cpus=config.actor_cpus,
+            num_gpus=config.actor_gpus or None, runtime_env=worker_runtime_env())
         for batch in answered.iter_batches(batch_size=1024, batch_format="numpy"):
             for row, result in zip(batch["row"], batch["result"]):
                 results[int(row)] = json.loads(result)
@@ -213,11 +211,11 @@ class AnswerBlocks:
         return entry
 
 
-def run_predictions(config: PivotRunConfig, *, crash_after_blocks: int | None = None) -> dict[str, Any]:
+def run_predictions(config: PivotRunConfig) -> dict[str, Any]:
     """Run ``ray-cora pivot run``; returns the predictions manifest.
 
-    ``crash_after_blocks`` is a test hook: the driver stops (raising
-    :class:`~ray_cora.pivot.database.SimulatedCrash`) after that many blocks came back.
+    Fault point ``driver.entries`` (:mod:`ray_cora.faults`): the driver stops after that many blocks
+    came back.
     """
 
     started = time.perf_counter()
@@ -254,11 +252,11 @@ def run_predictions(config: PivotRunConfig, *, crash_after_blocks: int | None = 
         with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
             results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 AnswerBlocks, batch_size=1, batch_format="numpy",
-                compute=ActorPoolStrategy(size=min(config.concurrency, len(items))),
-                num_cpus=config.actor_cpus, runtime_env=worker_runtime_env(),
+                compute=ActorPoolStrategy(size=min(config.actors, len(items))),
+                num_cpus=config.actor_cpus, num_gpus=config.actor_gpus or None, runtime_env=worker_runtime_env(),
                 fn_constructor_kwargs={"out": config.out, "pipeline_options": options,
                                        "batch_size": config.batch_size})
-            for entry in iter_entries(results.iter_rows(), crash_after=crash_after_blocks, unit="block"):
+            for entry in iter_entries(results.iter_rows(), unit="block"):
                 done[entry["block"]] = entry
     require_all_blocks(out, done, counts)
     blocks = sorted(counts)

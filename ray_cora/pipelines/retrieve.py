@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 
 import numpy as np
 import ray
 from ray.data import ActorPoolStrategy
 
-from ray_cora import storage
+from ray_cora import faults, storage
 from ray_cora.configs.retrieve import RetrieveConfig
 from ray_cora.data.bookkeeping import (
     check_job_settings,
@@ -94,13 +93,13 @@ class SearchAndWriteBlocks:
     the block's part file, then its marker."""
 
     def __init__(self, *, searchers: list, store: str, out: str, k: int, dim: int, add_lang: bool,
-                 timeout_s: float, cache_buckets: int = 64, crash_at_block: str | None = None,
-                 crash_once_marker: str | None = None) -> None:
+                 timeout_s: float, cache_buckets: int = 64, fault_plan: faults.FaultPlan = faults.EMPTY) -> None:
         self.searchers = searchers
         self.store = PassageStore(store, cache_buckets=cache_buckets)
         self.out, self.k, self.dim, self.add_lang, self.timeout_s = out, k, dim, add_lang, timeout_s
-        # Test hook, as in FAISS's big_batch_search: die once at a given block to prove recovery.
-        self.crash_at_block, self.crash_once_marker = crash_at_block, crash_once_marker
+        # The driver's fault plan (tests only), as in FAISS's big_batch_search: die once at a given
+        # block to prove recovery.
+        self.faults = fault_plan
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         block = str(batch["block"][0])
@@ -124,10 +123,7 @@ class SearchAndWriteBlocks:
         part, marker = part_paths(block)
         root = storage.resolve(self.out)
         storage.write_bytes(root.join(part), data)
-        if (self.crash_at_block == block and self.crash_once_marker
-                and not os.path.exists(self.crash_once_marker)):
-            open(self.crash_once_marker, "w").close()
-            os._exit(1)  # part written, marker not: the rerun must redo this block
+        self.faults.die_once_here(faults.RETRIEVE_WRITER_BLOCK, block)  # part written, marker not: redo it
 
         entry = {"block": block, "path": part, "lang": questions[0]["lang"], "count": len(questions),
                  "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -160,10 +156,10 @@ def finished_blocks(out: storage.Location) -> dict[str, dict]:
     return done
 
 
-def run_retrieval(config: RetrieveConfig, *, crash_at_block: str | None = None, crash_once_marker: str | None = None) -> dict:
+def run_retrieval(config: RetrieveConfig) -> dict:
     """Run the job of a :class:`~ray_cora.configs.retrieve.RetrieveConfig`; returns a summary.
 
-    ``crash_at_block``/``crash_once_marker`` are for tests: one writer actor dies once there.
+    Fault point ``retrieve.writer_block`` (:mod:`ray_cora.faults`): one writer actor dies once there.
     """
 
     started = time.perf_counter()
@@ -216,9 +212,7 @@ def run_retrieval(config: RetrieveConfig, *, crash_at_block: str | None = None, 
                     runtime_env=worker_runtime_env(),
                     fn_constructor_kwargs={"searchers": index.actors, "store": store_uri, "out": config.out,
                                            "k": config.k, "dim": dim, "add_lang": config.add_lang,
-                                           "timeout_s": config.timeout_s,
-                                           "crash_at_block": crash_at_block,
-                                           "crash_once_marker": crash_once_marker})
+                                           "timeout_s": config.timeout_s, "fault_plan": faults.current()})
                 for entry in iter_entries(results.iter_rows()):
                     done[entry["block"]] = entry
             finally:

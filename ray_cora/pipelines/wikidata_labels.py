@@ -126,7 +126,7 @@ def build_label_tables(config: WikidataLabelsConfig) -> dict[str, Any]:
             written = items.map(WritePart, fn_constructor_kwargs={
                 "dump": config.dump, "out": config.out, "langs": langs,
                 "on_bad_record": config.on_bad_record},
-                concurrency=min(config.concurrency, len(todo)), num_cpus=config.task_cpus,
+                concurrency=min(config.tasks or len(todo), len(todo)), num_cpus=config.task_cpus,
                 runtime_env=worker_runtime_env())
             for row in written.iter_rows():
                 marker = json.loads(row["marker"])

@@ -31,10 +31,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ray_cora import storage
+from ray_cora import faults, storage
 from ray_cora.data.qa import iter_qa
 from ray_cora.data.records import BadRecords
-from ray_cora.errors import ConfigError, SimulatedCrash, StorageError
+from ray_cora.errors import ConfigError, StorageError
 from ray_cora.index.sharded import IndexSpec, ShardedIndex, commit_index, write_shard
 
 KIND = "pivot-database"
@@ -201,15 +201,16 @@ def finished_shard(root: storage.Location, number: int, answers_sha256: str | No
 
 
 def prepare_parts(records: Iterable[dict[str, Any]], root: storage.Location, *, shard_size: int,
-                  source: str, reread: Callable[[], Iterable[dict[str, Any]]] | None = None,
-                  crash_after_parts: int | None = None) -> tuple[list[dict], dict[int, dict]]:
+                  source: str, reread: Callable[[], Iterable[dict[str, Any]]] | None = None
+                  ) -> tuple[list[dict], dict[int, dict]]:
     """The driver's one streaming pass: cut the records into shards and write each shard's answer
     part (skipped when an identical one is there). Holds one shard of records at a time.
 
     Returns ``(parts, done)``: every part ``{number, count, answers: {path, sha256, size}}`` and
-    the markers of shards already finished with this very input. ``crash_after_parts`` is a test
-    hook: stop (as a crash would) after writing that many parts.
+    the markers of shards already finished with this very input. Fault point ``pivot.answer_parts``
+    (:mod:`ray_cora.faults`): stop (as a crash would) after writing that many parts.
     """
+    plan = faults.current()
     checker = QidChecker()
     parts: list[dict] = []
     done: dict[int, dict] = {}
@@ -233,8 +234,7 @@ def prepare_parts(records: Iterable[dict[str, Any]], root: storage.Location, *, 
         if not same:
             storage.write_bytes(loc, data)
             written += 1
-            if crash_after_parts is not None and written >= crash_after_parts:
-                raise SimulatedCrash(f"test hook: stopped after writing {written} answer part(s)")
+            plan.raise_after(faults.PIVOT_ANSWER_PARTS, written, f"stopped after writing {written} answer part(s)")
     if reread is not None:
         checker.check(source, reread)
     elif checker.repeated_hashes().size:

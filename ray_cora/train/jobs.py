@@ -92,25 +92,22 @@ def _scan(config: TrainMDPRConfig | TrainMGENConfig, kind: str) -> tuple[int, in
     return count, bad.count
 
 
-def _settings(config: TrainMDPRConfig | TrainMGENConfig, steps: int, *, grad_accumulation: int, hooks: dict[str, Any]) -> LoopSettings:
+def _settings(config: TrainMDPRConfig | TrainMGENConfig, steps: int, *, grad_accumulation: int) -> LoopSettings:
     return LoopSettings(epochs=config.epochs, batch_size=config.batch_size, steps_per_epoch=steps, lr=config.lr,
                         warmup_steps=config.warmup_steps, max_grad_norm=config.max_grad_norm,
                         weight_decay=config.weight_decay, adam_eps=config.adam_eps,
                         grad_accumulation=grad_accumulation, checkpoint_every=config.checkpoint_every,
-                        seed=config.seed, use_gpu=config.use_gpu,
-                        kill_worker_at_step=hooks.get("kill_worker_at_step"), kill_marker=hooks.get("kill_marker"),
-                        fail_after_step=hooks.get("fail_after_step"))
+                        seed=config.seed, use_gpu=config.use_gpu)
 
 
-def _run(config: TrainMDPRConfig | TrainMGENConfig, task: Any, kind: str, *, grad_accumulation: int, model_kind: str,
-         hooks: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
+def _run(config: TrainMDPRConfig | TrainMGENConfig, task: Any, kind: str, *, grad_accumulation: int,
+         model_kind: str) -> tuple[dict[str, Any], Any, Any]:
     count, skipped = _scan(config, kind)
     steps = check_batching(batch_size=config.batch_size, num_workers=config.num_workers,
                            grad_accumulation=grad_accumulation, examples=count)
-    settings = _settings(config, steps, grad_accumulation=grad_accumulation, hooks=hooks)
+    settings = _settings(config, steps, grad_accumulation=grad_accumulation)
     run = RunSettings(num_workers=config.num_workers, use_gpu=config.use_gpu,
-                      cpus_per_worker=config.cpus_per_worker,
-                      max_failures=0 if hooks.get("fail_after_step") is not None else config.max_failures)
+                      cpus_per_worker=config.cpus_per_worker, max_failures=config.max_failures)
     recorded_loc = storage.resolve(config.out).join(RUN_CONFIG)
     if not recorded_loc.is_file():  # training starts now: a re-run must use the same options
         storage.write_bytes(recorded_loc, json.dumps(_training_options(config), indent=2,
@@ -128,7 +125,7 @@ def _run(config: TrainMDPRConfig | TrainMGENConfig, task: Any, kind: str, *, gra
     return manifest, model, model_uri
 
 
-def train_mdpr(config: TrainMDPRConfig, **hooks: Any) -> dict[str, Any]:
+def train_mdpr(config: TrainMDPRConfig) -> dict[str, Any]:
     """Train, publish ``<out>/model`` (``hf:`` bi-encoder folder); returns its manifest."""
     task = MDPRTask(init=config.init, shared_encoder=config.shared_encoder, max_length=config.max_length,
                     hard_negatives=config.hard_negatives, segment_ids=config.segment_ids)
@@ -141,7 +138,7 @@ def train_mdpr(config: TrainMDPRConfig, **hooks: Any) -> dict[str, Any]:
             summary = {"encoder_spec": export_spec(storage.resolve(config.out).join("model").uri, task),
                        "steps": done["steps"], "loss": done["final"]["loss"]}
         return {**done, "summary": summary, "already_trained": True}
-    manifest, _, model_uri = _run(config, task, "dpr", grad_accumulation=1, model_kind=MDPR_MODEL_KIND, hooks=hooks)
+    manifest, _, model_uri = _run(config, task, "dpr", grad_accumulation=1, model_kind=MDPR_MODEL_KIND)
     spec = export_spec(model_uri, task)
     summary = {"encoder_spec": spec, "steps": manifest["steps"], "loss": manifest["final"]["loss"]}
     if config.dev:
@@ -155,7 +152,7 @@ def train_mdpr(config: TrainMDPRConfig, **hooks: Any) -> dict[str, Any]:
     return {**manifest, "summary": summary}
 
 
-def train_mgen(config: TrainMGENConfig, **hooks: Any) -> dict[str, Any]:
+def train_mgen(config: TrainMGENConfig) -> dict[str, Any]:
     """Train, publish ``<out>/model`` (a seq2seq folder ``Generator.load`` reads); returns its manifest."""
     done = check_rerun(config, "train-mgen")
     if done is not None:
@@ -166,7 +163,7 @@ def train_mgen(config: TrainMGENConfig, **hooks: Any) -> dict[str, Any]:
                     passage_choice=config.passage_choice, max_answer_passages=config.max_answer_passages,
                     seed=config.seed)
     manifest, _, model_uri = _run(config, task, "retrieval", grad_accumulation=config.grad_accumulation,
-                                  model_kind=MGEN_MODEL_KIND, hooks=hooks)
+                                  model_kind=MGEN_MODEL_KIND)
     print(f"train-mgen: {manifest['examples']} examples, {manifest['steps']} steps, final loss "
           f"{manifest['final']['loss']:.4f} → --model {model_uri}")
     return manifest

@@ -33,7 +33,6 @@ import functools
 import json
 import math
 import os
-import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -44,7 +43,7 @@ import ray.train.torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from ray_cora import storage
+from ray_cora import faults, storage
 from ray_cora.errors import ConfigError
 from ray_cora.runtime import worker_runtime_env
 
@@ -71,13 +70,6 @@ class LoopSettings:
     use_gpu: bool = False
     bf16: bool = True  # autocast on GPU only
     shuffle_buffer: int = 1000
-    # Fault injection for tests. kill_worker_at_step: SIGKILL the last worker once, right after step N
-    # (after its report: at a checkpoint step, right after that checkpoint), remembered in kill_marker.
-    # fail_after_step: every worker raises right after step N's report (run with max_failures=0 this
-    # stops the whole run, as a crashed driver or a Ctrl-C would).
-    kill_worker_at_step: int | None = None
-    kill_marker: str | None = None
-    fail_after_step: int | None = None
 
     @property
     def total_steps(self) -> int:
@@ -219,10 +211,6 @@ def load_state(folder: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- Ray Train worker
 
-class StopAfterStep(RuntimeError):
-    """Raised by the ``fail_after_step`` test hook."""
-
-
 def wait_until_committed(timeout_s: float = 600.0) -> None:
     """Block until the Ray Train controller has registered every report this worker made.
 
@@ -250,11 +238,13 @@ def _micro_batches(shard: Any, *, micro: int, accumulation: int, seed: int, buff
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker (``config``: ``{"task", "settings"}``)."""
+    """Runs on every Ray Train worker (``config``: ``{"task", "settings", "faults"}``; ``faults``,
+    the driver's :class:`~ray_cora.faults.FaultPlan`, is for tests and may be left out)."""
     import torch
 
     task: Task = config["task"]
     settings: LoopSettings = config["settings"]
+    plan: faults.FaultPlan = config.get("faults", faults.EMPTY)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -315,18 +305,20 @@ def train_worker(config: dict[str, Any]) -> None:
             last = index == settings.steps_per_epoch - 1
             if last or (settings.checkpoint_every and stepper.step_count % settings.checkpoint_every == 0):
                 report(epoch + 1, with_checkpoint=True)
-            _test_hooks(settings, stepper.step_count, rank=rank, world=world)
+            if plan:
+                inject_step_faults(plan, stepper.step_count, rank=rank, world=world)
         for _ in groups:  # drain the shard so the next epoch starts cleanly
             pass
 
 
-def _test_hooks(settings: LoopSettings, step: int, *, rank: int, world: int) -> None:
-    if (settings.kill_worker_at_step is not None and step == settings.kill_worker_at_step
-            and rank == world - 1 and settings.kill_marker and not os.path.exists(settings.kill_marker)):
-        open(settings.kill_marker, "w").close()
-        os.kill(os.getpid(), signal.SIGKILL)
-    if settings.fail_after_step is not None and step == settings.fail_after_step:
-        raise StopAfterStep(f"test hook fail_after_step: stopping after step {step}")
+def inject_step_faults(plan: faults.FaultPlan, step: int, *, rank: int, world: int) -> None:
+    """Right after ``step`` (after its report: at a checkpoint step, right after that checkpoint).
+    ``train.kill_worker_at_step``: SIGKILL the last worker once (remembered in the plan's marker).
+    ``train.fail_after_step``: every worker raises (:func:`fit` then runs with max_failures=0, so
+    this stops the whole run, as a crashed driver or a Ctrl-C would)."""
+    if rank == world - 1:
+        plan.die_once_here(faults.TRAIN_KILL_WORKER_AT_STEP, step, sigkill=True)
+    plan.raise_at(faults.TRAIN_FAIL_AFTER_STEP, step, f"stopping after step {step}")
 
 
 # ---------------------------------------------------------------- driver
@@ -343,19 +335,23 @@ class RunSettings:
 def fit(task: Task, settings: LoopSettings, dataset: Any, *, out: str, run: RunSettings, name: str) -> Any:
     """Train ``task`` with ``TorchTrainer`` (DDP: gloo on CPU, NCCL on GPU); Ray Train state and
     checkpoints go to ``<out>/<name>/`` on any storage URI. Rerunning with the same ``out`` resumes
-    from the latest checkpoint there. Returns the Ray Train ``Result``."""
+    from the latest checkpoint there. Returns the Ray Train ``Result``. The fault plan in force
+    (:func:`ray_cora.faults.current`, tests only) travels to the workers in ``train_loop_config``."""
 
+    plan = faults.current()
+    # A test that stops every worker on purpose wants the run to stop, not to be retried.
+    max_failures = 0 if plan.get(faults.TRAIN_FAIL_AFTER_STEP) is not None else run.max_failures
     root = storage.resolve(out)
     resources = {"CPU": run.cpus_per_worker}
     if run.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"task": task, "settings": settings},
+        train_loop_config={"task": task, "settings": settings, "faults": plan},
         scaling_config=ScalingConfig(num_workers=run.num_workers, use_gpu=run.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=root.path, storage_filesystem=root.fs,
-                             failure_config=FailureConfig(max_failures=run.max_failures),
+                             failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=run.keep_checkpoints),
                              worker_runtime_env=worker_runtime_env()),
         datasets={"train": dataset},
@@ -393,7 +389,7 @@ def publish_model(task: Task, model: Any, out: str, *, kind: str, config: dict[s
 
 
 def settings_dict(settings: LoopSettings) -> dict[str, Any]:
-    return {k: v for k, v in asdict(settings).items() if not k.startswith("kill_")}
+    return asdict(settings)
 
 
 def is_finite(value: float) -> bool:

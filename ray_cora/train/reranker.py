@@ -143,8 +143,9 @@ def train_reranker(config: PivotTrainRerankerConfig) -> dict[str, Any]:
     """Run the Ray Train job and publish ``<out>/model``; returns its manifest."""
 
     sources = []
+    bad = BadRecords(config.on_bad_record)
     for uri in config.pairs:
-        sources.append(list(iter_pairs(uri)))
+        sources.append(list(iter_pairs(uri, bad_records=bad)))
         if not sources[-1]:
             raise ConfigError(f"{uri}: no labelled pairs found")
     pairs = mix_pairs(sources, config.mix, total=config.max_pairs, seed=config.seed)
@@ -168,7 +169,7 @@ def train_reranker(config: PivotTrainRerankerConfig) -> dict[str, Any]:
             if os.path.isfile(os.path.join(folder, name)):
                 with open(os.path.join(folder, name), "rb") as handle:
                     writer.write_bytes(name, handle.read())
-    manifest = writer.commit({"metrics": result.metrics, "num_pairs": len(pairs)})
+    manifest = writer.commit({"metrics": result.metrics, "num_pairs": len(pairs), "skipped_records": bad.count})
     print(f"pivot train-reranker: {len(pairs)} pairs, {config.epochs} epoch(s), final loss "
           f"{result.metrics.get('loss', float('nan')):.4f} → --reranker hf:{out.join('model').uri}")
     return manifest

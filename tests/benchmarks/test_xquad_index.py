@@ -14,7 +14,6 @@ import pytest
 
 from ray_cora import storage
 from ray_cora.data.qa import iter_squad_paragraphs
-from ray_cora.encoders import load_encoder
 from ray_cora.index.sharded import ShardedIndex
 from tests.support import REPO_ROOT, shared_data
 
@@ -28,7 +27,7 @@ def _xquad_paragraphs() -> list[dict]:
     return [p for lang in XQUAD_LANGS for p in iter_squad_paragraphs(str(folder / f"xquad.{lang}.json"))]
 
 
-def test_all_xquad_paragraphs_into_s3_equal_brute_force(s3_env, monkeypatch):
+def test_all_xquad_paragraphs_into_s3_equal_brute_force(s3_env, muse, monkeypatch):
     paragraphs = _xquad_paragraphs()
     assert len(paragraphs) == 2160
     prefix = f"s3://{s3_env['bucket']}/xquad"
@@ -42,7 +41,7 @@ def test_all_xquad_paragraphs_into_s3_equal_brute_force(s3_env, monkeypatch):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "index: 2160 passages in 5 shards" in result.stdout
     index = ShardedIndex.open(f"{prefix}/index")
-    encoder = load_encoder("muse")
+    encoder = muse
     sample = paragraphs[::97]
     queries = encoder.encode_queries([p["text"][:200] for p in sample])
     vectors = encoder.encode_passages([p["title"] for p in paragraphs], [p["text"] for p in paragraphs])

@@ -1,4 +1,5 @@
-"""hf: and dpr: encoders on tiny BERTs built offline (see ray_cora.encoders.tiny)."""
+"""hf: and dpr: encoders on tiny BERTs built offline (see ray_cora.encoders.tiny; the tiny_bert and
+tiny_cpt fixtures are in tests/conftest.py, other_bert in tests/encoders/conftest.py)."""
 
 from __future__ import annotations
 
@@ -19,39 +20,8 @@ from ray_cora.encoders.tiny import (
     tiny_dpr_state,
 )
 from ray_cora.errors import ConfigError, StorageError
+from tests.support import SENTENCES, TINY_BERT_VOCAB, tiny_bert_texts
 
-SENTENCES = [
-    "The Eiffel Tower is in Paris, the capital of France.",
-    "La tour Eiffel se trouve à Paris, la capitale de la France.",
-    "Der Eiffelturm steht in Paris, der Hauptstadt Frankreichs.",
-    "La Torre Eiffel está en París, la capital de Francia.",
-    "Эйфелева башня находится в Париже, столице Франции.",
-    "埃菲尔铁塔位于法国首都巴黎。",
-    "エッフェル塔はフランスの首都パリにあります。",
-    "에펠탑은 프랑스의 수도 파리에 있습니다.",
-    "برج إيفل يقع في باريس عاصمة فرنسا.",
-    "Mount Everest is the highest mountain on Earth.",
-    "Der Mount Everest ist der höchste Berg der Erde.",
-    "El monte Everest es la montaña más alta de la Tierra.",
-    "Эверест — самая высокая гора на Земле.",
-    "エベレストは地球で最も高い山です。",
-    "Goethe wrote Faust, a tragic play in two parts.",
-    "Goethe schrieb den Faust, eine Tragödie in zwei Teilen.",
-    "Gœthe a écrit Faust, une pièce tragique en deux parties.",
-    "Helsinki on Suomen pääkaupunki.",
-    "Helsinki is the capital of Finland.",
-    "Tokyo is the capital of Japan and its largest city.",
-    "東京は日本の首都であり、最大の都市です。",
-    "The Amazon is the largest rainforest in the world.",
-    "A Amazônia é a maior floresta tropical do mundo.",
-    "Marie Curie won two Nobel Prizes, in physics and chemistry.",
-    "Marie Curie a reçu deux prix Nobel, en physique et en chimie.",
-    "Мария Кюри получила две Нобелевские премии.",
-    "Water boils at one hundred degrees Celsius at sea level.",
-    "Das Wasser kocht auf Meereshöhe bei hundert Grad Celsius.",
-    "The Nile flows north into the Mediterranean Sea.",
-    "النيل يتدفق شمالا إلى البحر الأبيض المتوسط.",
-]
 QUESTIONS = [
     "Where is the Eiffel Tower?",
     "Wo steht der Eiffelturm?",
@@ -62,22 +32,6 @@ QUESTIONS = [
 ]
 TITLES = ["Eiffel Tower", "Everest", "", "Faust", "東京", "Marie Curie"]
 TEXTS = [SENTENCES[0], SENTENCES[9], SENTENCES[17], SENTENCES[14], SENTENCES[20], SENTENCES[25]]
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), SENTENCES)
-
-
-@pytest.fixture(scope="module")
-def other_bert(tmp_path_factory) -> str:
-    """Same tokenizer as tiny_bert (same texts), different weights."""
-    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-seed1"), SENTENCES, seed=1)
-
-
-@pytest.fixture(scope="module")
-def tiny_cpt(tmp_path_factory, tiny_bert) -> str:
-    return build_tiny_dpr_checkpoint(tmp_path_factory.mktemp("tiny-dpr") / "biencoder.cpt", tiny_bert)
 
 
 def manual(model, tokenizer, firsts, seconds=None, *, pooling="cls", max_length=256, zero_types=False):
@@ -112,12 +66,12 @@ def pair_inputs(titles, texts):
 def test_tiny_bert_is_deterministic(tmp_path, tiny_bert):
     from transformers import AutoModel
 
-    again = build_tiny_bert(tmp_path / "again", SENTENCES)
+    again = build_tiny_bert(tmp_path / "again", tiny_bert_texts(), vocab_size=TINY_BERT_VOCAB)  # as tiny_bert
     with open(os.path.join(tiny_bert, "tokenizer.json"), "rb") as a, \
             open(os.path.join(again, "tokenizer.json"), "rb") as b:
         assert a.read() == b.read()
     first, second = AutoModel.from_pretrained(tiny_bert), AutoModel.from_pretrained(again)
-    other = build_tiny_bert(tmp_path / "other", SENTENCES, seed=5)
+    other = build_tiny_bert(tmp_path / "other", tiny_bert_texts(), vocab_size=TINY_BERT_VOCAB, seed=5)
     third = AutoModel.from_pretrained(other)
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key]), key
@@ -299,8 +253,8 @@ def test_dpr_missing_weights_warn_then_fail(tmp_path, tiny_bert, caplog):
         load_encoder(f"dpr:{tmp_path / 'many-missing.cpt'}", device="cpu")
 
 
-def test_dpr_with_the_wrong_config_names_the_fix(tmp_path, tiny_cpt):
-    narrow = build_tiny_bert(tmp_path / "narrow", SENTENCES, hidden=16)
+def test_dpr_with_the_wrong_config_names_the_fix(tiny_bert_factory, tiny_cpt):
+    narrow = tiny_bert_factory(hidden=16)
     with pytest.raises(ConfigError, match=r"do not fit config .*config="):
         load_encoder(f"dpr:{tiny_cpt}?config={narrow}", device="cpu")
 

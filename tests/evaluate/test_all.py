@@ -19,17 +19,16 @@ def _jsonl(path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """A tiny-BERT index over the demo corpus (manifest names the corpus) and a tiny T5 'mGEN'."""
+def assets(tmp_path_factory, tiny_bert, tiny_t5):
+    """A tiny-BERT index over the demo corpus (manifest names the corpus) and a tiny T5 'mGEN' (the
+    session's tiny_bert and tiny_t5, whose tokenizers know the demo corpus, questions and answers)."""
     from ray_cora.encoders import load_encoder
-    from ray_cora.encoders.tiny import build_tiny_bert, build_tiny_t5
     from ray_cora.index.sharded import commit_index, plan_shards, write_shard
 
     root = tmp_path_factory.mktemp("evaluate-all")
     passages = _jsonl(DEMO_PASSAGES)
     questions = _jsonl(DEMO_QUESTIONS)
-    texts = [p["title"] + " " + p["text"] for p in passages] + [q["question"] for q in questions]
-    bert = build_tiny_bert(root / "bert", texts, vocab_size=800)
+    bert = tiny_bert
     encoder = load_encoder(f"hf:{bert}")
     vectors = encoder.encode_passages([p["title"] for p in passages], [p["text"] for p in passages])
     pids = [p["pid"] for p in passages]
@@ -38,8 +37,7 @@ def assets(tmp_path_factory):
               for n, s, e in plan_shards(len(pids), 60)]
     commit_index(str(index), shards, encoder={"spec": f"hf:{bert}", "dim": encoder.dim, "normalized": False},
                  extra={"passages": str(DEMO_PASSAGES)})
-    t5 = build_tiny_t5(root / "mgen", texts + [a for q in questions for a in q["answers"]])
-    return {"index": str(index), "mgen": t5, "questions": questions}
+    return {"index": str(index), "mgen": tiny_t5, "questions": questions}
 
 
 def _config(assets, out, **overrides):

@@ -96,13 +96,11 @@ def test_bad_retrieval_records_are_one_line_errors_naming_file_and_line(tmp_path
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
-def test_bad_generator_and_bad_options_are_clear_errors(tmp_path):
-    from ray_cora.encoders.tiny import build_tiny_bert
-
+def test_bad_generator_and_bad_options_are_clear_errors(tmp_path, tiny_bert):
     result = _cli("evaluate", "all", "--index", str(tmp_path), "--questions", "q", "--dataset", "jsonl",
                   "--out", str(tmp_path / "o"), "--generator", str(tmp_path / "no-model"))
     assert result.returncode == 2 and "no-model: no such folder; pass an mGEN model folder" in result.stderr
-    bert = build_tiny_bert(tmp_path / "bert", ["a tiny encoder"], vocab_size=40)
+    bert = tiny_bert
     result = _cli("evaluate", "all", "--index", str(tmp_path), "--questions", "q", "--dataset", "jsonl",
                   "--out", str(tmp_path / "o"), "--generator", bert)
     assert result.returncode == 2 and "is a bert model, not a seq2seq" in result.stderr
@@ -157,14 +155,13 @@ def test_add_lang_tags_the_question_as_cora_mdpr_does_and_keeps_the_plain_questi
 
 
 @pytest.mark.parametrize("add_lang", [True, False])
-def test_query_encoder_actor_encodes_the_tagged_question_with_add_lang(tmp_path, add_lang):
+def test_query_encoder_actor_encodes_the_tagged_question_with_add_lang(tiny_bert, add_lang):
     import numpy as np
 
     from ray_cora.encoders import load_encoder
-    from ray_cora.encoders.tiny import build_tiny_bert
     from ray_cora.pipelines.retrieve import EncodeQuestionBlocks
 
-    bert = build_tiny_bert(tmp_path / "bert", ["日本の首都は？ [ja]", "who wrote faust? [en]"], vocab_size=80)
+    bert = tiny_bert  # its vocabulary holds the tagged questions' words and the tags' characters
     questions = [{"qid": "1", "lang": "ja", "question": "日本の首都は？"},
                  {"qid": "2", "lang": "en", "question": "who wrote faust?"}]
     actor = EncodeQuestionBlocks(encoder=f"hf:{bert}", expected_dim=32, index="i", add_lang=add_lang)

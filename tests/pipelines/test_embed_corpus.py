@@ -12,9 +12,11 @@ import time
 import numpy as np
 import pytest
 
+from ray_cora import faults
 from ray_cora.configs.embed import EmbedConfig
 from ray_cora.data.passages import iter_passages
 from ray_cora.encoders import load_encoder
+from ray_cora.faults import FaultPlan
 from ray_cora.index.sharded import ShardedIndex, iter_shard_ids
 from ray_cora.pipelines.embed_corpus import embed_corpus, shard_marker
 
@@ -53,13 +55,13 @@ def _all_pids(out):
     return [pid for _, pids in iter_shard_ids(out) for pid in pids]
 
 
-def test_embedded_index_equals_brute_force(ray_local, corpus, storage_root):
+def test_embedded_index_equals_brute_force(ray_local, corpus, storage_root, muse):
     folder, passages = corpus
     summary = embed_corpus(_config(folder, storage_root))
     assert summary["passages"] == 61 and summary["shards"] == 3 + 2 + 3
     index = ShardedIndex.open(storage_root)
     assert sorted(_all_pids(storage_root)) == sorted(p["pid"] for p in passages)
-    encoder = load_encoder("muse")
+    encoder = muse
     vectors = encoder.encode_passages([p["title"] for p in passages], [p["text"] for p in passages])
     queries = encoder.encode_queries(QUESTIONS)
     scores, got = index.search(queries, 10)
@@ -91,7 +93,8 @@ def test_killed_actor_is_replaced_and_the_index_is_complete(ray_local, corpus, t
     folder, passages = corpus
     marker = tmp_path / "crashed"
     out = str(tmp_path / "index")
-    embed_corpus(_config(folder, out), crash_at_shard=2, crash_once_marker=str(marker))
+    with faults.inject(FaultPlan({faults.EMBED_ACTOR_SHARD: 2}, once_marker=str(marker))):
+        embed_corpus(_config(folder, out))
     assert marker.exists()  # the actor really died mid-shard
     pids = _all_pids(out)
     assert sorted(pids) == sorted(p["pid"] for p in passages) and len(pids) == len(set(pids))
@@ -119,11 +122,9 @@ def test_killed_driver_resumes_to_the_same_index(corpus, tmp_path):
     assert sorted(pids) == sorted(p["pid"] for p in passages) and len(pids) == len(set(pids))
 
 
-def test_hf_encoder_through_the_pipeline(ray_local, corpus, tmp_path):
-    from ray_cora.encoders.tiny import build_tiny_bert
-
+def test_hf_encoder_through_the_pipeline(ray_local, corpus, tiny_bert, tmp_path):
     folder, passages = corpus
-    bert = build_tiny_bert(str(tmp_path / "bert"), [p["text"] for p in passages])
+    bert = tiny_bert
     out = str(tmp_path / "index")
     embed_corpus(_config(folder, out, encoder=f"hf:{bert}?max_length=64"))
     index = ShardedIndex.open(out)

@@ -62,10 +62,9 @@ def test_skip_policy_quarantines_per_file(ray_local, tmp_path):
     assert "missing or empty field 'text'" in record["reason"]
 
 
-def test_encoder_actor_pool_matches_direct_encoding(ray_local, tmp_path):
+def test_encoder_actor_pool_matches_direct_encoding(ray_local, muse, tmp_path):
     from ray.data import ActorPoolStrategy
 
-    from ray_cora.encoders import load_encoder
     from ray_cora.pipelines.encode import EncodeQueries
 
     questions = [{"qid": str(i), "lang": "en", "question": q} for i, q in
@@ -74,5 +73,5 @@ def test_encoder_actor_pool_matches_direct_encoding(ray_local, tmp_path):
         EncodeQueries, fn_constructor_kwargs={"spec": "muse"}, batch_size=2, batch_format="numpy",
         compute=ActorPoolStrategy(size=1), num_cpus=0.5)
     rows = sorted(ds.iter_rows(), key=lambda r: r["qid"])
-    direct = load_encoder("muse").encode_queries([q["question"] for q in questions])
+    direct = muse.encode_queries([q["question"] for q in questions])
     np.testing.assert_allclose(np.stack([r["embedding"] for r in rows]), direct, atol=1e-5)

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
+from ray_cora import faults
 from ray_cora.cli import main
 from ray_cora.demo import DEMO_PIVOT_DB, DEMO_QUESTIONS, DEMO_WIKIDATA_LABELS
+from ray_cora.faults import FaultPlan, SimulatedCrash
 
 pytestmark = pytest.mark.slow
 
@@ -91,17 +94,16 @@ def built_db(tmp_path_factory, ray_local):
     return out
 
 
-def test_build_job_equals_the_single_process_build(built_db, tmp_path):
-    from ray_cora.encoders import load_encoder
-    from ray_cora.pivot import PivotDatabase, build_database, iter_db_records
+def test_build_job_equals_the_single_process_build(built_db, demo_pivot_db):
+    from ray_cora.pivot import PivotDatabase, iter_db_records
 
     index = json.loads((built_db / "index" / "manifest.json").read_text())
     assert index["num_vectors"] == 91 and len(index["shards"]) == 3 and index["encoder"]["dim"] == 512
     assert sorted(p.name for p in (built_db / "answers").iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
     records = list(iter_db_records(str(DEMO_PIVOT_DB), dataset="jsonl"))
-    build_database(records, load_encoder("muse"), str(tmp_path / "ref"), shard_size=40)
-    # Same bytes: the actors' shards, answer parts and markers are the single-process reference's.
-    assert _file_digests(built_db) == _file_digests(tmp_path / "ref")
+    # Same bytes: the actors' shards, answer parts and markers are the single-process reference's
+    # (demo_pivot_db: build_database with mUSE, shards of 40).
+    assert _file_digests(built_db) == _file_digests(Path(demo_pivot_db))
     db = PivotDatabase.open(str(built_db))
     assert [db.rows[r["qid"]]["answer"] for r in records] == [r["answer"] for r in records]
 
@@ -128,17 +130,16 @@ def test_build_rerun_redoes_only_the_damaged_shard(built_db, tmp_path, capsys):
 def test_build_driver_crash_then_rerun_equals_uninterrupted(built_db, tmp_path, capsys):
     from ray_cora.configs.pivot import PivotBuildConfig
     from ray_cora.pipelines.pivot import build_pivot_database
-    from ray_cora.pivot.database import SimulatedCrash
 
     out = tmp_path / "db"
     config = PivotBuildConfig(questions=str(DEMO_PIVOT_DB), out=str(out), shard_size=40, num_cpus=2)
     # The driver dies while cutting the input (2 of 3 answer parts written, nothing embedded) ...
-    with pytest.raises(SimulatedCrash):
-        build_pivot_database(config, crash_after_parts=2)
+    with pytest.raises(SimulatedCrash), faults.inject(FaultPlan({faults.PIVOT_ANSWER_PARTS: 2})):
+        build_pivot_database(config)
     assert sorted(p.name for p in (out / "answers").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
     # ... then again after the actors returned their first shard.
-    with pytest.raises(SimulatedCrash):
-        build_pivot_database(config, crash_after_shards=1)
+    with pytest.raises(SimulatedCrash), faults.inject(FaultPlan({faults.DRIVER_ENTRIES: 1})):
+        build_pivot_database(config)
     assert not (out / "manifest.json").exists()
     written = sorted(p.name for p in (out / "index" / "shards").glob("*.json"))
     assert written, "no shard was finished before the simulated crash"
@@ -152,7 +153,6 @@ def test_calibrate_then_run_streams_parts_and_resumes(built_db, tmp_path, capsys
     from ray_cora.configs.pivot import PivotRunConfig
     from ray_cora.data.predictions import read_predictions
     from ray_cora.pipelines.pivot import run_predictions
-    from ray_cora.pivot.database import SimulatedCrash
 
     pred, cal = tmp_path / "pred", tmp_path / "cal"
     common = ["--db", str(built_db), "--questions", str(DEMO_QUESTIONS), "--labels", str(DEMO_WIKIDATA_LABELS)]
@@ -164,8 +164,8 @@ def test_calibrate_then_run_streams_parts_and_resumes(built_db, tmp_path, capsys
     config = PivotRunConfig(db=str(built_db), questions=str(DEMO_QUESTIONS), labels=str(DEMO_WIKIDATA_LABELS),
                             out=str(pred), calibration=str(cal / "calibration.json"), block_size=20, num_cpus=2,
                             mmap=True)
-    with pytest.raises(SimulatedCrash):
-        run_predictions(config, crash_after_blocks=1)
+    with pytest.raises(SimulatedCrash), faults.inject(FaultPlan({faults.DRIVER_ENTRIES: 1})):
+        run_predictions(config)
     finished = {m.name: os.path.getmtime(m) for m in (pred / "parts").glob("*.json")}
     assert finished and not (pred / "manifest.json").exists()
     capsys.readouterr()

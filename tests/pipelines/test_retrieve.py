@@ -12,31 +12,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ray_cora import faults
 from ray_cora.demo import DEMO_PASSAGES, DEMO_QUESTIONS
 from ray_cora.errors import ConfigError
-from ray_cora.index.sharded import commit_index, plan_shards, write_shard
+from ray_cora.faults import FaultPlan
+from ray_cora.index.sharded import commit_index, write_shard
 from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo corpus embedded with mUSE into a 4-shard index whose manifest names the corpus."""
-    from ray_cora.encoders import load_encoder
+def demo(demo_index, muse):
+    """The session's demo index (the demo corpus embedded with mUSE into 5 shards of 40; its manifest
+    names the corpus), with the vectors it holds read back for the brute-force reference."""
+    from ray_cora.index.sharded import ShardedIndex
 
-    root = tmp_path_factory.mktemp("demo-index")
     passages = [json.loads(line) for line in DEMO_PASSAGES.read_text(encoding="utf-8").splitlines()]
-    encoder = load_encoder("muse")
-    vectors = encoder.encode_passages([p["title"] for p in passages], [p["text"] for p in passages])
-    pids = [p["pid"] for p in passages]
-    shards = [write_shard(str(root), n, pids[s:e], vectors[s:e], langs=[p["lang"] for p in passages[s:e]])
-              for n, s, e in plan_shards(len(pids), 50)]
-    commit_index(str(root), shards, encoder={"spec": "muse", "dim": 512, "normalized": True},
-                 extra={"passages": str(DEMO_PASSAGES)})
+    index = ShardedIndex.open(demo_index)
+    vectors = np.concatenate([shard.index.reconstruct_n(0, shard.index.ntotal) for shard in index.shards])
+    pids = [str(pid) for shard in index.shards for pid in shard.pids]
+    assert pids == [p["pid"] for p in passages]  # in corpus order
     questions = [json.loads(line) for line in DEMO_QUESTIONS.read_text(encoding="utf-8").splitlines()]
-    return {"index": str(root), "passages": {p["pid"]: p for p in passages}, "vectors": vectors,
-            "pids": pids, "questions": questions, "encoder": encoder}
+    return {"index": demo_index, "passages": {p["pid"]: p for p in passages}, "vectors": vectors,
+            "pids": pids, "questions": questions, "encoder": muse}
 
 
 def _config(demo, out, **overrides):
@@ -98,8 +97,8 @@ def test_killed_writer_actor_and_killed_driver_resume_to_the_same_output(ray_loc
     ref_out, _ = reference
     out = tmp_path / "retrieval"
     crashed = tmp_path / "crashed"
-    run_retrieval(_config(demo, out, passage_store=str(ref_out / "passage-store")),
-                  crash_at_block="ja-00000", crash_once_marker=str(crashed))
+    with faults.inject(FaultPlan({faults.RETRIEVE_WRITER_BLOCK: "ja-00000"}, once_marker=str(crashed))):
+        run_retrieval(_config(demo, out, passage_store=str(ref_out / "passage-store")))
     assert crashed.exists()  # the writer really died after its part, before its marker
     assert _parts(out) == _parts(ref_out)
     # A driver killed mid-run leaves some blocks without markers and no manifest: the rerun redoes

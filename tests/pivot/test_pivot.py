@@ -19,19 +19,10 @@ from ray_cora.pivot import (
 )
 
 
-@pytest.fixture(scope="module")
-def muse():
-    from ray_cora.encoders import load_encoder
-
-    return load_encoder("muse")
-
-
-@pytest.fixture(scope="module")
-def demo_db(muse, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pivot-db")
-    records = list(iter_db_records(str(DEMO_PIVOT_DB), dataset="jsonl"))
-    build_database(records, muse, str(out), shard_size=40)  # 91 questions: shards of 40, 40, 11
-    return str(out)
+@pytest.fixture
+def demo_db(demo_pivot_db):
+    """The session's demo database (tests/conftest.py): 91 questions in shards of 40, 40, 11."""
+    return demo_pivot_db
 
 
 @pytest.fixture(scope="module")

@@ -199,7 +199,7 @@ def _wait_for(url: str, question: str, k: int, expected: list[str], what: str, t
     pytest.fail(f"no successful request within {timeout_s} s after {what} (last: {last})")
 
 
-def test_index_split_over_two_shard_groups_answers_like_one_index(app_url, tmp_path_factory):
+def test_index_split_over_two_shard_groups_answers_like_one_index(app_url, muse, demo_index, tmp_path_factory):
     """Redeploys the app with the demo corpus in a 5-shard index split over 2 IndexShardGroup
     deployments and texts from a committed passage store: /v1/retrieve must return exactly what one
     ShardedIndex over all shards returns (pids and scores); a killed group replica is replaced."""
@@ -208,14 +208,11 @@ def test_index_split_over_two_shard_groups_answers_like_one_index(app_url, tmp_p
 
     from ray_cora.data.passage_store import build_passage_store
     from ray_cora.demo import DEMO_PASSAGES
-    from ray_cora.encoders import load_encoder
     from ray_cora.index.sharded import ShardedIndex
     from ray_cora.serve.app import APP_NAME, build_app
-    from ray_cora.serve.core import build_index
 
     folder = tmp_path_factory.mktemp("shard-groups")
-    encoder = load_encoder("muse")
-    index = build_index(encoder, str(DEMO_PASSAGES), str(folder / "index"), shard_size=40)
+    encoder, index = muse, demo_index  # the demo corpus in 5 shards of 40
     build_passage_store(str(DEMO_PASSAGES), str(folder / "store"), num_buckets=3)
     os.environ[API_KEY_ENV] = API_KEY
     serve.run(build_app({"index": index, "passage_store": str(folder / "store"), "shard_groups": 2,
@@ -246,18 +243,15 @@ def test_index_split_over_two_shard_groups_answers_like_one_index(app_url, tmp_p
     assert victim not in _replicas("IndexShardGroup1")
 
 
-def test_answer_with_a_generator_returns_its_answer_and_the_evidence(app_url, tmp_path_factory):
+def test_answer_with_a_generator_returns_its_answer_and_the_evidence(app_url, tiny_t5):
     """Last: redeploys the app with a (tiny, random) mGEN checkpoint; /v1/answer must return exactly
     what that generator says for the passages it returns as evidence."""
     from ray import serve
 
-    from ray_cora.demo import DEMO_PASSAGES
-    from ray_cora.encoders.tiny import build_tiny_t5
     from ray_cora.models.mgen import Generator
     from ray_cora.serve.app import APP_NAME, build_app
 
-    texts = [json.loads(line)["text"] for line in DEMO_PASSAGES.read_text(encoding="utf-8").splitlines()]
-    checkpoint = build_tiny_t5(tmp_path_factory.mktemp("mgen"), texts)
+    checkpoint = tiny_t5
     os.environ[API_KEY_ENV] = API_KEY
     serve.run(build_app({"generator": checkpoint, "answer_passages": 3, "api_key_env": API_KEY_ENV,
                          "max_replicas": 1, "health_check_period_s": 1}),

@@ -133,6 +133,8 @@ def _demo_rows() -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def demo_core():
+    """Serve's default: no index given, so the demo corpus is embedded at load. Kept as its own build
+    (not the session's demo_index): it is what tests RetrieverCore.load(index=None) without Ray."""
     return RetrieverCore.load(index=None)
 
 
@@ -222,13 +224,11 @@ def test_passage_store_without_an_index_is_refused():
         ServeAppOptions(passage_store="s3://b/store")
 
 
-def test_generator_adapter_answers_from_retrieved_passages(demo_core, tmp_path):
-    from ray_cora.encoders.tiny import build_tiny_t5
+def test_generator_adapter_answers_from_retrieved_passages(demo_core, tiny_t5):
     from ray_cora.models.mgen import format_source
     from ray_cora.serve.core import load_generator
 
-    path = build_tiny_t5(tmp_path / "mgen", [p["text"] for p in _demo_rows().values()])
-    generator = load_generator(path, top_k=2)
+    generator = load_generator(tiny_t5, top_k=2)
     passages = demo_core.retrieve(["How tall is Mount Fuji?", "富士山の高さは？"], [3, 3])
     answers = generator.answer(["How tall is Mount Fuji?", "富士山の高さは？"], ["en", "ja"], passages)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
@@ -246,11 +246,10 @@ def test_shard_groups_cover_every_shard_once():
         shard_group(3, 4, 0)
 
 
-@pytest.fixture(scope="module")
-def split_index(tmp_path_factory, demo_core):
-    """The demo corpus embedded into 5 shards (176 passages, 40 a shard)."""
-    out = tmp_path_factory.mktemp("split-index")
-    return build_index(demo_core.encoder, str(DEMO_PASSAGES), str(out / "index"), shard_size=40)
+@pytest.fixture
+def split_index(demo_index):
+    """The demo corpus embedded into 5 shards (176 passages, 40 a shard): the session's demo_index."""
+    return demo_index
 
 
 def test_shard_group_merge_equals_one_index_over_all_shards(split_index, demo_core):

@@ -9,38 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from ray_cora import faults
 from ray_cora.encoders import load_encoder
-from ray_cora.encoders.tiny import build_tiny_bert, build_tiny_dpr_checkpoint
+from ray_cora.faults import FaultPlan
 from ray_cora.models.mdpr import MDPRTask, ctx_slots, dpr_nll_loss, ranking_metrics
 from ray_cora.train.loop import LoopSettings, Stepper, check_batching, warmup_linear
-
-CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima"),
-            ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Cuba", "Havana"),
-            ("Iran", "Tehran"), ("Mali", "Bamako"), ("Oman", "Muscat"), ("Fiji", "Suva"), ("Laos", "Vientiane"),
-            ("Nepal", "Kathmandu"), ("Qatar", "Doha")]
-
-
-def examples(n: int = 16) -> list[dict]:
-    out = []
-    for i in range(n):
-        country, city = CAPITALS[i % len(CAPITALS)]
-        other_country, other_city = CAPITALS[(i + 5) % len(CAPITALS)]
-        hard = [] if i % 4 == 3 else [{"title": other_country, "text": f"{other_city} is the capital of {other_country}."}]
-        out.append({"question": f"what is the capital of {country}?", "answers": [city],
-                    "positive": {"title": country, "text": f"{city} is the capital of {country}."},
-                    "hard_negatives": hard, "negatives": []})
-    return out
-
-
-def dpr_rows(n: int = 16) -> list[dict]:
-    return [{"question": ex["question"], "answers": ex["answers"], "positive_ctxs": [ex["positive"]],
-             "hard_negative_ctxs": ex["hard_negatives"], "negative_ctxs": []} for ex in examples(n)]
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    texts = [f"{q['question']} {q['positive']['title']} {q['positive']['text']}" for q in examples()]
-    return build_tiny_bert(tmp_path_factory.mktemp("bert"), texts, vocab_size=200)
+from tests.support import dpr_rows
+from tests.support import mdpr_examples as examples
 
 
 def test_dpr_loss_masks_padding_and_matches_manual_softmax():
@@ -123,8 +98,8 @@ def test_loss_falls(tiny_bert):
 
 
 @pytest.mark.parametrize("init", ["hf", "dpr"])
-def test_export_loads_as_hf_encoder_and_encodes_as_training_did(tiny_bert, tmp_path, init):
-    spec = f"hf:{tiny_bert}" if init == "hf" else f"dpr:{build_tiny_dpr_checkpoint(tmp_path / 'x.cpt', tiny_bert)}"
+def test_export_loads_as_hf_encoder_and_encodes_as_training_did(tiny_bert, tiny_cpt, tmp_path, init):
+    spec = f"hf:{tiny_bert}" if init == "hf" else f"dpr:{tiny_cpt}"
     task = MDPRTask(init=spec, max_length=32)
     assert task.zeros == (init == "dpr")  # CORA's checkpoints were trained with all-zero segment ids
     model, _ = _train_in_process(task, 3)
@@ -156,7 +131,8 @@ def test_ray_train_two_workers_killed_worker_resumes_and_exports(ray_local, tiny
     # Killed right after the step-4 checkpoint was reported: Ray Train registers a checkpoint only once
     # it has polled every worker's report, so without the loop's commit wait the killed worker's queued
     # report is lost and the restart resumes from step 2 (or from 0 after the first checkpoint).
-    manifest = train_mdpr(config, kill_worker_at_step=4, kill_marker=str(marker))
+    with faults.inject(FaultPlan({faults.TRAIN_KILL_WORKER_AT_STEP: 4}, once_marker=str(marker))):
+        manifest = train_mdpr(config)
     assert marker.exists()  # the last worker really was SIGKILLed after step 4
     assert manifest["steps"] == 6 and manifest["final"]["step"] == 6
     assert manifest["final"]["resumed_from_step"] == 4  # exactly the checkpoint it was killed after

@@ -8,34 +8,10 @@ import pytest
 import torch
 
 from ray_cora.data.training import retrieval_example
-from ray_cora.encoders.tiny import build_tiny_t5
 from ray_cora.errors import ConfigError
 from ray_cora.models.mgen import Generator, MGENTask, format_source, training_passages
 from ray_cora.train.loop import LoopSettings, Stepper
-
-CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima"),
-            ("Chile", "Santiago"), ("Egypt", "Cairo")]
-JA = [("フランス", "パリ"), ("日本", "東京"), ("イタリア", "ローマ"), ("スペイン", "マドリード"), ("ペルー", "リマ"),
-      ("エジプト", "カイロ")]
-
-
-def qa_pairs() -> list[dict]:
-    items = []
-    for i, (c, a) in enumerate(CAPITALS):
-        items.append({"qid": f"en{i}", "lang": "en", "question": f"What is the capital of {c}?", "answers": [a],
-                      "ctxs": [{"title": c, "text": f"The capital of {c} is {a}."}]})
-        items.append({"qid": f"fr{i}", "lang": "fr", "question": f"Quelle est la capitale de {c} ?", "answers": [a],
-                      "ctxs": [{"title": c, "text": f"La capitale de {c} est {a}."}]})
-    for i, (c, a) in enumerate(JA):
-        items.append({"qid": f"ja{i}", "lang": "ja", "question": f"{c}の首都は？", "answers": [a],
-                      "ctxs": [{"title": c, "text": f"{c}の首都は{a}です。"}]})
-    return items
-
-
-@pytest.fixture(scope="module")
-def tiny_t5(tmp_path_factory):
-    texts = [f"{format_source(x['question'], x['lang'], x['ctxs'], top_k=1)} {x['answers'][0]}" for x in qa_pairs()]
-    return build_tiny_t5(tmp_path_factory.mktemp("t5"), texts)
+from tests.support import qa_pairs
 
 
 def test_source_has_the_language_tag_once_and_titled_passages():

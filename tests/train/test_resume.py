@@ -12,33 +12,11 @@ import time
 
 import pytest
 
+from ray_cora import faults
 from ray_cora.encoders import load_encoder
-from ray_cora.encoders.tiny import build_tiny_bert
 from ray_cora.errors import ConfigError
-
-CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Peru", "Lima"),
-            ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Cuba", "Havana"),
-            ("Iran", "Tehran"), ("Mali", "Bamako"), ("Oman", "Muscat")]
-
-
-def dpr_rows(n: int) -> list[dict]:
-    rows = []
-    for i in range(n):
-        country, city = CAPITALS[i % len(CAPITALS)]
-        other_country, other_city = CAPITALS[(i + 5) % len(CAPITALS)]
-        rows.append({"question": f"what is the capital of {country}?", "answers": [city],
-                     "positive_ctxs": [{"title": country, "text": f"{city} is the capital of {country}."}],
-                     "hard_negative_ctxs": [{"title": other_country,
-                                             "text": f"{other_city} is the capital of {other_country}."}],
-                     "negative_ctxs": []})
-    return rows
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    texts = [f"{r['question']} {r['positive_ctxs'][0]['title']} {r['positive_ctxs'][0]['text']}"
-             for r in dpr_rows(len(CAPITALS))]
-    return build_tiny_bert(tmp_path_factory.mktemp("bert"), texts, vocab_size=200)
+from ray_cora.faults import FaultPlan
+from tests.support import dpr_rows
 
 
 def _keys(client, bucket: str, prefix: str) -> dict[str, str]:
@@ -91,8 +69,8 @@ def test_s3_checkpoints_rerun_resumes_then_a_finished_run_is_not_retrained(ray_l
                              num_workers=2, cpus_per_worker=0.5)
 
     # 1. The run stops right after its step-2 checkpoint (as a crashed driver would leave it).
-    with pytest.raises(Exception, match="fail_after_step"):
-        train_mdpr(config, fail_after_step=2)
+    with pytest.raises(Exception, match="fail_after_step"), faults.inject(FaultPlan({faults.TRAIN_FAIL_AFTER_STEP: 2})):
+        train_mdpr(config)
     keys = _keys(client, bucket, prefix)
     assert _checkpoints(keys) == ["step-00000002"]  # checkpoint files are in the bucket
     assert "run_config.json" in keys and not any(k.startswith("model/") for k in keys)

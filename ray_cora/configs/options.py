@@ -1,0 +1,75 @@
+"""Option groups the job configs inherit, so that each option is declared once: one name, one help
+text, one set of bounds. A job that needs another default re-declares only the default::
+
+    class DemoConfig(ActorPoolOptions, RayJobConfig):
+        actor_cpus: float = ActorPoolOptions.option("actor_cpus", 0.5)
+
+Names: ``actors`` is the size of a job's one actor pool (``<pool>_actors`` where a job has several
+pools, as ``retrieve``'s ``encoder_actors``/``writer_actors``/``search_actors`` and ``evaluate
+all``'s ``generate_actors``); ``actor_cpus``/``actor_gpus`` what each actor reserves; ``tasks`` and
+``task_cpus`` for Ray tasks; ``cpus_per_worker`` for Ray Train workers
+(:class:`~ray_cora.configs.base.TrainRunConfig`, Ray Train's own term). The old names stay
+accepted as aliases, in YAML and on the command line (see :func:`~ray_cora.configs.base.aliases`):
+``concurrency`` and ``num_actors`` for ``actors``, ``concurrency`` for ``tasks``,
+``num_cpus_per_task`` for ``task_cpus``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+from pydantic.fields import FieldInfo
+
+from ray_cora.configs.base import ConfigModel, aliases
+from ray_cora.index.sharded import IndexSpec, IndexType
+
+
+class OptionGroup(ConfigModel):
+    """A few options several jobs share; a job config inherits the group."""
+
+    @classmethod
+    def option(cls, name: str, default: Any) -> Any:
+        """The group's option ``name`` with another default (same type, bounds, help and aliases).
+
+        >>> ActorPoolOptions.option("actor_cpus", 1.0).default
+        1.0
+        """
+        return FieldInfo.merge_field_infos(cls.model_fields[name], default=default)
+
+
+class ActorPoolOptions(OptionGroup):
+    """A job with one Ray Data actor pool: how many actors, and what each one reserves."""
+
+    options_title: ClassVar[str | None] = "actor pool"
+    actors: int = Field(1, ge=1, description="Actors in the job's Ray Data actor pool (one per GPU on GPU "
+                        "clusters)", **aliases("actors", "concurrency", "num_actors"))
+    actor_cpus: float = Field(0.5, gt=0, description="CPUs reserved per actor (fractional is fine; on a "
+                              "CPU-only machine keep some free for Ray's read tasks)")
+    actor_gpus: float = Field(0.0, ge=0, description="GPUs per actor (1 on GPU clusters; 0: CPU only)")
+
+
+class TaskOptions(OptionGroup):
+    """A job whose work runs as Ray tasks, one unit of work (an input file, a dump part) each."""
+
+    options_title: ClassVar[str | None] = "Ray task"
+    tasks: int | None = Field(None, ge=1, description="Most units of work processed at once (unset: as many "
+                              "as the CPUs allow)", **aliases("tasks", "concurrency"))
+    task_cpus: float = Field(1.0, gt=0, description="CPUs reserved per task (fractional is fine)",
+                             **aliases("task_cpus", "num_cpus_per_task"))
+
+
+class IndexOptions(OptionGroup):
+    """The FAISS index each shard of a sharded index gets."""
+
+    options_title: ClassVar[str | None] = "FAISS index"
+    index_type: IndexType = Field("flat", description="FAISS index per shard: flat (exact), hnsw or ivfpq "
+                                  "(approximate)")
+    hnsw_m: int = Field(32, ge=4, description="hnsw: graph degree M")
+    ivf_nlist: int = Field(1024, ge=1, description="ivfpq: inverted lists per shard (capped by shard size)")
+    pq_m: int = Field(64, ge=1, description="ivfpq: sub-quantizers (must divide the vector dimension)")
+    pq_nbits: int = Field(8, ge=4, le=16, description="ivfpq: bits per sub-quantizer code")
+
+    def index_spec(self) -> IndexSpec:
+        return IndexSpec(self.index_type, hnsw_m=self.hnsw_m, ivf_nlist=self.ivf_nlist, pq_m=self.pq_m,
+                         pq_nbits=self.pq_nbits)
