@@ -134,7 +134,8 @@ def mdpr_examples(n: int = 16) -> list[dict]:
     for i in range(n):
         country, city = CAPITALS[i % len(CAPITALS)]
         other_country, other_city = CAPITALS[(i + 5) % len(CAPITALS)]
-        hard = [] if i % 4 == 3 else [{"title": other_country, "text": f"{other_city} is the capital of {other_country}."}]
+        hard = ([] if i % 4 == 3 else
+                [{"title": other_country, "text": f"{other_city} is the capital of {other_country}."}])
         out.append({"question": f"what is the capital of {country}?", "answers": [city],
                     "positive": {"title": country, "text": f"{city} is the capital of {country}."},
                     "hard_negatives": hard, "negatives": []})
