@@ -89,6 +89,10 @@ _TABLE: tuple[Language, ...] = (
 
 LANGUAGES: dict[str, Language] = {lang.code: lang for lang in _TABLE}
 
+# ISO 639-2 "undetermined": the language of a passage that no source gives (CORA's all_w100.tsv has
+# no language column). Accepted wherever a code is, never guessed from, and reported as itself.
+UNKNOWN_LANG = "und"
+
 # Other spellings of a canonical code, after lower-casing and ``-`` -> ``_``.
 _ALIASES: dict[str, str] = {
     "zh": "zh_cn",
@@ -134,7 +138,7 @@ def normalize_lang(code: str) -> str:
     """
     key = str(code).strip().lower().replace("-", "_")
     key = _ALIASES.get(key, key)
-    if key in LANGUAGES:
+    if key in LANGUAGES or key == UNKNOWN_LANG:
         return key
     known = sorted(LANGUAGES) + sorted(_ALIASES)
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)

@@ -13,11 +13,13 @@ the manifest never sees a half-written artifact, and :meth:`Artifact.open` verif
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import io
 import json
 import os
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -397,3 +399,29 @@ def list_files(uri: str | Location, *, suffix: str = "") -> list[Location]:
             continue
         found.append(loc.join(rel))
     return sorted(found, key=lambda l: l.path)
+
+
+def expand_pattern(uri: str) -> list[str]:
+    """``uri`` itself, or — when its last part has ``*``, ``?`` or ``[`` — the files in its folder
+    whose names match, in natural order (``wiki_emb_en_2`` before ``wiki_emb_en_10``): the shell
+    glob CORA's ``dense_retriever.py --encoded_ctx_file "wiki_emb_*"`` takes, for s3:// as well.
+
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> for n in ("wiki_emb_en_10", "wiki_emb_en_2", "other"): _ = open(os.path.join(d, n), "w").write("x")
+    >>> [os.path.basename(u) for u in expand_pattern(os.path.join(d, "wiki_emb_*"))]
+    ['wiki_emb_en_2', 'wiki_emb_en_10']
+    """
+    head, _, pattern = uri.rstrip("/").rpartition("/")
+    if not any(c in pattern for c in "*?["):
+        return [uri]
+    folder = resolve(head or ".")
+    names = [posixpath.relpath(f.path, folder.path) for f in list_files(folder)]
+    matched = [n for n in names if "/" not in n and fnmatch.fnmatchcase(n, pattern)]
+    if not matched:
+        raise StorageError(f"{uri}: no file in {folder.uri} matches {pattern!r}")
+    return [f"{head}/{name}" if head else name for name in sorted(matched, key=_natural_key)]
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

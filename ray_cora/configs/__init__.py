@@ -10,7 +10,7 @@ from ray_cora.configs.evaluate_qa import ConvertPredictionsConfig, EvaluateQACon
 from ray_cora.configs.generate import GenerateConfig
 from ray_cora.configs.import_embeddings import ImportEmbeddingsConfig
 from ray_cora.configs.iterate import IterateConfig
-from ray_cora.configs.options import ActorPoolOptions, IndexOptions, OptionGroup, TaskOptions
+from ray_cora.configs.options import ActorPoolOptions, DecodingOptions, IndexOptions, OptionGroup, TaskOptions
 from ray_cora.configs.passages import PassagesConfig
 from ray_cora.configs.pivot import (
            PivotBuildConfig,
@@ -24,8 +24,8 @@ from ray_cora.configs.train import TrainMDPRConfig, TrainMGENConfig
 from ray_cora.configs.validate import ValidateConfig
 from ray_cora.configs.wikidata import WikidataLabelsConfig
 
-__all__ = ["ActorPoolOptions", "ConvertPredictionsConfig", "DemoConfig", "EmbedConfig", "EvaluateAllConfig",
-           "EvaluateQAConfig", "EvaluateRetrievalConfig", "GenerateConfig", "ImportEmbeddingsConfig",
+__all__ = ["ActorPoolOptions", "ConvertPredictionsConfig", "DecodingOptions", "DemoConfig", "EmbedConfig",
+           "EvaluateAllConfig", "EvaluateQAConfig", "EvaluateRetrievalConfig", "GenerateConfig", "ImportEmbeddingsConfig",
            "IndexOptions", "IterateConfig", "JobConfig", "OptionGroup", "PassagesConfig", "PivotBuildConfig",
            "PivotCalibrateConfig", "PivotRunConfig", "PivotTrainRerankerConfig", "RayJobConfig",
            "RetrieveConfig", "ServeAppOptions", "ServeConfig", "TaskOptions", "TrainMDPRConfig",

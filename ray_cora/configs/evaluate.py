@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from ray_cora.configs.base import JobConfig
+from ray_cora.configs.options import DecodingOptions
 from ray_cora.configs.retrieve import RetrieveConfig
 
 GROUPINGS = ("auto", "mkqa", "xor", "none")
@@ -38,7 +39,7 @@ class EvaluateRetrievalConfig(JobConfig):
 
 
 
-class EvaluateAllConfig(RetrieveConfig):
+class EvaluateAllConfig(DecodingOptions, RetrieveConfig):
     """One Ray job: retrieve for every requested language in parallel (one Ray Data stream; blocks
     of different languages run side by side on the actor pools), then — with --generator — answer
     every question with mGEN (`ray-cora generate` on an actor pool) and score the answers like
@@ -51,16 +52,13 @@ class EvaluateAllConfig(RetrieveConfig):
     generator: str | None = Field(None, description="mGEN model folder, as `ray-cora generate --model` takes "
                                   "(e.g. <train-mgen out>/model or CORA's mGEN_model); without it only "
                                   "retrieval is run and scored")
-    generator_tokenizer: str | None = Field(None, description="Tokenizer of --generator when its folder has "
-                                            "none (CORA's mGEN_model: google/mt5-base)")
+    generator_tokenizer: str | None = Field(None, description="Tokenizer of --generator when its folder has no "
+                                            "tokenizer files (mT5's: google/mt5-base)")
     mode: Literal["xor", "mkqa"] | None = Field(None, description="Scorer of the answers, as `evaluate qa "
                                                 "--mode` (default: mkqa for --dataset mkqa, else xor; CORA's "
                                                 "paper scored MKQA with the xor scorer: pass xor to compare)")
     top_k: int = Field(15, ge=1, description="Retrieved passages given to mGEN per question (as `generate "
                        "--top-k`; at most --k are there)")
-    max_source_length: int = Field(1000, ge=8, description="mGEN input tokens")
-    max_target_length: int = Field(25, ge=1, description="mGEN answer tokens")
-    num_beams: int = Field(1, ge=1, description="Beam size of mGEN's decoding")
     generate_batch_size: int = Field(16, ge=1, description="Questions per mGEN generate() call")
     generate_actors: int = Field(1, ge=1, description="mGEN actors")
     generate_actor_cpus: float = Field(1.0, gt=0, description="CPUs per mGEN actor")

@@ -21,10 +21,10 @@ TINY = "tiny"
 # The stage jobs whose options can be set per stage, and the options the loop sets itself.
 STAGE_JOBS: dict[str, tuple[type[JobConfig], tuple[str, ...]]] = {
     "mdpr": (TrainMDPRConfig, ("train", "out", "init", "ray_address", "num_cpus")),
-    "embed": (EmbedConfig, ("passages", "out", "encoder", "format", "ray_address", "num_cpus")),
+    "embed": (EmbedConfig, ("passages", "out", "encoder", "format", "lang", "ray_address", "num_cpus")),
     "retrieve": (RetrieveConfig,
                  ("index", "questions", "dataset", "out", "encoder", "lang", "langs", "k", "passages",
-                  "passage_format", "passage_store", "ray_address", "num_cpus")),
+                  "passage_format", "passage_store", "check_encoder", "ray_address", "num_cpus")),
     "mgen": (TrainMGENConfig, ("train", "out", "init", "tokenizer", "top_k", "ray_address", "num_cpus")),
     "generate": (GenerateConfig, ("model", "retrieval", "out", "tokenizer", "top_k", "ray_address", "num_cpus")),
 }
@@ -61,6 +61,11 @@ class IterateConfig(RayJobConfig):
     corpus: str = Field(str(DEMO_PASSAGES), description="Multilingual passage corpus (TSV/JSONL/Parquet)")
     corpus_format: Literal["tsv", "jsonl", "parquet"] | None = Field(None, description="Corpus format "
                                                                       "(default: from file names)")
+    corpus_lang: str | None = Field(None, description="Language of corpus passages without a lang column "
+                                    "(default: und, or what --corpus-langs records)")
+    corpus_langs: str | None = Field(None, description="An index whose per-pid languages fill in passages the "
+                                     "corpus gives none (e.g. `ray-cora import-embeddings` of CORA's wiki_emb_* "
+                                     "beside its all_w100.tsv)")
     wikidata: str | None = Field(str(DEMO_WIKIDATA_LABELS), description="Wikidata labels + sitelinks: a "
                                  "`ray-cora wikidata labels` output folder or an entity JSONL; empty: no "
                                  "language-link mining and no answer translation")

@@ -8,7 +8,9 @@ Names: ``actors`` is the size of a job's one actor pool (``<pool>_actors`` where
 pools, as ``retrieve``'s ``encoder_actors``/``writer_actors``/``search_actors`` and ``evaluate
 all``'s ``generate_actors``); ``actor_cpus``/``actor_gpus`` what each actor reserves; ``tasks`` and
 ``task_cpus`` for Ray tasks; ``cpus_per_worker`` for Ray Train workers
-(:class:`~ray_cora.configs.base.TrainRunConfig`, Ray Train's own term). The old names stay
+(:class:`~ray_cora.configs.base.TrainRunConfig`, Ray Train's own term); ``decoding``,
+``num_beams``, ``max_source_length`` and ``max_target_length`` for mGEN's decoding (``generate``,
+``evaluate all``, ``serve``). The old names stay
 accepted as aliases, in YAML and on the command line (see :func:`~ray_cora.configs.base.aliases`):
 ``concurrency`` and ``num_actors`` for ``actors``, ``concurrency`` for ``tasks``,
 ``num_cpus_per_task`` for ``task_cpus``.
@@ -23,6 +25,7 @@ from pydantic.fields import FieldInfo
 
 from ray_cora.configs.base import ConfigModel, aliases
 from ray_cora.index.sharded import IndexSpec, IndexType
+from ray_cora.models.mgen import DecodingName
 
 
 class OptionGroup(ConfigModel):
@@ -73,3 +76,23 @@ class IndexOptions(OptionGroup):
     def index_spec(self) -> IndexSpec:
         return IndexSpec(self.index_type, hnsw_m=self.hnsw_m, ivf_nlist=self.ivf_nlist, pq_m=self.pq_m,
                          pq_nbits=self.pq_nbits)
+
+
+class DecodingOptions(OptionGroup):
+    """How mGEN decodes: a preset (:data:`~ray_cora.models.mgen.DECODING_PRESETS`) and the settings
+    that override it. Unset, each is the preset's; the preset is what the model folder records."""
+
+    options_title: ClassVar[str | None] = "mGEN decoding"
+    decoding: DecodingName | None = Field(
+        None, description="mGEN decoding preset: cora (as CORA's eval_mgen.py: CORA's input string, inputs not "
+        "cut, 4 beams, answers of at most 20 tokens counting the decoder's start token) or greedy (faster: "
+        "ray_cora's input cut at 1000 tokens, greedy search, at most 25 new tokens). Default: what the model "
+        "folder records (ray-cora train-mgen models: greedy), else cora")
+    num_beams: int | None = Field(None, ge=1, description="Beam size of mGEN's decoding (default: the "
+                                  "preset's; cora 4, greedy 1)")
+    max_source_length: int | None = Field(None, ge=8, description="mGEN input tokens; longer inputs are cut "
+                                          "(default: the preset's; cora: no cut but the tokenizer's own "
+                                          "limit, as CORA; greedy 1000)")
+    max_target_length: int | None = Field(None, ge=1, description="mGEN answer tokens (default: the preset's; "
+                                          "cora 20 counting the decoder's start token, CORA's --max_length; "
+                                          "greedy 25 new tokens)")

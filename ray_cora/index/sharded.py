@@ -7,8 +7,10 @@ Layout under the index URI::
     shards/shard-00000.ids.parquet    row -> pid (and lang)
 
 ``manifest.json`` records ``format_version``, ``encoder`` {spec, dim, normalized}, ``metric``,
-``index_type``, ``num_vectors`` and ``shards``: [{index, ids, count, sha256: {index, ids}}] with
-paths relative to the manifest.
+``index_type``, ``num_vectors``, ``per_language`` (vectors per passage language, when the shards
+record languages) and ``shards``: [{index, ids, count, sha256: {index, ids}, lang_counts}] with paths
+relative to the manifest. A passage's language lives with its pid in the ids file, so a corpus
+without a language column (CORA's ``all_w100.tsv``) gets it back from the index.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Sequence
@@ -121,10 +124,13 @@ def write_shard(root: str | storage.Location, number: int, pids: Sequence[str], 
     writer = storage.ArtifactWriter(root, kind=INDEX_KIND)
     writer.write_bytes(index_path, index_bytes)
     writer.write_bytes(ids_path, ids_buffer.getvalue())
-    return {"index": index_path, "ids": ids_path, "count": len(pids),
-            "sha256": {"index": writer.files[index_path]["sha256"],
-                       "ids": writer.files[ids_path]["sha256"]},
-            "size": {"index": writer.files[index_path]["size"], "ids": writer.files[ids_path]["size"]}}
+    entry = {"index": index_path, "ids": ids_path, "count": len(pids),
+             "sha256": {"index": writer.files[index_path]["sha256"],
+                        "ids": writer.files[ids_path]["sha256"]},
+             "size": {"index": writer.files[index_path]["size"], "ids": writer.files[ids_path]["size"]}}
+    if langs is not None:
+        entry["lang_counts"] = dict(sorted(Counter(str(l) for l in langs).items()))
+    return entry
 
 
 def commit_index(root: str | storage.Location, shards: Sequence[dict[str, Any]], *, encoder: dict[str, Any],
@@ -136,10 +142,36 @@ def commit_index(root: str | storage.Location, shards: Sequence[dict[str, Any]],
     for shard in ordered:
         for role in ("index", "ids"):
             writer.add_existing(shard[role], size=shard["size"][role], sha256=shard["sha256"][role])
+    per_language = language_counts(ordered)
     return writer.commit({
         "encoder": encoder, "metric": "inner_product", "index_type": spec.index_type,
         "index_params": spec.to_dict(), "num_vectors": sum(s["count"] for s in ordered),
-        "shards": ordered, **(extra or {})})
+        **({"per_language": per_language} if per_language else {}), "shards": ordered, **(extra or {})})
+
+
+def iter_index_langs(uri: str) -> Iterator[pa.Table]:
+    """The ``pid, lang`` the committed index at ``uri`` recorded, one Arrow table per shard (shards
+    written without languages are skipped), each checked against its sha256: what a passage store
+    fills ``und`` passages from (``known_langs`` of
+    :func:`ray_cora.data.passage_store.build_passage_store`)."""
+    artifact = storage.Artifact(uri, kind=INDEX_KIND)
+    for entry in artifact.manifest["shards"]:
+        table = pq.read_table(io.BytesIO(artifact.read_bytes(entry["ids"])))
+        if "lang" in table.column_names:
+            yield table.select(["pid", "lang"])
+
+
+def language_counts(shards: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Vectors per language over shard entries that carry ``lang_counts`` (as :func:`write_shard` makes).
+
+    >>> language_counts([{"lang_counts": {"en": 2}}, {"lang_counts": {"en": 1, "und": 4}}, {}])
+    {'en': 3, 'und': 4}
+    """
+    total: dict[str, int] = {}
+    for shard in shards:
+        for lang, count in (shard.get("lang_counts") or {}).items():
+            total[lang] = total.get(lang, 0) + count
+    return dict(sorted(total.items()))
 
 
 @dataclass

@@ -29,7 +29,6 @@ from ray_cora import storage
 from ray_cora.configs.evaluate import EvaluateAllConfig
 from ray_cora.configs.iterate import TINY, IterateConfig
 from ray_cora.data.passage_store import PassageStore, open_or_build_store
-from ray_cora.data.passages import iter_passages, passage_files
 from ray_cora.data.qa import iter_qa
 from ray_cora.data.records import BadRecords
 from ray_cora.data.retrieval import iter_retrieval, question_files
@@ -38,6 +37,7 @@ from ray_cora.data.wikidata import iter_entities, sitelinks_of_titles
 from ray_cora.encoders.tiny import build_tiny_bert, build_tiny_t5
 from ray_cora.errors import ConfigError
 from ray_cora.evaluate.all import run_evaluate_all
+from ray_cora.index.sharded import iter_index_langs
 from ray_cora.iterate import mining
 from ray_cora.iterate.report import overall_summary, round_summary
 from ray_cora.iterate.stages import StageResult, StageRunner
@@ -128,7 +128,8 @@ class IterativeTraining:
         write_jsonl(folder.join("train_questions.jsonl"), train_q)
         write_jsonl(folder.join("dev_questions.jsonl"), dev_q)
         store = folder.join("passage-store")
-        open_or_build_store(c.corpus, store.uri, format=c.corpus_format)
+        open_or_build_store(c.corpus, store.uri, format=c.corpus_format, lang=c.corpus_lang,
+                            known_langs=(lambda: iter_index_langs(c.corpus_langs)) if c.corpus_langs else None)
         if c.train:
             b1_source, b1 = "given", list(iter_dpr_records(c.train))
         else:
@@ -215,7 +216,7 @@ class IterativeTraining:
     def _embed(self, folder: storage.Location, spec: str):
         c = self.config
         summary = embed_corpus(c.stage_config("embed", passages=c.corpus, out=folder.join("index").uri,
-                                              encoder=spec, format=c.corpus_format))
+                                              encoder=spec, format=c.corpus_format, lang=c.corpus_lang))
         return {"index": folder.join("index").uri, "encoder": spec, "passages": summary["passages"],
                 "shards": summary["shards"]}, []
 
@@ -224,7 +225,9 @@ class IterativeTraining:
         out = folder.join("retrieval")
         summary = run_retrieval(c.stage_config(
             "retrieve", index=index.result["index"], questions=questions, dataset="jsonl", out=out.uri,
-            encoder=question_spec, k=c.k, passage_store=self.root.join("round-1/data/passage-store").uri))
+            encoder=question_spec, k=c.k, passage_store=self.root.join("round-1/data/passage-store").uri,
+            # Round 1's question encoder over a later round's passages (B.5) is a deliberate mix.
+            check_encoder=question_spec == index.result["encoder"]))
         return {"retrieval": out.uri, "questions": summary.get("questions"), "encoder": question_spec}, []
 
     def _train_mgen(self, folder: storage.Location, retrieval: storage.Location, state: dict[str, Any]):
@@ -270,6 +273,7 @@ class IterativeTraining:
         evaluation = EvaluateAllConfig(**c.retrieve, index=index.result["index"], questions=questions,
                                        dataset="jsonl", out=folder.uri, encoder=question_spec, k=c.k,
                                        passage_store=self.root.join("round-1/data/passage-store").uri,
+                                       check_encoder=question_spec == index.result["encoder"],
                                        **self._generator_options(mgen))
         metrics = run_evaluate_all(evaluation)
         return {"per_language": _dev_summary(metrics), "macro": _dev_macro(metrics)}, []
@@ -361,15 +365,16 @@ class IterativeTraining:
         return list(self.data.result["train_languages"])
 
     def _passages_by_title(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-        """One streaming pass over the corpus, keeping only the linked articles' passages."""
+        """One streaming pass over the passages, keeping only the linked articles' passages."""
         found: dict[tuple[str, str], list[dict[str, Any]]] = {}
         if not wanted:
             return found
-        for file in passage_files(self.config.corpus, format=self.config.corpus_format):
-            for passage in iter_passages(file, format=self.config.corpus_format):
-                key = (passage["lang"], passage["title"])
-                if key in wanted:
-                    found.setdefault(key, []).append(passage)
+        # The passage store of round 1, not the corpus file: it holds the languages filled in from
+        # --corpus-lang/--corpus-langs, which a corpus without a lang column (CORA's) lacks.
+        for passage in PassageStore(self.root.join("round-1/data/passage-store").uri).iter_passages():
+            key = (passage["lang"], passage["title"])
+            if key in wanted:
+                found.setdefault(key, []).append(passage)
         return found
 
     # -- reporting --

@@ -25,7 +25,7 @@ from ray_cora.configs.embed import EmbedConfig
 from ray_cora.data.bookkeeping import iter_entries
 from ray_cora.data.passages import iter_passages
 from ray_cora.data.records import BadRecords
-from ray_cora.encoders import load_encoder
+from ray_cora.encoders import encoder_record, load_encoder
 from ray_cora.errors import ChecksumError, ConfigError, RayCoraError, StorageError
 from ray_cora.index.plan import ShardSpec, plan_corpus, plan_fingerprint
 from ray_cora.index.sharded import IndexSpec, commit_index, write_shard
@@ -99,7 +99,8 @@ class EmbedShards:
             {"index": None, "ids": None, "count": 0}
         entry = {**entry, "number": spec.number, "source": spec.uri, "first_line": spec.first_line,
                  "num_lines": spec.num_lines, "skipped_bad_records": bad.count,
-                 "encoder": {"dim": self.encoder.dim, "normalized": self.encoder.normalized},
+                 # What the model is (checkpoint sha256, options, query format), for the manifest.
+                 "encoder": encoder_record(self.encoder),
                  # Which Ray node built the shard: shows how work spread over a cluster.
                  "node_id": ray.get_runtime_context().get_node_id()}
         storage.write_bytes(root.join(shard_marker(spec.number)), json.dumps(entry).encode())
@@ -185,10 +186,10 @@ def embed_corpus(config: EmbedConfig) -> dict:
     shards = [entry for _, entry in sorted(done.items()) if entry["count"]]
     if not shards:
         raise ConfigError(f"{config.passages}: no passages found, nothing to index")
-    # The encoder's shape comes from the actors' entries: the driver never loads the model.
+    # The encoder's record comes from the actors' entries: the driver never loads the model.
     manifest = commit_index(
         out, shards, spec=index_spec, config=config.to_dict(),
-        encoder={"spec": config.encoder, **shards[0]["encoder"]}, extra={"passages": config.passages})
+        encoder={**shards[0]["encoder"], "spec": config.encoder}, extra={"passages": config.passages})
     elapsed = time.perf_counter() - started
     bytes_written = sum(s["size"]["index"] + s["size"]["ids"] for s in shards)
     skipped = sum(entry.get("skipped_bad_records", 0) for entry in done.values())

@@ -11,9 +11,9 @@ import ray.data
 from ray_cora import storage
 from ray_cora.configs.generate import GENERATION_SETTINGS, GenerateConfig
 from ray_cora.data.records import BadRecords
-from ray_cora.data.training import data_files, iter_examples
+from ray_cora.data.training import data_files, iter_examples, iter_raw_records, retrieval_example
 from ray_cora.errors import ConfigError
-from ray_cora.models.mgen import Generator
+from ray_cora.models.mgen import DEFAULT_DECODING, Generator, recorded_decoding
 from ray_cora.runtime import ray_session
 
 # torch / transformers are imported inside the functions that use them (3.4 s + 2.0 s cold here):
@@ -34,22 +34,34 @@ class GeneratorActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         examples = [json.loads(s) for s in batch["example"].tolist()]
         answers = self.generator.answer([e["question"] for e in examples], [e["lang"] for e in examples],
-                                        [e["ctxs"] for e in examples])
+                                        [e["ctxs"] for e in examples], queries=[e.get("query") for e in examples])
         return {"qid": [e["qid"] for e in examples], "lang": [e["lang"] for e in examples], "prediction": answers}
 
 
 def _read_rows(row: dict[str, Any]) -> list[dict[str, str]]:
-    return [{"example": json.dumps(e, ensure_ascii=False)}
-            for e in iter_examples([row["uri"]], "retrieval", BadRecords("skip"), require_answer=False)]
+    """The valid retrieval records of one file (the driver's count reports the bad ones), each with
+    its ``query`` (what the retriever encoded): the ``cora`` decoding's question, as in CORA."""
+    rows = []
+    for _, obj in iter_raw_records(row["uri"], BadRecords("skip")):
+        try:
+            example = retrieval_example(obj, require_answer=False)
+        except (ValueError, KeyError):
+            continue
+        if isinstance(obj.get("query"), str):
+            example["query"] = obj["query"]
+        rows.append({"example": json.dumps(example, ensure_ascii=False)})
+    return rows
 
 
 def run_generate(config: GenerateConfig) -> dict[str, Any]:
 
     out = storage.resolve(config.out)
     marker = storage.resolve(config.out + ".done.json")
+    decoding = config.decoding or recorded_decoding(config.model) or DEFAULT_DECODING
+    wanted = {**config.to_dict(), "decoding": decoding}  # the preset the answers are made with
     if marker.is_file() and out.is_file():
         done = json.loads(storage.read_bytes(marker))
-        saved, wanted = done.get("config", {}), config.to_dict()
+        saved = done.get("config", {})
         changed = [k for k in GENERATION_SETTINGS if saved.get(k) != wanted.get(k)]
         if changed:
             raise ConfigError(f"{config.out} holds answers generated with other settings ({', '.join(changed)} "
@@ -62,7 +74,7 @@ def run_generate(config: GenerateConfig) -> dict[str, Any]:
     files = [f for uri in config.retrieval for f in data_files(uri)]
     settings = {"model": config.model, "tokenizer": config.tokenizer, "top_k": config.top_k,
                 "max_source_length": config.max_source_length, "max_target_length": config.max_target_length,
-                "num_beams": config.num_beams, "threads": max(1, int(config.actor_cpus))}
+                "num_beams": config.num_beams, "decoding": decoding, "threads": max(1, int(config.actor_cpus))}
     written = 0
     digest = hashlib.sha256()
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
@@ -81,7 +93,8 @@ def run_generate(config: GenerateConfig) -> dict[str, Any]:
     if written != count:
         raise RuntimeError(f"generate: {count} questions read but {written} predictions written")
     done = {"predictions": written, "sha256": digest.hexdigest(), "skipped_records": bad.count,
-            "config": config.to_dict()}
+            "config": wanted}
     storage.write_bytes(marker, json.dumps(done, indent=2, ensure_ascii=False).encode("utf-8"))
-    print(f"generate: {written} predictions → {config.out}" + (f" ({bad.count} bad records skipped)" if bad.count else ""))
+    print(f"generate: {written} predictions → {config.out} (decoding {decoding})"
+          + (f" ({bad.count} bad records skipped)" if bad.count else ""))
     return done

@@ -42,12 +42,11 @@ from ray_cora.data.retrieval import (
     format_block,
     iter_questions,
     part_paths,
-    query_text,
     question_blocks,
 )
-from ray_cora.encoders import load_encoder
+from ray_cora.encoders import check_same_encoder, format_query, load_encoder, query_format_for
 from ray_cora.errors import ConfigError, RayCoraError, StorageError
-from ray_cora.index.sharded import INDEX_KIND
+from ray_cora.index.sharded import INDEX_KIND, iter_index_langs
 from ray_cora.languages import parse_langs
 from ray_cora.pipelines.search import DistributedIndex, search_on_actors
 from ray_cora.runtime import ray_session, worker_runtime_env
@@ -62,29 +61,40 @@ JOB_FILE = "retrieve-job.json"
 
 
 class EncodeQuestionBlocks:
-    """``{block, questions}`` → adds ``vectors`` (float32 bytes); the encoder loads once per actor."""
+    """``{block, questions}`` → adds ``vectors`` (float32 bytes) and ``queries`` (what the encoder
+    read); the encoder loads once per actor and must be the model that built the index.
+
+    Questions are written in ``query_format`` when given (``--add-lang``, or what the index records
+    for its encoder), else in the encoder's own (``dpr:``: CORA's ``"{question} [{lang}]"``)."""
 
     def __init__(self, *, encoder: str, expected_dim: int, index: str, threads: int = 1,
-                 add_lang: bool = False) -> None:
-        self.add_lang = add_lang
+                 query_format: str | None = None, recorded: dict | None = None) -> None:
         self.encoder = load_encoder(encoder, threads=threads)
+        self.query_format = query_format or self.encoder.query_format
         self.problem = None
         if self.encoder.dim != expected_dim:
             self.problem = ConfigError(
                 f"query encoder {encoder!r} makes {self.encoder.dim}-d vectors but the index {index} holds "
                 f"{expected_dim}-d vectors: pass the --encoder the index was built with (its manifest "
                 "records it), or leave --encoder out to use that one")
+        elif recorded is not None:
+            try:
+                check_same_encoder(recorded, self.encoder, what=f"index {index}")
+            except ConfigError as exc:
+                self.problem = exc
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         block = str(batch["block"][0])
         if self.problem is not None:
             return {**error_row("block", block, self.problem), "questions": batch["questions"],
-                    "vectors": np.array([b""], dtype=object)}
+                    "vectors": np.array([b""], dtype=object), "queries": np.array([""], dtype=object)}
         questions = json.loads(batch["questions"][0])["questions"]
-        texts = [query_text(q, add_lang=self.add_lang) for q in questions]
+        texts = [format_query(self.query_format, q["question"], q["lang"]) for q in questions]
         vectors = self.encoder.encode_queries(texts).astype(np.float32)
         return {"block": batch["block"], "questions": batch["questions"],
                 "vectors": np.array([vectors.tobytes()], dtype=object),
+                "queries": np.array([json.dumps({"format": self.query_format, "texts": texts}, ensure_ascii=False)],
+                                    dtype=object),
                 "entry": np.array([""], dtype=object), "error": np.array([b""], dtype=object)}
 
 
@@ -92,11 +102,11 @@ class SearchAndWriteBlocks:
     """Searches a block's vectors on the shard-searcher actors, attaches passage texts and writes
     the block's part file, then its marker."""
 
-    def __init__(self, *, searchers: list, store: str, out: str, k: int, dim: int, add_lang: bool,
+    def __init__(self, *, searchers: list, store: str, out: str, k: int, dim: int,
                  timeout_s: float, cache_buckets: int = 64, fault_plan: faults.FaultPlan = faults.EMPTY) -> None:
         self.searchers = searchers
         self.store = PassageStore(store, cache_buckets=cache_buckets)
-        self.out, self.k, self.dim, self.add_lang, self.timeout_s = out, k, dim, add_lang, timeout_s
+        self.out, self.k, self.dim, self.timeout_s = out, k, dim, timeout_s
         # The driver's fault plan (tests only), as in FAISS's big_batch_search: die once at a given
         # block to prove recovery.
         self.faults = fault_plan
@@ -106,27 +116,28 @@ class SearchAndWriteBlocks:
         if batch["error"][0]:
             return {"block": batch["block"], "entry": batch["entry"], "error": batch["error"]}
         try:
-            entry = self.write_block(block, json.loads(batch["questions"][0]), batch["vectors"][0])
+            entry = self.write_block(block, json.loads(batch["questions"][0]), batch["vectors"][0],
+                                     json.loads(batch["queries"][0]))
         except RayCoraError as exc:
             return error_row("block", block, exc)
         return {"block": batch["block"], "entry": np.array([json.dumps(entry)], dtype=object),
                 "error": np.array([b""], dtype=object)}
 
-    def write_block(self, block: str, payload: dict, vector_bytes: bytes) -> dict:
+    def write_block(self, block: str, payload: dict, vector_bytes: bytes, queries: dict) -> dict:
         questions, answers_all = payload["questions"], payload.get("answers_all")
         vectors = np.frombuffer(vector_bytes, dtype=np.float32).reshape(len(questions), self.dim)
         scores, ranked = search_on_actors(self.searchers, vectors, self.k, timeout_s=self.timeout_s)
         passages = self.store.lookup(pid for row in ranked for pid in row)
         source = self.store.artifact.manifest.get("passages", self.store.artifact.root.uri)
         data = format_block(questions, ranked, scores, passages, answers_all=answers_all,
-                            add_lang=self.add_lang, source=source)
+                            queries=queries["texts"], source=source)
         part, marker = part_paths(block)
         root = storage.resolve(self.out)
         storage.write_bytes(root.join(part), data)
         self.faults.die_once_here(faults.RETRIEVE_WRITER_BLOCK, block)  # part written, marker not: redo it
 
         entry = {"block": block, "path": part, "lang": questions[0]["lang"], "count": len(questions),
-                 "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                 "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "query_format": queries["format"]}
         storage.write_bytes(root.join(marker), json.dumps(entry).encode("utf-8"))
         return entry
 
@@ -168,13 +179,17 @@ def run_retrieval(config: RetrieveConfig) -> dict:
     index_encoder = index_manifest["encoder"]
     encoder = config.encoder or index_encoder["spec"]
     dim = int(index_encoder["dim"])
+    # The format the model needs (recorded with the index's encoder), unless --add-lang says otherwise.
+    query_format = query_format_for(config.encoder, index_encoder, add_lang=config.add_lang)
     langs = parse_langs(config.langs) if config.langs else (parse_langs(config.lang) if config.lang else None)
     key = _job_key(config) | {"encoder": encoder}
     check_job_settings(out, JOB_FILE, key, "retrieval run")
 
     passages = config.passages or index_manifest.get("passages")
     store_uri = config.passage_store or out.join("passage-store").uri
-    open_or_build_store(passages, store_uri, num_buckets=config.store_buckets, format=config.passage_format)
+    # Passages the corpus gives no language (CORA's all_w100.tsv) take the one the index recorded.
+    store = open_or_build_store(passages, store_uri, num_buckets=config.store_buckets, format=config.passage_format,
+                                known_langs=lambda: iter_index_langs(config.passage_langs or config.index))
 
     answers_all = (answers_in_all_languages(config.questions, dataset=config.dataset)
                    if config.answers_all else None)
@@ -205,33 +220,40 @@ def run_retrieval(config: RetrieveConfig) -> dict:
                     compute=ActorPoolStrategy(size=config.encoder_actors), num_cpus=config.actor_cpus,
                     num_gpus=config.actor_gpus, runtime_env=worker_runtime_env(),
                     fn_constructor_kwargs={"encoder": encoder, "expected_dim": dim, "index": config.index,
-                                           "threads": config.threads, "add_lang": config.add_lang},
+                                           "threads": config.threads, "query_format": query_format,
+                                           "recorded": index_encoder if config.check_encoder else None},
                 ).map_batches(
                     SearchAndWriteBlocks, batch_size=1, batch_format="numpy",
                     compute=ActorPoolStrategy(size=config.writer_actors), num_cpus=config.actor_cpus,
                     runtime_env=worker_runtime_env(),
                     fn_constructor_kwargs={"searchers": index.actors, "store": store_uri, "out": config.out,
-                                           "k": config.k, "dim": dim, "add_lang": config.add_lang,
+                                           "k": config.k, "dim": dim,
                                            "timeout_s": config.timeout_s, "fault_plan": faults.current()})
                 for entry in iter_entries(results.iter_rows()):
                     done[entry["block"]] = entry
             finally:
                 index.shutdown()
     require_all_blocks(out, done, counts)
-    return commit_retrieval(out, done, counts, config=config, encoder=encoder, started=started)
+    return commit_retrieval(out, done, counts, config=config, encoder=encoder, started=started,
+                            passage_languages=store.get("languages"))
 
 
 def commit_retrieval(out: storage.Location, done: dict[str, dict], counts: dict[str, int], *, config: RetrieveConfig,
-                     encoder: str, started: float) -> dict:
+                     encoder: str, started: float, passage_languages: dict | None = None) -> dict:
     writer = storage.ArtifactWriter(out, kind=RETRIEVAL_KIND, config=config.to_dict())
     per_language: dict[str, int] = {}
     for block in sorted(counts):
         entry = done[block]
         writer.add_existing(entry["path"], size=entry["size"], sha256=entry["sha256"])
         per_language[entry["lang"]] = per_language.get(entry["lang"], 0) + entry["count"]
+    query_formats = sorted({done[b].get("query_format") for b in counts} - {None})
     writer.commit({"k": config.k, "encoder": encoder, "index": config.index, "dataset": config.dataset,
+                   **({"query_format": query_formats[0] if len(query_formats) == 1 else query_formats}
+                      if query_formats else {}),
                    "questions": config.questions, "num_questions": sum(counts.values()),
                    "per_language": dict(sorted(per_language.items())),
+                   # Where the passages' languages came from (corpus column, --lang, the index, unknown).
+                   **({"passage_languages": passage_languages} if passage_languages else {}),
                    "parts": [done[b]["path"] for b in sorted(counts)]})
     summary = {"questions": sum(counts.values()), "blocks": len(counts), "languages": len(per_language),
                "seconds": round(time.perf_counter() - started, 1), "manifest": out.join("manifest.json").uri}

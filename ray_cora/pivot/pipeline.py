@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ray_cora.encoders import load_encoder
+from ray_cora.encoders import check_same_encoder, encoder_record, load_encoder
 from ray_cora.errors import ConfigError
 from ray_cora.languages import normalize_lang
 from ray_cora.pivot.database import PivotDatabase
@@ -38,19 +38,19 @@ class PivotPipeline:
     def load(cls, db: str, *, encoder: str | None = None, reranker: str | None = None,
              labels: str | None = None, translator: str | None = None, k: int = 10,
              threshold: float | None = None, threads: int = 1, mmap: bool = False) -> "PivotPipeline":
-        """Open the database and build the models; the encoder defaults to the database's own.
+        """Open the database and build the models; the encoder defaults to the database's own and
+        must be the same model (:func:`~ray_cora.encoders.check_same_encoder`).
         ``mmap`` memory-maps the index shards: actors on one machine then share one copy of a
         large (million-question) database in the page cache instead of each loading it."""
         database = PivotDatabase.open(db, mmap=mmap)
-        spec = encoder or database.encoder_spec
-        if spec != database.encoder_spec:
-            raise ConfigError(f"encoder {spec!r} differs from the one that built {db} "
-                              f"({database.encoder_spec!r}): questions and database must share a space")
+        model = load_encoder(encoder or database.encoder_spec, threads=threads)
+        # The same model, however its spec is spelled; also catches other bytes at the recorded path.
+        check_same_encoder(database.manifest["encoder"], encoder_record(model), what=f"pivot database {db}")
         # Only the labels this database's answers can use: a full Wikidata table does not fit.
         answer_table = database.rows.table
         label_table = LabelTable.load(labels, answers=answer_table.column("answer").to_pylist(),
                                       qids=answer_table.column("answer_qid").to_pylist()) if labels else None
-        return cls(database, load_encoder(spec, threads=threads),
+        return cls(database, model,
                    AnswerTranslator(label_table,
                                     HFTranslator(translator, threads=threads) if translator else None),
                    CrossEncoder(reranker, threads=threads) if reranker else None, k, threshold)

@@ -35,9 +35,18 @@ from ray import serve
 
 from ray_cora import __version__, storage
 from ray_cora.configs.serve import ServeAppOptions
+from ray_cora.encoders import format_query
 from ray_cora.errors import ConfigError
 from ray_cora.index.sharded import INDEX_KIND, ShardedIndex, merge_pid_arrays
-from ray_cora.serve.core import RetrieverCore, load_generator, load_pivot, pivot_response, shard_group
+from ray_cora.languages import UNKNOWN_LANG
+from ray_cora.serve.core import (
+    RetrieverCore,
+    index_query_format,
+    load_generator,
+    load_pivot,
+    pivot_response,
+    shard_group,
+)
 from ray_cora.serve.schemas import (
     AnswerRequest,
     AnswerResponse,
@@ -149,18 +158,21 @@ class Retriever:
         _set_batching(self.search, config)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def search(self, requests: list[tuple[str, int]]) -> list[list[dict[str, Any]]]:
-        questions, ks = zip(*requests)
+    async def search(self, requests: list[tuple[str, int, str | None]]) -> list[list[dict[str, Any]]]:
+        questions, ks, langs = zip(*requests)
+        # Each question in the encoder's query format; a plain format needs no language (the Ingress
+        # asks for lang when the format writes it).
+        query_langs = [lang or UNKNOWN_LANG for lang in langs] if self.core.needs_lang else None
         # In a thread, so requests keep arriving (and queue for the next batch) while this one runs.
         if not self.groups:
-            return await asyncio.to_thread(self.core.retrieve, questions, ks)
-        vectors = await asyncio.to_thread(self.core.encode, questions)
+            return await asyncio.to_thread(self.core.retrieve, questions, ks, query_langs)
+        vectors = await asyncio.to_thread(self.core.encode, questions, query_langs)
         partials = await asyncio.gather(*(g.search.remote(vectors, max(ks)) for g in self.groups))
         scores, pids = merge_pid_arrays(partials, max(ks))
         return await asyncio.to_thread(self.core.attach, scores, pids, ks)
 
-    async def retrieve(self, question: str, k: int) -> list[dict[str, Any]]:
-        return await self.search((question, k))
+    async def retrieve(self, question: str, k: int, lang: str | None = None) -> list[dict[str, Any]]:
+        return await self.search((question, k, lang))
 
 
 @serve.deployment(name="Generator", max_ongoing_requests=32)
@@ -170,18 +182,24 @@ class Generator:
     def __init__(self, options: dict[str, Any]) -> None:
         opts = ServeAppOptions.model_validate(options)
         self.model = load_generator(opts.generator, tokenizer=opts.generator_tokenizer,
-                                    top_k=opts.answer_passages)
+                                    top_k=opts.answer_passages, decoding=opts.decoding, num_beams=opts.num_beams,
+                                    max_source_length=opts.max_source_length,
+                                    max_target_length=opts.max_target_length)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         _set_batching(self.batch, config)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def batch(self, requests: list[tuple[str, str, list[dict[str, Any]]]]) -> list[str]:
-        questions, langs, passages = zip(*requests)
-        return await asyncio.to_thread(self.model.answer, list(questions), list(langs), list(passages))
+    async def batch(self, requests: list[tuple[str, str, list[dict[str, Any]], str | None]]) -> list[str]:
+        questions, langs, passages, queries = zip(*requests)
+        return await asyncio.to_thread(self.model.answer, list(questions), list(langs), list(passages),
+                                       list(queries))
 
-    async def generate(self, question: str, lang: str, passages: list[dict[str, Any]]) -> str:
-        return await self.batch((question, lang, passages))
+    async def generate(self, question: str, lang: str, passages: list[dict[str, Any]],
+                       query: str | None = None) -> str:
+        """The answer; ``query`` is what the retriever read (as ``ray-cora generate`` gets it from a
+        retrieval record), CORA's question field for the cora preset."""
+        return await self.batch((question, lang, passages, query))
 
 
 @serve.deployment(name="PivotReranker", max_ongoing_requests=64)
@@ -216,6 +234,10 @@ class Ingress:
         self.retriever, self.generator, self.pivot = retriever, generator, pivot
         self.limits = Limits(opts.max_question_chars, opts.max_k, opts.default_k)
         self.answer_passages = opts.answer_passages
+        # Whether questions need their language: the encoder's query format writes it (CORA's mDPR
+        # reads "{question} [{lang}]"); read from the index manifest, without loading the model.
+        self.query_format = index_query_format(opts.index, opts.encoder)
+        self.needs_lang = "{lang}" in self.query_format
         # The FastAPI app object lives once per replica process; the middleware reads these.
         api.state.api_key = api_key
         api.state.limits = self.limits
@@ -228,8 +250,9 @@ class Ingress:
     @api.post("/v1/retrieve", response_model=RetrieveResponse, responses=_ERRORS)
     async def retrieve(self, body: RetrieveRequest) -> dict[str, Any]:
         """Top-k passages, in any language, for a question in any language."""
-        question, lang, k = self.limits.question(body.question), self.limits.lang(body.lang), self.limits.k(body.k)
-        passages = await self.retriever.retrieve.remote(question, k)
+        question, k = self.limits.question(body.question), self.limits.k(body.k)
+        lang = self.limits.lang(body.lang, required=self.needs_lang)
+        passages = await self.retriever.retrieve.remote(question, k, lang)
         return {"question": question, "lang": lang, "k": k, "passages": passages}
 
     @api.post("/v1/answer", response_model=AnswerResponse, responses=_ERRORS)
@@ -239,8 +262,10 @@ class Ingress:
         if self.generator is None:
             raise ClientError(503, "no generator configured: start the app with generator=<mGEN "
                               "checkpoint> (ray-cora serve --generator PATH)")
-        passages = await self.retriever.retrieve.remote(question, self.answer_passages)
-        answer = await self.generator.generate.remote(question, lang, passages)
+        passages = await self.retriever.retrieve.remote(question, self.answer_passages, lang)
+        # The retriever's input rides along: mGEN's cora preset reads it as CORA's question field.
+        answer = await self.generator.generate.remote(question, lang, passages,
+                                                      format_query(self.query_format, question, lang))
         return {"question": question, "lang": lang, "answer": answer, "passages": passages}
 
     @api.post("/v1/pivot", response_model=PivotResponse, responses=_ERRORS)

@@ -13,9 +13,9 @@ from ray_cora import storage
 from ray_cora.data.passage_store import PassageStore, build_passage_store
 from ray_cora.data.passages import iter_passages, passage_files
 from ray_cora.demo import DEMO_PASSAGES, DEMO_PIVOT_DB, DEMO_WIKIDATA_LABELS
-from ray_cora.encoders import load_encoder
+from ray_cora.encoders import PLAIN, check_same_encoder, encoder_record, format_query, load_encoder, query_format_for
 from ray_cora.errors import ConfigError
-from ray_cora.index.sharded import INDEX_KIND, ShardedIndex, commit_index, plan_shards, write_shard
+from ray_cora.index.sharded import INDEX_KIND, ShardedIndex, commit_index, iter_index_langs, plan_shards, write_shard
 from ray_cora.models.mgen import Generator
 from ray_cora.pivot import PivotPipeline, build_database, iter_db_records
 
@@ -33,10 +33,11 @@ LOCAL_STORE_BUCKETS = 8
 
 
 def open_passages(*, passage_store: str | None, passages: str | None, index_manifest: dict | None,
-                  cache_buckets: int = 64) -> PassageStore:
+                  cache_buckets: int = 64, index: str | None = None) -> PassageStore:
     """The :class:`~ray_cora.data.passage_store.PassageStore` texts are looked up in: the committed
     ``passage_store``, or else one built now (in a temporary folder) from ``passages``, the corpus
-    the index manifest names, or — without an index — the demo corpus."""
+    the index manifest names, or — without an index — the demo corpus. Passages the corpus gives no
+    language (CORA's ``all_w100.tsv``) take the one the ``index`` recorded for their pid."""
     if passage_store:
         return PassageStore(passage_store, cache_buckets=cache_buckets)
     source = passages or (index_manifest or {}).get("passages")
@@ -46,7 +47,8 @@ def open_passages(*, passage_store: str | None, passages: str | None, index_mani
                               "pass passages=<the corpus> or passage_store=<a committed store>")
         source = str(DEMO_PASSAGES)
     out = tempfile.mkdtemp(prefix="ray_cora_serve_passages_")
-    build_passage_store(source, out, num_buckets=LOCAL_STORE_BUCKETS)
+    build_passage_store(source, out, num_buckets=LOCAL_STORE_BUCKETS,
+                        known_langs=(lambda: iter_index_langs(index)) if index else None)
     return PassageStore(out, cache_buckets=max(cache_buckets, LOCAL_STORE_BUCKETS))
 
 
@@ -66,10 +68,22 @@ def build_index(encoder, passages: str, out: str, *, shard_size: int = 100_000,
             for i in range(0, len(chunk), batch_size)])
         shards.append(write_shard(out, number, [p["pid"] for p in chunk], vectors,
                                   langs=[p["lang"] for p in chunk]))
-    commit_index(out, shards, encoder={"spec": encoder.spec, "dim": encoder.dim,
-                                       "normalized": encoder.normalized},
+    commit_index(out, shards, encoder=encoder_record(encoder),
                  extra={"passages": passages})
     return out
+
+
+def index_query_format(index: str | None, encoder: str | None) -> str:
+    """How questions to ``index`` are written for query encoder ``encoder`` (default: the one the
+    index records; mUSE without an index), e.g. CORA's mDPR ``"{question} [{lang}]"``. Reads the
+    manifest only, loads no model."""
+    recorded = storage.Artifact(index, kind=INDEX_KIND).manifest["encoder"] if index else None
+    return query_format_for(encoder or (None if recorded else "muse"), recorded)
+
+
+def questions_need_lang(index: str | None, encoder: str | None) -> bool:
+    """Whether questions to ``index`` must come with their language: its query format writes it."""
+    return "{lang}" in index_query_format(index, encoder)
 
 
 def shard_group(num_shards: int, groups: int, group: int) -> list[int]:
@@ -105,29 +119,45 @@ class RetrieverCore:
     index: ShardedIndex | None
     passages: PassageLookup
     index_uri: str
+    # How questions are written for the encoder: what the index records with it (CORA's mDPR:
+    # "{question} [{lang}]"), unless the encoder spec sets its own.
+    query_format: str = PLAIN
+
+    @property
+    def needs_lang(self) -> bool:
+        """Whether a question must come with its language (the query format writes it)."""
+        return "{lang}" in self.query_format
 
     @classmethod
     def load(cls, *, index: str | None, passages: str | None = None, passage_store: str | None = None,
-             encoder: str = "muse", threads: int = 1, device: Any = None, hold_index: bool = True,
+             encoder: str | None = None, threads: int = 1, device: Any = None, hold_index: bool = True,
              cache_buckets: int = 64) -> "RetrieverCore":
-        """Open ``index`` (its encoder must be ``encoder``) with texts from ``passage_store`` (a
+        """Open ``index`` (its encoder must be ``encoder``: the same model, see
+        :func:`~ray_cora.encoders.check_same_encoder`) with texts from ``passage_store`` (a
         committed store) or else a store built now from ``passages`` (see :func:`open_passages`).
         Without an index, embed ``passages`` (default: the demo corpus) into a temporary index first."""
+        if encoder is None:  # the model that built the index, as its manifest records it
+            encoder = storage.Artifact(index, kind=INDEX_KIND).manifest["encoder"]["spec"] if index else "muse"
         model = load_encoder(encoder, threads=threads, device=device)
         if index is None:
             source = passages or str(DEMO_PASSAGES)
             index = build_index(model, source, tempfile.mkdtemp(prefix="ray_cora_serve_index_"))
         manifest = storage.Artifact(index, kind=INDEX_KIND).manifest
-        built_with = manifest["encoder"]["spec"]
-        if built_with != model.spec:
-            raise ConfigError(f"encoder {model.spec!r} differs from the one that built {index} "
-                              f"({built_with!r}): questions and passages must share a space")
+        check_same_encoder(manifest["encoder"], encoder_record(model), what=f"index {index}")
         store = open_passages(passage_store=passage_store, passages=passages, index_manifest=manifest,
-                              cache_buckets=cache_buckets)
-        return cls(model, ShardedIndex.open(index) if hold_index else None, store, index)
+                              cache_buckets=cache_buckets, index=index)
+        return cls(model, ShardedIndex.open(index) if hold_index else None, store, index,
+                   query_format_for(encoder, manifest["encoder"]))
 
-    def encode(self, questions: Sequence[str]) -> np.ndarray:
-        return np.ascontiguousarray(self.encoder.encode_queries(list(questions)), dtype=np.float32)
+    def encode(self, questions: Sequence[str], langs: Sequence[str] | None = None) -> np.ndarray:
+        """Query vectors. With ``langs`` each question is first written in the encoder's
+        ``query_format`` (``"{question} [{lang}]"`` for CORA's mDPR); without, it is encoded as given."""
+        texts = list(questions)
+        if langs is not None:
+            if len(langs) != len(texts):
+                raise ValueError(f"{len(texts)} questions but {len(langs)} languages")
+            texts = [format_query(self.query_format, q, lang) for q, lang in zip(texts, langs)]
+        return np.ascontiguousarray(self.encoder.encode_queries(texts), dtype=np.float32)
 
     def attach(self, scores: np.ndarray, pids: Sequence[Sequence[str]],
                ks: Sequence[int]) -> list[list[dict[str, Any]]]:
@@ -142,14 +172,16 @@ class RetrieverCore:
                  for pid, score in zip(row_pids[:k], row_scores[:k])]
                 for row_pids, row_scores, k in zip(pids, scores, ks)]
 
-    def retrieve(self, questions: Sequence[str], ks: Sequence[int]) -> list[list[dict[str, Any]]]:
-        """Top ``ks[i]`` passages for ``questions[i]``, one batched encode and search for all."""
+    def retrieve(self, questions: Sequence[str], ks: Sequence[int],
+                 langs: Sequence[str] | None = None) -> list[list[dict[str, Any]]]:
+        """Top ``ks[i]`` passages for ``questions[i]`` (in ``langs[i]``, see :meth:`encode`), one
+        batched encode and search for all."""
         if not questions:
             return []
         if self.index is None:
             raise ConfigError("this retriever holds no index (hold_index=False): search its encode() "
                               "vectors on the shard groups, then attach()")
-        scores, pids = self.index.search(self.encode(questions), max(ks))
+        scores, pids = self.index.search(self.encode(questions, langs), max(ks))
         return self.attach(scores, pids, ks)
 
 
@@ -161,10 +193,15 @@ class AnswerGenerator(Protocol):
         ...
 
 
-def load_generator(path: str, *, tokenizer: str | None = None, top_k: int | None = None) -> AnswerGenerator:
-    """The mGEN generator (any HF seq2seq folder) at ``path``; ``tokenizer`` for checkpoints that
-    ship without one (CORA's ``mGEN_model``: mT5's)."""
-    return Generator.load(path, tokenizer=tokenizer, **({"top_k": top_k} if top_k else {}))
+def load_generator(path: str, *, tokenizer: str | None = None, top_k: int | None = None,
+                   decoding: str | None = None, num_beams: int | None = None, max_source_length: int | None = None,
+                   max_target_length: int | None = None) -> AnswerGenerator:
+    """The mGEN generator (any HF seq2seq folder) at ``path``; ``tokenizer`` for checkpoints whose
+    folder has no tokenizer files (mT5's); ``decoding`` None: the preset the folder records, else
+    ``cora`` (see :mod:`ray_cora.models.mgen`); the other settings override the preset's."""
+    return Generator.load(path, tokenizer=tokenizer, decoding=decoding, num_beams=num_beams,
+                          max_source_length=max_source_length, max_target_length=max_target_length,
+                          **({"top_k": top_k} if top_k else {}))
 
 
 class PivotAnswerer(Protocol):

@@ -42,8 +42,9 @@ class _Request(BaseModel):
 
 class RetrieveRequest(_Request):
     question: StrictStr = Field(description="The question, in any language", examples=["富士山の高さは？"])
-    lang: StrictStr | None = Field(None, description="Language code of the question (optional; checked "
-                                   "against ray_cora's language table)", examples=["ja"])
+    lang: StrictStr | None = Field(None, description="Language code of the question, checked against ray_cora's "
+                                   "language table; required when the index's encoder reads questions with "
+                                   "their language, as CORA's mDPR does ('{question} [{lang}]')", examples=["ja"])
     k: StrictInt | None = Field(None, description="Passages to return (1..max_k; default default_k)")
 
 

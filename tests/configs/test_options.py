@@ -13,6 +13,7 @@ from pydantic import Field
 from ray_cora.cli import JOBS, build_parser, main
 from ray_cora.configs import (
     ActorPoolOptions,
+    DecodingOptions,
     DemoConfig,
     EmbedConfig,
     GenerateConfig,
@@ -127,7 +128,7 @@ def test_every_option_of_every_job_has_a_description():
 def test_each_option_is_declared_once():
     """No job keeps an old name as an option of its own; an option a group declares has the
     group's help text, bounds and aliases in every job (a job may change only the default)."""
-    groups = (ActorPoolOptions, TaskOptions, IndexOptions, TrainRunConfig)
+    groups = (ActorPoolOptions, TaskOptions, IndexOptions, DecodingOptions, TrainRunConfig)
     for job in JOBS.values():
         cls = job.config
         assert not set(OLD_NAMES) & set(cls.model_fields), cls.__name__

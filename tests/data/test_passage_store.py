@@ -157,3 +157,37 @@ def test_default_bucket_count_follows_corpus_size(tmp_path):
         with open(folder / name, "wb") as f:
             f.truncate(size)
     assert default_num_buckets(str(folder)) == (2 + 3) * 16  # 5 GiB counted / 64 MiB
+
+
+def test_passages_without_language_take_the_one_known_for_their_pid(tmp_path):
+    """CORA's all_w100.tsv (id, text, title; integer ids; no language): a store built with the
+    per-pid languages an index recorded gives every passage its language; pids the map lacks stay
+    'und', and the manifest says how many came from where."""
+    corpus = tmp_path / "all_w100.tsv"
+    corpus.write_text("".join(f"{i}\ttext number {i}\tTitle {i}\n" for i in range(40)), encoding="utf-8")
+    known = {str(i): ("en" if i < 15 else "ja") for i in range(37)}  # pids 37..39 are in no embedding file
+    tables = [pa.table({"pid": list(known)[:20], "lang": list(known.values())[:20]}),
+              pa.table({"pid": list(known)[20:] + ["999"], "lang": list(known.values())[20:] + ["ja"]}),
+              pa.table({"pid": ["38"], "lang": ["und"]})]  # an index's own 'und' entries fill nothing
+    calls = []
+
+    def known_langs():
+        calls.append(1)
+        return iter(tables)
+
+    manifest = build_passage_store(str(corpus), str(tmp_path / "store"), num_buckets=4, flush_rows=3,
+                                   known_langs=known_langs)
+    store = PassageStore(str(tmp_path / "store"))
+    found = store.lookup(str(i) for i in range(40))
+    assert {pid: row["lang"] for pid, row in found.items()} == {**known, "37": "und", "38": "und", "39": "und"}
+    assert found["3"]["text"] == "text number 3" and found["3"]["title"] == "Title 3"
+    assert manifest["languages"] == {"lang_column": 0, "lang_given": 0, "known_langs": 37, "unknown": 3}
+    assert manifest["per_language"] == {"en": 15, "ja": 22, "und": 3}
+    assert sorted(p["pid"] for p in store.iter_passages()) == sorted(str(i) for i in range(40))
+    assert passage_store.describe_languages(manifest) == \
+        "37 from the index's per-pid languages, 3 unknown ('und')"
+    # A corpus that gives every language never reads the map.
+    _corpus(tmp_path / "c.jsonl", n=9)
+    built = build_passage_store(str(tmp_path / "c.jsonl"), str(tmp_path / "store2"), num_buckets=2,
+                                known_langs=known_langs)
+    assert len(calls) == 1 and built["languages"]["lang_column"] == 9 and built["languages"]["unknown"] == 0

@@ -41,11 +41,18 @@ def test_tsv_without_header_with_lang_column_and_gzip(tmp_path):
     assert [(r["pid"], r["lang"]) for r in rows] == [("ja-1", "ja"), ("zh-9", "zh_cn")]
 
 
-def test_missing_language_is_a_config_error(tmp_path):
-    path = tmp_path / "p.tsv"
-    path.write_text("1\ttext\ttitle\n")
-    with pytest.raises(ConfigError, match="pass --lang"):
-        list(iter_passages(str(path)))
+def test_cora_three_column_tsv_reads_as_it_is_with_unknown_language(tmp_path):
+    # CORA's write_para_data_to_tsv: id, text, title; integer ids; no header, no language column.
+    path = tmp_path / "all_w100.tsv"
+    path.write_text("0\tMount Fuji is 3,776 m high.\tMount Fuji\n1\t富士山は日本一高い山。\t富士山\n",
+                    encoding="utf-8")
+    stats: dict[str, int] = {}
+    rows = list(iter_passages(str(path), stats=stats))
+    assert [(r["pid"], r["lang"], r["title"]) for r in rows] == [("0", "und", "Mount Fuji"), ("1", "und", "富士山")]
+    assert stats["lang_unknown"] == 2 and stats["lang_given"] == stats["lang_column"] == 0
+    given: dict[str, int] = {}
+    assert {r["lang"] for r in iter_passages(str(path), lang="ja", stats=given)} == {"ja"}
+    assert given["lang_given"] == 2
 
 
 @pytest.mark.parametrize("content, reason", [
@@ -79,7 +86,7 @@ def test_skip_policy_keeps_good_records_and_quarantines_bad(tmp_path):
     assert [(r["line"], r["reason"].split(":")[0]) for r in bad.records] == [
         (2, "invalid JSON"), (3, "unknown language code 'xx-nope' in field 'lang'"),
         (5, "expected a JSON object, got list")]
-    assert stats == {"read": 5, "yielded": 2, "bad": 3}
+    assert stats == {"read": 5, "yielded": 2, "bad": 3, "lang_column": 2, "lang_given": 0, "lang_unknown": 0}
     quarantine = [json.loads(l) for l in bad.to_jsonl().decode().splitlines()]
     assert quarantine[0]["raw"] == "{not json" and quarantine[0]["source"].endswith("p.jsonl")
 

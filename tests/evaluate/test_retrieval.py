@@ -4,11 +4,13 @@ pure parts of batch retrieval (passage store, question blocks, retrieval file re
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 
 import pytest
 
+from ray_cora.errors import ConfigError
 from ray_cora.metrics.retrieval import retrieval_metrics, score_retrieval_row
 
 
@@ -154,22 +156,43 @@ def test_add_lang_tags_the_question_as_cora_mdpr_does_and_keeps_the_plain_questi
     assert "query" not in plain
 
 
-@pytest.mark.parametrize("add_lang", [True, False])
-def test_query_encoder_actor_encodes_the_tagged_question_with_add_lang(tiny_bert, add_lang):
+@pytest.mark.parametrize("query_format", ["{question} [{lang}]", "{question}", None])
+def test_query_encoder_actor_encodes_the_question_in_the_query_format(tiny_bert, query_format):
+    """The actor writes questions as told (--add-lang, or what the index records), else in its
+    encoder's own format (hf: plain), and hands the texts on for the records' `query`."""
     import numpy as np
 
-    from ray_cora.encoders import load_encoder
+    from ray_cora.encoders import encoder_record, load_encoder
     from ray_cora.pipelines.retrieve import EncodeQuestionBlocks
 
     bert = tiny_bert  # its vocabulary holds the tagged questions' words and the tags' characters
     questions = [{"qid": "1", "lang": "ja", "question": "日本の首都は？"},
                  {"qid": "2", "lang": "en", "question": "who wrote faust?"}]
-    actor = EncodeQuestionBlocks(encoder=f"hf:{bert}", expected_dim=32, index="i", add_lang=add_lang)
+    actor = EncodeQuestionBlocks(encoder=f"hf:{bert}", expected_dim=32, index="i", query_format=query_format,
+                                 recorded=encoder_record(f"hf:{bert}", dim=32))
     batch = {"block": np.array(["ja-00000"], dtype=object),
              "questions": np.array([json.dumps({"questions": questions})], dtype=object)}
-    vectors = np.frombuffer(actor(batch)["vectors"][0], dtype=np.float32).reshape(2, 32)
-    texts = [f"{q['question']} [{q['lang']}]" if add_lang else q["question"] for q in questions]
+    out = actor(batch)
+    assert not out["error"][0]
+    vectors = np.frombuffer(out["vectors"][0], dtype=np.float32).reshape(2, 32)
+    tagged = query_format == "{question} [{lang}]"
+    texts = [f"{q['question']} [{q['lang']}]" if tagged else q["question"] for q in questions]
     np.testing.assert_allclose(vectors, load_encoder(f"hf:{bert}").encode_queries(texts), atol=1e-5)
+    assert json.loads(out["queries"][0]) == {"format": query_format or "{question}", "texts": texts}
+
+
+def test_query_encoder_actor_refuses_an_encoder_that_did_not_build_the_index(tiny_bert, tiny_cpt):
+    import numpy as np
+
+    from ray_cora.encoders import encoder_record
+    from ray_cora.pipelines.retrieve import EncodeQuestionBlocks
+
+    actor = EncodeQuestionBlocks(encoder=f"hf:{tiny_bert}", expected_dim=32, index="idx",
+                                 recorded=encoder_record(f"dpr:{tiny_cpt}", dim=32))
+    out = actor({"block": np.array(["en-00000"], dtype=object),
+                 "questions": np.array([json.dumps({"questions": []})], dtype=object)})
+    error = pickle.loads(out["error"][0])
+    assert isinstance(error, ConfigError) and "differs from the one that built index idx" in str(error)
 
 
 @pytest.mark.parametrize("block_size", [1, 2, 3, 7])

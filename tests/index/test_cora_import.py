@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import pickle
 
@@ -123,3 +124,34 @@ def test_import_to_sharded_index_across_file_boundaries(tmp_path):
     brute = np.argsort(-(vectors @ vectors.T), axis=1, kind="stable")
     assert [row[0] for row in top] == [ids[row[0]] for row in brute]
     assert sorted(top[0]) == sorted(ids)
+
+
+def test_import_records_each_vectors_language_from_cora_file_names(tmp_path):
+    """CORA's wiki_emb_<lang>_<n> names say which ids are which language; the index keeps it per pid
+    (what a passage store of all_w100.tsv fills its languages from), names without one give 'und',
+    and --lang overrides the names."""
+    from ray_cora.cli import main
+    from ray_cora.index.sharded import iter_index_langs
+
+    rng = np.random.default_rng(1)
+    files = {"wiki_emb_en_0": range(0, 5), "wiki_emb_ja_0": range(5, 9), "wiki_emb_9": range(9, 11)}
+    for name, ids in files.items():
+        (tmp_path / name).write_bytes(pickle.dumps([(str(i), rng.standard_normal(512).astype(np.float32))
+                                                    for i in ids]))
+    inputs = ",".join(str(tmp_path / name) for name in files)
+    out = tmp_path / "index"
+    assert main(["import-embeddings", "--inputs", inputs, "--out", str(out), "--encoder", "muse",
+                 "--passages", str(tmp_path / "all_w100.tsv"), "--shard-size", "3"]) == 0
+    langs = {pid: lang for table in iter_index_langs(str(out))
+             for pid, lang in zip(table.column("pid").to_pylist(), table.column("lang").to_pylist())}
+    assert langs == {**{str(i): "en" for i in range(5)}, **{str(i): "ja" for i in range(5, 9)}, "9": "und", "10": "und"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["per_language"] == {"en": 5, "ja": 4, "und": 2}
+    assert manifest["passages"] == str(tmp_path / "all_w100.tsv")
+    assert manifest["languages"]["per_file"][str(tmp_path / "wiki_emb_ja_0")] == "ja"
+    # CORA's glob, "wiki_emb_*", in natural order; --lang overrides the names.
+    assert main(["import-embeddings", "--inputs", str(tmp_path / "wiki_emb_*"), "--out", str(tmp_path / "index2"),
+                 "--encoder", "muse", "--lang", "de"]) == 0
+    manifest2 = json.loads((tmp_path / "index2" / "manifest.json").read_text())
+    assert manifest2["per_language"] == {"de": 11}
+    assert [os.path.basename(u) for u in manifest2["imported_from"]] == ["wiki_emb_9", "wiki_emb_en_0", "wiki_emb_ja_0"]

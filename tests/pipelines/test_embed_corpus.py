@@ -128,7 +128,12 @@ def test_hf_encoder_through_the_pipeline(ray_local, corpus, tiny_bert, tmp_path)
     out = str(tmp_path / "index")
     embed_corpus(_config(folder, out, encoder=f"hf:{bert}?max_length=64"))
     index = ShardedIndex.open(out)
-    assert index.manifest["encoder"] == {"spec": f"hf:{bert}?max_length=64", "dim": 32, "normalized": False}
+    from ray_cora.encoders import encoder_record
+
+    # What the model is, as the actors loaded it: the same record the spec gives on the driver.
+    assert index.manifest["encoder"] == encoder_record(f"hf:{bert}?max_length=64", dim=32)
+    assert index.manifest["encoder"]["identity"]["max_length"] == 64
+    assert index.manifest["encoder"]["query_format"] == "{question}"
     encoder = load_encoder(f"hf:{bert}?max_length=64")
     vectors = encoder.encode_passages([p["title"] for p in passages], [p["text"] for p in passages])
     queries = encoder.encode_queries(QUESTIONS)

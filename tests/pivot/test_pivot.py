@@ -380,3 +380,21 @@ def test_database_on_local_and_s3_storage(storage_root, muse, labels):
     build_database(records, muse, uri, shard_size=5)
     pipe = PivotPipeline(PivotDatabase.open(uri), muse, AnswerTranslator(labels))
     assert pipe.answer(records[7]["question"], "en")["matched_qid"] == records[7]["qid"]
+
+
+def test_pipeline_accepts_another_spelling_of_the_database_encoder_and_refuses_another_model(
+        tmp_path, tiny_bert, tiny_cpt, tiny_bert_factory):
+    from ray_cora.encoders import load_encoder
+
+    other_bert = tiny_bert_factory(seed=1)  # same tokenizer, other weights
+
+    records = [{"qid": q, "question": question, "answer": answer, "answers": [answer], "answer_qid": None,
+                "source_qid": None}
+               for q, question, answer in (("q1", "How tall is Mount Fuji?", "3,776 metres"),
+                                           ("q2", "Who wrote Faust?", "Goethe"))]
+    db = str(tmp_path / "db")
+    build_database(records, load_encoder(f"dpr:{tiny_cpt}", device="cpu"), db)
+    pipe = PivotPipeline.load(db, encoder=f"dpr:{tiny_cpt}?config={tiny_bert}&tokenizer={tiny_bert}", k=2)
+    assert pipe.encoder.spec.endswith(f"tokenizer={tiny_bert}")
+    with pytest.raises(ConfigError, match=r"differs from the one that built pivot database .*: config "):
+        PivotPipeline.load(db, encoder=f"dpr:{tiny_cpt}?config={other_bert}")

@@ -167,7 +167,51 @@ def test_retriever_refuses_an_index_built_by_another_encoder(tmp_path):
     shard = write_shard(str(tmp_path), 0, pids, np.eye(3, 512, dtype="float32"))
     commit_index(str(tmp_path), [shard], encoder={"spec": "hf:other-model", "dim": 512, "normalized": True})
     with pytest.raises(ConfigError, match="differs from the one that built"):
-        RetrieverCore.load(index=str(tmp_path), passages=str(DEMO_PASSAGES))
+        RetrieverCore.load(index=str(tmp_path), passages=str(DEMO_PASSAGES), encoder="muse")
+
+
+def _tiny_corpus(tmp_path) -> str:
+    rows = [("e", "Eiffel Tower", "The Eiffel Tower is in Paris."), ("f", "Faust", "Goethe wrote Faust."),
+            ("t", "", "Tokyo is the capital of Japan.")]
+    corpus = tmp_path / "tiny.jsonl"
+    corpus.write_text("".join(json.dumps({"pid": p, "lang": "en", "title": t, "text": x}) + "\n" for p, t, x in rows))
+    return str(corpus)
+
+
+def test_retriever_accepts_another_spelling_of_the_model_that_built_the_index(tmp_path, tiny_bert, tiny_cpt):
+    from ray_cora.encoders import load_encoder
+
+    corpus = _tiny_corpus(tmp_path)
+    uri = build_index(load_encoder(f"dpr:{tiny_cpt}", device="cpu"), corpus, str(tmp_path / "index"))
+    manifest_path = tmp_path / "index" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["encoder"]["identity"]["checkpoint_sha256"]  # recorded by build_index
+    for recorded in (manifest["encoder"], {k: manifest["encoder"][k] for k in ("spec", "dim", "normalized")}):
+        # ... and as an index written before identities were recorded has it
+        manifest_path.write_text(json.dumps({**manifest, "encoder": recorded}))
+        core = RetrieverCore.load(index=uri, encoder=f"dpr:{tiny_cpt}?config={tiny_bert}&max_length=64",
+                                  passages=corpus)
+        assert sorted(p["pid"] for p in core.retrieve(["Who wrote Faust?"], [3])[0]) == ["e", "f", "t"]
+    # With languages, questions are written in the encoder's query format (dpr: CORA's tagged form).
+    np.testing.assert_array_equal(core.encode(["Who wrote Faust?"], ["de"]),
+                                  core.encoder.encode_queries(["Who wrote Faust? [de]"]))
+
+
+def test_retriever_refuses_other_weights_at_the_path_that_built_the_index(tmp_path, tiny_bert):
+    from ray_cora.encoders import encoder_record, load_encoder
+    from ray_cora.encoders.tiny import build_tiny_dpr_checkpoint
+
+    corpus, cpt = _tiny_corpus(tmp_path), build_tiny_dpr_checkpoint(tmp_path / "model.cpt", tiny_bert)
+    encoder = load_encoder(f"dpr:{cpt}", device="cpu")
+    pids = ["e", "f", "t"]
+    shard = write_shard(str(tmp_path / "index"), 0, pids, encoder.encode_passages(["", "", ""], pids))
+    commit_index(str(tmp_path / "index"), [shard], encoder=encoder_record(encoder))
+    RetrieverCore.load(index=str(tmp_path / "index"), encoder=f"dpr:{cpt}?config={tiny_bert}", passages=corpus)
+    build_tiny_dpr_checkpoint(cpt, tiny_bert, ctx_seed=2)  # retrained into the same file: same spec, another model
+    refusal = (r"encoder 'dpr:.*model.cpt' differs from the one that built index .* \('dpr:.*model.cpt'\): "
+               r"checkpoint_sha256 \w+… \(recorded\) vs \w+… \(now\)")
+    with pytest.raises(ConfigError, match=refusal):
+        RetrieverCore.load(index=str(tmp_path / "index"), encoder=f"dpr:{cpt}", passages=corpus)
 
 
 def test_retriever_names_a_pid_missing_from_the_passages(demo_core, tmp_path):
@@ -326,8 +370,22 @@ def test_retriever_deployment_fans_each_batch_out_to_every_group_and_merges(spli
 
     body = Retriever.func_or_class({"index": split_index, "shard_groups": 2}, [Group(0), Group(1)])
     assert body.core.index is None  # the index lives in the groups only
-    batch = [("How tall is Mount Fuji?", 3), ("富士山の高さは？", 12), ("Who wrote Don Quixote?", 1)]
+    batch = [("How tall is Mount Fuji?", 3, "en"), ("富士山の高さは？", 12, "ja"), ("Who wrote Don Quixote?", 1, None)]
     got = asyncio.run(Retriever.func_or_class.search.__wrapped__(body, batch))
     assert calls == [(3, 12), (3, 12)]
     whole = RetrieverCore.load(index=split_index)
-    assert got == whole.retrieve([q for q, _ in batch], [k for _, k in batch])
+    assert got == whole.retrieve([q for q, _, _ in batch], [k for _, k, _ in batch])
+
+
+def test_questions_need_lang_when_the_index_encoder_reads_tagged_questions(tmp_path, tiny_cpt):
+    """An index of CORA's mDPR records the query format "{question} [{lang}]": the Ingress then asks
+    /v1/retrieve clients for lang (422 without it); a plain format (mUSE, the demo) does not, and
+    an encoder spec's own query_format wins."""
+    from ray_cora.encoders import encoder_record
+    from ray_cora.serve.core import questions_need_lang
+
+    shard = write_shard(str(tmp_path), 0, ["a"], np.ones((1, 32), dtype="float32"))
+    commit_index(str(tmp_path), [shard], encoder=encoder_record(f"dpr:{tiny_cpt}", dim=32))
+    assert questions_need_lang(str(tmp_path), None)
+    assert not questions_need_lang(str(tmp_path), f"dpr:{tiny_cpt}?query_format=plain")
+    assert not questions_need_lang(None, None)

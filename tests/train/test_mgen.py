@@ -105,7 +105,7 @@ def test_tiny_mgen_overfits_20_pairs_in_3_languages_and_generates_them(tiny_t5, 
 def test_generator_needs_a_tokenizer_when_the_folder_has_none(tiny_t5, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
-    AutoModelForSeq2SeqLM.from_pretrained(tiny_t5).save_pretrained(tmp_path / "mGEN_model")  # like CORA's release
+    AutoModelForSeq2SeqLM.from_pretrained(tiny_t5).save_pretrained(tmp_path / "mGEN_model")  # weights alone
     with pytest.raises(ConfigError, match="no tokenizer files.*pass the tokenizer"):
         Generator.load(str(tmp_path / "mGEN_model"))
     generator = Generator.load(str(tmp_path / "mGEN_model"), tokenizer=tiny_t5, max_target_length=3, device="cpu")
