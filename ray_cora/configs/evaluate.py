@@ -26,8 +26,8 @@ class EvaluateRetrievalConfig(JobConfig):
                           "retrieved per question are left out)")
     heatmap_k: int = Field(10, ge=1, description="Top passages counted in the retrieved-language heatmap")
     groups: Literal["auto", "mkqa", "xor", "none"] = Field(
-        "auto", description="Column groups of the paper table: the CORA paper's MKQA (seen / mGEN-seen / "
-        "unseen) or XOR-TyDi grouping, auto (by the languages present) or none")
+        "auto", description="Column groups of the paper table: the CORA paper's MKQA (seen / mDPR-seen / "
+        "mGEN-seen / unseen) or XOR-TyDi grouping, auto (by the languages present) or none")
     title: str | None = Field(None, description="Title of the report (default: from the input)")
 
     @field_validator("ks")
