@@ -14,7 +14,7 @@ from ray_cora.configs.retrieve import RetrieveConfig
 from ray_cora.configs.train import TrainMDPRConfig, TrainMGENConfig
 from ray_cora.demo import DEMO_PASSAGES, DEMO_QUESTIONS, DEMO_WIKIDATA_LABELS
 from ray_cora.errors import ConfigError
-from ray_cora.languages import parse_langs
+from ray_cora.languages import normalize_lang, parse_langs
 
 TINY = "tiny"
 
@@ -48,6 +48,8 @@ class IterateConfig(RayJobConfig):
     dataset: Literal["mkqa", "xor", "xquad", "squad", "nq", "jsonl"] = Field("jsonl", description="Format of --questions")
     train: list[str] = Field(default_factory=list, description="B_1: DPR retriever JSON/JSONL/Parquet files "
                              "(CORA's released training data); default: built from the gold_pids of --questions")
+    train_lang: str = Field("en", description="Language of --train records without a lang field (DPR's NQ data, "
+                            "CORA's initial mDPR data, is English): language-link mining starts from English ones")
     initial_positives: Literal["same-language", "any-language"] = Field(
         "same-language", description="When B_1 is built from gold_pids: keep only gold passages in the "
         "question's language (what CORA starts from), or all")
@@ -90,6 +92,11 @@ class IterateConfig(RayJobConfig):
     mgen: dict[str, Any] = Field(default_factory=dict, description="Options of train-mgen")
     generate: dict[str, Any] = Field(default_factory=dict, description="Options of generate (dev answers "
                                      "and mining labels)")
+
+    @field_validator("train_lang")
+    @classmethod
+    def _known_train_lang(cls, value: str) -> str:
+        return normalize_lang(value)
 
     @field_validator("mdpr", "embed", "retrieve", "mgen", "generate", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ import json
 import os
 import tempfile
 import time
+from collections import Counter
 from typing import Any, Iterable, Iterator
 
 from ray_cora import storage
@@ -68,13 +69,17 @@ def read_jsonl(uri: str) -> Iterator[dict[str, Any]]:
                 yield json.loads(raw)
 
 
-def iter_dpr_records(files: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """Raw DPR records (with our extra ``qid``/``lang``/``source`` fields) of B_t's files."""
+def iter_dpr_records(files: Iterable[str], *, default_lang: str | None = None) -> Iterator[dict[str, Any]]:
+    """Raw DPR records (with our extra ``qid``/``lang``/``source`` fields) of B_t's files.
+
+    ``default_lang`` is the language of records without a ``lang`` field (DPR's NQ data, which
+    CORA's initial mDPR data is, has none: the dataset is English); such records also get a
+    stable ``qid`` from their question, so mining can key them."""
     bad = BadRecords("error")
     for uri in files:
         for file in data_files(uri):
             for _, obj in iter_raw_records(file, bad):
-                yield obj
+                yield mining.with_record_defaults(obj, lang=default_lang) if default_lang else obj
 
 
 def _upload_dir(local: str, target: storage.Location) -> None:
@@ -257,15 +262,22 @@ class IterativeTraining:
                   "synthetic_examples": sum(1 for _ in read_jsonl(synthetic.uri)) if synthetic else 0}
         return result, outputs + (["synthetic.jsonl"] if synthetic else [])
 
-    def _translated_examples(self, retrieval: storage.Location) -> Iterator[dict[str, Any]]:
-        labels = self.labels()
+    def _translator(self, records: Iterable[dict[str, Any]] = ()) -> Any:
+        """``translate(english_answer, lang)`` → the answer entity's label in ``lang``, or None
+        (Wikidata labels of the training questions' and ``records``' English answers)."""
+        labels = self.labels(records)
+        if labels is None:
+            return None
 
         def translate(answer: str, lang: str) -> str | None:
             qid = labels.match_english(answer)
             return labels.label(qid, lang) if qid else None
 
+        return translate
+
+    def _translated_examples(self, retrieval: storage.Location) -> Iterator[dict[str, Any]]:
         rows = (record for _, _, record in iter_retrieval(retrieval.uri))
-        return mining.translated_answer_examples(rows, translate, self.link_langs())
+        return mining.translated_answer_examples(rows, self._translator(), self.link_langs())
 
     def _dev(self, folder: storage.Location, index: StageResult, question_spec: str, mgen: StageResult):
         c = self.config
@@ -291,17 +303,19 @@ class IterativeTraining:
     def _mine(self, folder: storage.Location, train_files: list[str], retrieval: storage.Location,
               mgen: StageResult, state: dict[str, Any]):
         c = self.config
-        records = list(iter_dpr_records(train_files))
+        records = list(iter_dpr_records(train_files, default_lang=c.train_lang))
         known = mining.known_pairs(records)
         rows = (record for _, _, record in iter_retrieval(retrieval.uri))
         candidates = list(mining.retrieval_candidates(rows, mine_k=c.mine_k, known=known))
         links = self.language_links(mining.english_positive_titles(records))
         link_candidates: list[dict[str, Any]] = []
+        dropped: Counter[str] = Counter()  # language-link articles whose language has no translated answer
         if links is not None:
             requests = list(mining.language_link_requests(records, links, self.link_langs()))
             wanted = {(lang, title) for _, titles in requests for lang, title in titles.items()}
-            link_candidates = list(mining.language_link_candidates(requests, self._passages_by_title(wanted),
-                                                                   known=known))
+            link_candidates = list(mining.language_link_candidates(
+                requests, self._passages_by_title(wanted), known=known, translate=self._translator(records),
+                dropped=dropped))
         seen: set[tuple[str, str, str]] = set()
         unique = []
         for cand in candidates + link_candidates:
@@ -322,11 +336,12 @@ class IterativeTraining:
         labelled = []
         for cid, cand in zip(ids, unique):
             prediction = predictions.get(cid, "")
-            positive = mining.label_is_positive(prediction, cand["answers"], cand["lang"])
+            positive = mining.label_is_positive(prediction, cand["answers"], cand.get("target_lang", cand["lang"]))
             stats.add(cand, positive)
             labelled.append((cand, positive, prediction))
         write_jsonl(folder.join("labelled.jsonl"), (
-            {"qid": cand["qid"], "lang": cand["lang"], "pid": cand["passage"]["pid"],
+            {"qid": cand["qid"], "lang": cand["lang"], "target_lang": cand.get("target_lang", cand["lang"]),
+             "pid": cand["passage"]["pid"],
              "passage_lang": cand["passage"].get("lang"), "source": cand["source"], "prediction": prediction,
              "answers": cand["answers"], "positive": positive} for cand, positive, prediction in labelled))
         new_records = mining.dpr_records((cand, positive) for cand, positive, _ in labelled)
@@ -334,20 +349,23 @@ class IterativeTraining:
         initial_pairs = [(q, p) for q, p, _ in self.data.result["b1_positive_pairs"]]
         summary = stats.to_dict(initial_pairs=initial_pairs)
         summary["new_records"] = len(new_records)
+        summary["language_link_dropped_no_translation"] = dict(sorted(dropped.items()))
         storage.write_bytes(folder.join("stats.json"), json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
         return summary, ["labelled.jsonl"]
 
     # -- language links and labels --
 
-    def labels(self) -> Any:
-        """Wikidata labels for the English training answers (all answer translation needs; a full
-        Wikidata table would not fit in memory), loaded once."""
+    def labels(self, records: Iterable[dict[str, Any]] = ()) -> Any:
+        """Wikidata labels for the English answers of the training questions and of ``records``
+        (all answer translation needs; a full Wikidata table would not fit in memory); loaded again
+        only when ``records`` bring answers not loaded yet."""
         if not self.config.wikidata:
             return None
-        if not hasattr(self, "_labels"):
-            questions = read_jsonl(self.root.join("round-1/data/train_questions.jsonl").uri)
-            answers = [a for q in questions if q.get("lang") == "en" for a in q.get("answers") or ()]
-            self._labels = LabelTable.load(self.config.wikidata, answers=answers, qids=())
+        questions = read_jsonl(self.root.join("round-1/data/train_questions.jsonl").uri)
+        answers = {a: None for q in [*questions, *records] if q.get("lang") == "en" for a in q.get("answers") or ()}
+        if getattr(self, "_label_answers", None) is None or not set(answers) <= self._label_answers:
+            self._labels = LabelTable.load(self.config.wikidata, answers=list(answers), qids=())
+            self._label_answers = set(answers)
         return self._labels
 
     def language_links(self, english_titles: set[str]) -> mining.LanguageLinks | None:

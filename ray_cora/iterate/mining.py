@@ -8,9 +8,12 @@ labelled (question, passage) pairs:
 - **candidates from language links**: for an English example whose positive passage comes from an
   English article, the passages of the *same entity's* articles in the other corpus languages,
   found through Wikidata sitelinks (``enwiki`` title → QID → ``jawiki`` title → passages); the
-  English answer is translated through the same entity's labels (:mod:`ray_cora.pivot.translate`);
-- **labels**: mGEN answers the question from that one passage; the candidate is a positive when
-  the prediction matches a gold answer after the evaluation scorer's normalisation
+  English answer is first translated into each article's language through the answer entity's
+  labels (:mod:`ray_cora.pivot.translate`), and articles whose language has no translation are
+  dropped and counted (CORA §2.2.2);
+- **labels**: mGEN answers the question from that one passage (in the candidate's ``target_lang``);
+  the candidate is a positive when the prediction matches a gold (or translated) answer after the
+  evaluation scorer's normalisation
   (:func:`label_is_positive`), a negative otherwise;
 - ``B_{t+1} = B_t +`` the new pairs, as DPR records (:func:`dpr_records`).
 
@@ -175,6 +178,27 @@ def _english_positive_titles(record: Mapping[str, Any]) -> Iterator[str]:
             yield ctx["title"]
 
 
+def with_record_defaults(record: Mapping[str, Any], *, lang: str) -> dict[str, Any]:
+    """``record`` with ``lang`` where it has none, and a stable ``qid`` from its question where it has
+    none: DPR's NQ training records (CORA's initial mDPR data) carry neither, but the dataset is
+    English, and mining keys questions by qid. Passages without a ``lang`` are left as they are
+    (an English record's positives are taken as English by :func:`english_positive_titles`).
+
+    >>> with_record_defaults({"question": "who wrote faust?", "answers": ["Goethe"]}, lang="en")["lang"]
+    'en'
+    >>> record = {"question": "q", "lang": "ja", "qid": "7"}
+    >>> with_record_defaults(record, lang="en") == record
+    True
+    """
+    out = dict(record)
+    if not out.get("lang"):
+        out["lang"] = lang
+    if out.get("qid") in (None, ""):
+        digest = hashlib.sha1(str(out.get("question", "")).encode("utf-8")).hexdigest()[:16]
+        out["qid"] = str(out["id"]) if out.get("id") not in (None, "") else f"dpr-{digest}"
+    return out
+
+
 def english_positive_titles(records: Iterable[Mapping[str, Any]]) -> set[str]:
     """Titles of the English articles that English records' positives come from: the articles
     :func:`language_link_requests` looks up."""
@@ -199,21 +223,46 @@ def language_link_requests(records: Iterable[Mapping[str, Any]], links: Language
 
 def language_link_candidates(requests: Iterable[tuple[Mapping[str, Any], Mapping[str, str]]],
                              passages_by_title: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], *,
-                             known: set[tuple[str, str, str]]) -> Iterator[dict[str, Any]]:
-    """Candidates: the passages of the linked articles, for the English question."""
+                             known: set[tuple[str, str, str]], translate: Any = None,
+                             dropped: Counter[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Candidates: the passages of the linked articles, for the English question.
+
+    As CORA's §2.2.2 mines them: the English answer is first translated into the article's
+    language L through the answer entity's labels (``translate(answer, L)`` → label or None), and a
+    passage is later labelled by whether mGEN, asked to answer in L, produces that translated
+    answer (``target_lang`` and ``answers``; ``record_answers`` keeps the English ones for the DPR
+    record). An article whose language has no translation of any answer (a non-entity answer) gives
+    no candidate; ``dropped`` counts them per language. Without ``translate`` the English answer
+    is kept and mGEN is asked in English (the earlier behaviour).
+    """
     for record, titles in requests:
         for lang, title in titles.items():
-            for passage in passages_by_title.get((lang, title), ()):
+            passages = passages_by_title.get((lang, title), ())
+            if not passages:
+                continue
+            answers = list(record["answers"])
+            target = "en"
+            if translate is not None:
+                translated = next((label for label in (translate(a, lang) for a in answers) if label), None)
+                if translated is None:
+                    if dropped is not None:
+                        dropped[lang] += 1
+                    continue
+                answers, target = [translated], lang
+            for passage in passages:
                 if (str(record["qid"]), "en", str(passage["pid"])) in known:
                     continue
-                yield {"qid": str(record["qid"]), "lang": "en", "question": record["question"],
-                       "answers": list(record["answers"]), "passage": dict(passage), "source": "language_link"}
+                yield {"qid": str(record["qid"]), "lang": "en", "target_lang": target, "question": record["question"],
+                       "answers": answers, "record_answers": list(record["answers"]), "passage": dict(passage),
+                       "source": "language_link"}
 
 
 def candidate_request(candidate_id: str, candidate: Mapping[str, Any]) -> dict[str, Any]:
     """The retrieval-JSONL row the generate job answers: the question with this one passage."""
     passage = candidate["passage"]
-    return {"qid": candidate_id, "lang": candidate["lang"], "question": candidate["question"],
+    # The language mGEN answers in: a language-link candidate's article language (its answer is
+    # translated), else the question's.
+    return {"qid": candidate_id, "lang": candidate.get("target_lang", candidate["lang"]), "question": candidate["question"],
             "answers": candidate["answers"],
             "ctxs": [{"pid": passage["pid"], "lang": passage.get("lang"), "title": passage.get("title") or "",
                       "text": passage["text"], "score": 0.0}]}
@@ -258,7 +307,8 @@ def dpr_records(labelled: Iterable[tuple[Mapping[str, Any], bool]]) -> list[dict
     by_question: dict[tuple[str, str], dict[str, Any]] = {}
     for candidate, positive in labelled:
         key = (candidate["qid"], candidate["lang"])
-        entry = by_question.setdefault(key, {"question": candidate["question"], "answers": candidate["answers"],
+        answers = candidate.get("record_answers", candidate["answers"])  # the question's own answers
+        entry = by_question.setdefault(key, {"question": candidate["question"], "answers": answers,
                                              "positives": [], "negatives": [], "sources": []})
         (entry["positives"] if positive else entry["negatives"]).append(ctx_of(candidate["passage"]))
         if positive:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections import Counter
 
 import pytest
 
@@ -72,6 +73,32 @@ def test_language_links_find_the_same_entity_in_other_wikipedias():
     known = {("q-fuji-height", "en", "ko-fuji-1")}
     found = list(mining.language_link_candidates(requests, by_title, known=known))
     assert [(c["passage"]["pid"], c["lang"], c["source"]) for c in found] == [("ja-fuji-1", "en", "language_link")]
+    # CORA §2.2.2: the answer is translated first (a^En → a^L through the answer entity's labels), mGEN
+    # is asked in L and labelled against a^L; an article whose language has no translation is dropped.
+    labels = {("3,776 m", "ja"): "3776メートル"}
+    dropped: Counter = Counter()
+    found = list(mining.language_link_candidates(requests, by_title, known=set(),
+                                                 translate=lambda a, lang: labels.get((a, lang)), dropped=dropped))
+    assert [(c["passage"]["pid"], c["lang"], c["target_lang"], c["answers"], c["record_answers"]) for c in found] == \
+        [("ja-fuji-1", "en", "ja", ["3776メートル"], ["3,776 m"])]
+    assert dropped == {"ko": 1}
+    request = mining.candidate_request("c1", found[0])
+    assert (request["lang"], request["question"], request["answers"]) == ("ja", "How tall is Mount Fuji?", ["3776メートル"])
+    # a positive becomes an English question's DPR record with its English answers
+    assert mining.dpr_records([(found[0], True)])[0]["answers"] == ["3,776 m"]
+
+
+def test_dpr_records_without_lang_or_qid_are_english_by_their_dataset():
+    """DPR's NQ records (CORA's initial mDPR data) carry no lang and no qid: iterate's --train-lang
+    (default en) makes them English, keyed by a stable qid, so language-link mining starts from them."""
+    record = {"question": "how tall is mount fuji", "answers": ["3,776 m"],
+              "positive_ctxs": [{"title": "Mount Fuji", "text": "x", "passage_id": "1"}]}
+    filled = mining.with_record_defaults(record, lang="en")
+    assert filled["lang"] == "en" and filled["qid"] == mining.with_record_defaults(dict(record), lang="en")["qid"]
+    assert filled["qid"].startswith("dpr-") and "lang" not in record
+    assert mining.english_positive_titles([filled]) == {"Mount Fuji"}
+    assert mining.english_positive_titles([record]) == set()  # without the default: not recognised
+    assert mining.with_record_defaults({**record, "id": 42}, lang="en")["qid"] == "42"
 
 
 def test_retrieval_candidates_skip_known_pairs_and_unanswerable_questions():
