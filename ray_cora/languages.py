@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ray_cora.errors import ConfigError
 
 __all__ = [
+    "CORA_MINING_LANGS",
     "Language",
     "LANGUAGES",
     "LANG_SETS",
@@ -118,6 +119,11 @@ MUSE_LANGS: tuple[str, ...] = (
     "ar", "zh_cn", "zh_tw", "en", "fr", "de", "it", "ja", "ko", "nl", "pl", "pt", "es", "th",
     "tr", "ru",
 )
+# The 15 languages CORA's iterative training reaches through language links and translated
+# synthetic mGEN answers (Asai et al. 2021, appendix A.2); the iterate job's default for both.
+CORA_MINING_LANGS: tuple[str, ...] = (
+    "ar", "fi", "ja", "ko", "ru", "es", "sv", "he", "th", "da", "fr", "it", "nl", "pl", "pt",
+)
 
 LANG_SETS: dict[str, tuple[str, ...]] = {
     "mkqa": MKQA_LANGS,
@@ -125,6 +131,7 @@ LANG_SETS: dict[str, tuple[str, ...]] = {
     "xor_tydi": XOR_TYDI_LANGS,
     "xquad": XQUAD_LANGS,
     "muse": MUSE_LANGS,
+    "cora_mining": CORA_MINING_LANGS,
 }
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ray_cora.configs.base import RayJobConfig
-from ray_cora.configs.options import ActorPoolOptions
+from ray_cora.configs.options import ActorPoolOptions, EncoderSpec
 from ray_cora.demo import DEMO_PASSAGES, DEMO_QUESTIONS
-from ray_cora.encoders import check_encoder_spec
 
 
 class DemoConfig(ActorPoolOptions, RayJobConfig):
@@ -16,13 +15,9 @@ class DemoConfig(ActorPoolOptions, RayJobConfig):
 
     out: str = Field("demo-out", description="Output folder or URI for report.md, metrics.json, "
                      "retrieval.jsonl and the index")
-    encoder: str = Field("muse", description="Encoder spec for questions and passages")
+    encoder: EncoderSpec = Field("muse", description="Encoder spec for questions and passages")
     passages: str = Field(str(DEMO_PASSAGES), description="Passage file or folder (TSV/JSONL/Parquet)")
     questions: str = Field(str(DEMO_QUESTIONS), description="Questions in ray_cora's QA JSONL format")
     k: int = Field(10, ge=1, le=1000, description="Passages retrieved per question")
     batch_size: int = Field(64, ge=1, description="Texts per encoder batch")
 
-    @field_validator("encoder")
-    @classmethod
-    def _known_encoder(cls, value: str) -> str:
-        return check_encoder_spec(value)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ray_cora.configs.base import RayJobConfig
-from ray_cora.configs.options import ActorPoolOptions, IndexOptions
-from ray_cora.encoders import check_encoder_spec
+from ray_cora.configs.options import ActorPoolOptions, EncoderSpec, IndexOptions, OptionalLangCode
 
 
 class EmbedConfig(ActorPoolOptions, IndexOptions, RayJobConfig):
@@ -18,9 +17,9 @@ class EmbedConfig(ActorPoolOptions, IndexOptions, RayJobConfig):
 
     passages: str = Field(..., description="Passage file or folder (TSV/JSONL/Parquet; path, file:// or s3://)")
     out: str = Field(..., description="Index URI: shards, plan.json and manifest.json (written last) go here")
-    encoder: str = Field("muse", description="Passage encoder spec")
+    encoder: EncoderSpec = Field("muse", description="Passage encoder spec")
     format: Literal["tsv", "jsonl", "parquet"] | None = Field(None, description="Passage format (default: from file names)")
-    lang: str | None = Field(None, description="Language of passages that have no lang field")
+    lang: OptionalLangCode = Field(None, description="Language of passages that have no lang field")
     on_bad_record: Literal["error", "skip"] = Field(
         "error", description="error: stop at the first malformed passage (file:line); skip: leave it out, "
         "count it and write it to <out>/_quarantine/")
@@ -29,7 +28,3 @@ class EmbedConfig(ActorPoolOptions, IndexOptions, RayJobConfig):
     actor_cpus: float = ActorPoolOptions.option("actor_cpus", 1.0)
     threads: int = Field(1, ge=1, description="Math threads per encoder actor on CPU")
 
-    @field_validator("encoder")
-    @classmethod
-    def _known_encoder(cls, value: str) -> str:
-        return check_encoder_spec(value)

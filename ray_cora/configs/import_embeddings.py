@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ray_cora.configs.base import JobConfig
-from ray_cora.encoders import check_encoder_spec
-from ray_cora.languages import normalize_lang
+from ray_cora.configs.options import EncoderSpec, OptionalLangCode
 
 
 class ImportEmbeddingsConfig(JobConfig):
@@ -18,21 +17,13 @@ class ImportEmbeddingsConfig(JobConfig):
     inputs: list[str] = Field(..., description="Embedding files, comma-separated, in order (path, file:// or "
                               "s3://); a name may be a glob, as CORA's \"wiki_emb_*\" (natural order)")
     out: str = Field(..., description="Index URI (shards + manifest.json)")
-    encoder: str = Field(..., description="The encoder spec that made the vectors, recorded in the manifest "
+    encoder: EncoderSpec = Field(..., description="The encoder spec that made the vectors, recorded in the manifest "
                          "(e.g. dpr:/ckpt/mDPR_biencoder_best.cpt); queries use its question side and its "
                          "query format")
     passages: str | None = Field(None, description="The corpus the vectors embed (CORA's all_w100.tsv), recorded "
                                  "so retrieve and serve find passage texts without --passages")
-    lang: str | None = Field(None, description="Language of every vector (default: from CORA's file names "
+    lang: OptionalLangCode = Field(None, description="Language of every vector (default: from CORA's file names "
                              "wiki_emb_<lang>_<n>; und where a name gives none)")
     shard_size: int = Field(1_000_000, ge=1, description="Vectors per shard")
 
-    @field_validator("encoder")
-    @classmethod
-    def _known_encoder(cls, value: str) -> str:
-        return check_encoder_spec(value)
 
-    @field_validator("lang")
-    @classmethod
-    def _known_lang(cls, value: str | None) -> str | None:
-        return normalize_lang(value) if value else None

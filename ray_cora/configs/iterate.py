@@ -10,17 +10,18 @@ from pydantic import Field, ValidationInfo, field_validator
 from ray_cora.configs.base import JobConfig, RayJobConfig
 from ray_cora.configs.embed import EmbedConfig
 from ray_cora.configs.generate import GenerateConfig
+from ray_cora.configs.options import LangCode, OptionalLangCode
 from ray_cora.configs.retrieve import RetrieveConfig
 from ray_cora.configs.train import TrainMDPRConfig, TrainMGENConfig
 from ray_cora.demo import DEMO_PASSAGES, DEMO_QUESTIONS, DEMO_WIKIDATA_LABELS
 from ray_cora.errors import ConfigError
-from ray_cora.languages import normalize_lang, parse_langs
+from ray_cora.languages import CORA_MINING_LANGS, parse_langs
 
 TINY = "tiny"
 
 # The stage jobs whose options can be set per stage, and the options the loop sets itself.
 STAGE_JOBS: dict[str, tuple[type[JobConfig], tuple[str, ...]]] = {
-    "mdpr": (TrainMDPRConfig, ("train", "out", "init", "ray_address", "num_cpus")),
+    "mdpr": (TrainMDPRConfig, ("train", "out", "init", "lang", "ray_address", "num_cpus")),
     "embed": (EmbedConfig, ("passages", "out", "encoder", "format", "lang", "ray_address", "num_cpus")),
     "retrieve": (RetrieveConfig,
                  ("index", "questions", "dataset", "out", "encoder", "lang", "langs", "k", "passages",
@@ -48,7 +49,7 @@ class IterateConfig(RayJobConfig):
     dataset: Literal["mkqa", "xor", "xquad", "squad", "nq", "jsonl"] = Field("jsonl", description="Format of --questions")
     train: list[str] = Field(default_factory=list, description="B_1: DPR retriever JSON/JSONL/Parquet files "
                              "(CORA's released training data); default: built from the gold_pids of --questions")
-    train_lang: str = Field("en", description="Language of --train records without a lang field (DPR's NQ data, "
+    train_lang: LangCode = Field("en", description="Language of --train records without a lang field (DPR's NQ data, "
                             "CORA's initial mDPR data, is English): language-link mining starts from English ones")
     initial_positives: Literal["same-language", "any-language"] = Field(
         "same-language", description="When B_1 is built from gold_pids: keep only gold passages in the "
@@ -63,7 +64,7 @@ class IterateConfig(RayJobConfig):
     corpus: str = Field(str(DEMO_PASSAGES), description="Multilingual passage corpus (TSV/JSONL/Parquet)")
     corpus_format: Literal["tsv", "jsonl", "parquet"] | None = Field(None, description="Corpus format "
                                                                       "(default: from file names)")
-    corpus_lang: str | None = Field(None, description="Language of corpus passages without a lang column "
+    corpus_lang: OptionalLangCode = Field(None, description="Language of corpus passages without a lang column "
                                     "(default: und, or what --corpus-langs records)")
     corpus_langs: str | None = Field(None, description="An index whose per-pid languages fill in passages the "
                                      "corpus gives none (e.g. `ray-cora import-embeddings` of CORA's wiki_emb_* "
@@ -71,8 +72,16 @@ class IterateConfig(RayJobConfig):
     wikidata: str | None = Field(str(DEMO_WIKIDATA_LABELS), description="Wikidata labels + sitelinks: a "
                                  "`ray-cora wikidata labels` output folder or an entity JSONL; empty: no "
                                  "language-link mining and no answer translation")
-    link_langs: str | None = Field(None, description="Languages whose articles language links reach "
-                                   "(default: the training questions' languages)")
+    link_langs: str = Field(",".join(CORA_MINING_LANGS), description="Languages whose articles language links "
+                            "reach (CORA A.2's 15: ar fi ja ko ru es sv he th da fr it nl pl pt; a list or a set "
+                            "name such as mkqa)")
+    synthetic_langs: str = Field(",".join(CORA_MINING_LANGS), description="Languages English answers are "
+                                 "translated into for synthetic mGEN examples (CORA A.2's 15)")
+    synthetic_max_langs: int = Field(10, ge=1, description="Synthetic mGEN data: at most this many of "
+                                     "--synthetic-langs sampled per English question (CORA A.2: 10)")
+    synthetic_fraction: float = Field(0.5, gt=0, le=1, description="Synthetic mGEN data: share of the sampled "
+                                      "(question, language) pairs with a translated answer kept (CORA A.2: 50%)")
+    seed: int = Field(0, description="Seed of the synthetic-data draws")
     mdpr_init: str = Field(..., description="mDPR start: hf:<mBERT name/path>, dpr:<.cpt>, or 'tiny' (a small "
                            "random BERT built from the corpus text: smoke tests only)")
     mgen_init: str = Field(..., description="mGEN start: seq2seq folder/name (google/mt5-base), or 'tiny'")
@@ -84,19 +93,15 @@ class IterateConfig(RayJobConfig):
     mine_k: int = Field(10, ge=1, description="Top retrieved passages per training question that become "
                         "mining candidates")
     answer_translation_after_epoch: int = Field(
-        3, ge=0, description="mGEN: from this epoch on, add English questions with answers translated "
-        "through Wikidata labels (CORA: after the 3rd); >= mgen epochs: never")
+        3, ge=0, description="Round 1's mGEN training: after this many epochs, add the synthetic examples "
+        "(English questions with answers translated through Wikidata labels; CORA A.2: after the 3rd epoch of "
+        "initial training, not in later rounds); >= mgen epochs: never")
     mdpr: dict[str, Any] = Field(default_factory=dict, description="Options of train-mdpr (JSON/YAML mapping)")
     embed: dict[str, Any] = Field(default_factory=dict, description="Options of embed")
     retrieve: dict[str, Any] = Field(default_factory=dict, description="Options of retrieve")
     mgen: dict[str, Any] = Field(default_factory=dict, description="Options of train-mgen")
     generate: dict[str, Any] = Field(default_factory=dict, description="Options of generate (dev answers "
                                      "and mining labels)")
-
-    @field_validator("train_lang")
-    @classmethod
-    def _known_train_lang(cls, value: str) -> str:
-        return normalize_lang(value)
 
     @field_validator("mdpr", "embed", "retrieve", "mgen", "generate", mode="before")
     @classmethod
@@ -108,10 +113,10 @@ class IterateConfig(RayJobConfig):
                 raise ValueError(f"expected a JSON object such as '{{\"epochs\": 2}}' ({exc.msg})") from None
         return value
 
-    @field_validator("link_langs")
+    @field_validator("link_langs", "synthetic_langs")
     @classmethod
-    def _langs(cls, value: str | None) -> str | None:
-        return ",".join(parse_langs(value)) if value else None
+    def _langs(cls, value: str) -> str:
+        return ",".join(parse_langs(value))
 
     @field_validator("mdpr", "embed", "retrieve", "mgen", "generate")
     @classmethod

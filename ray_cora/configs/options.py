@@ -18,14 +18,29 @@ accepted as aliases, in YAML and on the command line (see :func:`~ray_cora.confi
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic.fields import FieldInfo
 
 from ray_cora.configs.base import ConfigModel, aliases
+from ray_cora.encoders import check_encoder_spec
 from ray_cora.index.sharded import IndexSpec, IndexType
+from ray_cora.languages import normalize_lang
 from ray_cora.models.mgen import DecodingName
+
+
+def _optional(check: Any) -> Any:
+    return lambda value: check(value) if value else None
+
+
+# Option types checked where they are declared, so a job config needs no validator of its own:
+# an encoder spec (``muse``, ``hf:…``, ``dpr:…``; one line naming what is wrong) and a language
+# code (canonical: ``zh-Hans`` → ``zh_cn``). The ``Optional…`` forms take ``None``/``""`` as unset.
+EncoderSpec = Annotated[str, AfterValidator(check_encoder_spec)]
+OptionalEncoderSpec = Annotated[str | None, AfterValidator(_optional(check_encoder_spec))]
+LangCode = Annotated[str, AfterValidator(normalize_lang)]
+OptionalLangCode = Annotated[str | None, AfterValidator(_optional(normalize_lang))]
 
 
 class OptionGroup(ConfigModel):

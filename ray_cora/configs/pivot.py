@@ -7,9 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ray_cora.configs.base import RayJobConfig, TrainRunConfig
-from ray_cora.configs.options import ActorPoolOptions, IndexOptions
-from ray_cora.encoders import check_encoder_spec
-from ray_cora.languages import normalize_lang
+from ray_cora.configs.options import ActorPoolOptions, EncoderSpec, IndexOptions, OptionalLangCode
 from ray_cora.pivot.rerank import check_reranker_spec
 
 
@@ -29,17 +27,13 @@ class PivotBuildConfig(ActorPoolOptions, IndexOptions, RayJobConfig):
         "jsonl", description="Input format: jsonl ({qid, question, answer|answers, answer_qid?}), "
         "nq (NQ-open), squad/xquad (SQuAD v1.1 JSON, English)")
     out: str = Field(..., description="Output folder or URI of the database")
-    encoder: str = Field("muse", description="Sentence encoder spec (muse, or hf:<model>?pooling=mean "
+    encoder: EncoderSpec = Field("muse", description="Sentence encoder spec (muse, or hf:<model>?pooling=mean "
                          "for LaBSE / paraphrase-multilingual models)")
     shard_size: int = Field(100_000, ge=1, description="Questions per index shard (and answer part); a "
                             "rerun after a crash redoes only missing or damaged shards")
     batch_size: int = Field(256, ge=1, description="Questions per encoder batch")
     threads: int = Field(1, ge=1, description="CPU threads per encoder actor")
 
-    @field_validator("encoder")
-    @classmethod
-    def _encoder(cls, value: str) -> str:
-        return check_encoder_spec(value)
 
 
 class _PivotQueryConfig(ActorPoolOptions, RayJobConfig):
@@ -50,7 +44,7 @@ class _PivotQueryConfig(ActorPoolOptions, RayJobConfig):
     questions: str = Field(..., description="Questions to answer (path or URI)")
     dataset: Literal["mkqa", "xor", "nq", "xquad", "squad", "jsonl"] = Field(
         "jsonl", description="Question file format")
-    lang: str | None = Field(None, description="Keep only this language (for xquad/squad: the file's language)")
+    lang: OptionalLangCode = Field(None, description="Keep only this language (for xquad/squad: the file's language)")
     reranker: str | None = Field(None, description="Cross-encoder spec hf:<seq-classification model> "
                                  "(RM-MIPS); without it the MIPS top-1 is the match")
     labels: str | None = Field(None, description="Wikidata label table (`ray-cora wikidata labels` output "
@@ -63,10 +57,6 @@ class _PivotQueryConfig(ActorPoolOptions, RayJobConfig):
     mmap: bool = Field(False, description="Memory-map the database's index shards (actors on one machine "
                        "share them; for databases of millions of questions)")
 
-    @field_validator("lang")
-    @classmethod
-    def _lang(cls, value: str | None) -> str | None:
-        return normalize_lang(value) if value else None
 
     @field_validator("reranker")
     @classmethod

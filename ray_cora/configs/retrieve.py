@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ray_cora.configs.base import RayJobConfig
-from ray_cora.encoders import check_encoder_spec
-from ray_cora.languages import normalize_lang, parse_langs
+from ray_cora.configs.options import OptionalEncoderSpec, OptionalLangCode
+from ray_cora.languages import parse_langs
 
 
 class RetrieveConfig(RayJobConfig):
@@ -22,9 +22,9 @@ class RetrieveConfig(RayJobConfig):
     dataset: Literal["mkqa", "xor", "xquad", "squad", "nq", "jsonl"] = Field(
         ..., description="Format of --questions")
     out: str = Field(..., description="Output folder URI: parts/, passage-store/ (default) and manifest.json")
-    lang: str | None = Field(None, description="Only questions in this language")
+    lang: OptionalLangCode = Field(None, description="Only questions in this language")
     langs: str | None = Field(None, description="Only questions in these languages (a,b,... or mkqa/xor/xquad)")
-    encoder: str | None = Field(None, description="Query encoder spec (default: the one recorded in the index "
+    encoder: OptionalEncoderSpec = Field(None, description="Query encoder spec (default: the one recorded in the index "
                                 "manifest; for dpr: checkpoints the question encoder is used)")
     k: int = Field(100, ge=1, le=2000, description="Passages per question",
                    json_schema_extra={"short": "-k"})
@@ -60,15 +60,7 @@ class RetrieveConfig(RayJobConfig):
     threads: int = Field(1, ge=1, description="Math threads per encoder actor on CPU")
     timeout_s: float = Field(600, gt=0, description="Longest wait for one block's search")
 
-    @field_validator("encoder")
-    @classmethod
-    def _known_encoder(cls, value: str | None) -> str | None:
-        return check_encoder_spec(value) if value else None
 
-    @field_validator("lang")
-    @classmethod
-    def _known_lang(cls, value: str | None) -> str | None:
-        return normalize_lang(value) if value else None
 
     @field_validator("langs")
     @classmethod

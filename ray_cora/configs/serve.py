@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ray_cora.configs.base import JobConfig, RayJobConfig
-from ray_cora.configs.options import DecodingOptions
-from ray_cora.encoders import check_encoder_spec
+from ray_cora.configs.options import DecodingOptions, OptionalEncoderSpec
 
 
 class ServeAppOptions(DecodingOptions, JobConfig):
@@ -29,9 +28,9 @@ class ServeAppOptions(DecodingOptions, JobConfig):
                               "g, g+N, ...); the Retriever fans each query batch out to every group and "
                               "merges the top-k exactly. 1: the Retriever holds the whole index; needs "
                               "index when above 1")
-    encoder: str | None = Field(None, description="Question encoder spec; must be the model that built the index "
-                                "(compared by checkpoint checksum and options). Default: the one the index "
-                                "manifest records (mUSE without an index)")
+    encoder: OptionalEncoderSpec = Field(None, description="Question encoder spec; must be the model that built "
+                                         "the index (compared by checkpoint checksum and options). Default: the one "
+                                         "the index manifest records (mUSE without an index)")
     generator: str | None = Field(None, description="mGEN (HF seq2seq) checkpoint path or URI; "
                                   "without one /v1/answer answers 503 'no generator configured'")
     generator_tokenizer: str | None = Field(None, description="Tokenizer folder/name for a generator "
@@ -60,10 +59,6 @@ class ServeAppOptions(DecodingOptions, JobConfig):
     health_check_period_s: float = Field(10.0, gt=0, description="How often Serve checks each replica "
                                          "(a dead replica is replaced after a failed check)")
 
-    @field_validator("encoder")
-    @classmethod
-    def _known_encoder(cls, value: str | None) -> str | None:
-        return check_encoder_spec(value) if value else None
 
     @model_validator(mode="after")
     def _k_in_range(self) -> "ServeAppOptions":

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ray_cora.configs.base import TrainRunConfig
+from ray_cora.languages import normalize_lang
 
 
 class TrainMDPRConfig(TrainRunConfig):
@@ -23,11 +24,30 @@ class TrainMDPRConfig(TrainRunConfig):
     train: list[str] = Field(..., description="Training files or folders (DPR JSON array, .jsonl, .parquet)")
     out: str = Field(..., description="Output URI (local, file://, s3://)")
     init: str = Field(..., description="Start from this encoder: hf:<name-or-path> (e.g. mBERT) or dpr:<.cpt>")
-    dev: list[str] = Field(default_factory=list, description="Dev files: average rank / top-k of the positive")
+    dev: list[str] = Field(default_factory=list, description="Dev files (DPR format): scored at each epoch end "
+                           "(NLL, then average rank from val_av_rank_start_epoch, as CORA); the best epoch's "
+                           "model is published")
+    val_av_rank_start_epoch: int = Field(
+        10000, ge=0, description="Dev score: NLL for this many epochs, then the positive's average rank "
+        "(the best is reset at the switch; CORA's default 10000 = NLL throughout; CORA's README uses 30)")
+    val_av_rank_hard_neg: int = Field(30, ge=0, description="Average-rank dev score: hard negatives per question")
+    val_av_rank_other_neg: int = Field(30, ge=0, description="Average-rank dev score: other negatives per question")
+    dev_batch_size: int = Field(48, ge=1, description="NLL dev score: questions per batch (in-batch negatives; "
+                                "CORA: --dev_batch_size 6 on each of 8 GPUs)")
+    query_format: Literal["plain", "tagged"] | None = Field(
+        None, description="How training writes questions: plain, or tagged \"{question} [{lang}]\" as retrieval "
+        "does; default: the --init encoder's format (dpr: tagged). Recorded in the exported model")
+    lang: str = Field("en", description="Language of training/dev records without a lang field (DPR's NQ data "
+                      "is English); used by the tagged query format")
     shared_encoder: bool = Field(False, description="One transformer for questions and passages")
     segment_ids: Literal["auto", "tokenizer", "zeros"] = Field(
         "auto", description="auto: zeros from a dpr: checkpoint (CORA), else the tokenizer's segment ids")
-    hard_negatives: int = Field(1, ge=0, description="Hard negatives per question")
+    hard_negatives: int = Field(1, ge=0, description="Hard negatives per question (from hard_negative_ctxs)")
+    other_negatives: int = Field(0, ge=0, description="Other negatives per question (from negative_ctxs; CORA: 0)")
+    shuffle_negatives: bool = Field(True, description="Draw the negatives from a pool shuffled each epoch (DPR); "
+                                    "false: always the first ones")
+    shuffle_positives: bool = Field(False, description="A random positive of positive_ctxs each epoch "
+                                    "(DPR's --shuffle_positive_ctx); false: the first")
     max_length: int = Field(256, ge=8, description="Max tokens per question/passage")
     epochs: int = Field(1, ge=1, description="Passes over the training data")
     batch_size: int = Field(128, ge=1, description="Questions per step over all workers (global batch)")
@@ -36,6 +56,11 @@ class TrainMDPRConfig(TrainRunConfig):
     max_grad_norm: float = Field(2.0, ge=0, description="Gradient clipping norm (0: no clipping)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+
+    @field_validator("lang")
+    @classmethod
+    def _known_lang(cls, value: str) -> str:
+        return normalize_lang(value)
 
 
 class TrainMGENConfig(TrainRunConfig):
@@ -50,6 +75,9 @@ class TrainMGENConfig(TrainRunConfig):
     or use a new --out."""
 
     train: list[str] = Field(..., description="Retrieval JSONL files or folders")
+    dev: list[str] = Field(default_factory=list, description="Dev retrieval JSONL files or folders (as --train): "
+                           "greedy-decoding EM at each epoch end; the best epoch's model is published (CORA: "
+                           "val EM, mode max)")
     out: str = Field(..., description="Output URI (local, file://, s3://)")
     init: str = Field(..., description="Seq2seq model folder, s3:// folder or local-HF-cache name (e.g. google/mt5-base)")
     tokenizer: str | None = Field(None, description="Tokenizer source when the model folder has none")

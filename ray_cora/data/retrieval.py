@@ -86,21 +86,6 @@ def part_paths(block: str) -> tuple[str, str]:
 
 
 
-def query_text(question: dict, *, add_lang: bool) -> str:
-    """The text the query encoder sees. With ``add_lang`` the question's language tag is appended
-    after one space, exactly as CORA's mDPR does for ``--add_lang``
-    (AkariAsai/CORA ``mDPR/dense_retriever.py``, ``parse_qa_jsonlines_file``:
-    ``question = "{0} [{1}]".format(question, lang)``); passages are left as they are.
-
-    >>> query_text({"question": "日本の首都は？", "lang": "ja"}, add_lang=True)
-    '日本の首都は？ [ja]'
-    >>> query_text({"question": "Who?", "lang": "en"}, add_lang=False)
-    'Who?'
-    """
-    return f"{question['question']} [{question['lang']}]" if add_lang else question["question"]
-
-
-
 def retrieval_record(question: dict, ctxs: list[dict], *, answers_all: list[str] | None,
                      query: str | None = None) -> dict:
     record = {k: question[k] for k in ("qid", "lang", "question", "answers")}

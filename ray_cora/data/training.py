@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import codecs
 import json
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pyarrow.parquet as pq
 
 from ray_cora import storage
 from ray_cora.data.records import BadRecords
 from ray_cora.data.retrieval import RETRIEVAL_KIND
-from ray_cora.errors import BadRecordError
+from ray_cora.errors import BadRecordError, ConfigError
 from ray_cora.languages import normalize_lang
 from ray_cora.metrics.retrieval import passage_has_answer
 
@@ -172,8 +173,13 @@ def _answers(obj: dict[str, Any], *, required: bool) -> list[str]:
 def dpr_example(obj: Any) -> dict[str, Any]:
     """Check one DPR record and keep what training needs; ``ValueError`` says what is wrong.
 
-    >>> dpr_example({"question": "q?", "answers": ["a"], "positive_ctxs": [{"title": "T", "text": "x"}]})["positive"]
-    {'title': 'T', 'text': 'x'}
+    ``positive`` is the first positive (DPR's gold passage), ``positives`` all of them (for
+    ``shuffle_positives``); ``lang`` is kept only when the record has one (mined records do; DPR's
+    NQ data does not, and the trainer's ``--lang`` fills it in).
+
+    >>> ex = dpr_example({"question": "q?", "answers": ["a"], "lang": "JA", "positive_ctxs": [{"title": "T", "text": "x"}]})
+    >>> ex["positive"], ex["lang"]
+    ({'title': 'T', 'text': 'x'}, 'ja')
     """
     if not isinstance(obj, dict):
         raise ValueError("expected a JSON object")
@@ -181,8 +187,18 @@ def dpr_example(obj: Any) -> dict[str, Any]:
     positives = _ctx_list(obj, "positive_ctxs")
     if not positives:
         raise ValueError("no positive passage ('positive_ctxs' is missing or empty)")
-    return {"question": question, "answers": _answers(obj, required=False), "positive": positives[0],
-            "hard_negatives": _ctx_list(obj, "hard_negative_ctxs"), "negatives": _ctx_list(obj, "negative_ctxs")}
+    example = {"question": question, "answers": _answers(obj, required=False), "positive": positives[0],
+               "positives": positives, "hard_negatives": _ctx_list(obj, "hard_negative_ctxs"),
+               "negatives": _ctx_list(obj, "negative_ctxs")}
+    lang = obj.get("lang")
+    if lang is not None:
+        if not isinstance(lang, str) or not lang.strip():
+            raise ValueError(f"'lang' {lang!r} is not a language code")
+        try:
+            example["lang"] = normalize_lang(lang)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return example
 
 
 def retrieval_example(obj: Any, *, require_answer: bool = True) -> dict[str, Any]:

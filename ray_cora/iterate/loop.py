@@ -23,7 +23,6 @@ import json
 import os
 import tempfile
 import time
-from collections import Counter
 from typing import Any, Iterable, Iterator
 
 from ray_cora import storage
@@ -136,7 +135,7 @@ class IterativeTraining:
         open_or_build_store(c.corpus, store.uri, format=c.corpus_format, lang=c.corpus_lang,
                             known_langs=(lambda: iter_index_langs(c.corpus_langs)) if c.corpus_langs else None)
         if c.train:
-            b1_source, b1 = "given", list(iter_dpr_records(c.train))
+            b1_source, b1 = "given", list(iter_dpr_records(c.train, default_lang=c.train_lang))
         else:
             pids = {str(p) for q in train_q for p in q.get("gold_pids") or []}
             if not pids:
@@ -152,6 +151,15 @@ class IterativeTraining:
                               "try --initial-positives any-language or pass --train")
         write_jsonl(folder.join("b1.jsonl"), b1)
         extra = []
+        # mDPR's dev file (CORA keeps the checkpoint with the best dev NLL / average rank): the dev
+        # questions' gold passages, chosen as B_1's are; none without gold_pids.
+        dev_pids = {str(p) for q in dev_q for p in q.get("gold_pids") or []}
+        dev_dpr = list(mining.initial_examples(dev_q, PassageStore(store.uri).lookup(dev_pids),
+                                               same_language_only=c.initial_positives == "same-language")
+                       ) if dev_pids else []
+        if dev_dpr:
+            write_jsonl(folder.join("dev_dpr.jsonl"), dev_dpr)
+            extra.append("dev_dpr.jsonl")
         for kind, spec in (("mdpr", c.mdpr_init), ("mgen", c.mgen_init)):
             if spec == TINY:
                 texts = [q["question"] for q in train_q] + [a for q in train_q for a in q["answers"]]
@@ -160,7 +168,7 @@ class IterativeTraining:
                 extra.append(f"init/{kind}/config.json")
         langs = sorted({q["lang"] for q in train_q} | {"en"})
         result = {"train_questions": len(train_q), "dev_questions": len(dev_q), "b1_records": len(b1),
-                  "b1_source": b1_source, "train_languages": langs,
+                  "b1_source": b1_source, "train_languages": langs, "dev_dpr_records": len(dev_dpr),
                   "b1_positive_pairs": _pair_list(mining.positive_language_pairs(b1))}
         return result, extra
 
@@ -191,32 +199,47 @@ class IterativeTraining:
         index = self.runner.run(f"{name}/index", lambda f: self._embed(f, spec), upstream=mdpr,
                                 outputs=("index/manifest.json",))
         questions = self.root.join("round-1/data/train_questions.jsonl").uri
+        has_dev = bool(data.result["dev_questions"])
         retrieve = self.runner.run(f"{name}/retrieve",
-                                   lambda f: self._retrieve(f, index, questions, question_spec),
-                                   upstream=index, outputs=("retrieval/manifest.json",))
+                                   lambda f: self._retrieve(f, index, questions, question_spec, with_dev=has_dev),
+                                   upstream=index, outputs=("retrieval/manifest.json",)
+                                   + (("dev-retrieval/manifest.json",) if has_dev else ()))
         retrieval = self.runner.folder(f"{name}/retrieve").join("retrieval")
-        mgen = self.runner.run(f"{name}/mgen", lambda f: self._train_mgen(f, retrieval, state),
-                               upstream=retrieve)
+        mgen = self.runner.run(f"{name}/mgen", lambda f: self._train_mgen(
+            f, retrieval, state, first_round=t == 1, dev_retrieval=retrieve.result.get("dev_retrieval")),
+            upstream=retrieve)
         dev = None
         if data.result["dev_questions"]:
             dev = self.runner.run(f"{name}/dev", lambda f: self._dev(f, index, question_spec, mgen),
                                   upstream=mgen, outputs=("metrics.json",))
+        best_mgen = best_generator(state.get("best_mgen"), {"round": t, "model": mgen.result["model"],
+                                                            "kept": mgen.result.get("kept")})
+        state["best_mgen"] = best_mgen
         mine = None
         if t < c.rounds:
-            mine = self.runner.run(f"{name}/mine", lambda f: self._mine(f, train_files, retrieval, mgen, state),
+            mine = self.runner.run(f"{name}/mine",
+                                   lambda f: self._mine(f, train_files, retrieval, best_mgen["model"], state),
                                    upstream=dev or mgen, outputs=("mined.jsonl", "stats.json"))
             state["mined_files"] = state["mined_files"] + [self.runner.folder(f"{name}/mine").join("mined.jsonl").uri]
-        state["mdpr_spec"], state["mgen_model"] = spec, mgen.result["model"]
+        # CORA trains each round from the previous best checkpoint (mGEN/README.md: --model_name_or_path
+        # /path/to/previous_best_checkpoint); mining labels with it too
+        state["mdpr_spec"], state["mgen_model"] = spec, best_mgen["model"]
         state["upstream"] = mine or dev or mgen
         stats = self._round_stats(t, train_files, mdpr, retrieve, mgen, dev, mine, data)
         return stats
 
     def _train_mdpr(self, folder: storage.Location, train_files: list[str], state: dict[str, Any]):
+        c = self.config
         init = state.get("mdpr_spec") or self.init_spec("mdpr")
-        manifest = train_mdpr(self.config.stage_config("mdpr", train=train_files, out=folder.uri, init=init))
+        options: dict[str, Any] = {"lang": c.train_lang}  # DPR records without lang: the dataset's language
+        dev = self.root.join("round-1/data/dev_dpr.jsonl")
+        if "dev" not in c.mdpr and self.data.result.get("dev_dpr_records"):
+            options["dev"] = [dev.uri]  # the best dev checkpoint is the round's encoder (CORA)
+        manifest = train_mdpr(c.stage_config("mdpr", train=train_files, out=folder.uri, init=init, **options))
         summary = manifest["summary"]
         return {"encoder_spec": summary["encoder_spec"], "init": init, "examples": manifest["examples"],
-                "steps": summary["steps"], "loss": summary["loss"]}, []
+                "steps": summary["steps"], "loss": summary["loss"], "kept": summary.get("kept"),
+                "dev_history": summary.get("dev_history")}, []
 
     def _embed(self, folder: storage.Location, spec: str):
         c = self.config
@@ -225,42 +248,80 @@ class IterativeTraining:
         return {"index": folder.join("index").uri, "encoder": spec, "passages": summary["passages"],
                 "shards": summary["shards"]}, []
 
-    def _retrieve(self, folder: storage.Location, index: StageResult, questions: str, question_spec: str):
+    def _retrieve(self, folder: storage.Location, index: StageResult, questions: str, question_spec: str, *,
+                  with_dev: bool):
+        """The training questions' top-k (mGEN's training data and the mining candidates) and, with a
+        dev set, the dev questions' (what mGEN's best-checkpoint choice is scored on)."""
         c = self.config
-        out = folder.join("retrieval")
-        summary = run_retrieval(c.stage_config(
-            "retrieve", index=index.result["index"], questions=questions, dataset="jsonl", out=out.uri,
-            encoder=question_spec, k=c.k, passage_store=self.root.join("round-1/data/passage-store").uri,
-            # Round 1's question encoder over a later round's passages (B.5) is a deliberate mix.
-            check_encoder=question_spec == index.result["encoder"]))
-        return {"retrieval": out.uri, "questions": summary.get("questions"), "encoder": question_spec}, []
+        runs = [("retrieval", questions)]
+        if with_dev:
+            runs.append(("dev-retrieval", self.root.join("round-1/data/dev_questions.jsonl").uri))
+        result: dict[str, Any] = {"encoder": question_spec}
+        for name, source in runs:
+            out = folder.join(name)
+            summary = run_retrieval(c.stage_config(
+                "retrieve", index=index.result["index"], questions=source, dataset="jsonl", out=out.uri,
+                encoder=question_spec, k=c.k, passage_store=self.root.join("round-1/data/passage-store").uri,
+                # Round 1's question encoder over a later round's passages (B.5) is a deliberate mix.
+                check_encoder=question_spec == index.result["encoder"]))
+            result[name.replace("-", "_")] = out.uri
+            result["questions" if name == "retrieval" else "dev_questions"] = summary.get("questions")
+        return result, []
 
-    def _train_mgen(self, folder: storage.Location, retrieval: storage.Location, state: dict[str, Any]):
+    def _train_mgen(self, folder: storage.Location, retrieval: storage.Location, state: dict[str, Any], *,
+                    first_round: bool, dev_retrieval: str | None):
         c = self.config
         init = state.get("mgen_model") or self.init_spec("mgen")
         epochs = int(c.mgen.get("epochs", 1))
         switch = c.answer_translation_after_epoch
-        synthetic = None
-        if self.config.wikidata and switch < epochs:
+        synthetic, synthetic_stats = None, None
+        # CORA A.2: the synthetic examples join the *initial* mGEN training after its third epoch;
+        # later rounds continue from that model on B_t's retrieval alone.
+        if first_round and self.config.wikidata and switch < epochs:
             synthetic = folder.join("synthetic.jsonl")
-            count = write_jsonl(synthetic, self._translated_examples(retrieval))
-            if not count:
+            synthetic_stats = self._write_synthetic(retrieval, synthetic)
+            storage.write_bytes(folder.join("synthetic_stats.json"),
+                                json.dumps(synthetic_stats, indent=2, ensure_ascii=False).encode("utf-8"))
+            if not synthetic_stats["kept"]:
                 synthetic = None
         parts = [retrieval.uri]  # train-mgen reads a retrieval output's parts
+        # The best dev-EM checkpoint is the phase's model (CORA's callbacks_rag.get_checkpoint_callback).
+        options = {"dev": [dev_retrieval]} if dev_retrieval and "dev" not in c.mgen else {}
         phases = [(n + 1, [*parts, synthetic.uri] if with_synthetic else parts, phase_epochs)
                   for n, (with_synthetic, phase_epochs) in enumerate(
                       mining.mgen_phases(epochs, switch, synthetic is not None))]
-        outputs, steps, model = [], 0, init
+        outputs, steps, model, kept, history = [], 0, init, None, []
         for number, files, phase_epochs in phases:
             out = folder.join(f"phase-{number}")
             manifest = train_mgen(c.stage_config("mgen", train=files, out=out.uri, init=model,
-                                                 tokenizer=c.mgen_tokenizer, top_k=c.top_k, epochs=phase_epochs))
+                                                 tokenizer=c.mgen_tokenizer, top_k=c.top_k, epochs=phase_epochs,
+                                                 **options))
             model = out.join("model").uri
             steps += manifest["steps"]
             outputs.append(f"phase-{number}/model/manifest.json")
-        result = {"model": model, "init": init, "phases": len(phases), "steps": steps,
-                  "synthetic_examples": sum(1 for _ in read_jsonl(synthetic.uri)) if synthetic else 0}
-        return result, outputs + (["synthetic.jsonl"] if synthetic else [])
+            # each phase continues from the previous phase's kept model; the last phase's is the round's
+            kept = manifest.get("kept")
+            history += [{**entry, "phase": number} for entry in manifest.get("dev_history") or []]
+        result = {"model": model, "init": init, "phases": len(phases), "steps": steps, "kept": kept,
+                  "dev_history": history,
+                  "synthetic_examples": synthetic_stats["kept"] if synthetic_stats else 0,
+                  "synthetic": synthetic_stats}
+        extra = ["synthetic_stats.json"] if synthetic_stats else []
+        return result, outputs + extra + (["synthetic.jsonl"] if synthetic else [])
+
+    def _write_synthetic(self, retrieval: storage.Location, target: storage.Location) -> dict[str, Any]:
+        """Synthetic mGEN examples (q^En, a^L, P^En) of CORA A.2, drawn as :class:`mining.SyntheticPlan`
+        says, written to ``target``; returns the draw's counts (per language)."""
+        c = self.config
+
+        def rows() -> Iterator[dict[str, Any]]:
+            return (record for _, _, record in iter_retrieval(retrieval.uri))
+
+        plan = mining.SyntheticPlan.from_rows(rows(), self._translator(), parse_langs(c.synthetic_langs),
+                                              max_langs=c.synthetic_max_langs, keep_fraction=c.synthetic_fraction,
+                                              seed=c.seed)
+        written = write_jsonl(target, plan.examples(rows()))
+        return {**plan.stats, "written": written}
 
     def _translator(self, records: Iterable[dict[str, Any]] = ()) -> Any:
         """``translate(english_answer, lang)`` → the answer entity's label in ``lang``, or None
@@ -274,10 +335,6 @@ class IterativeTraining:
             return labels.label(qid, lang) if qid else None
 
         return translate
-
-    def _translated_examples(self, retrieval: storage.Location) -> Iterator[dict[str, Any]]:
-        rows = (record for _, _, record in iter_retrieval(retrieval.uri))
-        return mining.translated_answer_examples(rows, self._translator(), self.link_langs())
 
     def _dev(self, folder: storage.Location, index: StageResult, question_spec: str, mgen: StageResult):
         c = self.config
@@ -296,12 +353,12 @@ class IterativeTraining:
         renamed = {"batch_size": "generate_batch_size", "actors": "generate_actors",
                    "actor_cpus": "generate_actor_cpus", "actor_gpus": "generate_actor_gpus"}
         options = {renamed.get(k, k): v for k, v in c.generate.items()
-                   if k in ("max_source_length", "max_target_length", "num_beams", *renamed)}
+                   if k in ("decoding", "max_source_length", "max_target_length", "num_beams", *renamed)}
         return {**options, "generator": mgen.result["model"], "generator_tokenizer": c.mgen_tokenizer,
                 "top_k": c.top_k, "mode": c.dev_mode, "sacrebleu": False}
 
     def _mine(self, folder: storage.Location, train_files: list[str], retrieval: storage.Location,
-              mgen: StageResult, state: dict[str, Any]):
+              label_model: str, state: dict[str, Any]):
         c = self.config
         records = list(iter_dpr_records(train_files, default_lang=c.train_lang))
         known = mining.known_pairs(records)
@@ -309,13 +366,13 @@ class IterativeTraining:
         candidates = list(mining.retrieval_candidates(rows, mine_k=c.mine_k, known=known))
         links = self.language_links(mining.english_positive_titles(records))
         link_candidates: list[dict[str, Any]] = []
-        dropped: Counter[str] = Counter()  # language-link articles whose language has no translated answer
+        stats = mining.MiningStats()
         if links is not None:
             requests = list(mining.language_link_requests(records, links, self.link_langs()))
             wanted = {(lang, title) for _, titles in requests for lang, title in titles.items()}
             link_candidates = list(mining.language_link_candidates(
                 requests, self._passages_by_title(wanted), known=known, translate=self._translator(records),
-                dropped=dropped))
+                dropped=stats.dropped_no_translation))
         seen: set[tuple[str, str, str]] = set()
         unique = []
         for cand in candidates + link_candidates:
@@ -329,10 +386,9 @@ class IterativeTraining:
         predictions: dict[str, str] = {}
         if unique:
             labels_loc = folder.join("labels.jsonl")
-            run_generate(c.stage_config("generate", model=mgen.result["model"], retrieval=[requests_loc.uri],
+            run_generate(c.stage_config("generate", model=label_model, retrieval=[requests_loc.uri],
                                         out=labels_loc.uri, tokenizer=c.mgen_tokenizer, top_k=1))
             predictions = {row["qid"]: row["prediction"] for row in read_jsonl(labels_loc.uri)}
-        stats = mining.MiningStats()
         labelled = []
         for cid, cand in zip(ids, unique):
             prediction = predictions.get(cid, "")
@@ -344,13 +400,16 @@ class IterativeTraining:
              "pid": cand["passage"]["pid"],
              "passage_lang": cand["passage"].get("lang"), "source": cand["source"], "prediction": prediction,
              "answers": cand["answers"], "positive": positive} for cand, positive, prediction in labelled))
-        new_records = mining.dpr_records((cand, positive) for cand, positive, _ in labelled)
+        new_records, record_counts = mining.dpr_records(((cand, positive) for cand, positive, _ in labelled),
+                                                        mining.positives_by_question(records))
         write_jsonl(folder.join("mined.jsonl"), new_records)
         initial_pairs = [(q, p) for q, p, _ in self.data.result["b1_positive_pairs"]]
         summary = stats.to_dict(initial_pairs=initial_pairs)
         summary["new_records"] = len(new_records)
-        summary["language_link_dropped_no_translation"] = dict(sorted(dropped.items()))
-        storage.write_bytes(folder.join("stats.json"), json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
+        summary["labelled_with"] = label_model
+        summary.update(record_counts)
+        storage.write_bytes(folder.join("stats.json"),
+                            json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
         return summary, ["labelled.jsonl"]
 
     # -- language links and labels --
@@ -378,9 +437,7 @@ class IterativeTraining:
         return mining.LanguageLinks.from_sitelinks(_jsonl_sitelinks(uri))
 
     def link_langs(self) -> list[str]:
-        if self.config.link_langs:
-            return list(parse_langs(self.config.link_langs))
-        return list(self.data.result["train_languages"])
+        return list(parse_langs(self.config.link_langs))
 
     def _passages_by_title(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
         """One streaming pass over the passages, keeping only the linked articles' passages."""
@@ -415,6 +472,24 @@ class IterativeTraining:
         storage.write_bytes(folder.join("stats.json"), json.dumps(stats, indent=2, ensure_ascii=False).encode("utf-8"))
         storage.write_bytes(folder.join("summary.md"), round_summary(stats).encode("utf-8"))
         return stats
+
+
+def best_generator(best: dict[str, Any] | None, candidate: dict[str, Any]) -> dict[str, Any]:
+    """The better of the best mGEN so far and this round's, by the dev score each kept (``kept``:
+    ``{"metric", "value", ...}``, higher is better: CORA's dev EM); without comparable scores the
+    newer one.
+
+    >>> old = {"round": 1, "model": "m1", "kept": {"metric": "em", "value": 40.0}}
+    >>> best_generator(old, {"round": 2, "model": "m2", "kept": {"metric": "em", "value": 35.0}})["model"]
+    'm1'
+    >>> best_generator(old, {"round": 2, "model": "m2", "kept": None})["model"]
+    'm2'
+    """
+    if best is None or not best.get("kept") or not candidate.get("kept"):
+        return candidate
+    if best["kept"]["metric"] != candidate["kept"]["metric"]:
+        return candidate
+    return best if best["kept"]["value"] > candidate["kept"]["value"] else candidate
 
 
 def _jsonl_sitelinks(uri: str) -> Iterator[tuple[str, str, str]]:

@@ -15,7 +15,11 @@ labelled (question, passage) pairs:
   the candidate is a positive when the prediction matches a gold (or translated) answer after the
   evaluation scorer's normalisation
   (:func:`label_is_positive`), a negative otherwise;
-- ``B_{t+1} = B_t +`` the new pairs, as DPR records (:func:`dpr_records`).
+- ``B_{t+1} = B_t +`` the new pairs, as DPR records (:func:`dpr_records`): mined positives with the
+  question's mined negatives as hard negatives, and mined negatives of questions without a mined
+  positive beside the positive B_t already has for them;
+- **synthetic mGEN data** (CORA A.2, :class:`SyntheticPlan`): English questions answered in up to 10
+  of the 15 mining languages through the answer entity's labels, half of them kept, seeded.
 
 Every record here is a plain dict, so the loop can stream them to JSONL and the tests can build
 them by hand.
@@ -24,6 +28,7 @@ them by hand.
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -31,6 +36,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from ray_cora.metrics.qa import exact_match
 
 SOURCES = ("retrieval", "language_link")
+
 
 # Wikipedia editions are named by language code, except where one Wikipedia serves several of
 # our codes (Chinese in all scripts) or the code differs (Norwegian Bokmål is "no").
@@ -116,11 +122,13 @@ def known_pairs(records: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str
 
 
 def positive_language_pairs(records: Iterable[Mapping[str, Any]]) -> Counter[tuple[str, str]]:
-    """(question language, passage language) → positives, over DPR records with ``lang`` fields."""
+    """(question language, passage language) → positives, over DPR records with ``lang`` fields; a
+    passage without ``lang`` is taken to be in its question's language (DPR's NQ gold paragraphs
+    are English Wikipedia's, as CORA's initial in-language supervision is)."""
     pairs: Counter[tuple[str, str]] = Counter()
     for record in records:
         for ctx in record.get("positive_ctxs") or []:
-            pairs[(str(record.get("lang")), str(ctx.get("lang")))] += 1
+            pairs[(str(record.get("lang")), str(ctx.get("lang") or record.get("lang")))] += 1
     return pairs
 
 
@@ -262,48 +270,82 @@ def candidate_request(candidate_id: str, candidate: Mapping[str, Any]) -> dict[s
     passage = candidate["passage"]
     # The language mGEN answers in: a language-link candidate's article language (its answer is
     # translated), else the question's.
-    return {"qid": candidate_id, "lang": candidate.get("target_lang", candidate["lang"]), "question": candidate["question"],
-            "answers": candidate["answers"],
+    return {"qid": candidate_id, "lang": candidate.get("target_lang", candidate["lang"]),
+            "question": candidate["question"], "answers": candidate["answers"],
             "ctxs": [{"pid": passage["pid"], "lang": passage.get("lang"), "title": passage.get("title") or "",
                       "text": passage["text"], "score": 0.0}]}
 
 
 @dataclass
 class MiningStats:
-    """Counts of one mining round, keyed by (question language → passage language)."""
+    """Counts of one mining round, keyed by (question language → passage language) and source."""
 
-    positives: Counter[tuple[str, str]] = field(default_factory=Counter)
-    negatives: Counter[tuple[str, str]] = field(default_factory=Counter)
-    by_source: Counter[tuple[str, str]] = field(default_factory=Counter)  # (source, "positive"/"negative")
+    labels: Counter[tuple[str, str, str, bool]] = field(default_factory=Counter)  # (q lang, p lang, source, positive)
+    dropped_no_translation: Counter[str] = field(default_factory=Counter)  # link articles per language
     candidates: int = 0
 
     def add(self, candidate: Mapping[str, Any], positive: bool) -> None:
-        pair = (candidate["lang"], str(candidate["passage"].get("lang")))
-        (self.positives if positive else self.negatives)[pair] += 1
-        self.by_source[(candidate["source"], "positive" if positive else "negative")] += 1
+        self.labels[(candidate["lang"], str(candidate["passage"].get("lang")), candidate["source"], positive)] += 1
         self.candidates += 1
+
+    def count(self, *, pair: tuple[str, str] | None = None, source: str | None = None,
+              positive: bool | None = None) -> int:
+        return sum(n for (q, p, src, pos), n in self.labels.items()
+                   if (pair is None or (q, p) == pair) and (source is None or src == source)
+                   and (positive is None or pos == positive))
 
     def to_dict(self, *, initial_pairs: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
         initial = set(initial_pairs)
-        pairs = sorted(set(self.positives) | set(self.negatives))
+        pairs = sorted({(q, p) for q, p, _, _ in self.labels})
+        rows = []
+        for pair in pairs:
+            row = {"question_lang": pair[0], "passage_lang": pair[1],
+                   "positives": self.count(pair=pair, positive=True),
+                   "negatives": self.count(pair=pair, positive=False), "new_pair": pair not in initial}
+            row["by_source"] = {src: {"positives": self.count(pair=pair, source=src, positive=True),
+                                      "negatives": self.count(pair=pair, source=src, positive=False)}
+                                for src in SOURCES}
+            rows.append(row)
         return {
             "candidates": self.candidates,
-            "positives": sum(self.positives.values()),
-            "negatives": sum(self.negatives.values()),
-            "by_source": {source: {"positives": self.by_source[(source, "positive")],
-                                   "negatives": self.by_source[(source, "negative")]} for source in SOURCES},
-            "by_language_pair": [{"question_lang": q, "passage_lang": p, "positives": self.positives[(q, p)],
-                                  "negatives": self.negatives[(q, p)], "new_pair": (q, p) not in initial}
-                                 for q, p in pairs],
-            "new_positive_pairs": sorted(f"{q}->{p}" for (q, p), n in self.positives.items()
-                                         if n and (q, p) not in initial),
+            "positives": self.count(positive=True),
+            "negatives": self.count(positive=False),
+            "by_source": {src: {"positives": self.count(source=src, positive=True),
+                                "negatives": self.count(source=src, positive=False)} for src in SOURCES},
+            "by_language_pair": rows,
+            "new_positive_pairs": sorted(f"{row['question_lang']}->{row['passage_lang']}" for row in rows
+                                         if row["positives"] and row["new_pair"]),
+            "language_link_dropped_no_translation": dict(sorted(self.dropped_no_translation.items())),
         }
 
 
-def dpr_records(labelled: Iterable[tuple[Mapping[str, Any], bool]]) -> list[dict[str, Any]]:
-    """New DPR records from labelled candidates: one per mined positive, with the question's mined
-    negatives as its hard negatives (a question with negatives only adds nothing: DPR needs a
-    positive, and the round's retrieval already supplies easy negatives in-batch)."""
+def positives_by_question(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The positive passages B_t already has per question, keyed by ``(qid, lang)`` and by
+    ``(lang, question text)`` (DPR records from --train get a qid of their own, not the
+    questions file's): where a question with mined negatives only finds its positive."""
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        positives = [dict(ctx) for ctx in record.get("positive_ctxs") or []]
+        if not positives:
+            continue
+        lang = str(record.get("lang", ""))
+        for key in ((str(record.get("qid", "")), lang), (lang, " ".join(str(record.get("question", "")).split()))):
+            found.setdefault(key, []).extend(p for p in positives if p not in found.get(key, []))
+    return found
+
+
+def dpr_records(labelled: Iterable[tuple[Mapping[str, Any], bool]],
+                existing_positives: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]] | None = None,
+                ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """New DPR records from labelled candidates, and counts of what became of the negatives.
+
+    - One record per mined positive, with the question's mined negatives as its hard negatives.
+    - A question with mined negatives only (CORA §2.2.2 adds negatives too): one record with the
+      positive B_t already has for it (``existing_positives``, from :func:`positives_by_question`)
+      and the new negatives as hard negatives; DPR needs a positive per record, so a question
+      without any positive cannot use its negatives (counted as ``negatives_without_positive``).
+    """
+    existing = existing_positives or {}
     by_question: dict[tuple[str, str], dict[str, Any]] = {}
     for candidate, positive in labelled:
         key = (candidate["qid"], candidate["lang"])
@@ -313,33 +355,89 @@ def dpr_records(labelled: Iterable[tuple[Mapping[str, Any], bool]]) -> list[dict
         (entry["positives"] if positive else entry["negatives"]).append(ctx_of(candidate["passage"]))
         if positive:
             entry["sources"].append(candidate["source"])
-    out = []
+    out: list[dict[str, Any]] = []
+    counts = {"records_with_mined_positive": 0, "records_with_mined_negatives_only": 0,
+              "negatives_without_positive": 0}
     for (qid, lang), entry in by_question.items():
+        base = {"qid": qid, "lang": lang, "question": entry["question"], "answers": entry["answers"],
+                "negative_ctxs": [], "hard_negative_ctxs": entry["negatives"]}
         for ctx, source in zip(entry["positives"], entry["sources"]):
-            out.append({"qid": qid, "lang": lang, "question": entry["question"], "answers": entry["answers"],
-                        "positive_ctxs": [ctx], "negative_ctxs": [], "hard_negative_ctxs": entry["negatives"],
-                        "source": f"mined:{source}"})
-    return out
-
-
-def translated_answer_examples(retrieved: Iterable[Mapping[str, Any]], translate: Any,
-                               target_langs: Sequence[str]) -> Iterator[dict[str, Any]]:
-    """Synthetic mGEN examples: an English question, answered in another language.
-
-    ``translate(answer, lang)`` returns the answer's label in ``lang`` through the entity's Wikidata
-    labels, or None (no machine translation here: a wrong synthetic target is worse than none).
-    The question keeps its English text and its retrieved passages; the target-language tag makes
-    mGEN answer in that language, as CORA's answer-entity translation does.
-    """
-    for row in retrieved:
-        if row.get("lang") != "en" or not row.get("answers"):
+            out.append({**base, "positive_ctxs": [ctx], "source": f"mined:{source}"})
+            counts["records_with_mined_positive"] += 1
+        if entry["positives"] or not entry["negatives"]:
             continue
-        for lang in target_langs:
-            if lang == "en":
+        known = existing.get((qid, lang)) or existing.get((lang, " ".join(entry["question"].split())))
+        if known:
+            out.append({**base, "positive_ctxs": [dict(known[0])], "source": "mined:negatives"})
+            counts["records_with_mined_negatives_only"] += 1
+        else:
+            counts["negatives_without_positive"] += len(entry["negatives"])
+    return out, counts
+
+
+def _draw(seed: int, *parts: Any) -> random.Random:
+    """A generator seeded by ``seed`` and ``parts`` alone: the same draw on every run and machine."""
+    text = ":".join(str(p) for p in (seed, *parts))
+    return random.Random(int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], 16))
+
+
+@dataclass
+class SyntheticPlan:
+    """Which (English question, language) pairs become synthetic mGEN examples (CORA A.2).
+
+    Per English question, at most ``max_langs`` of ``langs`` are sampled (seeded by question id);
+    a sampled language whose answer entity has a label there is a *candidate*; then exactly
+    ``round(keep_fraction × candidates)`` candidates are kept, drawn with ``seed``. Build it with
+    :meth:`from_rows` (one pass over the rows), then :meth:`examples` (a second pass) writes them.
+    """
+
+    kept: dict[tuple[str, str], str]  # (qid, lang) -> translated answer
+    stats: dict[str, Any]
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], translate: Any, langs: Sequence[str], *,
+                  max_langs: int = 10, keep_fraction: float = 0.5, seed: int = 0) -> "SyntheticPlan":
+        targets = [lang for lang in dict.fromkeys(langs) if lang != "en"]
+        candidates: list[tuple[tuple[str, str], str]] = []
+        sampled: Counter[str] = Counter()
+        untranslated: Counter[str] = Counter()
+        questions = 0
+        for row in rows:
+            if row.get("lang") != "en" or not row.get("answers"):
                 continue
-            label = translate(row["answers"][0], lang)
-            if label:
-                yield {"qid": f"{row['qid']}@{lang}", "lang": lang, "question": row["question"],
+            questions += 1
+            qid = str(row["qid"])
+            for lang in _draw(seed, "langs", qid).sample(targets, min(max_langs, len(targets))):
+                sampled[lang] += 1
+                label = next((t for t in (translate(a, lang) for a in row["answers"]) if t), None)
+                if label:
+                    candidates.append(((qid, lang), label))
+                else:
+                    untranslated[lang] += 1
+        keep = round(keep_fraction * len(candidates))
+        chosen = sorted(_draw(seed, "subsample").sample(range(len(candidates)), keep))
+        kept = dict(candidates[i] for i in chosen)
+        kept_per_lang = Counter(lang for _, lang in kept)
+        per_language = {lang: {"sampled": sampled[lang], "no_translation": untranslated[lang],
+                               "candidates": sampled[lang] - untranslated[lang], "kept": kept_per_lang[lang]}
+                        for lang in targets if sampled[lang]}
+        stats = {"english_questions": questions, "languages": targets, "max_langs": max_langs,
+                 "keep_fraction": keep_fraction, "seed": seed, "sampled": sum(sampled.values()),
+                 "candidates": len(candidates), "kept": len(kept), "per_language": per_language}
+        return cls(kept, stats)
+
+    def examples(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The kept examples: the English question and its retrieved (English-question) passages,
+        answered in the sampled language; the language tag makes mGEN answer in it."""
+        by_qid: dict[str, list[tuple[str, str]]] = {}
+        for (qid, lang), label in self.kept.items():
+            by_qid.setdefault(qid, []).append((lang, label))
+        for row in rows:
+            if row.get("lang") != "en":
+                continue
+            qid = str(row["qid"])
+            for lang, label in by_qid.get(qid, ()):
+                yield {"qid": f"{qid}@{lang}", "lang": lang, "question": row["question"],
                        "answers": [label], "ctxs": list(row.get("ctxs") or []), "synthetic": True}
 
 

@@ -57,6 +57,7 @@ from typing import Any, Literal
 from ray_cora import storage
 from ray_cora.encoders.hf import has_tokenizer, load_config, load_tokenizer, local_model_dir
 from ray_cora.errors import ConfigError
+from ray_cora.metrics.qa import exact_match, f1
 from ray_cora.metrics.retrieval import passage_has_answer
 
 # torch / transformers are imported inside the functions that use them (3.4 s + 2.0 s cold here):
@@ -69,6 +70,7 @@ DEFAULT_MAX_TARGET = 25
 GENERATOR_FILE = "ray_cora_generator.json"  # what a model folder says about its decoding (MGENTask.export)
 DecodingName = Literal["cora", "greedy"]
 DEFAULT_DECODING: DecodingName = "cora"  # a folder that records nothing: CORA's mGEN_model, any HF seq2seq
+DEV_BATCH_SIZE = 32  # questions per generate() call when scoring dev answers during training
 
 
 def format_source(question: str, lang: str, passages: Sequence[dict[str, Any]], *, top_k: int) -> str:
@@ -405,7 +407,9 @@ class MGENTask:
             self.build()
         return self._tok
 
-    def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+    def collate(self, examples: list[dict[str, Any]], *, epoch: int = 0) -> dict[str, Any]:
+        """Input and label ids; ``epoch`` is not used: the passage draw (:func:`training_passages`)
+        is the same every epoch, as CORA's training files are written once."""
         tok = self.tok()
         sources = [format_source(ex["question"], ex["lang"],
                                  training_passages(ex, top_k=self.top_k, choice=self.passage_choice,
@@ -437,6 +441,24 @@ class MGENTask:
                                                           "max_target_length": self.max_target_length})
         with open(os.path.join(folder, GENERATOR_FILE), "w", encoding="utf-8") as stream:
             json.dump(record, stream, indent=2)
+
+    def dev_metrics(self, model: Any, examples: Sequence[dict[str, Any]], device: Any, *,
+                    metric: str = "em") -> dict[str, float]:
+        """Exact match and token F1 (XOR-TyDi's scorer, :mod:`ray_cora.metrics.qa`) of the greedy
+        answers from the ranked top-k passages, as inference reads them; higher is better (CORA's
+        mGEN checkpoints are kept by val EM, ``callbacks_rag.py`` ``get_checkpoint_callback``)."""
+        if metric not in ("em", "f1"):
+            raise ValueError(f"mGEN has no dev metric {metric!r}; expected em or f1")
+        generator = self.generator(model, device=device)
+        predictions: list[str] = []
+        for start in range(0, len(examples), DEV_BATCH_SIZE):
+            chunk = examples[start:start + DEV_BATCH_SIZE]
+            predictions += generator.answer([ex["question"] for ex in chunk], [ex["lang"] for ex in chunk],
+                                            [ex["ctxs"] for ex in chunk])
+        n = max(len(examples), 1)
+        return {"em": sum(exact_match(p, ex["answers"], ex["lang"], mode="xor")
+                          for p, ex in zip(predictions, examples)) / n,
+                "f1": sum(f1(p, ex["answers"], ex["lang"], mode="xor") for p, ex in zip(predictions, examples)) / n}
 
     def generator(self, model: Any, **kwargs: Any) -> Generator:
         settings = {"top_k": self.top_k, "decoding": "greedy", "max_source_length": self.max_source_length,

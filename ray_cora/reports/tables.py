@@ -27,13 +27,13 @@ def retrieval_markdown(table: dict[str, dict], ks: Sequence[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Language groups of the CORA paper (Asai et al., NeurIPS 2021, arXiv:2107.11976), §3.1 and
-# Tables 2-3. Table 3 (MKQA, 26 languages): "seen" languages have annotated training data for both
-# mDPR and mGEN (NQ for en; XOR-TyDi QA for ar, fi, ja, ko, ru); "mDPR-seen" ones (es, sv, he, th)
-# are seen by mDPR's training only, "mGEN-seen" ones by mGEN's only (through the Wikidata-linked
-# synthetic data, A.2), as §3.1 groups them; the remaining 9 are unseen (the
-# abstract: "26 languages, 9 of which are unseen during training"). Table 2 (XOR-TyDi QA): its 7
-# languages (ar, bn, fi, ja, ko, ru, te), all seen.
+# Language groups of the CORA paper (Asai et al., NeurIPS 2021, arXiv:2107.11976), §3.1. MKQA
+# (Tables 2-3, 26 languages): "seen" languages have annotated training data for both mDPR and mGEN
+# (NQ for en; XOR-TyDi QA for ar, fi, ja, ko, ru); "mDPR-seen" ones (es, sv, he, th) are seen by
+# mDPR's training only, "mGEN-seen" ones by mGEN's only (through the Wikidata-linked synthetic
+# data, A.2), as §3.1 groups them; the remaining 9 are unseen (the abstract: "26 languages, 9 of
+# which are unseen during training"). XOR-TyDi QA (Table 1): its 7 languages (ar, bn, fi, ja, ko,
+# ru, te), all seen.
 # Note: CORA scored MKQA with the XOR scorer over answerable questions only (eval_mkqa_all.py),
 # i.e. `--mode xor`, not the official MKQA scorer.
 CORA_MKQA_GROUPS: dict[str, list[str]] = {

@@ -81,11 +81,6 @@ def index_query_format(index: str | None, encoder: str | None) -> str:
     return query_format_for(encoder or (None if recorded else "muse"), recorded)
 
 
-def questions_need_lang(index: str | None, encoder: str | None) -> bool:
-    """Whether questions to ``index`` must come with their language: its query format writes it."""
-    return "{lang}" in index_query_format(index, encoder)
-
-
 def shard_group(num_shards: int, groups: int, group: int) -> list[int]:
     """Shard positions held by ``group`` of ``groups`` (round-robin, as
     :class:`~ray_cora.pipelines.search.DistributedIndex` spreads shards over actors).

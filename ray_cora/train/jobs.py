@@ -39,17 +39,20 @@ from ray_cora.train.loop import (
     RunSettings,
     check_batching,
     fit,
-    load_final_model,
+    kept_checkpoint,
+    load_checkpoint_model,
     publish_model,
+    read_progress,
     settings_dict,
 )
+from ray_cora.train.selection import SelectionRule
 
 RUN_NAME = "ray-train"
 RUN_CONFIG = "run_config.json"
-# Options that may change between a run and its resumption: where and how wide it runs, what it
-# reports on (dev), where it writes (out).
+# Options that may change between a run and its resumption: where and how wide it runs, where it
+# writes (out). Not dev: it decides which checkpoint is kept and published.
 RUNTIME_OPTIONS = frozenset({"ray_address", "num_cpus", "num_workers", "use_gpu", "cpus_per_worker",
-                             "max_failures", "dev", "out"})
+                             "max_failures", "out"})
 
 
 def _training_options(config: TrainRunConfig) -> dict[str, Any]:
@@ -100,11 +103,33 @@ def _settings(config: TrainMDPRConfig | TrainMGENConfig, steps: int, *, grad_acc
                         seed=config.seed, use_gpu=config.use_gpu)
 
 
+def mdpr_selection(config: TrainMDPRConfig) -> SelectionRule:
+    """CORA's mDPR rule (``train_dense_encoder.py`` ``validate_and_save``): dev NLL for
+    ``val_av_rank_start_epoch`` epochs, then the average rank, lower is better."""
+    return SelectionRule("nll", "min", switch_metric="avg_rank", switch_epoch=config.val_av_rank_start_epoch)
+
+
+# CORA's mGEN rule (mGEN/callbacks_rag.py get_checkpoint_callback: monitor="val_em", mode="max").
+MGEN_SELECTION = SelectionRule("em", "max")
+
+
+def _read_dev(config: TrainMDPRConfig | TrainMGENConfig, kind: str) -> list[dict[str, Any]]:
+    """The dev examples, read on the driver (they are small and travel to rank 0 with the config)."""
+    if not config.dev:
+        return []
+    dev = list(iter_examples(config.dev, kind, BadRecords(config.on_bad_record)))
+    if not dev:
+        raise ConfigError(f"option 'dev': {', '.join(config.dev)} holds no valid {kind} record; fix the files "
+                          "or leave --dev out")
+    return dev
+
+
 def _run(config: TrainMDPRConfig | TrainMGENConfig, task: Any, kind: str, *, grad_accumulation: int,
-         model_kind: str) -> tuple[dict[str, Any], Any, Any]:
+         model_kind: str, selection: SelectionRule | None) -> tuple[dict[str, Any], Any, Any]:
     count, skipped = _scan(config, kind)
     steps = check_batching(batch_size=config.batch_size, num_workers=config.num_workers,
                            grad_accumulation=grad_accumulation, examples=count)
+    dev = _read_dev(config, kind)
     settings = _settings(config, steps, grad_accumulation=grad_accumulation)
     run = RunSettings(num_workers=config.num_workers, use_gpu=config.use_gpu,
                       cpus_per_worker=config.cpus_per_worker, max_failures=config.max_failures)
@@ -114,21 +139,54 @@ def _run(config: TrainMDPRConfig | TrainMGENConfig, task: Any, kind: str, *, gra
                                                      ensure_ascii=False).encode("utf-8"))
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
         result = fit(task, settings, training_dataset(config.train, kind), out=config.out, run=run,
-                     name=RUN_NAME)
+                     name=RUN_NAME, dev=dev, selection=selection if dev else None)
     if result.error is not None:
         raise result.error
-    model, progress = load_final_model(task, result)
+    if result.checkpoint is None:
+        raise ConfigError("training reported no checkpoint; see the Ray Train logs above")
+    final = read_progress(result.checkpoint)
+    selected = final.get("selection") or {}
+    kept = selected.get("kept")
+    model, kept_progress = load_checkpoint_model(task, kept_checkpoint(result) if dev else result.checkpoint)
+    if kept is not None and kept_progress["step"] != kept["step"]:
+        raise ConfigError(f"the best dev checkpoint (step {kept['step']}) is gone from {config.out}/{RUN_NAME} "
+                          f"(Ray Train kept step {kept_progress['step']}); train into a new --out")
     model_uri = storage.resolve(config.out).join("model").uri
-    extra = {"examples": count, "skipped_records": skipped, "steps": progress["step"], "final": progress,
-             "loop": settings_dict(settings)}
+    extra = {"examples": count, "skipped_records": skipped, "steps": final["step"], "final": final_summary(final),
+             "kept": kept, "dev_history": selected.get("history", []), "loop": settings_dict(settings)}
     manifest = publish_model(task, model, model_uri, kind=model_kind, config=config.to_dict(), extra=extra)
     return manifest, model, model_uri
 
 
+def final_summary(progress: dict[str, Any]) -> dict[str, Any]:
+    """The last checkpoint's progress without the dev history (recorded once, as ``dev_history``)."""
+    return {k: v for k, v in progress.items() if k != "selection"}
+
+
+def kept_line(kept: dict[str, Any] | None) -> str:
+    """``"; kept epoch 2 (dev nll 0.4123)"`` for a run with dev data, else ``""``.
+
+    >>> kept_line({"epoch": 2, "step": 8, "metric": "em", "value": 0.5})
+    '; kept epoch 2 (dev em 0.5000)'
+    """
+    return f"; kept epoch {kept['epoch']} (dev {kept['metric']} {kept['value']:.4f})" if kept else ""
+
+
+def mdpr_task(config: TrainMDPRConfig) -> MDPRTask:
+    return MDPRTask(init=config.init, shared_encoder=config.shared_encoder, max_length=config.max_length,
+                    hard_negatives=config.hard_negatives, other_negatives=config.other_negatives,
+                    shuffle_negatives=config.shuffle_negatives, shuffle_positives=config.shuffle_positives,
+                    seed=config.seed, segment_ids=config.segment_ids, query_format=config.query_format,
+                    lang=config.lang, dev_batch_size=config.dev_batch_size,
+                    val_av_rank_hard_neg=config.val_av_rank_hard_neg,
+                    val_av_rank_other_neg=config.val_av_rank_other_neg)
+
+
 def train_mdpr(config: TrainMDPRConfig) -> dict[str, Any]:
-    """Train, publish ``<out>/model`` (``hf:`` bi-encoder folder); returns its manifest."""
-    task = MDPRTask(init=config.init, shared_encoder=config.shared_encoder, max_length=config.max_length,
-                    hard_negatives=config.hard_negatives, segment_ids=config.segment_ids)
+    """Train, publish ``<out>/model`` (``hf:`` bi-encoder folder: the best dev epoch's with ``dev``,
+    else the last); returns its manifest with ``summary`` (``encoder_spec``, ``steps``, ``loss``,
+    ``kept``, ``dev_history``, and ``dev``: the published model's ranking of the dev set)."""
+    task = mdpr_task(config)
     done = check_rerun(config, "train-mdpr")
     if done is not None:
         summary_loc = storage.resolve(config.out).join("summary.json")
@@ -136,24 +194,28 @@ def train_mdpr(config: TrainMDPRConfig) -> dict[str, Any]:
             summary = json.loads(storage.read_bytes(summary_loc))
         else:  # stopped between publishing and the summary: rebuild the part the loop needs
             summary = {"encoder_spec": export_spec(storage.resolve(config.out).join("model").uri, task),
-                       "steps": done["steps"], "loss": done["final"]["loss"]}
+                       "steps": done["steps"], "loss": done["final"]["loss"], "kept": done.get("kept"),
+                       "dev_history": done.get("dev_history", [])}
         return {**done, "summary": summary, "already_trained": True}
-    manifest, _, model_uri = _run(config, task, "dpr", grad_accumulation=1, model_kind=MDPR_MODEL_KIND)
+    manifest, _, model_uri = _run(config, task, "dpr", grad_accumulation=1, model_kind=MDPR_MODEL_KIND,
+                                  selection=mdpr_selection(config))
     spec = export_spec(model_uri, task)
-    summary = {"encoder_spec": spec, "steps": manifest["steps"], "loss": manifest["final"]["loss"]}
-    if config.dev:
+    summary = {"encoder_spec": spec, "steps": manifest["steps"], "loss": manifest["final"]["loss"],
+               "kept": manifest["kept"], "dev_history": manifest["dev_history"]}
+    if config.dev:  # the published model through the hf: loader: what the embedding job computes
         dev = list(iter_examples(config.dev, "dpr", BadRecords(config.on_bad_record)))
-        summary["dev"] = evaluate_dev(spec, dev)
+        summary["dev"] = evaluate_dev(spec, dev, lang=config.lang)
     storage.write_bytes(storage.resolve(config.out).join("summary.json"),
                         json.dumps(summary, indent=2).encode("utf-8"))
     print(f"train-mdpr: {manifest['examples']} examples, {manifest['steps']} steps, final loss "
-          f"{summary['loss']:.4f}{'; dev ' + json.dumps(summary['dev']) if 'dev' in summary else ''} "
-          f"→ --encoder {spec}")
+          f"{summary['loss']:.4f}{kept_line(summary['kept'])}"
+          f"{'; dev ' + json.dumps(summary['dev']) if 'dev' in summary else ''} → --encoder {spec}")
     return {**manifest, "summary": summary}
 
 
 def train_mgen(config: TrainMGENConfig) -> dict[str, Any]:
-    """Train, publish ``<out>/model`` (a seq2seq folder ``Generator.load`` reads); returns its manifest."""
+    """Train, publish ``<out>/model`` (a seq2seq folder ``Generator.load`` reads: the best dev EM
+    epoch's with ``dev``, else the last); returns its manifest (``kept``, ``dev_history``)."""
     done = check_rerun(config, "train-mgen")
     if done is not None:
         return {**done, "already_trained": True}
@@ -163,7 +225,7 @@ def train_mgen(config: TrainMGENConfig) -> dict[str, Any]:
                     passage_choice=config.passage_choice, max_answer_passages=config.max_answer_passages,
                     seed=config.seed)
     manifest, _, model_uri = _run(config, task, "retrieval", grad_accumulation=config.grad_accumulation,
-                                  model_kind=MGEN_MODEL_KIND)
+                                  model_kind=MGEN_MODEL_KIND, selection=MGEN_SELECTION)
     print(f"train-mgen: {manifest['examples']} examples, {manifest['steps']} steps, final loss "
-          f"{manifest['final']['loss']:.4f} → --model {model_uri}")
+          f"{manifest['final']['loss']:.4f}{kept_line(manifest['kept'])} → --model {model_uri}")
     return manifest

@@ -1,8 +1,10 @@
 """The training loop shared by mDPR and mGEN, and the one function that starts Ray Train.
 
-A *task* (``MDPRTask``, ``MGENTask``) knows its model: ``build()`` makes it, ``collate(examples)``
-turns a list of example dicts into CPU tensors, ``loss(model, batch)`` is the forward pass, and
-``export(model, folder)`` saves the result. Everything else is here:
+A *task* (``MDPRTask``, ``MGENTask``) knows its model: ``build()`` makes it, ``collate(examples,
+epoch=)`` turns a list of example dicts into CPU tensors (negatives and passages drawn for that
+epoch), ``loss(model, batch)`` is the forward pass, ``dev_metrics(model, examples, device,
+metric=)`` scores the model on dev examples, and ``export(model, folder)`` saves the result.
+Everything else is here:
 
 - AdamW (no weight decay on biases and LayerNorm weights) with linear warm-up then linear decay;
 - gradient accumulation (``no_sync`` on the inner micro-batches under DDP), gradient clipping,
@@ -12,6 +14,11 @@ turns a list of example dicts into CPU tensors, ``loss(model, batch)`` is the fo
   epoch on every worker (so every worker calls ``ray.train.report`` the same number of times) and
   reports a checkpoint every ``checkpoint_every`` steps and at the end of each epoch, then waits
   until the Ray Train controller has *committed* it (:func:`wait_until_committed`);
+- with dev examples, rank 0 scores the model at each epoch end (:class:`~ray_cora.train.selection.DevTracker`,
+  CORA's rule); the tracker's state goes into every checkpoint's ``progress.json`` and the checkpoint
+  of a new best reports :data:`KEPT_SCORE` = the number of bests so far (0 on every other one), so
+  ``CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=KEPT_SCORE, "max")`` keeps the best
+  and the latest checkpoint (Ray never deletes the latest, which resuming needs);
 - :func:`fit`, the driver side: ``TorchTrainer`` with ``ScalingConfig`` / ``RunConfig(storage_path)``
   / ``FailureConfig`` on any storage URI (``s3://`` included).
 
@@ -35,8 +42,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import ray.train
 import ray.train.torch
@@ -46,10 +54,15 @@ from ray.train.torch import TorchTrainer
 from ray_cora import faults, storage
 from ray_cora.errors import ConfigError
 from ray_cora.runtime import worker_runtime_env
+from ray_cora.train.selection import DevTracker, SelectionRule
 
 STATE_FILE = "state.pt"
 PROGRESS_FILE = "progress.json"
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight")
+# The checkpoint score Ray Train keeps the best checkpoint by. Not float("-inf") on the others:
+# Ray's checkpoint-manager snapshot is pydantic JSON, which writes -inf as null, and a restarted
+# driver then fails comparing None scores.
+KEPT_SCORE = "kept_score"
 
 
 @dataclass(frozen=True)
@@ -81,8 +94,10 @@ class LoopSettings:
 
 class Task(Protocol):
     def build(self) -> Any: ...
-    def collate(self, examples: list[dict[str, Any]]) -> Any: ...
+    def collate(self, examples: list[dict[str, Any]], *, epoch: int = 0) -> Any: ...
     def loss(self, model: Any, batch: Any, device: Any) -> Any: ...
+    def dev_metrics(self, model: Any, examples: Sequence[dict[str, Any]], device: Any, *,
+                    metric: str) -> dict[str, float]: ...
     def export(self, model: Any, folder: str) -> None: ...
 
 
@@ -209,6 +224,26 @@ def load_state(folder: str) -> dict[str, Any]:
     return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
 
 
+def load_progress(folder: str) -> dict[str, Any]:
+    with open(os.path.join(folder, PROGRESS_FILE), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def score_dev(task: Task, model: Any, examples: Sequence[dict[str, Any]], device: Any, *,
+              metric: str) -> dict[str, float]:
+    """``task.dev_metrics`` on the model inside any DDP wrapper, in eval mode without gradients
+    (no dropout, no DDP hooks), then back in train mode."""
+    import torch
+
+    inner = unwrap(model)
+    inner.eval()
+    try:
+        with torch.no_grad():
+            return task.dev_metrics(inner, examples, device, metric=metric)
+    finally:
+        inner.train()
+
+
 # ---------------------------------------------------------------- Ray Train worker
 
 def wait_until_committed(timeout_s: float = 600.0) -> None:
@@ -238,13 +273,16 @@ def _micro_batches(shard: Any, *, micro: int, accumulation: int, seed: int, buff
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker (``config``: ``{"task", "settings", "faults"}``; ``faults``,
-    the driver's :class:`~ray_cora.faults.FaultPlan`, is for tests and may be left out)."""
+    """Runs on every Ray Train worker (``config``: ``{"task", "settings", "faults", "dev",
+    "selection"}``; ``faults``, the driver's :class:`~ray_cora.faults.FaultPlan`, is for tests;
+    ``dev`` (example dicts) and ``selection`` (a :class:`SelectionRule`) only with dev data)."""
     import torch
 
     task: Task = config["task"]
     settings: LoopSettings = config["settings"]
     plan: faults.FaultPlan = config.get("faults", faults.EMPTY)
+    dev: list[dict[str, Any]] = config.get("dev") or []
+    rule: SelectionRule | None = config.get("selection") if dev else None
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -253,12 +291,14 @@ def train_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(settings.seed)
 
     model = task.build()
-    state = None
+    state, progress = None, {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = load_state(folder)
+            progress = load_progress(folder)
         model.load_state_dict(state["model"])
+    tracker = DevTracker.from_state(rule, progress.get("selection")) if rule is not None else None
     model = ray.train.torch.prepare_model(model)
     stepper = Stepper(task, model, settings, device)
     if state is not None:
@@ -270,16 +310,20 @@ def train_worker(config: dict[str, Any]) -> None:
     started = time.perf_counter()
     examples_seen = 0
 
-    def report(epoch: int, *, with_checkpoint: bool) -> None:
+    def report(epoch: int, *, with_checkpoint: bool, new_best: bool = False,
+               dev_scores: dict[str, float] | None = None) -> None:
         nonlocal losses, started, examples_seen
         elapsed = max(time.perf_counter() - started, 1e-9)
         metrics = {"step": stepper.step_count, "epoch": epoch, "loss": sum(losses) / max(len(losses), 1),
                    "lr": stepper.scheduler.get_last_lr()[0], "resumed_from_step": resumed_from,
                    "samples_per_s": examples_seen / elapsed, "world_size": world}
+        if tracker is not None:  # the controller orders checkpoints by rank 0's metrics
+            metrics[KEPT_SCORE] = tracker.order if new_best else 0
+            metrics.update({f"dev_{k}": v for k, v in (dev_scores or {}).items()})
         if with_checkpoint:
             with tempfile.TemporaryDirectory() as tmp:
                 if rank == 0:
-                    save_state(tmp, stepper, metrics)
+                    save_state(tmp, stepper, {**metrics, **({"selection": tracker.state()} if tracker else {})})
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
                                  checkpoint_dir_name=f"step-{stepper.step_count:08d}")
             wait_until_committed()
@@ -300,11 +344,18 @@ def train_worker(config: dict[str, Any]) -> None:
                                    f"{settings.steps_per_epoch} steps in epoch {epoch + 1}")
             if index < done_in_epoch:  # resumed mid-epoch: these steps are in the checkpoint
                 continue
-            losses.append(stepper.step([task.collate(b) for b in group]))
+            losses.append(stepper.step([task.collate(b, epoch=epoch) for b in group]))
             examples_seen += micro * settings.grad_accumulation * world
             last = index == settings.steps_per_epoch - 1
+            new_best, dev_scores = False, None
+            if last and tracker is not None and rank == 0:  # the other workers wait in report()
+                metric = rule.metric_at(epoch + 1)
+                dev_scores = score_dev(task, model, dev, device, metric=metric)
+                new_best = tracker.observe(epoch=epoch + 1, step=stepper.step_count, metrics=dev_scores)
+                print(f"epoch {epoch + 1}: dev {metric} {dev_scores[metric]:.4f}"
+                      f"{' (new best)' if new_best else ''}", flush=True)
             if last or (settings.checkpoint_every and stepper.step_count % settings.checkpoint_every == 0):
-                report(epoch + 1, with_checkpoint=True)
+                report(epoch + 1, with_checkpoint=True, new_best=new_best, dev_scores=dev_scores)
             if plan:
                 inject_step_faults(plan, stepper.step_count, rank=rank, world=world)
         for _ in groups:  # drain the shard so the next epoch starts cleanly
@@ -332,44 +383,77 @@ class RunSettings:
     keep_checkpoints: int = 2
 
 
-def fit(task: Task, settings: LoopSettings, dataset: Any, *, out: str, run: RunSettings, name: str) -> Any:
+def fit(task: Task, settings: LoopSettings, dataset: Any, *, out: str, run: RunSettings, name: str,
+        dev: Sequence[dict[str, Any]] = (), selection: SelectionRule | None = None) -> Any:
     """Train ``task`` with ``TorchTrainer`` (DDP: gloo on CPU, NCCL on GPU); Ray Train state and
     checkpoints go to ``<out>/<name>/`` on any storage URI. Rerunning with the same ``out`` resumes
     from the latest checkpoint there. Returns the Ray Train ``Result``. The fault plan in force
-    (:func:`ray_cora.faults.current`, tests only) travels to the workers in ``train_loop_config``."""
+    (:func:`ray_cora.faults.current`, tests only) travels to the workers in ``train_loop_config``.
+
+    With ``dev`` examples and a ``selection`` rule, rank 0 scores each epoch and Ray keeps the best
+    checkpoint and the latest (:func:`kept_checkpoint` finds the best); without, the
+    ``run.keep_checkpoints`` latest. The dev examples travel in ``train_loop_config``: the driver
+    has read and checked them already, and a worker on another node may not see the driver's files.
+    """
+    if bool(dev) != (selection is not None):
+        raise ValueError("fit(): give dev examples and a selection rule together")
 
     plan = faults.current()
     # A test that stops every worker on purpose wants the run to stop, not to be retried.
     max_failures = 0 if plan.get(faults.TRAIN_FAIL_AFTER_STEP) is not None else run.max_failures
     root = storage.resolve(out)
+    if selection is not None:
+        checkpoint_config = CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=KEPT_SCORE,
+                                             checkpoint_score_order="max")
+    else:
+        checkpoint_config = CheckpointConfig(num_to_keep=run.keep_checkpoints)
     resources = {"CPU": run.cpus_per_worker}
     if run.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"task": task, "settings": settings, "faults": plan},
+        train_loop_config={"task": task, "settings": settings, "faults": plan, "dev": list(dev),
+                           "selection": selection},
         scaling_config=ScalingConfig(num_workers=run.num_workers, use_gpu=run.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=root.path, storage_filesystem=root.fs,
                              failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=run.keep_checkpoints),
+                             checkpoint_config=checkpoint_config,
                              worker_runtime_env=worker_runtime_env()),
         datasets={"train": dataset},
     )
     return trainer.fit()
 
 
-def load_final_model(task: Task, result: Any) -> tuple[Any, dict[str, Any]]:
-    """The model of the run's last checkpoint (built on the driver) and that checkpoint's progress."""
-    if result.checkpoint is None:
-        raise ConfigError("training reported no checkpoint; see the Ray Train logs above")
+def load_checkpoint_model(task: Task, checkpoint: Any) -> tuple[Any, dict[str, Any]]:
+    """The model of a Ray Train checkpoint (built on the driver, eval mode) and its progress."""
     model = task.build()
-    with result.checkpoint.as_directory() as folder:
+    with checkpoint.as_directory() as folder:
         state = load_state(folder)
-        with open(os.path.join(folder, PROGRESS_FILE), encoding="utf-8") as handle:
-            progress = json.load(handle)
+        progress = load_progress(folder)
     model.load_state_dict(state["model"])
     return model.eval(), progress
+
+
+def load_final_model(task: Task, result: Any) -> tuple[Any, dict[str, Any]]:
+    """The model of the run's last checkpoint and that checkpoint's progress."""
+    if result.checkpoint is None:
+        raise ConfigError("training reported no checkpoint; see the Ray Train logs above")
+    return load_checkpoint_model(task, result.checkpoint)
+
+
+def read_progress(checkpoint: Any) -> dict[str, Any]:
+    """A checkpoint's ``progress.json`` alone (not its weights and optimizer state)."""
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path.rstrip('/')}/{PROGRESS_FILE}") as stream:
+        return json.loads(stream.read().decode("utf-8"))
+
+
+def kept_checkpoint(result: Any) -> Any:
+    """The best-scored checkpoint Ray Train kept (:data:`KEPT_SCORE`, highest), for a run with dev data."""
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if isinstance(m.get(KEPT_SCORE), (int, float))]
+    if not scored:
+        raise ConfigError("training kept no dev-scored checkpoint; see the Ray Train logs above")
+    return max(scored, key=lambda cm: cm[1][KEPT_SCORE])[0]
 
 
 def publish_model(task: Task, model: Any, out: str, *, kind: str, config: dict[str, Any],

@@ -49,6 +49,7 @@ def test_dpr_json_jsonl_and_parquet_give_the_same_examples(tmp_path):
     assert results[0] == results[1] == results[2]
     assert results[0][3] == {"question": "question 3?", "answers": ["a3"],
                              "positive": {"title": "T3", "text": "positive 3"},
+                             "positives": [{"title": "T3", "text": "positive 3"}],
                              "hard_negatives": [{"title": "H", "text": "hard 3"}], "negatives": []}
 
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from ray_cora import storage
-from ray_cora.data.retrieval import query_text
 from ray_cora.encoders import (
     PLAIN,
     TAGGED,
@@ -120,10 +119,10 @@ def test_query_format_defaults_per_kind_and_the_spec_overrides(tmp_path, tiny_be
         check_encoder_spec(f"dpr:{tiny_cpt}?query_format=lang")
 
 
-def test_format_query_writes_what_query_text_writes():
-    question = {"question": "日本の首都は？", "lang": "ja"}
-    assert format_query(TAGGED, question["question"], question["lang"]) == query_text(question, add_lang=True)
-    assert format_query(PLAIN, question["question"], question["lang"]) == query_text(question, add_lang=False)
+def test_format_query_writes_cora_add_lang_tag():
+    # CORA mDPR/dense_retriever.py parse_qa_jsonlines_file: "{0} [{1}]".format(question, lang)
+    assert format_query(TAGGED, "日本の首都は？", "ja") == "{0} [{1}]".format("日本の首都は？", "ja")
+    assert format_query(PLAIN, "日本の首都は？", "ja") == "日本の首都は？"
     assert format_query(TAGGED, "a {b} c", "en") == "a {b} c [en]"  # braces in a question stay as they are
 
 

@@ -144,15 +144,16 @@ def test_missing_passage_text_is_a_clear_error():
 
 
 def test_add_lang_tags_the_question_as_cora_mdpr_does_and_keeps_the_plain_question():
-    from ray_cora.data.retrieval import query_text, retrieval_record
+    from ray_cora.data.retrieval import retrieval_record
+    from ray_cora.encoders import PLAIN, TAGGED, format_query
 
     question = {"qid": "7", "lang": "ja", "question": "日本の首都は？", "answers": ["東京"]}
     # CORA mDPR/dense_retriever.py: "{0} [{1}]".format(question, lang), fed to the query encoder
-    assert query_text(question, add_lang=True) == "日本の首都は？ [ja]"
-    assert query_text(question, add_lang=False) == "日本の首都は？"
-    tagged = retrieval_record(question, [], answers_all=None, query=query_text(question, add_lang=True))
+    assert format_query(TAGGED, question["question"], question["lang"]) == "日本の首都は？ [ja]"
+    assert format_query(PLAIN, question["question"], question["lang"]) == "日本の首都は？"
+    tagged = retrieval_record(question, [], answers_all=None, query=format_query(TAGGED, "日本の首都は？", "ja"))
     assert tagged["question"] == "日本の首都は？" and tagged["query"] == "日本の首都は？ [ja]"
-    plain = retrieval_record(question, [], answers_all=None, query=query_text(question, add_lang=False))
+    plain = retrieval_record(question, [], answers_all=None, query=format_query(PLAIN, "日本の首都は？", "ja"))
     assert "query" not in plain
 
 

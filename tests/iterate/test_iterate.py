@@ -16,6 +16,7 @@ from ray_cora.errors import ConfigError
 from ray_cora.faults import FaultPlan, SimulatedCrash
 from ray_cora.iterate import mining
 from ray_cora.iterate.stages import MARKER, StageRunner
+from ray_cora.languages import CORA_MINING_LANGS
 from tests.support import REPO_ROOT
 
 
@@ -85,7 +86,7 @@ def test_language_links_find_the_same_entity_in_other_wikipedias():
     request = mining.candidate_request("c1", found[0])
     assert (request["lang"], request["question"], request["answers"]) == ("ja", "How tall is Mount Fuji?", ["3776メートル"])
     # a positive becomes an English question's DPR record with its English answers
-    assert mining.dpr_records([(found[0], True)])[0]["answers"] == ["3,776 m"]
+    assert mining.dpr_records([(found[0], True)])[0][0]["answers"] == ["3,776 m"]
 
 
 def test_dpr_records_without_lang_or_qid_are_english_by_their_dataset():
@@ -116,29 +117,87 @@ def test_new_pairs_become_dpr_records_and_stats_name_new_language_pairs():
 
     labelled = [(cand("1", "th", "p1", "en"), True), (cand("1", "th", "p2", "ja"), False),
                 (cand("1", "th", "p3", "th"), True), (cand("2", "en", "p4", "ja", "language_link"), True),
-                (cand("3", "ko", "p5", "ko"), False)]
-    records = mining.dpr_records(labelled)
+                (cand("3", "ko", "p5", "ko"), False), (cand("4", "ja", "p6", "en"), False),
+                (cand("4", "ja", "p7", "ko", "language_link"), False)]
+    # B_t already has a positive for question 4 (under another qid: found by its text), none for 3
+    b_t = [{"qid": "dpr-x", "lang": "ja", "question": "4?", "positive_ctxs": [{"passage_id": "g4", "text": "g"}]}]
+    records, counts = mining.dpr_records(labelled, mining.positives_by_question(b_t))
     assert [(r["qid"], r["positive_ctxs"][0]["passage_id"], [c["passage_id"] for c in r["hard_negative_ctxs"]])
-            for r in records] == [("1", "p1", ["p2"]), ("1", "p3", ["p2"]), ("2", "p4", [])]
-    assert records[2]["source"] == "mined:language_link"
+            for r in records] == [("1", "p1", ["p2"]), ("1", "p3", ["p2"]), ("2", "p4", []), ("4", "g4", ["p6", "p7"])]
+    assert [r["source"] for r in records][2:] == ["mined:language_link", "mined:negatives"]
+    # CORA adds mined negatives too: question 4 gets them beside its known positive; question 3 has none
+    assert counts == {"records_with_mined_positive": 3, "records_with_mined_negatives_only": 1,
+                      "negatives_without_positive": 1}
     stats = mining.MiningStats()
     for c, positive in labelled:
         stats.add(c, positive)
+    stats.dropped_no_translation["fi"] += 2
     summary = stats.to_dict(initial_pairs={("th", "th"), ("ko", "ko")})
-    assert (summary["positives"], summary["negatives"], summary["candidates"]) == (3, 2, 5)
+    assert (summary["positives"], summary["negatives"], summary["candidates"]) == (3, 4, 7)
     assert summary["new_positive_pairs"] == ["en->ja", "th->en"]
-    assert summary["by_source"]["language_link"] == {"positives": 1, "negatives": 0}
+    assert summary["by_source"]["language_link"] == {"positives": 1, "negatives": 1}
+    assert summary["language_link_dropped_no_translation"] == {"fi": 2}
+    by_pair = {(r["question_lang"], r["passage_lang"]): r for r in summary["by_language_pair"]}
+    assert by_pair[("ja", "ko")]["by_source"] == {"retrieval": {"positives": 0, "negatives": 0},
+                                                  "language_link": {"positives": 0, "negatives": 1}}
+    assert by_pair[("th", "en")]["by_source"]["retrieval"] == {"positives": 1, "negatives": 0}
     assert mining.known_pairs(records) >= {("1", "th", "p1"), ("1", "th", "p2"), ("2", "en", "p4")}
 
 
-def test_translated_answers_make_english_questions_answerable_in_other_languages():
-    rows = [{"qid": "1", "lang": "en", "question": "Who wrote Don Quixote?", "answers": ["Miguel de Cervantes"],
-             "ctxs": [{"pid": "p"}]},
-            {"qid": "1", "lang": "es", "question": "¿Quién?", "answers": ["Cervantes"], "ctxs": []}]
-    labels = {("Miguel de Cervantes", "ja"): "ミゲル・デ・セルバンテス"}
-    made = list(mining.translated_answer_examples(rows, lambda a, lang: labels.get((a, lang)), ["en", "ja", "ko"]))
-    assert made == [{"qid": "1@ja", "lang": "ja", "question": "Who wrote Don Quixote?",
-                     "answers": ["ミゲル・デ・セルバンテス"], "ctxs": [{"pid": "p"}], "synthetic": True}]
+def test_synthetic_mgen_data_samples_at_most_10_of_15_languages_then_keeps_half():
+    """CORA A.2: per English question at most 10 of the 15 languages, then 50% of those pairs with a
+    translated answer, seeded; the counts are those of the seeded draw."""
+    langs = list(CORA_MINING_LANGS)
+    rows = [{"qid": f"q{i}", "lang": "en", "question": f"question {i}?", "answers": [f"answer {i}"],
+             "ctxs": [{"pid": f"p{i}"}]} for i in range(40)]
+    rows.append({"qid": "q0", "lang": "es", "question": "¿?", "answers": ["x"], "ctxs": []})  # not English
+
+    def translate(answer, lang):  # every answer has a label, except in Finnish and for question 7
+        return None if lang == "fi" or answer == "answer 7" else f"{answer} ({lang})"
+
+    plan = mining.SyntheticPlan.from_rows(rows, translate, ["en", *langs], max_langs=10, keep_fraction=0.5, seed=3)
+    made = list(plan.examples(rows))
+    stats = plan.stats
+    assert stats["english_questions"] == 40 and stats["sampled"] == 40 * 10  # en itself is never a target
+    assert stats["candidates"] == stats["sampled"] - sum(r["no_translation"] for r in stats["per_language"].values())
+    assert stats["kept"] == len(made) == round(0.5 * stats["candidates"])
+    assert sum(r["kept"] for r in stats["per_language"].values()) == len(made)
+    per_question = Counter(e["qid"].split("@")[0] for e in made)
+    assert max(per_question.values()) <= 10 and "q7" not in per_question
+    assert all(e["lang"] != "fi" and e["answers"] == [f"answer {e['qid'][1:].split('@')[0]} ({e['lang']})"]
+               and e["question"].startswith("question") for e in made)
+    assert len(stats["per_language"]) == 15 and stats["per_language"]["fi"]["kept"] == 0
+    again = mining.SyntheticPlan.from_rows(rows, translate, langs, max_langs=10, keep_fraction=0.5, seed=3)
+    assert again.kept == plan.kept  # seeded: the same draw
+    other = mining.SyntheticPlan.from_rows(rows, translate, langs, max_langs=10, keep_fraction=0.5, seed=4)
+    assert other.kept != plan.kept  # another seed, another draw
+
+
+def test_round_summary_shows_sources_per_pair_dropped_links_synthetic_languages_and_kept_epochs():
+    from ray_cora.iterate.report import overall_summary, round_summary
+
+    stats = mining.MiningStats()
+    stats.add({"qid": "1", "lang": "en", "source": "language_link", "passage": {"lang": "ja"}}, True)
+    stats.add({"qid": "1", "lang": "en", "source": "retrieval", "passage": {"lang": "ja"}}, False)
+    stats.dropped_no_translation["fi"] += 3
+    mined = {**stats.to_dict(initial_pairs={("en", "en")}), "new_records": 1,
+             "records_with_mined_negatives_only": 0, "negatives_without_positive": 0}
+    synthetic = {"english_questions": 2, "max_langs": 10, "sampled": 20, "candidates": 12, "kept": 6,
+                 "keep_fraction": 0.5, "seed": 0,
+                 "per_language": {"ja": {"sampled": 2, "no_translation": 0, "kept": 1}}}
+    round_stats = {"round": 1, "train_records": 4, "train_files": ["b1"],
+                   "mdpr": {"steps": 3, "loss": 0.5, "encoder_spec": "hf:m",
+                            "kept": {"epoch": 2, "metric": "nll", "value": 1.25}},
+                   "mgen": {"steps": 2, "phases": 1, "synthetic_examples": 6, "model": "g", "synthetic": synthetic,
+                            "kept": {"epoch": 1, "metric": "em", "value": 50.0}},
+                   "dev": None, "mining": mined}
+    text = round_summary(round_stats)
+    assert "kept epoch 2 (nll 1.2 on dev)" in text and "kept epoch 1 (em 50.0 on dev)" in text
+    assert "| en → ja | 0 | 1 | 1 | 0 | yes |" in text  # retrieval +/−, language links +/−
+    assert "dropped for lack of a translated answer: fi 3." in text
+    assert "| ja | 2 | 0 | 1 |" in text and "6 kept (50%, seed 0)" in text
+    overall = overall_summary([round_stats])
+    assert "| 1 | 4 | 2 (nll 1.2) | 1 (em 50.0) | 1 | 1 | en->ja |" in overall
 
 
 def test_dev_split_is_stable_and_keeps_translations_together():
@@ -229,7 +288,18 @@ SUBSET = ("q-fuji-height", "q-eiffel-year", "q-quixote-author")
 DEV = ("q-nile-sea",)
 
 
-def _memorised_mgen(folder: str, questions: list[dict], passages: list[dict]) -> str:
+# Stage options of the tiny end-to-end runs: one epoch each, one Ray Train worker, small actors.
+TINY_STAGES = {
+    "mdpr": {"epochs": 1, "batch_size": 4, "warmup_steps": 1, "lr": 1e-3, "max_length": 48, "num_workers": 1},
+    "embed": {"batch_size": 64, "actor_cpus": 0.5, "shard_size": 100},
+    "retrieve": {"block_size": 64, "actor_cpus": 0.5},
+    "mgen": {"epochs": 1, "batch_size": 4, "grad_accumulation": 1, "lr": 1e-5, "warmup_steps": 1,
+             "max_source_length": 128, "max_target_length": 16, "num_workers": 1},
+    "generate": {"batch_size": 32, "actor_cpus": 0.5, "max_source_length": 128, "max_target_length": 16},
+}
+
+
+def _memorised_mgen(folder: str, questions: list[dict], passages: list[dict], *, steps: int = 400) -> str:
     """A tiny mGEN that answers the subset's questions whatever the passage: a stand-in for a trained
     mT5, so that mining labels positives in a run short enough for CI. Trained from the tiny T5 in
     ``folder`` (a copy of the session's tiny_t5) and saved back there."""
@@ -244,11 +314,11 @@ def _memorised_mgen(folder: str, questions: list[dict], passages: list[dict]) ->
     torch.manual_seed(0)
     task = MGENTask(init=folder, top_k=1, max_source_length=128, max_target_length=16, dropout=0.0)
     model = task.build()
-    settings = LoopSettings(epochs=1, batch_size=len(questions), steps_per_epoch=400, lr=5e-3, warmup_steps=10,
+    settings = LoopSettings(epochs=1, batch_size=len(questions), steps_per_epoch=steps, lr=5e-3, warmup_steps=10,
                             max_grad_norm=1.0, grad_accumulation=1)
     stepper = Stepper(task, model, settings, torch.device("cpu"))
     rng = random.Random(0)
-    for _ in range(400):
+    for _ in range(steps):
         batch = [{"question": q["question"], "lang": q["lang"], "answers": q["answers"][:1],
                   "ctxs": [rng.choice(passages)]} for q in questions]
         stepper.step([task.collate(batch)])
@@ -278,13 +348,7 @@ def test_three_rounds_on_the_demo_killed_in_round_2_resume_from_round_2(ray_loca
         "out": str(out), "rounds": 3, "questions": str(tmp_path / "train.jsonl"),
         "dev_questions": str(tmp_path / "dev.jsonl"), "mdpr_init": "tiny", "mgen_init": mgen,
         "k": 10, "top_k": 1, "mine_k": 3, "answer_translation_after_epoch": 0, "keep_first_question_encoder": True,
-        "mdpr": {"epochs": 1, "batch_size": 4, "warmup_steps": 1, "lr": 1e-3, "max_length": 48, "num_workers": 1},
-        "embed": {"batch_size": 64, "actor_cpus": 0.5, "shard_size": 100},
-        "retrieve": {"block_size": 64, "actor_cpus": 0.5},
-        "mgen": {"epochs": 1, "batch_size": 4, "grad_accumulation": 1, "lr": 1e-5, "warmup_steps": 1,
-                 "max_source_length": 128, "max_target_length": 16, "num_workers": 1},
-        "generate": {"batch_size": 32, "actor_cpus": 0.5, "max_source_length": 128, "max_target_length": 16},
-    })
+        **TINY_STAGES})
     with pytest.raises(SimulatedCrash), faults.inject(FaultPlan({faults.ITERATE_AFTER_STAGE: "round-2/index"})):
         iterate(config)
     round1 = {p: p.stat().st_mtime_ns for p in (out / "round-1").glob(f"*/{MARKER}")}
@@ -305,7 +369,12 @@ def test_three_rounds_on_the_demo_killed_in_round_2_resume_from_round_2(ray_loca
         assert later["mdpr"]["encoder_spec"] != first_spec  # round 1's question encoder (CORA appendix)
         assert later["mdpr"]["init"] == rounds[later["round"] - 2]["mdpr"]["encoder_spec"]
         assert later["retrieve"]["encoder"] == first_spec
-    assert rounds[2]["mgen"]["init"] == rounds[1]["mgen"]["model"]  # mGEN continues from the last round
+    # mGEN continues from the best dev-EM model so far (the newer one on a tie), and mining labels with it
+    best = rounds[0] if rounds[0]["mgen"]["kept"]["value"] > rounds[1]["mgen"]["kept"]["value"] else rounds[1]
+    assert rounds[2]["mgen"]["init"] == best["mgen"]["model"] == rounds[1]["mining"]["labelled_with"]
+    for stats in rounds:  # each round's training kept its best dev epoch (one epoch here: that one)
+        assert stats["mgen"]["kept"]["metric"] == "em" and len(stats["mgen"]["dev_history"]) == 1
+        assert stats["mdpr"]["kept"]["epoch"] == 1 and stats["mdpr"]["kept"]["metric"] == "nll"
     assert rounds[0]["mgen"]["synthetic_examples"] > 0  # English questions with Wikidata-translated answers
     mined = rounds[0]["mining"]
     assert mined["positives"] > 0 and mined["new_records"] > 0
@@ -323,6 +392,100 @@ def test_three_rounds_on_the_demo_killed_in_round_2_resume_from_round_2(ray_loca
     summary = (out / "summary.md").read_text()
     assert "| 1 | " in summary and "| 3 | " in summary
     assert "Language pairs with positives that B_1 did not have" in (out / "round-1" / "summary.md").read_text()
+
+
+# English questions as DPR's NQ data has them (no lang, no qid), each with its English gold passage,
+# and the English answer whose Wikidata entity the language links translate (1889 has none).
+DPR_ENGLISH = (("Who wrote Don Quixote?", "Miguel de Cervantes", "en-don_quixote-1"),
+               ("In which city was Marie Curie born?", "Warsaw", "en-marie_curie-1"),
+               ("In which city was Albert Einstein born?", "Ulm", "en-albert_einstein-1"),
+               ("In what year was the Eiffel Tower completed?", "1889", "en-eiffel_tower-1"))
+
+
+@pytest.mark.slow
+def test_two_rounds_mine_language_link_positives_for_dpr_format_english_questions(ray_local, tmp_path):
+    """Issue 15's done-when on the tiny offline config: English DPR records without lang reach the other
+    Wikipedias through language links, mGEN is asked in the article's language and labelled against
+    the translated answer, and round 2 trains on positives in languages B_1 did not have; the
+    synthetic mGEN data is the seeded 10-of-15 then 50% draw."""
+    from ray_cora.configs.iterate import IterateConfig
+    from ray_cora.data.retrieval import iter_retrieval
+    from ray_cora.encoders.tiny import build_tiny_t5
+    from ray_cora.iterate.loop import iterate, read_jsonl
+    from ray_cora.languages import parse_langs
+    from ray_cora.models.mgen import format_source
+    from ray_cora.pivot.translate import LabelTable
+
+    passages = {p["pid"]: p for p in _demo(DEMO_PASSAGES)}
+    dpr = [{"question": q, "answers": [a], "positive_ctxs": [{"title": passages[pid]["title"],
+                                                              "text": passages[pid]["text"], "passage_id": pid}],
+            "negative_ctxs": [], "hard_negative_ctxs": []} for q, a, pid in DPR_ENGLISH]
+    (tmp_path / "nq_train.json").write_text(json.dumps(dpr, ensure_ascii=False))
+    questions = [{"qid": f"q{n}", "lang": "en", "question": q, "answers": [a]}
+                 for n, (q, a, _) in enumerate(DPR_ENGLISH)]
+    (tmp_path / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+
+    # What the loop's translation gives (Wikidata labels): mGEN is memorised to answer each question in
+    # each CORA mining language its answer has a label in, whatever the passage.
+    labels = LabelTable.load(str(DEMO_WIKIDATA_LABELS), answers=[a for _, a, _ in DPR_ENGLISH], qids=())
+    def translate(answer, lang):
+        qid = labels.match_english(answer)
+        return labels.label(qid, lang) if qid else None
+
+    langs = parse_langs("cora_mining")
+    targets = [{"question": q, "lang": "en", "answers": [a]} for q, a, _ in DPR_ENGLISH]
+    targets += [{"question": q, "lang": lang, "answers": [translate(a, lang)]}
+                for q, a, _ in DPR_ENGLISH for lang in langs if translate(a, lang)]
+    assert not any(t["lang"] != "en" and "1889" in t["question"] for t in targets)  # 1889: no entity
+    texts = [f"{format_source(t['question'], t['lang'], [p], top_k=1)} {t['answers'][0]}"
+             for t in targets for p in list(passages.values())[:3]]
+    mgen = build_tiny_t5(str(tmp_path / "mgen"), texts + [f"{p['title']} {p['text']}" for p in passages.values()])
+    mgen = _memorised_mgen(mgen, targets, list(passages.values()), steps=500)
+
+    out = tmp_path / "out"
+    config = IterateConfig.load(overrides={
+        "out": str(out), "rounds": 2, "questions": str(tmp_path / "questions.jsonl"), "dev_fraction": 0,
+        "train": [str(tmp_path / "nq_train.json")], "mdpr_init": "tiny", "mgen_init": mgen, "seed": 5,
+        "k": 10, "top_k": 1, "mine_k": 2, "answer_translation_after_epoch": 0,
+        **TINY_STAGES})
+    result = iterate(config)
+    first, second = result["rounds"]
+    assert {tuple(p) for p in first["initial_positive_pairs"]} == {("en", "en", 4)}  # B_1: English only
+    mined = first["mining"]
+    link = [row for row in read_jsonl(str(out / "round-1" / "mine" / "labelled.jsonl"))
+            if row["source"] == "language_link"]
+    # every language-link candidate is asked in its article's language, against the translated answer
+    assert link and all(row["target_lang"] == row["passage_lang"] != "en" for row in link)
+    by_question = {q: a for q, a, _ in DPR_ENGLISH}
+    for row in link:
+        translations = {translate(a, row["target_lang"]) for a in by_question.values()} - {None}
+        assert len(row["answers"]) == 1 and row["answers"][0] in translations
+    requests = list(read_jsonl(str(out / "round-1" / "mine" / "requests.jsonl")))
+    assert {r["lang"] for r in requests} <= {"en", *langs}
+    positives = [row for row in link if row["positive"]]
+    assert positives and mined["by_source"]["language_link"]["positives"] == len(positives)
+    new_pairs = {tuple(pair.split("->")) for pair in mined["new_positive_pairs"]}
+    assert {("en", row["passage_lang"]) for row in positives} <= new_pairs
+    # the Eiffel Tower's articles (es, fr, ru) are dropped: 1889 is no entity, so it has no translation
+    assert {lang for lang in ("es", "fr", "ru") if mined["language_link_dropped_no_translation"].get(lang)} == \
+        {"es", "fr", "ru"}
+    mined_records = list(read_jsonl(str(out / "round-1" / "mine" / "mined.jsonl")))
+    link_records = [r for r in mined_records if r["source"] == "mined:language_link"]
+    assert link_records and all(r["lang"] == "en" and r["answers"][0] in by_question.values() for r in link_records)
+    assert second["train_records"] == first["train_records"] + mined["new_records"]
+    assert second["mdpr"]["examples"] == second["train_records"]  # round 2 trained on B_2
+    summary = (out / "round-1" / "summary.md").read_text()
+    assert "language links +" in summary and "dropped for lack of a translated answer: " in summary
+
+    # synthetic mGEN data: round 1 only, the seeded draw's counts
+    synthetic = first["mgen"]["synthetic"]
+    rows = [row for _, _, row in iter_retrieval(str(out / "round-1" / "retrieve" / "retrieval"))]
+    expected = mining.SyntheticPlan.from_rows(rows, translate, langs, max_langs=10, keep_fraction=0.5, seed=5)
+    assert synthetic["kept"] == expected.stats["kept"] == round(0.5 * expected.stats["candidates"]) > 0
+    assert synthetic["per_language"] == expected.stats["per_language"]
+    made = list(read_jsonl(str(out / "round-1" / "mgen" / "synthetic.jsonl")))
+    assert len(made) == synthetic["kept"] and max(Counter(m["qid"].split("@")[0] for m in made).values()) <= 10
+    assert second["mgen"]["synthetic_examples"] == 0 and not (out / "round-2" / "mgen" / "synthetic.jsonl").exists()
 
 
 @pytest.mark.parametrize("name", ["iterate_tiny_demo.yaml", "iterate_cora.yaml"])

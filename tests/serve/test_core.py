@@ -377,15 +377,15 @@ def test_retriever_deployment_fans_each_batch_out_to_every_group_and_merges(spli
     assert got == whole.retrieve([q for q, _, _ in batch], [k for _, k, _ in batch])
 
 
-def test_questions_need_lang_when_the_index_encoder_reads_tagged_questions(tmp_path, tiny_cpt):
+def test_index_query_format_is_the_recorded_one_unless_the_encoder_spec_says(tmp_path, tiny_cpt):
     """An index of CORA's mDPR records the query format "{question} [{lang}]": the Ingress then asks
     /v1/retrieve clients for lang (422 without it); a plain format (mUSE, the demo) does not, and
     an encoder spec's own query_format wins."""
-    from ray_cora.encoders import encoder_record
-    from ray_cora.serve.core import questions_need_lang
+    from ray_cora.encoders import PLAIN, TAGGED, encoder_record
+    from ray_cora.serve.core import index_query_format
 
     shard = write_shard(str(tmp_path), 0, ["a"], np.ones((1, 32), dtype="float32"))
     commit_index(str(tmp_path), [shard], encoder=encoder_record(f"dpr:{tiny_cpt}", dim=32))
-    assert questions_need_lang(str(tmp_path), None)
-    assert not questions_need_lang(str(tmp_path), f"dpr:{tiny_cpt}?query_format=plain")
-    assert not questions_need_lang(None, None)
+    assert index_query_format(str(tmp_path), None) == TAGGED
+    assert index_query_format(str(tmp_path), f"dpr:{tiny_cpt}?query_format=plain") == PLAIN
+    assert index_query_format(None, None) == PLAIN

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ray_cora import faults
-from ray_cora.encoders import load_encoder
+from ray_cora.encoders import PLAIN, TAGGED, format_query, load_encoder
 from ray_cora.faults import FaultPlan
 from ray_cora.models.mdpr import MDPRTask, ctx_slots, dpr_nll_loss, ranking_metrics
 from ray_cora.train.loop import LoopSettings, Stepper, check_batching, warmup_linear
@@ -104,7 +104,7 @@ def test_export_loads_as_hf_encoder_and_encodes_as_training_did(tiny_bert, tiny_
     assert task.zeros == (init == "dpr")  # CORA's checkpoints were trained with all-zero segment ids
     model, _ = _train_in_process(task, 3)
     task.export(model, str(tmp_path / "export"))
-    assert sorted(os.listdir(tmp_path / "export")) == ["ctx_encoder", "question_encoder"]
+    assert sorted(os.listdir(tmp_path / "export")) == ["ctx_encoder", "question_encoder", "ray_cora_encoder.json"]
     encoder = load_encoder(f"hf:{tmp_path / 'export'}", device="cpu")
     data = examples(6)
     batch = task.collate(data)
@@ -112,7 +112,10 @@ def test_export_loads_as_hf_encoder_and_encodes_as_training_did(tiny_bert, tiny_
         q, c = model(batch["questions"], batch["ctxs"])
     keep = batch["ctx_mask"].numpy()
     slots = [s for ex in data for s, m in zip(*ctx_slots(ex, 1)) if m]
-    np.testing.assert_allclose(encoder.encode_queries([ex["question"] for ex in data]), q.numpy(), atol=1e-5)
+    # dpr: starts tagged (CORA's --add_lang), and the export says so: hf: retrieves as training wrote questions
+    assert encoder.query_format == (TAGGED if init == "dpr" else PLAIN)
+    queries = [format_query(encoder.query_format, ex["question"], "en") for ex in data]
+    np.testing.assert_allclose(encoder.encode_queries(queries), q.numpy(), atol=1e-5)
     np.testing.assert_allclose(encoder.encode_passages([s["title"] for s in slots], [s["text"] for s in slots]),
                                c.numpy()[keep], atol=1e-5)
 
