@@ -18,7 +18,8 @@ class EmbedConfig(ActorPoolOptions, IndexOptions, RayJobConfig):
     passages: str = Field(..., description="Passage file or folder (TSV/JSONL/Parquet; path, file:// or s3://)")
     out: str = Field(..., description="Index URI: shards, plan.json and manifest.json (written last) go here")
     encoder: EncoderSpec = Field("muse", description="Passage encoder spec")
-    format: Literal["tsv", "jsonl", "parquet"] | None = Field(None, description="Passage format (default: from file names)")
+    format: Literal["tsv", "jsonl", "parquet"] | None = Field(
+        None, description="Passage format (default: from file names)")
     lang: OptionalLangCode = Field(None, description="Language of passages that have no lang field")
     on_bad_record: Literal["error", "skip"] = Field(
         "error", description="error: stop at the first malformed passage (file:line); skip: leave it out, "

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pydantic import Field
 
 from ray_cora.configs.base import JobConfig
-from ray_cora.configs.options import EncoderSpec, OptionalLangCode
+from ray_cora.configs.options import EncoderSpec, IndexOptions, OptionalLangCode
 
 
-class ImportEmbeddingsConfig(JobConfig):
+class ImportEmbeddingsConfig(IndexOptions, JobConfig):
     """Convert CORA's wiki_emb_* (or DPR's wikipedia_passages_*) pickles of (id, vector) pairs into a
     sharded FAISS index, unpickling safely (only numpy globals are allowed). Each vector keeps its
     passage's language, from CORA's file names wiki_emb_<lang>_<n> (or --lang), so a corpus
-    without a language column (CORA's all_w100.tsv) gets languages back at retrieval."""
+    without a language column (CORA's all_w100.tsv) gets languages back at retrieval. IVF/PQ index
+    types are trained once, on a seeded sample of all the files' vectors (a first pass over them)."""
 
     inputs: list[str] = Field(..., description="Embedding files, comma-separated, in order (path, file:// or "
                               "s3://); a name may be a glob, as CORA's \"wiki_emb_*\" (natural order)")

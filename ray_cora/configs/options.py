@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, field_validator
 from pydantic.fields import FieldInfo
 
 from ray_cora.configs.base import ConfigModel, aliases
 from ray_cora.encoders import check_encoder_spec
-from ray_cora.index.sharded import IndexSpec, IndexType
+from ray_cora.index.spec import IndexSpec, IndexType
 from ray_cora.languages import normalize_lang
 from ray_cora.models.mgen import DecodingName
 
@@ -78,19 +78,36 @@ class TaskOptions(OptionGroup):
 
 
 class IndexOptions(OptionGroup):
-    """The FAISS index each shard of a sharded index gets."""
+    """The FAISS index of a sharded index: a shorthand (``index_type``) or any FAISS factory string."""
 
     options_title: ClassVar[str | None] = "FAISS index"
-    index_type: IndexType = Field("flat", description="FAISS index per shard: flat (exact), hnsw or ivfpq "
-                                  "(approximate)")
+    index_type: IndexType = Field("flat", description="FAISS index shorthand: flat (exact, Flat), hnsw "
+                                  "(HNSW<hnsw_m>) or ivfpq (IVF<ivf_nlist>,PQ<pq_m>x<pq_nbits>); ignored when "
+                                  "--index-factory is given")
+    index_factory: str | None = Field(None, description="Any faiss.index_factory string, inner-product metric "
+                                      "(e.g. 'IVF1024,PQ64', 'OPQ64,IVF1024,PQ64', 'IVF1024,SQfp16', 'HNSW32'); "
+                                      "IVF/PQ/SQ types are trained once per corpus on a sample")
     hnsw_m: int = Field(32, ge=4, description="hnsw: graph degree M")
-    ivf_nlist: int = Field(1024, ge=1, description="ivfpq: inverted lists per shard (capped by shard size)")
+    hnsw_ef_search: int = Field(128, ge=1, description="HNSW efSearch a search uses unless it asks for another")
+    ivf_nlist: int = Field(1024, ge=1, description="ivfpq: inverted lists of the corpus (capped at "
+                           "corpus size / 39)")
+    ivf_nprobe: int = Field(32, ge=1, description="IVF lists a search probes unless it asks for another")
     pq_m: int = Field(64, ge=1, description="ivfpq: sub-quantizers (must divide the vector dimension)")
     pq_nbits: int = Field(8, ge=4, le=16, description="ivfpq: bits per sub-quantizer code")
+    train_size: int | None = Field(None, ge=1, description="Most vectors the index is trained on (default: "
+                                   "256 per centroid, FAISS's k-means subsampling limit)")
+    train_seed: int = Field(0, description="Seed of the training sample")
+
+    @field_validator("index_factory")
+    @classmethod
+    def _check_factory(cls, value: str | None) -> str | None:
+        return value.strip() or None if value else None
 
     def index_spec(self) -> IndexSpec:
-        return IndexSpec(self.index_type, hnsw_m=self.hnsw_m, ivf_nlist=self.ivf_nlist, pq_m=self.pq_m,
-                         pq_nbits=self.pq_nbits)
+        return IndexSpec(self.index_type, hnsw_m=self.hnsw_m, hnsw_ef_search=self.hnsw_ef_search,
+                         ivf_nlist=self.ivf_nlist, ivf_nprobe=self.ivf_nprobe, pq_m=self.pq_m,
+                         pq_nbits=self.pq_nbits, index_factory=self.index_factory,
+                         train_size=self.train_size, train_seed=self.train_seed)
 
 
 class DecodingOptions(OptionGroup):

@@ -48,10 +48,11 @@ class ServeAppOptions(DecodingOptions, JobConfig):
     default_k: int = Field(10, ge=1, description="k when a request does not give one")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key; when "
                                     "it is set, requests need the header X-API-Key (401 otherwise)")
-    max_batch_size: int = Field(16, ge=1, le=1024, description="@serve.batch size of the encoder and "
-                                "generator deployments")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, le=10, description="@serve.batch wait for a batch "
-                                        "to fill (seconds)")
+    max_batch_size: int = Field(16, ge=1, le=1024, description="Largest batch of the encoder, generator "
+                                "and pivot deployments (1: no batching). A lone request runs at once; "
+                                "requests arriving while a batch runs form the next one")
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=10, description="Accepted for older configs, no "
+                                        "effect: batches never wait to fill (ray_cora.serve.core.Batcher)")
     max_replicas: int = Field(2, ge=1, description="Autoscaling upper bound of each deployment")
     replica_cpus: float = Field(0.25, gt=0, description="CPUs reserved per replica (local runs; "
                                 "cluster/serve_config.yaml sets GPUs for the encoder and generator)")

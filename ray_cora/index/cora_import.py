@@ -13,13 +13,21 @@ import io
 import os
 import pickle
 import re
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
 from ray_cora import storage
 from ray_cora.errors import RayCoraError, StorageError
 from ray_cora.index.sharded import IndexSpec, commit_index, write_shard
+from ray_cora.index.trained import (
+    TrainedIndex,
+    VectorSampler,
+    needs_training,
+    train_index,
+    training_sample_size,
+    write_trained_index,
+)
 from ray_cora.languages import UNKNOWN_LANG, normalize_lang
 
 _ALLOWED_GLOBALS = frozenset({
@@ -184,6 +192,22 @@ def lang_of_embedding_file(uri: str) -> str:
         return UNKNOWN_LANG
 
 
+def sample_cora_embeddings(inputs: list[str], size_for_dim: Callable[[int], int], *,
+                           seed: int) -> tuple[np.ndarray, int]:
+    """A seeded uniform sample over all the files' vectors (``size_for_dim(dim)`` of them), and how
+    many vectors the files hold: a first pass, one file at a time (a file's length is not known
+    before it is unpickled, so :class:`~ray_cora.index.trained.VectorSampler` keeps the smallest
+    random keys)."""
+    sampler: VectorSampler | None = None
+    for uri in inputs:
+        for _, vectors in iter_cora_embeddings(uri):
+            sampler = sampler or VectorSampler(size_for_dim(vectors.shape[1]), seed)
+            sampler.add(vectors)
+    if sampler is None:
+        raise StorageError(f"{', '.join(inputs)}: no embeddings found")
+    return sampler.sample(), sampler.seen
+
+
 def import_cora_embeddings(inputs: list[str], out: str, *, shard_size: int, encoder: dict[str, Any],
                            lang: str | None = None, passages: str | None = None, spec: Any = None) -> dict:
     """Convert CORA/DPR embedding pickles into a committed sharded index at ``out``.
@@ -195,8 +219,22 @@ def import_cora_embeddings(inputs: list[str], out: str, *, shard_size: int, enco
     passage stores built from a corpus without languages (CORA's ``all_w100.tsv``) get them.
     ``encoder`` is the manifest's encoder record (its ``dim`` is filled in from the vectors);
     ``passages``, the corpus the vectors embed, is recorded so ``retrieve``/``serve`` find texts.
+
+    An index type that needs training (IVF, PQ, OPQ, SQ) is trained once, before the first shard,
+    on a seeded sample of all the files' vectors (so the files are read twice) and stored as
+    ``trained.faiss``; every shard adds to a copy of it (:mod:`ray_cora.index.trained`).
     """
     spec = spec or IndexSpec()
+    trained: TrainedIndex | None = None
+    if needs_training(spec.factory_string()):
+        # The sample size depends on the corpus size, unknown before a pass: sample the most the
+        # rule can ask for (train_size, or 256 x the largest centroid count), then keep a prefix.
+        sample, total = sample_cora_embeddings(
+            inputs, lambda d: training_sample_size(spec.factory_string(), d, 1 << 62, spec.train_size),
+            seed=spec.train_seed)
+        size = training_sample_size(spec.factory_string(total), sample.shape[1], total, spec.train_size)
+        trained = train_index(sample[:size], spec, num_vectors=total, seed=spec.train_seed)
+        write_trained_index(out, trained)
     shards: list[dict] = []
     pending_ids: list[str] = []
     pending_langs: list[str] = []
@@ -208,7 +246,7 @@ def import_cora_embeddings(inputs: list[str], out: str, *, shard_size: int, enco
         nonlocal pending_ids, pending_langs, pending
         matrix = np.concatenate(pending)
         shards.append(write_shard(out, len(shards), pending_ids[:count], matrix[:count], spec,
-                                  langs=pending_langs[:count]))
+                                  langs=pending_langs[:count], trained=trained))
         pending_ids, pending_langs, pending = pending_ids[count:], pending_langs[count:], [matrix[count:]]
 
     for uri in inputs:
@@ -234,4 +272,5 @@ def import_cora_embeddings(inputs: list[str], out: str, *, shard_size: int, enco
     extra = {"imported_from": list(inputs), "languages": {"source": source, "per_file": file_langs}}
     if passages:
         extra["passages"] = passages
-    return commit_index(out, shards, spec=spec, encoder={**encoder, "dim": dim}, extra=extra)
+    return commit_index(out, shards, spec=spec, encoder={**encoder, "dim": dim}, extra=extra,
+                        trained=trained.entry if trained else None)

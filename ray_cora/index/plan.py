@@ -5,7 +5,8 @@ are scanned once for the byte offset of every shard's first line, so each shard 
 own task with a seek (one 26 GB TSV still spreads over every worker); Parquet shards come from
 row counts in the footers. A compressed text file cannot be seeked, so its shards form one task
 that reads the file once, in order. The plan is saved beside the index, so a resumed job
-processes exactly the same shards.
+processes exactly the same shards. :func:`sample_passages` draws the seeded training sample of an
+index that needs one (IVF, PQ) from the same plan.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -21,9 +23,12 @@ from ray_cora.data.passages import (
     Segment,
     detect_compression,
     detect_format,
+    iter_passages,
     parse_tsv_header,
     passage_files,
 )
+from ray_cora.data.records import BadRecords
+from ray_cora.index.trained import sample_rows
 from ray_cora.storage import Location, iter_lines, open_input
 
 _SCAN_CHUNK = 16 << 20
@@ -114,3 +119,34 @@ def shard_offsets(file: Location, first_line: int, shard_size: int) -> tuple[lis
     if compressed:
         offsets = [0] * len(offsets)
     return offsets, lines
+
+
+def planned_records(tasks: list[list[ShardSpec]]) -> int:
+    """Records the plan covers (lines of record, malformed ones included)."""
+    return sum(spec.num_lines for task in tasks for spec in task)
+
+
+def sample_passages(tasks: list[list[ShardSpec]], size: int, *, seed: int,
+                    lang: str | None = None) -> Iterator[dict[str, str]]:
+    """A seeded uniform sample of about ``size`` passages of the planned corpus (the training set
+    of its FAISS index), shard by shard in plan order.
+
+    Positions are drawn over all planned records; each shard is read from its first line only up
+    to its last drawn position and not at all when none falls in it. Malformed records are left
+    out (the embed job reports them), so a shard with some yields slightly fewer.
+    """
+    specs = [spec for task in tasks for spec in task]
+    starts = np.cumsum([0] + [spec.num_lines for spec in specs])
+    picked = sample_rows(int(starts[-1]), size, seed)
+    for spec, start, end in zip(specs, starts[:-1], starts[1:]):
+        wanted = picked[(picked >= start) & (picked < end)] - start
+        if not len(wanted):
+            continue
+        wanted_set, last = set(wanted.tolist()), int(wanted[-1])
+        passages = iter_passages(spec.uri, format=spec.format, lang=lang, segment=spec.segment,
+                                 bad_records=BadRecords("skip"))
+        for position, passage in enumerate(passages):
+            if position in wanted_set:
+                yield passage
+            if position >= last:
+                break

@@ -3,14 +3,19 @@
 Layout under the index URI::
 
     manifest.json                     written last: the commit point
-    shards/shard-00000.faiss          a FAISS index over the shard's vectors
+    trained.faiss                     the corpus' trained, empty index (IVF/PQ/OPQ/SQ types only)
+    shards/shard-00000.faiss          a copy of it with the shard's vectors added
     shards/shard-00000.ids.parquet    row -> pid (and lang)
 
 ``manifest.json`` records ``format_version``, ``encoder`` {spec, dim, normalized}, ``metric``,
-``index_type``, ``num_vectors``, ``per_language`` (vectors per passage language, when the shards
-record languages) and ``shards``: [{index, ids, count, sha256: {index, ids}, lang_counts}] with paths
-relative to the manifest. A passage's language lives with its pid in the ids file, so a corpus
-without a language column (CORA's ``all_w100.tsv``) gets it back from the index.
+``index_type`` (the shorthand), ``index_factory`` (the ``faiss.index_factory`` string the shards
+hold), ``index_params``, ``search_params`` (the default ``nprobe``/``efSearch`` of a search call),
+``trained`` (:mod:`ray_cora.index.trained`: path, sha256, sample rule, size and seed; absent for
+Flat/HNSW and for indexes written before it), ``num_vectors``, ``per_language`` (vectors per passage
+language, when the shards record languages) and ``shards``: [{index, ids, count, sha256: {index,
+ids}, lang_counts}] with paths relative to the manifest. A passage's language lives with its pid in
+the ids file, so a corpus without a language column (CORA's ``all_w100.tsv``) gets it back from
+the index.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,12 +34,22 @@ import pyarrow.parquet as pq
 
 from ray_cora import storage
 from ray_cora.errors import ConfigError, StorageError
+from ray_cora.index.spec import IndexSpec, IndexType, make_empty_index, search_parameters
+from ray_cora.index.trained import (
+    TrainedIndex,
+    needs_training,
+    sample_rows,
+    train_index,
+    training_sample_size,
+    write_trained_index,
+)
 
 # faiss is imported inside the functions that use it (0.6 s cold here): IndexSpec and the manifest
 # helpers are imported by every job config and by `ray-cora --help`.
 
 INDEX_KIND = "sharded-index"
-IndexType = Literal["flat", "ivfpq", "hnsw"]
+__all__ = ["INDEX_KIND", "IndexSpec", "IndexType", "ShardedIndex", "build_faiss_index", "commit_index",
+           "merge_pid_arrays", "merge_topk", "plan_shards", "write_index", "write_shard"]
 
 
 def plan_shards(num_vectors: int, shard_size: int) -> list[tuple[int, int, int]]:
@@ -54,50 +69,24 @@ def plan_shards(num_vectors: int, shard_size: int) -> list[tuple[int, int, int]]
             for n, start in enumerate(range(0, num_vectors, shard_size))]
 
 
-@dataclass(frozen=True)
-class IndexSpec:
-    """Which FAISS index each shard gets; parameters are recorded in the manifest."""
-
-    index_type: IndexType = "flat"
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 128
-    ivf_nlist: int = 1024
-    pq_m: int = 64
-    pq_nbits: int = 8
-    ivf_nprobe: int = 32
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
-
-
-def build_faiss_index(vectors: np.ndarray, spec: IndexSpec = IndexSpec()):
-    """An inner-product FAISS index over ``vectors`` (n, dim) float32."""
-    import faiss
-
+def build_faiss_index(vectors: np.ndarray, spec: IndexSpec = IndexSpec(), trained: TrainedIndex | None = None):
+    """An inner-product FAISS index over ``vectors`` (n, dim) float32: a copy of the corpus'
+    ``trained`` index with the vectors added, or, without one, the spec's index built (and, for
+    types that need it, trained) on these vectors alone, as shards were before ``trained.faiss``
+    (what a caller that trains nothing still gets, e.g. ``pivot build``)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
-    if spec.index_type == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif spec.index_type == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = spec.hnsw_ef_construction
-        index.hnsw.efSearch = spec.hnsw_ef_search
-    elif spec.index_type == "ivfpq":
-        if dim % spec.pq_m:
-            raise ConfigError(f"ivfpq: pq_m={spec.pq_m} must divide the vector dimension {dim}")
-        nlist = max(1, min(spec.ivf_nlist, n // 39))  # FAISS wants ~39 training points per list
-        if n < 2 ** spec.pq_nbits:
-            raise ConfigError(f"ivfpq needs at least {2 ** spec.pq_nbits} vectors per shard to train "
-                              f"(pq_nbits={spec.pq_nbits}), this shard has {n}: raise the shard size "
-                              "or use index_type flat/hnsw")
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, spec.pq_m, spec.pq_nbits,
-                                 faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
-        index.nprobe = min(spec.ivf_nprobe, nlist)
+    if trained is not None:
+        if trained.index.d != dim:
+            raise ConfigError(f"the trained index is {trained.index.d}-d, these vectors are {dim}-d: they do "
+                              "not come from the encoder the index was trained for")
+        index = trained.empty_copy()
     else:
-        raise ConfigError(f"unknown index_type {spec.index_type!r}; use flat, ivfpq or hnsw")
+        factory = spec.factory_string(n)
+        index = make_empty_index(factory, dim, spec)
+        if not index.is_trained:
+            index.train(vectors[sample_rows(n, training_sample_size(factory, dim, n, spec.train_size),
+                                            spec.train_seed)])
     index.add(vectors)
     return index
 
@@ -107,18 +96,20 @@ def shard_paths(number: int) -> tuple[str, str]:
 
 
 def write_shard(root: str | storage.Location, number: int, pids: Sequence[str], vectors: np.ndarray,
-                spec: IndexSpec = IndexSpec(), langs: Sequence[str] | None = None) -> dict[str, Any]:
-    """Build and write one shard; returns its manifest entry (paths, count, sha256)."""
+                spec: IndexSpec = IndexSpec(), langs: Sequence[str] | None = None, *,
+                trained: TrainedIndex | None = None) -> dict[str, Any]:
+    """Build and write one shard (a copy of ``trained`` with these vectors added, when given);
+    returns its manifest entry (paths, count, sha256, and the trained index's sha256)."""
     import faiss
 
     if len(pids) != len(vectors):
         raise ValueError(f"shard {number}: {len(pids)} pids but {len(vectors)} vectors")
     root = root if isinstance(root, storage.Location) else storage.resolve(root)
     index_path, ids_path = shard_paths(number)
-    index_bytes = faiss.serialize_index(build_faiss_index(vectors, spec)).tobytes()
+    index_bytes = faiss.serialize_index(build_faiss_index(vectors, spec, trained)).tobytes()
     columns = {"pid": pa.array([str(p) for p in pids], pa.string())}
     if langs is not None:
-        columns["lang"] = pa.array([str(l) for l in langs], pa.string())
+        columns["lang"] = pa.array([str(lang) for lang in langs], pa.string())
     ids_buffer = io.BytesIO()
     pq.write_table(pa.table(columns), ids_buffer)
     writer = storage.ArtifactWriter(root, kind=INDEX_KIND)
@@ -128,25 +119,66 @@ def write_shard(root: str | storage.Location, number: int, pids: Sequence[str], 
              "sha256": {"index": writer.files[index_path]["sha256"],
                         "ids": writer.files[ids_path]["sha256"]},
              "size": {"index": writer.files[index_path]["size"], "ids": writer.files[ids_path]["size"]}}
+    if trained is not None:
+        entry["trained_sha256"] = trained.entry["sha256"]
     if langs is not None:
-        entry["lang_counts"] = dict(sorted(Counter(str(l) for l in langs).items()))
+        entry["lang_counts"] = dict(sorted(Counter(str(lang) for lang in langs).items()))
     return entry
 
 
 def commit_index(root: str | storage.Location, shards: Sequence[dict[str, Any]], *, encoder: dict[str, Any],
-                 spec: IndexSpec = IndexSpec(), config: dict | None = None,
-                 extra: dict | None = None) -> dict[str, Any]:
-    """Write ``manifest.json`` over already-written shards (sorted by shard path): the commit."""
+                 spec: IndexSpec = IndexSpec(), config: dict | None = None, extra: dict | None = None,
+                 trained: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``manifest.json`` over already-written shards (sorted by shard path): the commit.
+    ``trained`` is the entry of the ``trained.faiss`` every shard was copied from."""
     writer = storage.ArtifactWriter(root, kind=INDEX_KIND, config=config)
     ordered = sorted(shards, key=lambda s: s["index"])
+    if trained is not None:
+        stale = [s["index"] for s in ordered if s.get("trained_sha256") != trained["sha256"]]
+        if stale:
+            raise StorageError(f"shards {stale[:5]} were not built from {trained['path']} "
+                               f"(sha256 {trained['sha256'][:12]}…): delete them and rerun")
+        writer.add_existing(trained["path"], size=trained["size"], sha256=trained["sha256"])
     for shard in ordered:
         for role in ("index", "ids"):
             writer.add_existing(shard[role], size=shard["size"][role], sha256=shard["sha256"][role])
     per_language = language_counts(ordered)
+    factory = trained["factory"] if trained is not None else spec.factory_string()
     return writer.commit({
-        "encoder": encoder, "metric": "inner_product", "index_type": spec.index_type,
-        "index_params": spec.to_dict(), "num_vectors": sum(s["count"] for s in ordered),
+        "encoder": encoder, "metric": "inner_product", "index_type": spec.index_type, "index_factory": factory,
+        "index_params": spec.to_dict(), "search_params": spec.search_defaults(),
+        **({"trained": trained} if trained is not None else {}), "num_vectors": sum(s["count"] for s in ordered),
         **({"per_language": per_language} if per_language else {}), "shards": ordered, **(extra or {})})
+
+
+def write_index(root: str | storage.Location, vectors: np.ndarray, pids: Sequence[str], *, shard_size: int,
+                encoder: dict[str, Any], spec: IndexSpec = IndexSpec(), langs: Sequence[str] | None = None,
+                config: dict | None = None, extra: dict | None = None) -> dict[str, Any]:
+    """A whole sharded index from vectors in memory (tests, benchmarks, small corpora): the index
+    is trained once on a seeded sample when its type needs it (``trained.faiss``), then every
+    shard of ``shard_size`` vectors adds to a copy; returns the manifest.
+
+    >>> import tempfile
+    >>> vecs = np.random.default_rng(0).standard_normal((600, 8)).astype("float32")
+    >>> m = write_index(tempfile.mkdtemp(), vecs, [str(i) for i in range(600)], shard_size=250,
+    ...                 encoder={"spec": "test", "dim": 8, "normalized": False},
+    ...                 spec=IndexSpec(index_factory="IVF4,Flat"))
+    >>> m["index_factory"], m["trained"]["train"]["sample_size"], len(m["shards"])
+    ('IVF4,Flat', 600, 3)
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    trained = None
+    if needs_training(spec.factory_string(n), dim):
+        size = training_sample_size(spec.factory_string(n), dim, n, spec.train_size)
+        trained = train_index(vectors[sample_rows(n, size, spec.train_seed)], spec, num_vectors=n,
+                              seed=spec.train_seed)
+        write_trained_index(root, trained)
+    shards = [write_shard(root, number, pids[start:end], vectors[start:end], spec,
+                          langs=None if langs is None else langs[start:end], trained=trained)
+              for number, start, end in plan_shards(n, shard_size)]
+    return commit_index(root, shards, encoder=encoder, spec=spec, config=config, extra=extra,
+                        trained=trained.entry if trained else None)
 
 
 def iter_index_langs(uri: str) -> Iterator[pa.Table]:
@@ -174,9 +206,37 @@ def language_counts(shards: Sequence[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
+def can_merge(index) -> bool:
+    """Whether ``index.merge_from`` can append another shard's vectors to it: flat-code indexes
+    (Flat, PQ, SQ) and IVF indexes, also inside an ``IndexPreTransform`` (OPQ); not HNSW, whose
+    graph FAISS cannot merge."""
+    import faiss
+
+    node = faiss.downcast_index(index)
+    if isinstance(node, faiss.IndexPreTransform):
+        return can_merge(node.index)
+    return isinstance(node, (faiss.IndexFlatCodes, faiss.IndexIVF))
+
+
+def merge_shard_indexes(indexes: Sequence[Any]):
+    """One FAISS index holding every shard's vectors, row ids in shard order (``indexes[0]`` grows;
+    the others are emptied: ``IndexIVF.merge_from`` moves their inverted lists).
+
+    Only for shards that share one trained index (or need none): ``merge_from`` checks sizes and
+    types, not that two IVF shards have the same centroids."""
+    import faiss
+
+    merged = indexes[0]
+    is_ivf = faiss.try_extract_index_ivf(merged) is not None
+    for index in indexes[1:]:
+        # IVF lists store ids, shifted by add_id; flat codes are numbered by position (add_id 0).
+        merged.merge_from(index, merged.ntotal if is_ivf else 0)
+    return merged
+
+
 @dataclass
 class _Shard:
-    index: Any
+    index: Any  # None once merged into ShardedIndex.merged
     pids: np.ndarray
     langs: np.ndarray | None
 
@@ -184,6 +244,12 @@ class _Shard:
 @dataclass
 class ShardedIndex:
     """A committed sharded index, opened from its manifest; exact top-k merge across shards.
+
+    Shards built from one ``trained.faiss`` (IVF, PQ, SQ, OPQ: one quantizer and codebook for the
+    corpus) and flat shards are merged at open time into one FAISS index (``merge_from``), so a
+    search probes one set of ``nprobe`` lists and costs what one index over all vectors costs;
+    HNSW shards, memory-mapped shards and shards trained each on their own (indexes written before
+    ``trained.faiss``) are searched one by one and their top-k merged (``faiss.merge_knn_results``).
 
     >>> import tempfile
     >>> root = tempfile.mkdtemp()
@@ -198,13 +264,26 @@ class ShardedIndex:
     manifest: dict[str, Any]
     shards: list[_Shard] = field(repr=False)
     threads: int = 0
+    merged: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        counts = [len(s.pids) for s in self.shards]
+        self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._pids = np.concatenate([np.asarray(s.pids, dtype=object) for s in self.shards]) \
+            if self.shards else np.zeros(0, dtype=object)
+        defaults = self.manifest.get("search_params") or \
+            IndexSpec.from_dict(self.manifest.get("index_params") or {}).search_defaults()
+        self.search_defaults = {"nprobe": int(defaults["nprobe"]), "efSearch": int(defaults["efSearch"])}
 
     @classmethod
     def open(cls, uri: str, *, verify: bool = True, mmap: bool = False, cache_dir: str | None = None,
-             use_gpu: bool = False, threads: int = 0, shards: Sequence[int] | None = None) -> "ShardedIndex":
+             use_gpu: bool = False, threads: int = 0, shards: Sequence[int] | None = None,
+             merge: bool = True) -> "ShardedIndex":
         """Open the index's shards (all, or the positions in ``shards``); ``verify`` checks sha256s,
         ``mmap`` memory-maps the FAISS files (remote shards are first copied to ``cache_dir``), so an
-        index larger than RAM is searchable."""
+        index larger than RAM is searchable; ``merge=False`` keeps mergeable shards apart (to compare).
+        ``threads``: Python threads over shards searched one by one (0: one after another, each
+        search on all of FAISS's OpenMP threads, which measured faster: docs/results/search_scale.md)."""
         import faiss
 
         artifact = storage.Artifact(uri, kind=INDEX_KIND)
@@ -230,45 +309,91 @@ class ShardedIndex:
                 raise StorageError(f"{index_loc.uri}: shard holds {index.ntotal} vectors and "
                                    f"{table.num_rows} ids, manifest says {entry['count']}")
             langs = table.column("lang").to_numpy(zero_copy_only=False) if "lang" in table.column_names else None
-            if use_gpu:
-                index = _to_gpu(index)
             loaded.append(_Shard(index, table.column("pid").to_numpy(zero_copy_only=False), langs))
-        return cls(artifact.manifest, loaded, threads)
+        merged = None
+        # Shards of one trained index, or of an index that needs no training, hold comparable codes;
+        # shards trained each on their own (older IVF indexes) have different centroids: never merged.
+        manifest = artifact.manifest
+        factory = manifest.get("index_factory", "Flat" if manifest.get("index_type") == "flat" else None)
+        shared = "trained" in manifest or factory == "Flat"
+        if merge and not mmap and loaded and shared and can_merge(loaded[0].index):
+            merged = merge_shard_indexes([s.index for s in loaded])
+            for shard in loaded:
+                shard.index = None
+            merged = _to_gpu(merged) if use_gpu else merged
+        elif use_gpu:
+            for shard in loaded:
+                shard.index = _to_gpu(shard.index)
+        return cls(artifact.manifest, loaded, threads, merged)
 
     @property
     def dim(self) -> int:
         return int(self.manifest["encoder"]["dim"])
 
     def __len__(self) -> int:
-        return int(self.manifest["num_vectors"])
+        return int(self._offsets[-1])
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
-        """Top-k by inner product over all shards: scores (n, k') descending and pids per query."""
+    def search(self, queries: np.ndarray, k: int, *, nprobe: int | None = None,
+               ef_search: int | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-k by inner product over all shards: scores (n, k') descending and pids per query,
+        k' = min(k, vectors). ``nprobe`` (IVF) and ``ef_search`` (HNSW) apply to this call only;
+        unset, the manifest's ``search_params`` (the build-time values)."""
+        scores, rows = self.search_rows(queries, k, nprobe=nprobe, ef_search=ef_search)
+        return scores, [self._pids[row[row >= 0]].tolist() for row in rows]
+
+    def search_pid_arrays(self, queries: np.ndarray, k: int, *, nprobe: int | None = None,
+                          ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` as (scores (n, k'), pids (n, k') object array, None in empty slots), the
+        form partial results take when several searchers each hold some shards."""
+        scores, rows = self.search_rows(queries, k, nprobe=nprobe, ef_search=ef_search)
+        return scores, pid_array(rows, self._pids)
+
+    def search_rows(self, queries: np.ndarray, k: int, *, nprobe: int | None = None,
+                    ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k as (scores (n, k') float32, global rows (n, k') int64, -1 and -inf in empty slots);
+        a row numbers the opened shards' vectors in order (``pids`` of :meth:`pid_of_rows`)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be (n, {self.dim}), got {queries.shape}")
-        per_shard = self._search_shards(queries, k)
-        return merge_topk([(scores, rows, shard.pids)
-                           for (scores, rows), shard in zip(per_shard, self.shards)], k)
+        k = min(k, len(self))
+        if k < 1 or not len(queries):
+            return np.zeros((len(queries), max(k, 0)), np.float32), np.zeros((len(queries), max(k, 0)), np.int64)
+        nprobe = self.search_defaults["nprobe"] if nprobe is None else nprobe
+        ef_search = self.search_defaults["efSearch"] if ef_search is None else ef_search
+        if self.merged is not None:
+            params = search_parameters(self.merged, nprobe=nprobe, ef_search=ef_search)
+            scores, rows = self.merged.search(queries, k, params=params)
+        else:
+            scores, rows = self._search_shards(queries, k, nprobe, ef_search)
+        scores[rows < 0] = -np.inf
+        return scores, rows
 
-    def search_pid_arrays(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`search` as (scores (n, k'), pids (n, k') object array, None in empty slots), the
-        form partial results take when several searchers each hold some shards."""
-        scores, pids = self.search(queries, k)
-        array = np.full(scores.shape, None, dtype=object)
-        for i, row in enumerate(pids):
-            array[i, :len(row)] = row
-        return scores, array
+    def pid_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The pids global rows name (object array, None at -1)."""
+        return pid_array(rows, self._pids)
 
-    def _search_shards(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        def one(shard: _Shard) -> tuple[np.ndarray, np.ndarray]:
-            return shard.index.search(queries, min(k, shard.index.ntotal))
+    def _search_shards(self, queries: np.ndarray, k: int, nprobe: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
 
-        workers = self.threads or min(len(self.shards), os.cpu_count() or 1)
-        if workers <= 1 or len(self.shards) == 1:
-            return [one(s) for s in self.shards]
-        with ThreadPoolExecutor(workers) as pool:  # FAISS releases the GIL while searching
-            return list(pool.map(one, self.shards))
+        def one(number: int) -> tuple[np.ndarray, np.ndarray]:
+            index = self.shards[number].index
+            scores, rows = index.search(queries, k, params=search_parameters(index, nprobe=nprobe,
+                                                                             ef_search=ef_search))
+            return scores, np.where(rows >= 0, rows + self._offsets[number], -1)
+
+        # Shards one after another by default: each FAISS search already runs on every core
+        # (OpenMP); Python threads on top oversubscribe the CPUs (measured in
+        # docs/results/search_scale.md).
+        workers = min(self.threads, len(self.shards))
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:  # FAISS releases the GIL while searching
+                per_shard = list(pool.map(one, range(len(self.shards))))
+        else:
+            per_shard = [one(n) for n in range(len(self.shards))]
+        if len(per_shard) == 1:
+            return per_shard[0]
+        return faiss.merge_knn_results(np.stack([s for s, _ in per_shard]), np.stack([r for _, r in per_shard]),
+                                       keep_max=True)
 
 
 def merge_topk(results: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -307,7 +432,8 @@ def iter_shard_ids(uri: str) -> Iterator[tuple[int, list[str]]]:
 def pid_array(rows: np.ndarray, pids: np.ndarray) -> np.ndarray:
     """FAISS result rows (n, k) → the pids they name, as an object array with None in empty slots
     (row -1)."""
-    array = np.asarray(pids, dtype=object)[np.clip(rows, 0, None)]
+    array = np.asarray(pids, dtype=object)[np.clip(rows, 0, None)] if len(pids) else \
+        np.full(rows.shape, None, dtype=object)
     array[rows < 0] = None
     return array
 
@@ -317,10 +443,12 @@ def merge_pid_arrays(partials: Sequence[tuple[np.ndarray, np.ndarray]],
     """Merge partial (scores (n, k_i), pids (n, k_i) object array, None in empty slots) results
     exactly, as :meth:`ShardedIndex.search_pid_arrays` returns them (one per shard group or
     searcher actor); stable, so ties keep the partials' order."""
+    # Sorting works on the float scores alone (empty slots to -inf); the object array of pids is
+    # only gathered at the top-k positions, not sorted itself.
     scores = np.concatenate([np.where(p == None, -np.inf, s) for s, p in partials], axis=1)  # noqa: E711
     pids = np.concatenate([p for _, p in partials], axis=1)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     top_scores = np.take_along_axis(scores, order, axis=1).astype(np.float32)
     top_pids = np.take_along_axis(pids, order, axis=1)
-    return top_scores, [[str(p) for p, s in zip(prow, srow) if np.isfinite(s)]
-                        for prow, srow in zip(top_pids, top_scores)]
+    finite = np.isfinite(top_scores)
+    return top_scores, [prow[frow].tolist() for prow, frow in zip(top_pids, finite)]

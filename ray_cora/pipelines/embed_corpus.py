@@ -3,7 +3,11 @@
 Each task of the plan (:mod:`ray_cora.index.plan`) goes to an encoder actor, which streams the
 shard's passages from storage, embeds them in batches, writes the shard's FAISS index and id file,
 and then the shard's marker ``shards/shard-NNNNN.json`` (its manifest entry): a shard exists once
-its marker does. The driver never holds passages or vectors; it collects the small entries and
+its marker does. Index types that need training (IVF, PQ, OPQ, SQ) are trained once, before any
+shard: one Ray task encodes a seeded sample of the corpus, trains the index and writes
+``trained.faiss`` and then its marker ``trained.json``; every actor adds its shards' vectors to a copy
+of it, so all shards share one quantizer and codebook. A rerun reuses it (checksum verified), never
+retrains. The driver never holds passages or vectors; it collects the small entries and
 commits ``manifest.json`` last. A rerun reuses the saved plan and skips every shard whose marker
 and checksums verify, so a killed job resumes where it stopped; a killed actor is replaced by
 Ray Data and its task rerun, which rewrites the same deterministic paths — no duplicates, no gaps.
@@ -27,11 +31,20 @@ from ray_cora.data.passages import iter_passages
 from ray_cora.data.records import BadRecords
 from ray_cora.encoders import encoder_record, load_encoder
 from ray_cora.errors import ChecksumError, ConfigError, RayCoraError, StorageError
-from ray_cora.index.plan import ShardSpec, plan_corpus, plan_fingerprint
+from ray_cora.index.plan import ShardSpec, plan_corpus, plan_fingerprint, planned_records, sample_passages
 from ray_cora.index.sharded import IndexSpec, commit_index, write_shard
+from ray_cora.index.trained import (
+    TRAINED_PATH,
+    needs_training,
+    read_trained_index,
+    train_index,
+    training_sample_size,
+    write_trained_index,
+)
 from ray_cora.runtime import ray_session, worker_runtime_env
 
 PLAN_NAME = "plan.json"
+TRAINED_MARKER = "trained.json"
 
 
 def shard_marker(number: int) -> str:
@@ -42,10 +55,13 @@ class EmbedShards:
     """Actor body: embeds whole shards; built once per actor (the model loads once)."""
 
     def __init__(self, *, encoder: str, out: str, index_spec: dict, batch_size: int, lang: str | None,
-                 threads: int = 1, on_bad_record: str = "error", fault_plan: faults.FaultPlan = faults.EMPTY):
+                 threads: int = 1, on_bad_record: str = "error", fault_plan: faults.FaultPlan = faults.EMPTY,
+                 trained: dict | None = None):
         self.encoder = load_encoder(encoder, threads=threads)
         self.out = out
         self.spec = IndexSpec(**index_spec)
+        # The corpus' trained index, read (and checked) once per actor; each shard adds to a copy.
+        self.trained = read_trained_index(out, trained) if trained else None
         self.batch_size = batch_size
         self.lang = lang
         self.on_bad_record = on_bad_record
@@ -95,8 +111,8 @@ class EmbedShards:
         root = storage.resolve(self.out)
         if bad.count:
             storage.write_bytes(root.join(f"_quarantine/shard-{spec.number:05d}.jsonl"), bad.to_jsonl())
-        entry = write_shard(root, spec.number, pids, matrix, self.spec, langs=langs) if pids else \
-            {"index": None, "ids": None, "count": 0}
+        entry = write_shard(root, spec.number, pids, matrix, self.spec, langs=langs, trained=self.trained) \
+            if pids else {"index": None, "ids": None, "count": 0}
         entry = {**entry, "number": spec.number, "source": spec.uri, "first_line": spec.first_line,
                  "num_lines": spec.num_lines, "skipped_bad_records": bad.count,
                  # What the model is (checkpoint sha256, options, query format), for the manifest.
@@ -128,8 +144,10 @@ def load_or_make_plan(out: storage.Location, *, passages: str, shard_size: int,
     return tasks
 
 
-def finished_shards(out: storage.Location, tasks: list[list[ShardSpec]], *, verify: bool = True) -> dict[int, dict]:
-    """Entries of shards already written (marker present, files matching their checksums)."""
+def finished_shards(out: storage.Location, tasks: list[list[ShardSpec]], *, verify: bool = True,
+                    trained_sha256: str | None = None) -> dict[int, dict]:
+    """Entries of shards already written (marker present, files matching their checksums, and,
+    when the index has a ``trained.faiss``, built from that very file)."""
     done = {}
     for task in tasks:
         for spec in task:
@@ -137,6 +155,8 @@ def finished_shards(out: storage.Location, tasks: list[list[ShardSpec]], *, veri
             if not marker.is_file():
                 continue
             entry = json.loads(storage.read_bytes(marker))
+            if entry["count"] and trained_sha256 is not None and entry.get("trained_sha256") != trained_sha256:
+                continue  # built from another trained index (or none): recompute this shard
             if entry["count"] and verify:
                 try:
                     for role in ("index", "ids"):
@@ -149,8 +169,69 @@ def finished_shards(out: storage.Location, tasks: list[list[ShardSpec]], *, veri
     return done
 
 
+def stored_trained_index(out: storage.Location, index_spec: IndexSpec) -> dict | None:
+    """The entry of the ``trained.faiss`` a previous run of this job committed (its marker
+    ``trained.json`` present and the file matching its sha256), else None. A marker for another
+    index spec, or a damaged file, is an error: the finished shards were built from it."""
+    marker = out.join(TRAINED_MARKER)
+    if not marker.is_file():
+        return None
+    saved = json.loads(storage.read_bytes(marker))
+    if saved["index_spec"] != index_spec.to_dict():
+        raise ConfigError(f"{out.uri} holds an index trained for {saved['index_spec']}, not "
+                          f"{index_spec.to_dict()}: use another --out, or delete that folder to start over")
+    entry = saved["trained"]
+    sha, size = storage.sha256_of(out.join(entry["path"]))
+    if (sha, size) != (entry["sha256"], entry["size"]):
+        raise ChecksumError(f"{out.join(entry['path']).uri}: does not match {marker.uri} (sha256, size); "
+                            "the finished shards were built from it: delete the folder to rebuild the index")
+    return entry
+
+
+def train_corpus_index(*, encoder: str, out: str, tasks_json: str, index_spec: dict, batch_size: int,
+                       lang: str | None, threads: int, num_vectors: int) -> dict:
+    """Ray task body: encode a seeded sample of the planned corpus, train the index on it and write
+    ``trained.faiss``; returns its entry. A task of its own, before the actor pool starts, because
+    every actor needs the trained index before its first shard: training in the first actor batch
+    would make the others wait on it, and a resumed job would have to tell which actor owns it."""
+    model = load_encoder(encoder, threads=threads)
+    spec = IndexSpec(**index_spec)
+    tasks = [[ShardSpec.from_dict(s) for s in task] for task in json.loads(tasks_json)]
+    size = training_sample_size(spec.factory_string(num_vectors), model.dim, num_vectors, spec.train_size)
+    vectors, titles, texts = [], [], []
+    for passage in sample_passages(tasks, size, seed=spec.train_seed, lang=lang):
+        titles.append(passage["title"])
+        texts.append(passage["text"])
+        if len(texts) >= batch_size:
+            vectors.append(model.encode_passages(titles, texts))
+            titles, texts = [], []
+    if texts:
+        vectors.append(model.encode_passages(titles, texts))
+    sample = np.concatenate(vectors) if vectors else np.zeros((0, model.dim), np.float32)
+    trained = train_index(sample, spec, num_vectors=num_vectors, seed=spec.train_seed)
+    return write_trained_index(out, trained)
+
+
+def train_once(config: EmbedConfig, out: storage.Location, tasks: list[list[ShardSpec]],
+               index_spec: IndexSpec) -> dict:
+    """Train the corpus' index in one Ray task and commit it (``trained.json`` after ``trained.faiss``)."""
+    train = ray.remote(num_cpus=config.actor_cpus, num_gpus=config.actor_gpus,
+                       runtime_env=worker_runtime_env() or None)(train_corpus_index)
+    entry = ray.get(train.remote(
+        encoder=config.encoder, out=config.out, tasks_json=json.dumps([[asdict(s) for s in t] for t in tasks]),
+        index_spec=index_spec.to_dict(), batch_size=config.batch_size, lang=config.lang,
+        threads=config.threads, num_vectors=planned_records(tasks)))
+    storage.write_bytes(out.join(TRAINED_MARKER), json.dumps(
+        {"index_spec": index_spec.to_dict(), "trained": entry}).encode())
+    return entry
+
+
 def embed_corpus(config: EmbedConfig) -> dict:
     """Run the embedding job described by an :class:`~ray_cora.configs.embed.EmbedConfig`.
+
+    Phases: plan (or reuse ``plan.json``); train the index once when its type needs it (or reuse
+    ``trained.json``/``trained.faiss``, checksum verified); embed the pending shards on the actor
+    pool; commit ``manifest.json``.
 
     Fault point ``embed.actor_shard`` (:mod:`ray_cora.faults`): one actor dies once at that shard.
     """
@@ -159,15 +240,25 @@ def embed_corpus(config: EmbedConfig) -> dict:
     out = storage.resolve(config.out)
     tasks = load_or_make_plan(out, passages=config.passages, shard_size=config.shard_size,
                               format=config.format)
-    done = finished_shards(out, tasks)
+    index_spec = config.index_spec()
+    trained = stored_trained_index(out, index_spec)
+    must_train = trained is None and needs_training(index_spec.factory_string(planned_records(tasks)))
+    done = finished_shards(out, tasks, trained_sha256=trained["sha256"] if trained else None)
+    if must_train:
+        done = {}  # shards written without this corpus' trained index (none should exist) are redone
     pending = [task for task in tasks if not all(spec.number in done for spec in task)]
     num_shards = sum(len(t) for t in tasks)
     print(f"plan: {num_shards} shards in {len(tasks)} tasks; {len(done)} already written, "
-          f"{sum(len(t) for t in pending)} to embed")
-    index_spec = config.index_spec()
+          f"{sum(len(t) for t in pending)} to embed"
+          + (f"; reusing {TRAINED_PATH} (sha256 {trained['sha256'][:12]}…)" if trained else ""))
     new_passages = 0
     if pending:
         with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+            if must_train:
+                started_training = time.perf_counter()
+                trained = train_once(config, out, tasks, index_spec)
+                print(f"trained {trained['factory']} on {trained['train']['sample_size']} sampled passages "
+                      f"(seed {trained['train']['seed']}) in {time.perf_counter() - started_training:.1f} s")
             items = [{"task": json.dumps([asdict(s) for s in task])} for task in pending]
             results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 EmbedShards, batch_size=1, batch_format="numpy",
@@ -176,7 +267,7 @@ def embed_corpus(config: EmbedConfig) -> dict:
                 fn_constructor_kwargs={
                     "encoder": config.encoder, "out": config.out, "index_spec": index_spec.to_dict(),
                     "batch_size": config.batch_size, "lang": config.lang, "threads": config.threads,
-                    "on_bad_record": config.on_bad_record, "fault_plan": faults.current()})
+                    "on_bad_record": config.on_bad_record, "fault_plan": faults.current(), "trained": trained})
             for entry in iter_entries(results.iter_rows()):
                 done[entry["number"]] = entry
                 new_passages += entry["count"]
@@ -188,7 +279,7 @@ def embed_corpus(config: EmbedConfig) -> dict:
         raise ConfigError(f"{config.passages}: no passages found, nothing to index")
     # The encoder's record comes from the actors' entries: the driver never loads the model.
     manifest = commit_index(
-        out, shards, spec=index_spec, config=config.to_dict(),
+        out, shards, spec=index_spec, config=config.to_dict(), trained=trained,
         encoder={**shards[0]["encoder"], "spec": config.encoder}, extra={"passages": config.passages})
     elapsed = time.perf_counter() - started
     bytes_written = sum(s["size"]["index"] + s["size"]["ids"] for s in shards)
@@ -197,7 +288,8 @@ def embed_corpus(config: EmbedConfig) -> dict:
         print(f"skipped {skipped} malformed passages; they are in {out.join('_quarantine').uri}/")
     summary = {"passages": manifest["num_vectors"], "embedded_now": new_passages,
                "passages_per_second": round(new_passages / elapsed, 1) if new_passages else None,
-               "shards": len(shards), "bytes": bytes_written, "skipped_bad_records": skipped, "seconds": round(elapsed, 1),
+               "shards": len(shards), "bytes": bytes_written, "skipped_bad_records": skipped,
+               "seconds": round(elapsed, 1),
                "manifest": out.join("manifest.json").uri}
     print(f"index: {summary['passages']} passages in {summary['shards']} shards "
           f"({bytes_written / 1e6:.1f} MB); embedded {new_passages} now"

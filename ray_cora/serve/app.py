@@ -11,9 +11,16 @@ OpenAPI schema at ``/openapi.json`` and its docs at ``/docs``. Every client mist
 the JSON body ``{"error": ..., "field": ...}``.
 
 The encoder (Retriever), generator and pivot deployments batch concurrent requests with
-``@serve.batch``; ``max_batch_size`` and ``batch_wait_timeout_s`` come from their ``user_config``
-(so ``serve deploy`` can change them without restarting replicas), and ``max_ongoing_requests`` is
-kept above the batch size so a batch can fill.
+:class:`~ray_cora.serve.core.Batcher` (``@batched``), not ``@serve.batch``: a lone request runs at
+once instead of waiting ``batch_wait_timeout_s`` for a batch to fill, and requests that arrive
+while a batch runs form the next one (why Serve's own cannot do this: the Batcher's docstring).
+``max_batch_size`` comes from their ``user_config`` (so ``serve deploy`` can change it without
+restarting replicas), and ``max_ongoing_requests`` is kept above it so a batch can fill.
+
+Hops: HTTP proxy -> Ingress -> Retriever | Generator | PivotReranker, and Retriever ->
+IndexShardGroup<g> only with ``shard_groups`` > 1 (with 1 the Retriever holds the index: no hop).
+The Ingress -> model hops are kept: the models scale on their own (GPU replicas for the encoder and
+generator in ``cluster/serve_config.yaml``, CPU-only Ingress replicas in front).
 
 With ``shard_groups=N`` (N > 1) the index's shards are split over N ``IndexShardGroup<g>``
 deployments (for an index larger than one replica's memory); the Retriever keeps the encoder and
@@ -41,6 +48,7 @@ from ray_cora.index.sharded import INDEX_KIND, ShardedIndex, merge_pid_arrays
 from ray_cora.languages import UNKNOWN_LANG
 from ray_cora.serve.core import (
     RetrieverCore,
+    batched,
     index_query_format,
     load_generator,
     load_pivot,
@@ -96,9 +104,9 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     return _error(describe_validation_errors(list(exc.errors())))
 
 
-@api.middleware("http")
-async def _guard(request: Request, call_next):
-    """API key and body size, checked before the body is read or parsed."""
+def _refusal(request: Request) -> JSONResponse | None:
+    """The 401/415/413 answer for a request that fails the API key, Content-Type or body-size check
+    (headers only: the body is not read), else None."""
     key, limits = getattr(request.app.state, "api_key", None), getattr(request.app.state, "limits", None)
     open_paths = ("/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
     if key and request.url.path not in open_paths:
@@ -114,14 +122,34 @@ async def _guard(request: Request, call_next):
     if limits and length and length.isdigit() and int(length) > limits.max_body_bytes:
         return _error(ClientError(413, f"request body is {length} bytes; the limit is "
                                   f"{limits.max_body_bytes}", field=None))
-    return await call_next(request)
+    return None
 
 
-def _set_batching(method, config: dict[str, Any]) -> None:
+class _Guard:
+    """:func:`_refusal` on every HTTP request, before the body is read or parsed. A plain ASGI
+    middleware rather than ``@api.middleware("http")``: Starlette's BaseHTTPMiddleware behind that
+    decorator runs each request's app in an extra task and pipes the response through a stream."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            refusal = _refusal(Request(scope))
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(_Guard)
+
+
+def _set_batching(batcher, config: dict[str, Any]) -> None:
+    # batch_wait_timeout_s may still be in a user_config (cluster/*.yaml): the Batcher never waits
+    # for a batch to fill, so it is accepted and has no effect.
     if "max_batch_size" in config:
-        method.set_max_batch_size(int(config["max_batch_size"]))
-    if "batch_wait_timeout_s" in config:
-        method.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+        batcher.set_max_batch_size(int(config["max_batch_size"]))
 
 
 @serve.deployment(name="IndexShardGroup", max_ongoing_requests=16)
@@ -157,7 +185,7 @@ class Retriever:
     def reconfigure(self, config: dict[str, Any]) -> None:
         _set_batching(self.search, config)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @batched(max_batch_size=16)
     async def search(self, requests: list[tuple[str, int, str | None]]) -> list[list[dict[str, Any]]]:
         questions, ks, langs = zip(*requests)
         # Each question in the encoder's query format; a plain format needs no language (the Ingress
@@ -189,7 +217,7 @@ class Generator:
     def reconfigure(self, config: dict[str, Any]) -> None:
         _set_batching(self.batch, config)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    @batched(max_batch_size=8)
     async def batch(self, requests: list[tuple[str, str, list[dict[str, Any]], str | None]]) -> list[str]:
         questions, langs, passages, queries = zip(*requests)
         return await asyncio.to_thread(self.model.answer, list(questions), list(langs), list(passages),
@@ -214,11 +242,11 @@ class PivotReranker:
     def reconfigure(self, config: dict[str, Any]) -> None:
         _set_batching(self.batch, config)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @batched(max_batch_size=16)
     async def batch(self, requests: list[tuple[str, str]]) -> list[dict[str, Any]]:
         questions, langs = zip(*requests)
         results = await asyncio.to_thread(self.pipeline.answer_batch, list(questions), list(langs))
-        return [pivot_response(q, l, r) for q, l, r in zip(questions, langs, results)]
+        return [pivot_response(q, lang, r) for q, lang, r in zip(questions, langs, results)]
 
     async def answer(self, question: str, lang: str) -> dict[str, Any]:
         return await self.batch((question, lang))
@@ -293,7 +321,7 @@ def build_app(args: dict[str, Any] | ServeAppOptions | None = None) -> serve.App
         if not api_key:
             raise ConfigError(f"api_key_env: the environment variable {opts.api_key_env} is not set (or "
                               "empty); set it to the API key, or drop api_key_env to serve without one")
-    batching = {"max_batch_size": opts.max_batch_size, "batch_wait_timeout_s": opts.batch_wait_timeout_s}
+    batching = {"max_batch_size": opts.max_batch_size}
 
     def model_options(target: int) -> dict[str, Any]:
         return {"autoscaling_config": _autoscaling(opts.max_replicas, target),

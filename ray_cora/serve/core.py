@@ -1,11 +1,15 @@
-"""What the Serve deployments host, without Serve: the retriever core and the generator and pivot
-adapters. Everything here is plain Python, so it is tested (and benchmarked) without Ray."""
+"""What the Serve deployments host, without Serve: the retriever core, the generator and pivot
+adapters, and the request batcher. Everything here is plain Python (asyncio at most), so it is
+tested (and benchmarked) without Ray."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import functools
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -230,3 +234,138 @@ def build_demo_pivot_db(encoder: str = "muse") -> str:
     out = tempfile.mkdtemp(prefix="ray_cora_serve_pivot_")
     build_database(list(iter_db_records(str(DEMO_PIVOT_DB), dataset="jsonl")), load_encoder(encoder), out)
     return out
+
+
+# --- batching: concurrent requests share one model call, a lone request never waits -------------
+
+class Batcher:
+    """Calls ``func(items) -> results`` (async, one result per item, in order) on batches of the
+    items awaited concurrently through ``await batcher(item)``, without waiting for a batch to fill.
+
+    A call that finds no batch running starts one at once (at the next turn of the event loop, so
+    calls made in the same turn share it); calls arriving while ``max_concurrent_batches`` batches
+    run wait in a queue, and each batch that ends takes up to ``max_batch_size`` of them at once.
+    The batch size follows the load: 1 for a lone client, up to ``max_batch_size`` under load.
+
+    Why not ``ray.serve.batch`` (Ray 2.60, ``ray/serve/batching.py``): its ``wait_for_batch``
+    always waits ``batch_wait_timeout_s`` for a batch to fill, even for a lone request; and with
+    ``batch_wait_timeout_s=0`` it cuts a batch of whatever is queued *before* waiting for the
+    ``max_concurrent_batches`` semaphore, so under load requests arriving one by one become batches
+    of about one (a probe with 32 callers arriving at random times: mean batch 1.2).
+    Here a batch is cut only when a slot is free, so requests gather while the previous batch runs.
+
+    Each request gets its own answer; an exception ``func`` raises goes to every request of that
+    batch (and no other), and a result that is an exception instance is raised for its request
+    only. A caller that is cancelled (client gone) is dropped from the batch not yet cut. One
+    event loop (a Serve replica's) drives a batcher; ``batch_sizes`` counts the batches run.
+
+    >>> async def double(xs): return [2 * x for x in xs]
+    >>> async def main():
+    ...     batcher = Batcher(double, max_batch_size=4)
+    ...     return await asyncio.gather(*(batcher(x) for x in range(6))), dict(batcher.batch_sizes)
+    >>> asyncio.run(main())
+    ([0, 2, 4, 6, 8, 10], {4: 1, 2: 1})
+    """
+
+    def __init__(self, func: Callable[[list], Awaitable[Sequence]], *, max_batch_size: int = 16,
+                 max_concurrent_batches: int = 1, name: str | None = None) -> None:
+        self.func = func
+        self.name = name or getattr(func, "__name__", repr(func))
+        self.set_max_batch_size(max_batch_size)
+        if max_concurrent_batches < 1:
+            raise ValueError(f"max_concurrent_batches must be at least 1, got {max_concurrent_batches}")
+        self.max_concurrent_batches = max_concurrent_batches
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self._queue: collections.deque[tuple[Any, asyncio.Future]] = collections.deque()
+        self._running = 0
+        self._tasks: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        """Takes effect from the next batch cut (Serve's ``reconfigure`` calls this)."""
+        if int(max_batch_size) < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        self.max_batch_size = int(max_batch_size)
+
+    async def __call__(self, item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append((item, future))
+        if self._running < self.max_concurrent_batches:
+            # No await between a runner's last look at the queue and its exit, so a call either
+            # starts a runner here or is seen by a running one: none is left in the queue.
+            self._running += 1
+            task = loop.create_task(self._run_batches())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future  # cancelling the caller cancels the future: the runner skips it
+
+    async def _run_batches(self) -> None:
+        batch: list[tuple[Any, asyncio.Future]] = []
+        try:
+            while self._queue:
+                batch = []
+                while self._queue and len(batch) < self.max_batch_size:
+                    item, future = self._queue.popleft()
+                    if not future.done():
+                        batch.append((item, future))
+                if batch:
+                    await self._run(batch)
+                batch = []
+        except asyncio.CancelledError:  # the loop is closing: nobody would answer these
+            for _, future in batch + list(self._queue):
+                future.cancel()
+            self._queue.clear()
+            raise
+        finally:
+            self._running -= 1
+
+    async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        self.batch_sizes[len(batch)] += 1
+        try:
+            results = list(await self.func([item for item, _ in batch]))
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch function {self.name!r} returned "
+                                   f"{len(results)} results for {len(batch)} requests: it must return "
+                                   "one per request, in order")
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
+class batched:
+    """Method decorator: ``@batched(max_batch_size=16)`` over ``async def m(self, items) -> results``
+    makes ``await obj.m(item)`` go through one :class:`Batcher` per instance (made on first use, so
+    the class pickles and each Serve replica gets its own). ``obj.m.set_max_batch_size(n)``
+    changes it at run time; ``Class.m.__wrapped__`` is the undecorated batch function."""
+
+    def __init__(self, *, max_batch_size: int = 16, max_concurrent_batches: int = 1) -> None:
+        self.max_batch_size, self.max_concurrent_batches = max_batch_size, max_concurrent_batches
+        self.__wrapped__: Callable | None = None
+        self.name = ""
+
+    def __call__(self, func: Callable) -> "batched":
+        self.__wrapped__ = func
+        functools.update_wrapper(self, func)
+        return self
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        # Stored under the method's own name: later look-ups find the instance's batcher directly.
+        batcher = obj.__dict__[self.name] = Batcher(functools.partial(self.__wrapped__, obj),
+                                                    max_batch_size=self.max_batch_size,
+                                                    max_concurrent_batches=self.max_concurrent_batches,
+                                                    name=f"{type(obj).__name__}.{self.name}")
+        return batcher

@@ -28,7 +28,7 @@ def start_app(config: ServeConfig) -> str:
     except RuntimeError as exc:
         # A replica that cannot start (bad index URI, encoder mismatch ...) fails the deployment;
         # Serve's message ends with the replica's traceback, whose last line is the cause.
-        lines = [l for l in str(exc).strip().splitlines() if l.strip()]
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
         raise ServeStartError(f"the app did not start: {lines[-1].strip() if lines else exc}") from None
     return f"http://{config.host}:{config.port}"
 

@@ -18,7 +18,8 @@ def import_embeddings(config: ImportEmbeddingsConfig) -> dict:
               "only, and retrieval checks no more than the spec and the vector size")
         encoder = {"spec": config.encoder, "normalized": False}
     manifest = import_cora_embeddings(inputs, config.out, shard_size=config.shard_size, encoder=encoder,
-                                      lang=config.lang, passages=config.passages)
+                                      lang=config.lang, passages=config.passages,
+                                      spec=config.index_spec())
     languages = ", ".join(f"{lang} {count}" for lang, count in manifest.get("per_language", {}).items())
     print(f"imported {manifest['num_vectors']} vectors (dim {manifest['encoder']['dim']}) into "
           f"{len(manifest['shards'])} shards at {config.out}; passage languages: {languages}")

@@ -82,7 +82,7 @@ def test_bm25_ranks_the_right_passage_first_in_every_language():
                  ("黑豹队的防守丢了多少分？", "zh_cn", "zh-panthers"),
                  ("ทีมรับของแพนเธอร์สเสียกี่แต้ม", "th", "th-panthers"),
                  ("日本の首都はどこですか", "ja", "ja-tokyo")]
-    scores, pids = bm25.search([q for q, _, _ in questions], [l for _, l, _ in questions], k=3)
+    scores, pids = bm25.search([q for q, _, _ in questions], [lang for _, lang, _ in questions], k=3)
     assert [row[0] for row in pids] == [gold for _, _, gold in questions]
     assert all(row == sorted(row, reverse=True) and row[0] > 0 for row in scores)
 

@@ -81,7 +81,7 @@ def test_hnsw_and_ivfpq_find_exact_neighbours_of_indexed_vectors(tmp_path):
 
 def test_ivfpq_too_small_shard_is_a_clear_error(tmp_path):
     vectors, pids = _corpus(20)
-    with pytest.raises(ConfigError, match="at least 256 vectors per shard"):
+    with pytest.raises(ConfigError, match="at least 256 vectors"):
         write_shard(str(tmp_path), 0, pids, vectors, IndexSpec("ivfpq", pq_m=8))
 
 

@@ -22,7 +22,8 @@ from ray_cora.pipelines.embed_corpus import embed_corpus, shard_marker
 
 pytestmark = pytest.mark.slow
 
-QUESTIONS = ["How tall is Mount Fuji?", "富士山の高さは？", "¿Quién escribió Don Quijote?", "Когда построили Эйфелеву башню?"]
+QUESTIONS = ["How tall is Mount Fuji?", "富士山の高さは？", "¿Quién escribió Don Quijote?",
+             "Когда построили Эйфелеву башню?"]
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +155,42 @@ def test_bad_passage_is_located_or_quarantined(ray_local, tmp_path):
     assert not (tmp_path / "strict" / "manifest.json").exists()
     summary = embed_corpus(_config(str(corpus), str(tmp_path / "lenient"), lang="en", on_bad_record="skip"))
     assert summary["passages"] == 2 and summary["skipped_bad_records"] == 1
-    [quarantined] = [json.loads(l) for l in (tmp_path / "lenient" / "_quarantine" / "shard-00000.jsonl")
+    [quarantined] = [json.loads(line) for line in (tmp_path / "lenient" / "_quarantine" / "shard-00000.jsonl")
                      .read_text().splitlines()]
     assert quarantined["line"] == 2 and quarantined["raw"] == "2\tbroken"
+
+
+def test_ivf_index_is_trained_once_and_a_resumed_job_reuses_it(ray_local, corpus, tmp_path, muse):
+    """An IVF index: one trained.faiss (from a sample of encoded passages) before any shard; a job
+    stopped after 3 shards resumes with the very same trained index (same bytes, file untouched),
+    every shard is built from it, and a search probing every list equals brute force."""
+    import hashlib
+
+    folder, passages = corpus
+    out = tmp_path / "index"
+    overrides = {"index_factory": "IVF2,Flat", "ivf_nprobe": 1}
+    with faults.inject(FaultPlan({faults.DRIVER_ENTRIES: 3})):
+        with pytest.raises(faults.SimulatedCrash):
+            embed_corpus(_config(folder, str(out), **overrides))
+    trained_file = out / "trained.faiss"
+    first_mtime = trained_file.stat().st_mtime_ns
+    first_sha = hashlib.sha256(trained_file.read_bytes()).hexdigest()
+    assert json.loads((out / "trained.json").read_text())["trained"]["sha256"] == first_sha
+    assert not (out / "manifest.json").exists()
+
+    summary = embed_corpus(_config(folder, str(out), **overrides))
+    assert 0 < summary["embedded_now"] < len(passages)  # the finished shards were kept
+    assert trained_file.stat().st_mtime_ns == first_mtime  # not retrained, not rewritten
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["trained"]["sha256"] == first_sha and manifest["index_factory"] == "IVF2,Flat"
+    assert manifest["trained"]["train"]["sample_size"] >= 60 and manifest["search_params"]["nprobe"] == 1
+    assert {s["trained_sha256"] for s in manifest["shards"]} == {first_sha}
+
+    index = ShardedIndex.open(str(out))
+    vectors = muse.encode_passages([p["title"] for p in passages], [p["text"] for p in passages])
+    queries = muse.encode_queries(QUESTIONS)
+    scores, _ = index.search(queries, 10, nprobe=2)
+    np.testing.assert_allclose(scores, np.sort(queries @ vectors.T, axis=1)[:, ::-1][:, :10], atol=1e-4)
+    # Another index spec over the same folder is refused, not mixed in.
+    with pytest.raises(Exception, match="holds an index trained for"):
+        embed_corpus(_config(folder, str(out), index_factory="IVF2,SQ8"))

@@ -35,7 +35,7 @@ def app_url(ray_local):
     os.environ[API_KEY_ENV] = API_KEY  # read by build_app in this process, handed to the Ingress
     config = ServeConfig(port=free_port(), pivot_db="demo", max_question_chars=MAX_CHARS, max_k=MAX_K,
                          default_k=5, api_key_env=API_KEY_ENV, max_replicas=1, replica_cpus=0.25,
-                         health_check_period_s=1, batch_wait_timeout_s=0.02)
+                         health_check_period_s=1, batch_wait_timeout_s=5)  # must not delay anything
     try:
         yield start_app(config)
     finally:
@@ -154,10 +154,21 @@ def _pids(url: str, question: str, k: int) -> list[str]:
     return [p["pid"] for p in response.json()["passages"]]
 
 
+def test_a_lone_request_does_not_wait_for_a_batch_to_fill(app_url):
+    """batch_wait_timeout_s=5 above: a lone request must still come back at once (under
+    @serve.batch it would wait the 5 s out), on every batched deployment it passes."""
+    for path, body in (("/v1/retrieve", {"question": "How tall is Mount Fuji?", "k": 3}),
+                       ("/v1/pivot", {"question": "¿Qué altura tiene el monte Fuji?", "lang": "es"})):
+        assert _post(app_url, path, body).status_code == 200  # warm
+        started = time.monotonic()
+        response = _post(app_url, path, body, timeout=10)
+        assert response.status_code == 200 and time.monotonic() - started < 1.0, path
+
+
 def test_concurrent_requests_are_each_answered_correctly(app_url):
     expected = {(q, k): _pids(app_url, q, k) for q, k in QUESTIONS}  # one at a time
     jobs = [QUESTIONS[i % len(QUESTIONS)] for i in range(48)]
-    with ThreadPoolExecutor(16) as pool:  # batched together by @serve.batch
+    with ThreadPoolExecutor(16) as pool:  # batched together by the deployments' Batcher
         got = list(pool.map(lambda qk: _pids(app_url, *qk), jobs))
     assert got == [expected[qk] for qk in jobs]
     pivots = [("¿Qué altura tiene el monte Fuji?", "es"), ("富士山の高さは？", "ja")] * 8
@@ -222,7 +233,7 @@ def test_index_split_over_two_shard_groups_answers_like_one_index(app_url, muse,
     assert _replicas("IndexShardGroup0") and _replicas("IndexShardGroup1")
     whole = ShardedIndex.open(index)
     assert len(whole.shards) == 5  # groups hold shards {0, 2, 4} and {1, 3}
-    rows = {json.loads(l)["pid"]: json.loads(l) for l in DEMO_PASSAGES.read_text(encoding="utf-8").splitlines()}
+    rows = {row["pid"]: row for row in map(json.loads, DEMO_PASSAGES.read_text(encoding="utf-8").splitlines())}
     shard_of = {pid: n for n, shard in enumerate(whole.shards) for pid in shard.pids}
     groups_used = set()
     for question, k in QUESTIONS + [("How tall is Mount Fuji?", MAX_K)]:

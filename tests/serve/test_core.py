@@ -389,3 +389,210 @@ def test_index_query_format_is_the_recorded_one_unless_the_encoder_spec_says(tmp
     assert index_query_format(str(tmp_path), None) == TAGGED
     assert index_query_format(str(tmp_path), f"dpr:{tiny_cpt}?query_format=plain") == PLAIN
     assert index_query_format(None, None) == PLAIN
+
+
+# --- the batcher: a lone request runs at once, overlapping ones share a batch -------------------
+
+def _run(coro):
+    import asyncio
+
+    return asyncio.run(asyncio.wait_for(coro, 30))  # every wait bounded
+
+
+def test_a_lone_request_runs_at_once_without_waiting_for_a_batch_to_fill():
+    """Under @serve.batch(batch_wait_timeout_s=5) this takes 5 s; the Batcher has no fill wait."""
+    import asyncio
+    import time
+
+    from ray_cora.serve.core import Batcher
+
+    async def echo(items):
+        return list(items)
+
+    async def main():
+        batcher = Batcher(echo, max_batch_size=16)
+        started = time.monotonic()
+        answer = await asyncio.wait_for(batcher("only"), 1.0)
+        return answer, time.monotonic() - started, dict(batcher.batch_sizes)
+
+    answer, seconds, sizes = _run(main())
+    assert (answer, sizes) == ("only", {1: 1}) and seconds < 1.0
+
+
+def test_requests_arriving_while_a_batch_runs_form_the_next_batches():
+    import asyncio
+
+    from ray_cora.serve.core import Batcher
+
+    gate, seen = asyncio.Event(), []
+
+    async def square(items):
+        seen.append(list(items))
+        if len(seen) == 1:
+            await gate.wait()  # the first batch runs until 10 more requests queued behind it
+        return [x * x for x in items]
+
+    async def main():
+        batcher = Batcher(square, max_batch_size=4)
+        first = asyncio.ensure_future(batcher(1))
+        while not seen:
+            await asyncio.sleep(0)
+        rest = [asyncio.ensure_future(batcher(x)) for x in range(2, 12)]
+        await asyncio.sleep(0.01)
+        assert seen == [[1]]  # nothing else started while the first batch holds the slot
+        gate.set()
+        return await first, await asyncio.gather(*rest), dict(batcher.batch_sizes)
+
+    first, rest, sizes = _run(main())
+    assert first == 1 and rest == [x * x for x in range(2, 12)]
+    assert seen == [[1], [2, 3, 4, 5], [6, 7, 8, 9], [10, 11]] and sizes == {1: 1, 4: 2, 2: 1}
+
+
+def test_each_request_gets_its_own_exception_and_the_batcher_keeps_serving():
+    import asyncio
+
+    from ray_cora.serve.core import Batcher
+
+    async def picky(items):
+        if "boom" in items:
+            raise ValueError("batch failed")
+        return [KeyError(x) if x.startswith("bad") else x.upper() for x in items]
+
+    async def main():
+        batcher = Batcher(picky, max_batch_size=8)
+        same_batch = await asyncio.gather(batcher("a"), batcher("boom"), return_exceptions=True)
+        mixed = await asyncio.gather(batcher("b"), batcher("bad1"), batcher("c"), return_exceptions=True)
+        return same_batch, mixed, await batcher("after"), dict(batcher.batch_sizes)
+
+    same_batch, mixed, after, sizes = _run(main())
+    assert all(isinstance(e, ValueError) and str(e) == "batch failed" for e in same_batch)  # its batch only
+    assert mixed[0] == "B" and mixed[2] == "C" and isinstance(mixed[1], KeyError)       # that request only
+    assert after == "AFTER" and sizes == {2: 1, 3: 1, 1: 1}
+
+
+def test_a_wrong_number_of_results_fails_that_batch_saying_so():
+    import asyncio
+
+    from ray_cora.serve.core import Batcher
+
+    async def short(items):
+        return items[:1]
+
+    async def main():
+        batcher = Batcher(short, name="short")
+        return await asyncio.gather(batcher(1), batcher(2), return_exceptions=True)
+
+    errors = _run(main())
+    assert all(isinstance(e, RuntimeError) and "'short' returned 1 results for 2 requests" in str(e)
+               for e in errors)
+
+
+def test_a_cancelled_caller_is_dropped_and_the_others_are_answered():
+    import asyncio
+
+    from ray_cora.serve.core import Batcher
+
+    gate, seen = asyncio.Event(), []
+
+    async def echo(items):
+        seen.extend(items)
+        await gate.wait()
+        return list(items)
+
+    async def main():
+        batcher = Batcher(echo, max_batch_size=8)
+        running = asyncio.ensure_future(batcher("running"))
+        await asyncio.sleep(0.01)
+        gone, kept = asyncio.ensure_future(batcher("gone")), asyncio.ensure_future(batcher("kept"))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # the client went away while queued
+        gate.set()
+        return await running, await kept, gone.cancelled()
+
+    assert _run(main()) == ("running", "kept", True)
+    assert seen == ["running", "kept"]
+
+
+def test_under_random_concurrency_every_request_is_answered_once_with_its_own_result():
+    """300 callers at random times, batches of at most 5, 2 at a time: the function sees every
+    item exactly once, no batch is larger than 5 or runs beside more than one other, every caller
+    gets its own result, and some batches hold more than one request."""
+    import asyncio
+    import random
+
+    from ray_cora.serve.core import Batcher
+
+    rng, seen, active, most_active = random.Random(7), [], [0], [0]
+
+    async def work(items):
+        active[0] += 1
+        most_active[0] = max(most_active[0], active[0])
+        seen.extend(items)
+        await asyncio.sleep(rng.random() * 0.004)
+        active[0] -= 1
+        return [(x, "done") for x in items]
+
+    async def caller(batcher, x):
+        await asyncio.sleep(rng.random() * 0.2)
+        return await batcher(x)
+
+    async def main():
+        batcher = Batcher(work, max_batch_size=5, max_concurrent_batches=2)
+        return await asyncio.gather(*(caller(batcher, x) for x in range(300))), batcher.batch_sizes
+
+    answers, sizes = _run(main())
+    assert answers == [(x, "done") for x in range(300)]
+    assert sorted(seen) == list(range(300))
+    assert max(sizes) <= 5 and max(sizes) > 1 and sum(n * c for n, c in sizes.items()) == 300
+    assert most_active[0] <= 2
+
+
+def test_batched_methods_get_one_batcher_per_instance_reconfigurable_at_run_time():
+    import asyncio
+
+    from ray import cloudpickle
+
+    from ray_cora.serve.core import Batcher, batched
+
+    class Model:
+        def __init__(self, factor: int) -> None:
+            self.factor = factor
+
+        @batched(max_batch_size=2)
+        async def times(self, items):
+            return [self.factor * x for x in items]
+
+    assert Model.times.__wrapped__.__name__ == "times"
+    Shipped = cloudpickle.loads(cloudpickle.dumps(Model))  # as Serve ships the class to its replicas
+    a, b = Model(2), Shipped(10)
+    assert isinstance(a.times, Batcher) and a.times is a.times and a.times is not b.times
+    a.times.set_max_batch_size(3)
+
+    async def main():
+        return await asyncio.gather(*(a.times(x) for x in range(4))), await b.times(1)
+
+    assert _run(main()) == ([0, 2, 4, 6], 10)
+    assert dict(a.times.batch_sizes) == {3: 1, 1: 1}
+    with pytest.raises(ValueError, match="at least 1"):
+        a.times.set_max_batch_size(0)
+
+
+def test_the_retriever_deployment_batches_overlapping_requests_and_answers_each(demo_core):
+    """The Retriever class body (outside Serve) over the demo core: concurrent retrieve() calls share
+    encoder batches and each gets what the core gives for its question alone."""
+    import asyncio
+
+    from ray_cora.serve.app import Retriever
+
+    body = Retriever.func_or_class.__new__(Retriever.func_or_class)
+    body.core, body.groups = demo_core, []
+    questions = [("How tall is Mount Fuji?", 3), ("富士山の高さは？", 5), ("Who wrote Don Quixote?", 1)] * 4
+
+    async def main():
+        return await asyncio.gather(*(body.retrieve(q, k) for q, k in questions))
+
+    got = _run(main())
+    alone = [demo_core.retrieve([q], [k])[0] for q, k in questions]
+    assert [[p["pid"] for p in r] for r in got] == [[p["pid"] for p in r] for r in alone]
+    assert all(p["score"] == pytest.approx(a["score"], abs=1e-5) for r, ra in zip(got, alone) for p, a in zip(r, ra))
+    assert max(body.search.batch_sizes) > 1
