@@ -29,7 +29,7 @@ def demo(demo_index, muse):
     from ray_cora.index.sharded import ShardedIndex
 
     passages = [json.loads(line) for line in DEMO_PASSAGES.read_text(encoding="utf-8").splitlines()]
-    index = ShardedIndex.open(demo_index)
+    index = ShardedIndex.open(demo_index, merge=False)  # each shard's own FAISS index, to read vectors back
     vectors = np.concatenate([shard.index.reconstruct_n(0, shard.index.ntotal) for shard in index.shards])
     pids = [str(pid) for shard in index.shards for pid in shard.pids]
     assert pids == [p["pid"] for p in passages]  # in corpus order
