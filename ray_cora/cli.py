@@ -28,6 +28,7 @@ from ray_cora.configs import (
     ServeConfig,
     TrainMDPRConfig,
     TrainMGENConfig,
+    TuneIndexConfig,
     ValidateConfig,
     WikidataLabelsConfig,
 )
@@ -55,6 +56,9 @@ JOBS: dict[str, Job] = {
                  "(resumable; any storage URI)"),
     "import-embeddings": Job(ImportEmbeddingsConfig, "ray_cora.tools.import_embeddings:import_embeddings",
                              "convert CORA/DPR released embedding pickles (safely) into a sharded index"),
+    "tune-index": Job(TuneIndexConfig, "ray_cora.tools.tune_index:tune_index",
+                      "choose an IVF/HNSW index's default nprobe/efSearch: the cheapest reaching a recall "
+                      "target on held-out questions (within a latency budget); recorded in the index"),
     "validate": Job(ValidateConfig, "ray_cora.tools.validate:validate",
                     "check a passage corpus or QA file: counts per language, malformed records by file:line"),
     "passages": Job(PassagesConfig, "ray_cora.pipelines.build_passages:build_passages",

@@ -330,6 +330,21 @@ class Artifact:
         for relpath in self.files:
             self.verify(relpath)
 
+    def amend(self, files: dict[str, bytes], fields: dict[str, Any]) -> dict:
+        """Add (or replace) ``files`` in this committed artifact and rewrite its manifest with
+        ``fields`` updated, everything else kept: the files first, the manifest last (one PUT), so
+        a reader sees the old artifact or the new one, never a manifest naming a missing file."""
+        for relpath, data in files.items():
+            _check_relpath(relpath)
+            write_bytes(self.root.join(relpath), data)
+            self.manifest.setdefault("files", {})[relpath] = {
+                "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        self.manifest["files"] = dict(sorted(self.manifest["files"].items()))
+        self.manifest.update(fields)
+        write_bytes(self.root.join(MANIFEST_NAME),
+                    json.dumps(self.manifest, indent=2, ensure_ascii=False).encode("utf-8"))
+        return self.manifest
+
     def location(self, relpath: str) -> Location:
         self._entry(relpath)
         return self.root.join(relpath)

@@ -199,6 +199,24 @@ def demo_index(muse, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def demo_ivf_index(demo_index, tmp_path_factory) -> str:
+    """The demo index's mUSE vectors re-indexed as ``IVF4,Flat`` (default nprobe 1, shards of 40),
+    with the same encoder record and corpus: an index whose search-time parameter matters.
+    Copy it (shutil.copytree) to change it."""
+    import numpy as np
+
+    from ray_cora.index.sharded import IndexSpec, ShardedIndex, write_index
+
+    demo = ShardedIndex.open(demo_index, merge=False)
+    vectors = np.concatenate([s.index.reconstruct_n(0, s.index.ntotal) for s in demo.shards])
+    pids = [str(p) for s in demo.shards for p in s.pids]
+    out = tmp_path_factory.mktemp("demo-ivf-index") / "index"
+    write_index(str(out), vectors, pids, shard_size=40, encoder=demo.manifest["encoder"],
+                spec=IndexSpec(index_factory="IVF4,Flat", ivf_nprobe=1), extra={"passages": str(DEMO_PASSAGES)})
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def demo_pivot_db(muse, tmp_path_factory) -> str:
     """The demo pivot database built in one process with mUSE: 91 questions in shards of 40, 40, 11.
     Copy it (shutil.copytree) to change it."""

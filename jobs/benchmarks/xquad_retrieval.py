@@ -243,7 +243,7 @@ def write_markdown(report: dict, path: Path, png_name: str) -> None:
         f"{setup['passages']:,} passages ({setup['passages_per_language']} paragraphs per language, "
         f"pid `xquad-{{lang}}-{{article}}-{{paragraph}}`), {setup['questions']:,} questions "
         f"({setup['questions_per_language']} per language).",
-        (f"- **mUSE**: encoder `muse` (multilingual Universal Sentence Encoder v3, 512-d, normalised; "
+        ("- **mUSE**: encoder `muse` (multilingual Universal Sentence Encoder v3, 512-d, normalised; "
          "passages encoded as `title. text`)" if setup["encoder"] == "muse" else
          f"- **{dense_label}**: encoder `{setup['encoder']}`") + "; the passages of all languages in one exact "
         "inner-product index (`FlatIndex`); top 100 per question.",
@@ -307,7 +307,7 @@ def meaning(report: dict) -> list[str]:
         f"share many words; and BM25 chooses among the {per_lang} passages of one language, where "
         f"mUSE chooses among all {n_pass:,}. This lead should not be expected on open-domain sets "
         f"(MKQA, XOR-TyDi), whose questions were written without the evidence (not measured here).",
-        f"- **mUSE crosses languages.** Its top 10 mix all languages (own-language share: "
+        "- **mUSE crosses languages.** Its top 10 mix all languages (own-language share: "
         + ", ".join(f"{l} {_fmt(mix[l].get(l, 0.0))}%" for l in mix) + "), so the gold paragraph "
         f"competes with its own translations: macro gold-paragraph recall@1 is "
         f"{_fmt(m['gold_any@1'])}% in any language but {_fmt(m['gold_L@1'])}% in the question's "

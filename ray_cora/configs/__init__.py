@@ -21,6 +21,7 @@ from ray_cora.configs.pivot import (
 from ray_cora.configs.retrieve import RetrieveConfig
 from ray_cora.configs.serve import ServeAppOptions, ServeConfig
 from ray_cora.configs.train import TrainMDPRConfig, TrainMGENConfig
+from ray_cora.configs.tune_index import TuneIndexConfig
 from ray_cora.configs.validate import ValidateConfig
 from ray_cora.configs.wikidata import WikidataLabelsConfig
 
@@ -29,4 +30,4 @@ __all__ = ["ActorPoolOptions", "ConvertPredictionsConfig", "DecodingOptions", "D
            "IndexOptions", "IterateConfig", "JobConfig", "OptionGroup", "PassagesConfig", "PivotBuildConfig",
            "PivotCalibrateConfig", "PivotRunConfig", "PivotTrainRerankerConfig", "RayJobConfig",
            "RetrieveConfig", "ServeAppOptions", "ServeConfig", "TaskOptions", "TrainMDPRConfig",
-           "TrainMGENConfig", "TrainRunConfig", "ValidateConfig", "WikidataLabelsConfig"]
+           "TrainMGENConfig", "TrainRunConfig", "TuneIndexConfig", "ValidateConfig", "WikidataLabelsConfig"]

@@ -110,6 +110,25 @@ class IndexOptions(OptionGroup):
                          train_size=self.train_size, train_seed=self.train_seed)
 
 
+class SearchOptions(OptionGroup):
+    """How a job searches a committed index: the search-time parameters (unset: the index's own,
+    which ``ray-cora tune-index`` sets) and where the shards live (CPU, or GPU with faiss-gpu)."""
+
+    options_title: ClassVar[str | None] = "index search"
+    nprobe: int | None = Field(None, ge=1, description="IVF lists each query probes (default: the index's "
+                               "search_params: tune-index's choice, else --ivf-nprobe at build)")
+    ef_search: int | None = Field(None, ge=1, description="HNSW efSearch of each query (default: the index's "
+                                  "search_params)")
+    search_gpus: float = Field(0.0, ge=0, description="GPUs per shard searcher (retrieve's search actors, "
+                               "serve's Retriever or IndexShardGroup replicas); above 0 the shards move to "
+                               "the GPU with faiss-gpu (pip install 'ray-cora[gpu]')")
+    gpu_fp16: bool = Field(True, description="On GPU, store Flat vectors and IVF-PQ lookup tables as fp16 "
+                           "(half the memory, same ranking to ~1e-3 in score); false: fp32")
+
+    def search_kwargs(self) -> dict[str, int | None]:
+        return {"nprobe": self.nprobe, "ef_search": self.ef_search}
+
+
 class DecodingOptions(OptionGroup):
     """How mGEN decodes: a preset (:data:`~ray_cora.models.mgen.DECODING_PRESETS`) and the settings
     that override it. Unset, each is the preset's; the preset is what the model folder records."""

@@ -7,11 +7,11 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ray_cora.configs.base import RayJobConfig
-from ray_cora.configs.options import OptionalEncoderSpec, OptionalLangCode
+from ray_cora.configs.options import OptionalEncoderSpec, OptionalLangCode, SearchOptions
 from ray_cora.languages import parse_langs
 
 
-class RetrieveConfig(RayJobConfig):
+class RetrieveConfig(SearchOptions, RayJobConfig):
     """Retrieve the top-k passages of a sharded index for every question of a QA set, on Ray Data
     (query-encoder actors → shard-searcher actors). Writes <out>/parts/*.jsonl, one line per question
     {qid, lang, question, answers, answers_all, gold_pids, ctxs: [{pid, lang, title, text, score}]}, and

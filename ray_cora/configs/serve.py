@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from ray_cora.configs.base import JobConfig, RayJobConfig
-from ray_cora.configs.options import DecodingOptions, OptionalEncoderSpec
+from ray_cora.configs.options import DecodingOptions, OptionalEncoderSpec, SearchOptions
 
 
-class ServeAppOptions(DecodingOptions, JobConfig):
+class ServeAppOptions(SearchOptions, DecodingOptions, JobConfig):
     """What the application serves. ``serve run ray_cora.serve.app:build_app index=s3://...`` and
     the ``args:`` of a ``serve deploy`` config are validated against these fields."""
 
@@ -46,6 +46,10 @@ class ServeAppOptions(DecodingOptions, JobConfig):
                                     "(characters); longer ones get 422")
     max_k: int = Field(100, ge=1, le=10_000, description="Largest k a client may ask /v1/retrieve for")
     default_k: int = Field(10, ge=1, description="k when a request does not give one")
+    max_nprobe: int = Field(1024, ge=1, description="Largest nprobe a /v1/retrieve request may ask for "
+                            "(IVF indexes; a request's nprobe overrides the index's for that request)")
+    max_ef_search: int = Field(4096, ge=1, description="Largest ef_search a /v1/retrieve request may ask "
+                               "for (HNSW indexes)")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key; when "
                                     "it is set, requests need the header X-API-Key (401 otherwise)")
     max_batch_size: int = Field(16, ge=1, le=1024, description="Largest batch of the encoder, generator "

@@ -34,7 +34,15 @@ import pyarrow.parquet as pq
 
 from ray_cora import storage
 from ray_cora.errors import ConfigError, StorageError
-from ray_cora.index.spec import IndexSpec, IndexType, make_empty_index, search_parameters
+from ray_cora.index.gpu import move_to_gpu
+from ray_cora.index.spec import (
+    IndexSpec,
+    IndexType,
+    exhaustive_search,
+    make_empty_index,
+    search_knob,
+    search_parameters,
+)
 from ray_cora.index.trained import (
     TrainedIndex,
     needs_training,
@@ -265,6 +273,8 @@ class ShardedIndex:
     shards: list[_Shard] = field(repr=False)
     threads: int = 0
     merged: Any = field(default=None, repr=False)
+    # Where the searched indexes live: {"device": "cpu"}, or a GpuPlacement's dict per index.
+    placement: dict[str, Any] = field(default_factory=lambda: {"device": "cpu"})
 
     def __post_init__(self) -> None:
         counts = [len(s.pids) for s in self.shards]
@@ -277,13 +287,15 @@ class ShardedIndex:
 
     @classmethod
     def open(cls, uri: str, *, verify: bool = True, mmap: bool = False, cache_dir: str | None = None,
-             use_gpu: bool = False, threads: int = 0, shards: Sequence[int] | None = None,
-             merge: bool = True) -> "ShardedIndex":
+             use_gpu: bool = False, gpu_fp16: bool = True, threads: int = 0,
+             shards: Sequence[int] | None = None, merge: bool = True) -> "ShardedIndex":
         """Open the index's shards (all, or the positions in ``shards``); ``verify`` checks sha256s,
         ``mmap`` memory-maps the FAISS files (remote shards are first copied to ``cache_dir``), so an
         index larger than RAM is searchable; ``merge=False`` keeps mergeable shards apart (to compare).
         ``threads``: Python threads over shards searched one by one (0: one after another, each
-        search on all of FAISS's OpenMP threads, which measured faster: docs/results/search_scale.md)."""
+        search on all of FAISS's OpenMP threads, which measured faster: docs/results/search_scale.md).
+        ``use_gpu`` copies the (merged) index onto GPU 0 with faiss-gpu (:mod:`ray_cora.index.gpu`;
+        ``gpu_fp16``: fp16 Flat storage / IVF-PQ lookup tables); ``placement`` says what was done."""
         import faiss
 
         artifact = storage.Artifact(uri, kind=INDEX_KIND)
@@ -320,11 +332,23 @@ class ShardedIndex:
             merged = merge_shard_indexes([s.index for s in loaded])
             for shard in loaded:
                 shard.index = None
-            merged = _to_gpu(merged) if use_gpu else merged
-        elif use_gpu:
-            for shard in loaded:
-                shard.index = _to_gpu(shard.index)
-        return cls(artifact.manifest, loaded, threads, merged)
+        placement: dict[str, Any] = {"device": "cpu"}
+        if use_gpu:
+            if mmap:
+                raise ConfigError("use_gpu and mmap together: a GPU index is copied into GPU memory, "
+                                  "there is nothing to memory-map; leave mmap off")
+            if merged is not None:
+                merged, where = move_to_gpu(merged, fp16=gpu_fp16)
+                placement = where.to_dict()
+            else:
+                moved = [move_to_gpu(shard.index, fp16=gpu_fp16) for shard in loaded]
+                for shard, (gpu_index, _) in zip(loaded, moved):
+                    shard.index = gpu_index
+                places = [where.to_dict() for _, where in moved]
+                if places:
+                    placement = {**places[0], "bytes": sum(p["bytes"] for p in places),
+                                 "vectors": sum(p["vectors"] for p in places), "indexes": len(places)}
+        return cls(artifact.manifest, loaded, threads, merged, placement)
 
     @property
     def dim(self) -> int:
@@ -368,6 +392,31 @@ class ShardedIndex:
         scores[rows < 0] = -np.inf
         return scores, rows
 
+    def exhaustive_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search_rows` with nothing left out: every IVF list probed, HNSW's stored vectors
+        scanned (:func:`ray_cora.index.spec.exhaustive_search`): the reference a tuned search's
+        recall is measured against (exact for Flat-coded indexes)."""
+        import faiss
+
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = min(k, len(self))
+        if self.merged is not None:
+            return exhaustive_search(self.merged, queries, k)
+        per_shard = []
+        for number, shard in enumerate(self.shards):
+            scores, rows = exhaustive_search(shard.index, queries, k)
+            per_shard.append((scores, np.where(rows >= 0, rows + self._offsets[number], -1)))
+        if len(per_shard) == 1:
+            return per_shard[0]
+        return faiss.merge_knn_results(np.stack([s for s, _ in per_shard]), np.stack([r for _, r in per_shard]),
+                                       keep_max=True)
+
+    @property
+    def search_knob(self) -> tuple[str | None, int]:
+        """(``"nprobe"``, nlist), (``"efSearch"``, 0) or (None, 0): what :meth:`search` can tune."""
+        first = self.merged if self.merged is not None else (self.shards[0].index if self.shards else None)
+        return search_knob(first) if first is not None else (None, 0)
+
     def pid_of_rows(self, rows: np.ndarray) -> np.ndarray:
         """The pids global rows name (object array, None at -1)."""
         return pid_array(rows, self._pids)
@@ -410,15 +459,6 @@ def merge_topk(results: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     [['a1', 'b0']]
     """
     return merge_pid_arrays([(s, pid_array(r, p)) for s, r, p in results], k)
-
-
-def _to_gpu(index):
-    import faiss
-
-    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
-        raise ConfigError("use_gpu: this FAISS build has no GPU support or no GPU is visible; "
-                          "install ray-cora[gpu] (faiss-gpu) on a CUDA machine")
-    return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
 
 
 def iter_shard_ids(uri: str) -> Iterator[tuple[int, list[str]]]:

@@ -157,11 +157,51 @@ def search_parameters(index, *, nprobe: int | None = None, ef_search: int | None
             keep.append(inner)
         params.keep_alive = keep
         return params
+    gpu_ivf = getattr(faiss, "GpuIndexIVF", None)  # faiss-gpu only; not an IndexIVF subclass
+    if gpu_ivf is not None and isinstance(node, gpu_ivf):
+        params = faiss.SearchParametersIVF()
+        # faiss-gpu selects at most 2048 lists (GPU_MAX_SELECTION_K).
+        params.nprobe = max(1, min(int(nprobe) if nprobe is not None else node.nprobe, node.nlist, 2048))
+        return params
     if isinstance(node, faiss.IndexHNSW) and ef_search is not None:
         params = faiss.SearchParametersHNSW()
         params.efSearch = int(ef_search)
         return params
     return None
+
+
+def search_knob(index) -> tuple[str | None, int]:
+    """The search-time parameter that trades recall for speed on ``index`` and its largest useful
+    value: (``"nprobe"``, nlist) for IVF (also inside OPQ/PCA), (``"efSearch"``, 0: unbounded) for
+    HNSW, (None, 0) for exhaustive indexes (Flat, PQ, SQ), which have none."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        return "nprobe", int(ivf.nlist)
+    if _find(index, "hnsw") is not None:
+        return "efSearch", 0
+    return None, 0
+
+
+def exhaustive_search(index, queries, k: int):
+    """Top-k of ``index`` over the same stored codes, without the approximation that its search-time
+    parameter controls: every IVF list probed, HNSW's stored vectors scanned instead of its graph
+    walked. What a tuned search is compared with: IVF-PQ's codes are lossy whatever nprobe is, so
+    this is the best any nprobe can reach; for Flat-coded indexes it is exact."""
+    import faiss
+
+    node = faiss.downcast_index(index)
+    if isinstance(node, faiss.IndexPreTransform):
+        transformed = queries
+        for i in range(node.chain.size()):
+            transformed = faiss.downcast_VectorTransform(node.chain.at(i)).apply(transformed)
+        return exhaustive_search(node.index, transformed, k)
+    if isinstance(node, faiss.IndexIVF):
+        return node.search(queries, k, params=search_parameters(node, nprobe=node.nlist))
+    if isinstance(node, faiss.IndexHNSW):
+        return faiss.downcast_index(node.storage).search(queries, k)
+    return node.search(queries, k)
 
 
 def _find(index, attribute: str):

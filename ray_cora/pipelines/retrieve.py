@@ -183,6 +183,8 @@ def run_retrieval(config: RetrieveConfig) -> dict:
     query_format = query_format_for(config.encoder, index_encoder, add_lang=config.add_lang)
     langs = parse_langs(config.langs) if config.langs else (parse_langs(config.lang) if config.lang else None)
     key = _job_key(config) | {"encoder": encoder}
+    # Search settings join the key only when set, so runs from before they existed still resume.
+    key |= {name: value for name, value in config.search_kwargs().items() if value is not None}
     check_job_settings(out, JOB_FILE, key, "retrieval run")
 
     passages = config.passages or index_manifest.get("passages")
@@ -213,8 +215,15 @@ def run_retrieval(config: RetrieveConfig) -> dict:
     if items:
         with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
             index = DistributedIndex(config.index, num_actors=config.search_actors,
-                                     actor_cpus=config.search_actor_cpus, timeout_s=config.timeout_s)
+                                     actor_cpus=config.search_actor_cpus, actor_gpus=config.search_gpus,
+                                     gpu_fp16=config.gpu_fp16, timeout_s=config.timeout_s,
+                                     **config.search_kwargs())
             try:
+                if config.search_gpus:
+                    for number, where in enumerate(index.placements()):
+                        print(f"retrieve: searcher {number}: {where['vectors']} vectors in {where['shards']} "
+                              f"shards on {where['device']} as {where.get('form', 'FAISS CPU')} "
+                              f"({where.get('storage', 'as built')})")
                 results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                     EncodeQuestionBlocks, batch_size=1, batch_format="numpy",
                     compute=ActorPoolStrategy(size=config.encoder_actors), num_cpus=config.actor_cpus,
@@ -238,6 +247,12 @@ def run_retrieval(config: RetrieveConfig) -> dict:
                             passage_languages=store.get("languages"))
 
 
+def effective_search_params(config: RetrieveConfig) -> dict:
+    """The nprobe/efSearch the searches ran with: the job's, else the index's ``search_params``."""
+    recorded = storage.Artifact(config.index, kind=INDEX_KIND).manifest.get("search_params") or {}
+    return {"nprobe": config.nprobe or recorded.get("nprobe"), "efSearch": config.ef_search or recorded.get("efSearch")}
+
+
 def commit_retrieval(out: storage.Location, done: dict[str, dict], counts: dict[str, int], *, config: RetrieveConfig,
                      encoder: str, started: float, passage_languages: dict | None = None) -> dict:
     writer = storage.ArtifactWriter(out, kind=RETRIEVAL_KIND, config=config.to_dict())
@@ -248,6 +263,7 @@ def commit_retrieval(out: storage.Location, done: dict[str, dict], counts: dict[
         per_language[entry["lang"]] = per_language.get(entry["lang"], 0) + entry["count"]
     query_formats = sorted({done[b].get("query_format") for b in counts} - {None})
     writer.commit({"k": config.k, "encoder": encoder, "index": config.index, "dataset": config.dataset,
+                   "search_params": effective_search_params(config),
                    **({"query_format": query_formats[0] if len(query_formats) == 1 else query_formats}
                       if query_formats else {}),
                    "questions": config.questions, "num_questions": sum(counts.values()),

@@ -44,11 +44,13 @@ from ray_cora import __version__, storage
 from ray_cora.configs.serve import ServeAppOptions
 from ray_cora.encoders import format_query
 from ray_cora.errors import ConfigError
+from ray_cora.index.gpu import placement_line
 from ray_cora.index.sharded import INDEX_KIND, ShardedIndex, merge_pid_arrays
 from ray_cora.languages import UNKNOWN_LANG
 from ray_cora.serve.core import (
     RetrieverCore,
     batched,
+    group_by_search_params,
     index_query_format,
     load_generator,
     load_pivot,
@@ -162,10 +164,21 @@ class IndexShardGroup:
         opts = ServeAppOptions.model_validate(options)
         num_shards = len(storage.Artifact(opts.index, kind=INDEX_KIND).manifest["shards"])
         self.shards = shard_group(num_shards, opts.shard_groups, group)
-        self.index = ShardedIndex.open(opts.index, shards=self.shards)
+        self.index = ShardedIndex.open(opts.index, shards=self.shards, use_gpu=opts.search_gpus > 0,
+                                       gpu_fp16=opts.gpu_fp16)
+        self.defaults = {"nprobe": opts.nprobe, "ef_search": opts.ef_search}
+        print(f"{SHARD_GROUP}{group}: {len(self.index)} vectors in shards {self.shards} on "
+              f"{placement_line(self.index.placement)}")
 
-    async def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return await asyncio.to_thread(self.index.search_pid_arrays, vectors, k)
+    async def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None,
+                     ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return await asyncio.to_thread(
+            self.index.search_pid_arrays, vectors, k,
+            nprobe=self.defaults["nprobe"] if nprobe is None else nprobe,
+            ef_search=self.defaults["ef_search"] if ef_search is None else ef_search)
+
+    async def placement(self) -> dict[str, Any]:
+        return {**self.index.placement, "shards": self.shards, "vectors": len(self.index)}
 
 
 @serve.deployment(name="Retriever", max_ongoing_requests=64)
@@ -180,27 +193,52 @@ class Retriever:
         self.groups = list(shard_groups or [])
         self.core = RetrieverCore.load(index=opts.index, passages=opts.passages,
                                        passage_store=opts.passage_store, encoder=opts.encoder,
-                                       hold_index=not self.groups, cache_buckets=opts.passage_cache_buckets)
+                                       hold_index=not self.groups, cache_buckets=opts.passage_cache_buckets,
+                                       default_params=(opts.nprobe, opts.ef_search),
+                                       use_gpu=opts.search_gpus > 0 and not self.groups, gpu_fp16=opts.gpu_fp16)
+        if self.core.index is not None:
+            print(f"Retriever: {len(self.core.index)} vectors on {placement_line(self.core.index.placement)}")
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         _set_batching(self.search, config)
 
     @batched(max_batch_size=16)
-    async def search(self, requests: list[tuple[str, int, str | None]]) -> list[list[dict[str, Any]]]:
-        questions, ks, langs = zip(*requests)
+    async def search(self, requests: list[tuple[str, int, str | None, int | None, int | None]]
+                     ) -> list[list[dict[str, Any]]]:
+        questions, ks, langs, nprobes, ef_searches = zip(*requests)
+        params = list(zip(nprobes, ef_searches))
         # Each question in the encoder's query format; a plain format needs no language (the Ingress
         # asks for lang when the format writes it).
         query_langs = [lang or UNKNOWN_LANG for lang in langs] if self.core.needs_lang else None
         # In a thread, so requests keep arriving (and queue for the next batch) while this one runs.
         if not self.groups:
-            return await asyncio.to_thread(self.core.retrieve, questions, ks, query_langs)
+            return await asyncio.to_thread(self.core.retrieve, questions, ks, query_langs,
+                                           [(n or self.core.default_params[0], e or self.core.default_params[1])
+                                            for n, e in params])
         vectors = await asyncio.to_thread(self.core.encode, questions, query_langs)
-        partials = await asyncio.gather(*(g.search.remote(vectors, max(ks)) for g in self.groups))
-        scores, pids = merge_pid_arrays(partials, max(ks))
+        scores: list[Any] = [None] * len(questions)
+        pids: list[Any] = [None] * len(questions)
+        for (nprobe, ef_search), positions in group_by_search_params(params).items():
+            k = max(ks[i] for i in positions)
+            partials = await asyncio.gather(*(g.search.remote(vectors[positions], k, nprobe, ef_search)
+                                              for g in self.groups))
+            found_scores, found_pids = merge_pid_arrays(partials, k)
+            for row, position in enumerate(positions):
+                scores[position], pids[position] = found_scores[row], found_pids[row]
         return await asyncio.to_thread(self.core.attach, scores, pids, ks)
 
-    async def retrieve(self, question: str, k: int, lang: str | None = None) -> list[dict[str, Any]]:
-        return await self.search((question, k, lang))
+    async def retrieve(self, question: str, k: int, lang: str | None = None, nprobe: int | None = None,
+                       ef_search: int | None = None) -> list[dict[str, Any]]:
+        return await self.search((question, k, lang, nprobe, ef_search))
+
+    async def describe(self) -> dict[str, Any]:
+        """The index's default search parameters and where its shards are searched."""
+        if self.core.index is not None:
+            index = self.core.index
+            return {"search_params": index.search_defaults, "placement": [index.placement]}
+        placements = await asyncio.gather(*(g.placement.remote() for g in self.groups))
+        return {"search_params": storage.Artifact(self.core.index_uri, kind=INDEX_KIND).manifest.get("search_params"),
+                "placement": list(placements)}
 
 
 @serve.deployment(name="Generator", max_ongoing_requests=32)
@@ -260,8 +298,9 @@ class Ingress:
     def __init__(self, retriever, generator, pivot, options: dict[str, Any], api_key: str | None) -> None:
         opts = ServeAppOptions.model_validate(options)
         self.retriever, self.generator, self.pivot = retriever, generator, pivot
-        self.limits = Limits(opts.max_question_chars, opts.max_k, opts.default_k)
+        self.limits = Limits(opts.max_question_chars, opts.max_k, opts.default_k, opts.max_nprobe, opts.max_ef_search)
         self.answer_passages = opts.answer_passages
+        self.index_info: dict[str, Any] | None = None
         # Whether questions need their language: the encoder's query format writes it (CORA's mDPR
         # reads "{question} [{lang}]"); read from the index manifest, without loading the model.
         self.query_format = index_query_format(opts.index, opts.encoder)
@@ -272,15 +311,19 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
+        if self.index_info is None:  # asked once: it does not change while the replicas live
+            self.index_info = await self.retriever.describe.remote()
         return {"status": "ok", "retriever": True, "generator": self.generator is not None,
-                "pivot": self.pivot is not None}
+                "pivot": self.pivot is not None, "index": self.index_info}
 
     @api.post("/v1/retrieve", response_model=RetrieveResponse, responses=_ERRORS)
     async def retrieve(self, body: RetrieveRequest) -> dict[str, Any]:
         """Top-k passages, in any language, for a question in any language."""
         question, k = self.limits.question(body.question), self.limits.k(body.k)
         lang = self.limits.lang(body.lang, required=self.needs_lang)
-        passages = await self.retriever.retrieve.remote(question, k, lang)
+        nprobe = self.limits.search_param("nprobe", body.nprobe)
+        ef_search = self.limits.search_param("ef_search", body.ef_search)
+        passages = await self.retriever.retrieve.remote(question, k, lang, nprobe, ef_search)
         return {"question": question, "lang": lang, "k": k, "passages": passages}
 
     @api.post("/v1/answer", response_model=AnswerResponse, responses=_ERRORS)
@@ -335,10 +378,13 @@ def build_app(args: dict[str, Any] | ServeAppOptions | None = None) -> serve.App
         # reaches every shard only if each group is its own deployment (replicas = copies of it).
         groups = [IndexShardGroup.options(
             name=f"{SHARD_GROUP}{g}", autoscaling_config=_autoscaling(opts.max_replicas, 4),
-            ray_actor_options={"num_cpus": opts.replica_cpus}, max_ongoing_requests=16,
+            ray_actor_options={"num_cpus": opts.replica_cpus, "num_gpus": opts.search_gpus}, max_ongoing_requests=16,
             health_check_period_s=opts.health_check_period_s).bind(options, g)
             for g in range(opts.shard_groups)]
-    retriever = Retriever.options(**model_options(opts.max_batch_size)).bind(options, groups)
+    retriever_options = model_options(opts.max_batch_size)
+    if groups is None and opts.search_gpus:  # the Retriever holds the index: its GPU too
+        retriever_options["ray_actor_options"]["num_gpus"] = max(opts.replica_gpus, opts.search_gpus)
+    retriever = Retriever.options(**retriever_options).bind(options, groups)
     generator = (Generator.options(**model_options(opts.max_batch_size)).bind(options)
                  if opts.generator else None)
     pivot = (PivotReranker.options(**model_options(opts.max_batch_size)).bind(options)

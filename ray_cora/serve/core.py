@@ -100,6 +100,22 @@ def shard_group(num_shards: int, groups: int, group: int) -> list[int]:
     return list(range(group, num_shards, groups))
 
 
+SearchParams = tuple[int | None, int | None]  # (nprobe, ef_search); None: the searcher's default
+
+
+def group_by_search_params(params: Sequence[SearchParams]) -> dict[SearchParams, list[int]]:
+    """Positions of a batch's requests per distinct (nprobe, ef_search), in first-seen order: one
+    FAISS search per group, so requests asking for different settings can share a batch.
+
+    >>> group_by_search_params([(None, None), (8, None), (None, None)])
+    {(None, None): [0, 2], (8, None): [1]}
+    """
+    groups: dict[SearchParams, list[int]] = {}
+    for position, key in enumerate(params):
+        groups.setdefault(key, []).append(position)
+    return groups
+
+
 @dataclass
 class RetrieverCore:
     """Question encoder + sharded index + passage store: questions in, ranked passages out.
@@ -121,6 +137,8 @@ class RetrieverCore:
     # How questions are written for the encoder: what the index records with it (CORA's mDPR:
     # "{question} [{lang}]"), unless the encoder spec sets its own.
     query_format: str = PLAIN
+    # (nprobe, ef_search) of a search that asks for nothing (None: the index's search_params).
+    default_params: SearchParams = (None, None)
 
     @property
     def needs_lang(self) -> bool:
@@ -130,7 +148,8 @@ class RetrieverCore:
     @classmethod
     def load(cls, *, index: str | None, passages: str | None = None, passage_store: str | None = None,
              encoder: str | None = None, threads: int = 1, device: Any = None, hold_index: bool = True,
-             cache_buckets: int = 64) -> "RetrieverCore":
+             cache_buckets: int = 64, default_params: SearchParams = (None, None), use_gpu: bool = False,
+             gpu_fp16: bool = True) -> "RetrieverCore":
         """Open ``index`` (its encoder must be ``encoder``: the same model, see
         :func:`~ray_cora.encoders.check_same_encoder`) with texts from ``passage_store`` (a
         committed store) or else a store built now from ``passages`` (see :func:`open_passages`).
@@ -145,8 +164,8 @@ class RetrieverCore:
         check_same_encoder(manifest["encoder"], encoder_record(model), what=f"index {index}")
         store = open_passages(passage_store=passage_store, passages=passages, index_manifest=manifest,
                               cache_buckets=cache_buckets, index=index)
-        return cls(model, ShardedIndex.open(index) if hold_index else None, store, index,
-                   query_format_for(encoder, manifest["encoder"]))
+        return cls(model, ShardedIndex.open(index, use_gpu=use_gpu, gpu_fp16=gpu_fp16) if hold_index else None,
+                   store, index, query_format_for(encoder, manifest["encoder"]), default_params)
 
     def encode(self, questions: Sequence[str], langs: Sequence[str] | None = None) -> np.ndarray:
         """Query vectors. With ``langs`` each question is first written in the encoder's
@@ -171,16 +190,25 @@ class RetrieverCore:
                  for pid, score in zip(row_pids[:k], row_scores[:k])]
                 for row_pids, row_scores, k in zip(pids, scores, ks)]
 
-    def retrieve(self, questions: Sequence[str], ks: Sequence[int],
-                 langs: Sequence[str] | None = None) -> list[list[dict[str, Any]]]:
-        """Top ``ks[i]`` passages for ``questions[i]`` (in ``langs[i]``, see :meth:`encode`), one
-        batched encode and search for all."""
+    def retrieve(self, questions: Sequence[str], ks: Sequence[int], langs: Sequence[str] | None = None,
+                 params: Sequence[SearchParams] | None = None) -> list[list[dict[str, Any]]]:
+        """Top ``ks[i]`` passages for ``questions[i]`` (in ``langs[i]``, see :meth:`encode`) searched
+        with ``params[i]`` = (nprobe, ef_search) (None: the defaults); one batched encode, one
+        search per distinct setting."""
         if not questions:
             return []
         if self.index is None:
             raise ConfigError("this retriever holds no index (hold_index=False): search its encode() "
                               "vectors on the shard groups, then attach()")
-        scores, pids = self.index.search(self.encode(questions, langs), max(ks))
+        vectors = self.encode(questions, langs)
+        scores: list[Any] = [None] * len(questions)
+        pids: list[Any] = [None] * len(questions)
+        for (nprobe, ef_search), positions in group_by_search_params(
+                params or [self.default_params] * len(questions)).items():
+            found_scores, found_pids = self.index.search(vectors[positions], max(ks[i] for i in positions),
+                                                         nprobe=nprobe, ef_search=ef_search)
+            for row, position in enumerate(positions):
+                scores[position], pids[position] = found_scores[row], found_pids[row]
         return self.attach(scores, pids, ks)
 
 

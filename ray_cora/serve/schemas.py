@@ -46,6 +46,10 @@ class RetrieveRequest(_Request):
                                    "language table; required when the index's encoder reads questions with "
                                    "their language, as CORA's mDPR does ('{question} [{lang}]')", examples=["ja"])
     k: StrictInt | None = Field(None, description="Passages to return (1..max_k; default default_k)")
+    nprobe: StrictInt | None = Field(None, description="IVF lists to probe for this request (1..max_nprobe; "
+                                     "default: the app's nprobe, else the index's tuned value)")
+    ef_search: StrictInt | None = Field(None, description="HNSW efSearch for this request (1..max_ef_search; "
+                                        "default: the app's, else the index's)")
 
 
 class AnswerRequest(_Request):
@@ -110,6 +114,8 @@ class Limits:
     max_question_chars: int = 1000
     max_k: int = 100
     default_k: int = 10
+    max_nprobe: int = 1024
+    max_ef_search: int = 4096
 
     def question(self, text: str) -> str:
         text = text.strip()
@@ -136,6 +142,15 @@ class Limits:
         if not 1 <= k <= self.max_k:
             raise ClientError(422, f"k must be between 1 and {self.max_k}, got {k}", field="k")
         return k
+
+    def search_param(self, name: str, value: int | None) -> int | None:
+        """A request's ``nprobe`` or ``ef_search``: None (the app's default) or 1..its maximum."""
+        if value is None:
+            return None
+        limit = self.max_nprobe if name == "nprobe" else self.max_ef_search
+        if not 1 <= value <= limit:
+            raise ClientError(422, f"{name} must be between 1 and {limit}, got {value}", field=name)
+        return value
 
     @property
     def max_body_bytes(self) -> int:

@@ -58,7 +58,10 @@ def test_proxy_binds_loopback_only(app_url):
 
 def test_health_and_openapi_are_open_and_describe_the_routes(app_url):
     health = requests.get(app_url + "/healthz", timeout=10).json()
+    index = health.pop("index")
     assert health == {"status": "ok", "retriever": True, "generator": False, "pivot": True}
+    # Where the index is searched and with what defaults (the demo index: flat, on CPU).
+    assert index["placement"] == [{"device": "cpu"}] and set(index["search_params"]) == {"nprobe", "efSearch"}
     schema = requests.get(app_url + "/openapi.json", timeout=10).json()
     assert {"/v1/retrieve", "/v1/answer", "/v1/pivot", "/healthz"} <= set(schema["paths"])
     body = schema["paths"]["/v1/retrieve"]["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -76,6 +79,9 @@ def test_retrieve_finds_the_passages_across_languages(app_url):
     assert "3776" in top["text"].replace(",", "")
     default_k = _post(app_url, "/v1/retrieve", {"question": "How tall is Mount Fuji?"}).json()
     assert default_k["k"] == 5 and len(default_k["passages"]) == 5 and default_k["lang"] is None
+    # A request's own nprobe travels to the search (a flat index has no lists: same passages).
+    tuned = _post(app_url, "/v1/retrieve", {"question": "How tall is Mount Fuji?", "nprobe": 3, "ef_search": 40})
+    assert tuned.status_code == 200 and tuned.json()["passages"] == default_k["passages"]
 
 
 def test_pivot_matches_the_english_question_and_answers(app_url):
@@ -107,6 +113,9 @@ LONG = "q" * (MAX_CHARS + 1)
     ("/v1/retrieve", {"question": 3}, 422, "question"),
     ("/v1/retrieve", {"question": "a", "lang": 5}, 422, "lang"),
     ("/v1/retrieve", {"question": "a", "top_k": 3}, 422, "top_k"),
+    ("/v1/retrieve", {"question": "a", "nprobe": 0}, 422, "nprobe"),
+    ("/v1/retrieve", {"question": "a", "nprobe": "8"}, 422, "nprobe"),
+    ("/v1/retrieve", {"question": "a", "ef_search": 10**6}, 422, "ef_search"),
     ("/v1/retrieve", {}, 422, "question"),
     ("/v1/retrieve", [{"question": "a"}], 422, None),
     ("/v1/retrieve", '{"question": "a",', 400, None),

@@ -50,6 +50,15 @@ def test_k_out_of_range_is_refused(k):
     assert err.value.field == "k"
 
 
+@pytest.mark.parametrize("name,value,limit", [("nprobe", 0, 1024), ("nprobe", 1025, 1024),
+                                              ("ef_search", 5000, 4096)])
+def test_search_parameters_out_of_range_are_refused_naming_the_field(name, value, limit):
+    with pytest.raises(ClientError, match=f"{name} must be between 1 and {limit}") as err:
+        Limits().search_param(name, value)
+    assert err.value.field == name and err.value.status == 422
+    assert Limits().search_param(name, None) is None and Limits().search_param(name, limit) == limit
+
+
 def test_k_defaults_and_bounds_are_inclusive():
     assert LIMITS.k(None) == 7 and LIMITS.k(1) == 1 and LIMITS.k(50) == 50
 
@@ -361,20 +370,47 @@ def test_retriever_deployment_fans_each_batch_out_to_every_group_and_merges(spli
         def __init__(self, g: int) -> None:
             self.index, self.search = ShardedIndex.open(split_index, shards=shard_group(5, 2, g)), self
 
-        def remote(self, vectors, k):
-            calls.append((len(vectors), k))
+        def remote(self, vectors, k, nprobe=None, ef_search=None):
+            calls.append((len(vectors), k, nprobe))
 
             async def result():
-                return self.index.search_pid_arrays(vectors, k)
+                return self.index.search_pid_arrays(vectors, k, nprobe=nprobe, ef_search=ef_search)
             return result()
 
     body = Retriever.func_or_class({"index": split_index, "shard_groups": 2}, [Group(0), Group(1)])
     assert body.core.index is None  # the index lives in the groups only
-    batch = [("How tall is Mount Fuji?", 3, "en"), ("富士山の高さは？", 12, "ja"), ("Who wrote Don Quixote?", 1, None)]
+    batch = [("How tall is Mount Fuji?", 3, "en", None, None), ("富士山の高さは？", 12, "ja", None, None),
+             ("Who wrote Don Quixote?", 1, None, None, None)]
     got = asyncio.run(Retriever.func_or_class.search.__wrapped__(body, batch))
-    assert calls == [(3, 12), (3, 12)]
+    assert calls == [(3, 12, None), (3, 12, None)]
     whole = RetrieverCore.load(index=split_index)
-    assert got == whole.retrieve([q for q, _, _ in batch], [k for _, k, _ in batch])
+    assert got == whole.retrieve([q[0] for q in batch], [q[1] for q in batch])
+
+    # A request asking for its own nprobe shares the batch but gets its own search on every group.
+    calls.clear()
+    mixed = [batch[0], ("Who wrote Don Quixote?", 2, None, 7, None), batch[1]]
+    got = asyncio.run(Retriever.func_or_class.search.__wrapped__(body, mixed))
+    assert calls == [(2, 12, None), (2, 12, None), (1, 2, 7), (1, 2, 7)]
+    assert got == whole.retrieve([q[0] for q in mixed], [q[1] for q in mixed])
+
+
+def test_requests_in_one_batch_are_searched_with_their_own_nprobe(demo_ivf_index):
+    """On an IVF index: a batch mixing nprobe values gives each question what a search with its own
+    value gives, and a request without one gets the app's default (else the index's)."""
+    from ray_cora.index.sharded import ShardedIndex
+
+    core = RetrieverCore.load(index=demo_ivf_index, default_params=(None, None))
+    questions = ["How tall is Mount Fuji?", "富士山の高さは？", "Who wrote Don Quixote?", "首尔是哪个国家的首都？"]
+    params = [(1, None), (4, None), (None, None), (4, None)]
+    got = core.retrieve(questions, [10] * 4, params=params)
+    index = ShardedIndex.open(demo_ivf_index)
+    vectors = core.encode(questions)
+    for question, result, (nprobe, _) in zip(range(4), got, params):
+        _, pids = index.search(vectors[[question]], 10, nprobe=nprobe)
+        assert [p["pid"] for p in result] == pids[0]
+    # nprobe matters on this index (else the test would prove nothing): 1 list and 4 lists differ.
+    one, four = (index.search(vectors, 10, nprobe=n)[1] for n in (1, 4))
+    assert one != four
 
 
 def test_index_query_format_is_the_recorded_one_unless_the_encoder_spec_says(tmp_path, tiny_cpt):
