@@ -34,13 +34,16 @@ Rows, and how to read them:
   and ``search_rows`` timed against a raw ``GpuIndexFlatIP`` fp16 over the same vectors, interleaved;
   ``ratio`` = ray_cora q/s / raw q/s per repeat (1.0 = no overhead), ``agreement@10`` = overlap of
   their top-10 rows; ``placement`` is what ray_cora says it did.
-- **ivf_flat**, **ivf_pq**: ``IVF{nlist},Flat`` and ``IVF{nlist},PQ{pq}`` (``--nlist`` 4096, ``--pq`` 64)
-  cloned to the GPU untrained (``GpuClonerOptions.useFloat16``: fp16 lookup tables for IVF-PQ,
-  needed above 48 code bytes), trained on the GPU on a seeded sample of 256 x nlist vectors (capped at
-  N), then filled; q/s and recall@10 / recall@100 against faiss_flat_fp16 at nprobe 16/64/256. The
-  ``memory roofline`` of an IVF row is an estimate that assumes balanced lists: a query scans
-  nprobe/nlist x N stored vectors (4 x d bytes each for IVF-Flat, whose GPU lists are fp32; the PQ
-  code size for IVF-PQ) and nothing is shared between queries.
+- **ivf_flat**, **ivf_pq**: ``IVF{nlist},Flat`` and ``IVF{nlist},PQ{pq}`` (``--nlist`` 4096, ``--pq``
+  64) cloned to the GPU untrained (``GpuClonerOptions.useFloat16``: fp16 lookup tables for IVF-PQ,
+  needed above 48 code bytes), trained on the GPU on a seeded sample of 256 x nlist vectors
+  (``--train-per-list``, capped at N), then filled; q/s and recall@10 / recall@100 against
+  faiss_flat_fp16 at nprobe 16/64/256, over the first ``--ivf-queries`` (5000) queries and
+  max(1, repeats - 1) passes. The ``memory roofline`` of an IVF row is an estimate that
+  assumes balanced lists: a query scans nprobe/nlist x N stored vectors (counted at 4 x d bytes for
+  IVF-Flat, as if its GPU lists were fp32 -- ``gpu_bytes`` shows what they are; the PQ code size for
+  IVF-PQ) and nothing is shared between queries. Clustered data makes lists unequal, so read it as
+  an order of magnitude, not a bound.
 - ``gpu_bytes``: free GPU memory before minus after building (torch's ``mem_get_info``) beside what
   ``ray_cora.index.gpu.plan_gpu_placement`` predicts for that index: a check of the sizes ray_cora
   uses to refuse indexes that do not fit.
@@ -311,14 +314,19 @@ class Suite:
                      "faiss": self.faiss_line, "faiss_gpu": self.faiss_gpu, "torch_cuda": self.cuda,
                      "quick": args.quick, "cpu_check": self.cpu_check, "n": args.n, "dim": args.dim,
                      "clusters": args.clusters, "spread": args.spread, "queries": args.queries, "batch": args.batch,
-                     "repeats": args.repeats, "nlist": args.nlist, "pq": args.pq, "nprobes": args.nprobes,
+                     "repeats": args.repeats, "ivf_queries": min(args.ivf_queries, args.queries),
+                     "nlist": args.nlist, "train_per_list": args.train_per_list,
+                     "pq": args.pq, "nprobes": args.nprobes,
                      "seed": args.seed, "hbm_bytes_per_s": HBM_BYTES_PER_S, "fp16_peak_flops": FP16_PEAK_FLOPS,
                      "ceilings_source": "H200 SXM datasheet: 4.8 TB/s HBM3e, 989 TFLOP/s dense fp16/bf16"})
-        if self.cuda:
+        try:
             import torch
 
-            meta["gpu"] = torch.cuda.get_device_name(0)
             meta["torch"] = torch.__version__
+            if self.cuda:
+                meta["gpu"] = torch.cuda.get_device_name(0)
+        except ImportError:
+            meta["torch"] = "not installed"
         try:
             import faiss
 
@@ -331,6 +339,10 @@ class Suite:
                 del warm
         except Exception as error:  # noqa: BLE001
             meta["faiss_setup_error"] = f"{type(error).__name__}: {error}"
+            if self.faiss_gpu:  # a GPU build that cannot make its resources: treat as no GPU support
+                self.faiss_gpu = False
+                self.faiss_line = f"{NO_GPU} usable here: faiss-gpu setup failed ({type(error).__name__}: {error})"
+                meta.update({"faiss": self.faiss_line, "faiss_gpu": False})
         bw = measured_copy_bandwidth()
         meta["copy_bytes_per_s_measured"] = round(bw) if bw else None
         self.xb, self.xq, seconds = make_data(args, on_gpu=self.cuda)
@@ -489,6 +501,11 @@ class Suite:
         n, dim = len(self.xb), args.dim
         nlist = args.nlist
         cpu_index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        node = faiss.downcast_index(cpu_index)
+        if getattr(node, "do_polysemous_training", False):
+            # index_factory's IVF-PQ turns on polysemous training (a code permutation for Hamming
+            # pre-filtering, never used here): over a minute on 2 CPU cores even for 2,496 vectors.
+            node.do_polysemous_training = False
         free_before = free_gpu_bytes() if backend == "gpu" else None
         if backend == "gpu":
             options = faiss.GpuClonerOptions()
@@ -507,7 +524,7 @@ class Suite:
             space = faiss.GpuParameterSpace()
         else:
             index, how, space = cpu_index, "CPU faiss", faiss.ParameterSpace()
-        sample_size = min(n, 256 * nlist)
+        sample_size = min(n, args.train_per_list * nlist)
         sample_rows = np.sort(np.random.default_rng(args.seed).choice(n, sample_size, replace=False))
         sample = self.xb[sample_rows]
         started = time.perf_counter()
@@ -523,6 +540,8 @@ class Suite:
             entry["gpu_bytes"] = {"measured": free_before - free_gpu_bytes(),
                                   "planned": planned_bytes(kind, n, dim, code_bytes + 8)}
         measured_bw = self.results["meta"].get("copy_bytes_per_s_measured")
+        xq = self.xq[:args.ivf_queries]  # fewer than the flat rows: nprobe 256 of 4096 lists scans 6% of N each
+        entry["queries"] = len(xq)
         for nprobe in args.nprobes:
             space.set_index_parameter(index, "nprobe", nprobe)
             scan_bytes = min(1.0, nprobe / nlist) * n * code_bytes
@@ -531,13 +550,13 @@ class Suite:
             if measured_bw:
                 row["memory_qps_balanced_measured_bw"] = round(measured_bw / scan_bytes, 1)
             for k in (10, 100):
-                rates, rows = time_search(lambda q, kk: index.search(q, kk)[1], self.xq, k, args.batch,
+                rates, rows = time_search(lambda q, kk: index.search(q, kk)[1], xq, k, args.batch,
                                           max(1, args.repeats - 1))
                 qps = statistics.median(rates)
                 row[str(k)] = {"qps": stats(rates), "vs_memory_roofline_balanced": round(
                     qps / row["memory_qps_balanced"], 3)}
                 if k in self.truth:
-                    row[str(k)][f"recall@{k}_vs_flat"] = recall(rows, self.truth[k], k)
+                    row[str(k)][f"recall@{k}_vs_flat"] = recall(rows, self.truth[k][:len(xq)], k)
             entry["nprobe"][str(nprobe)] = row
         return entry if backend == "gpu" else {**self.skipped(), "cpu_check": entry}
 
@@ -591,17 +610,19 @@ def to_markdown(results: dict[str, Any]) -> str:
         if status == "skipped" and "cpu_check" not in row:
             lines.append(f"| {name} | – | – | – | – | – | – | – | – | skipped: {row.get('reason')} |")
             continue
-        label = name if status != "skipped" else f"{name} (cpu_check; skipped on GPU: {row.get('reason')})"
+        label = name if status != "skipped" else f"{name} (cpu_check; not run on a GPU)"
         device = body.get("device", "–")
         if name in ("faiss_flat_fp16", "torch_flat_fp16"):
             roof = body["roofline"]
             extra = (f"add {body.get('add_s', body.get('load_s'))} s; GPU bytes {body['gpu_bytes']}"
                      if "gpu_bytes" in body else f"storage {body.get('storage')}")
+            gpu = device != "cpu"  # the ceilings are the H200's: no ratio for a CPU code-path check
             for k, m in body["k"].items():
                 agree = m.get("agreement_with_faiss_flat", "truth" if name.startswith("faiss") else "–")
                 lines.append(f"| {label} | {device} | {k} | – | {_qps(m['qps'])} | {roof['roofline_qps']:,.0f} "
-                             f"({roof['binding']}; memory {roof['memory_qps']:,.0f}) | {m['vs_roofline']} | "
-                             f"{m['vs_memory_roofline']} | {agree} | {extra} |")
+                             f"({roof['binding']}; memory {roof['memory_qps']:,.0f}) | "
+                             f"{m['vs_roofline'] if gpu else '–'} | {m['vs_memory_roofline'] if gpu else '–'} | "
+                             f"{agree} | {extra} |")
         elif name == "exact_check":
             lines.append(f"| {label} | {device} | 10 | – | – | – | – | – | faiss fp16 "
                          f"{body.get('faiss_flat_recall10', '–')}, torch fp16 {body.get('torch_flat_recall10')} "
@@ -618,13 +639,15 @@ def to_markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {name} (use_gpu=True) | – | – | – | – | – | – | – | – | ray_cora says: "
                              f"{row['ray_cora_says']} |")
         elif name in ("ivf_flat", "ivf_pq"):
-            build = (f"{body['factory']}: train {body['train_s']} s on {body['train_sample']:,}, add {body['add_s']} s"
+            build = (f"{body['factory']}: train {body['train_s']} s on {body['train_sample']:,}, add "
+                     f"{body['add_s']} s, {body.get('queries')} queries"
                      + (f", GPU bytes {body['gpu_bytes']}" if "gpu_bytes" in body else ""))
             for nprobe, m in body["nprobe"].items():
                 for k in ("10", "100"):
+                    ratio = m[k]['vs_memory_roofline_balanced'] if device != "cpu" else "–"
                     lines.append(f"| {label} | {device} | {k} | {nprobe} | {_qps(m[k]['qps'])} | "
                                  f"{m['memory_qps_balanced']:,.0f} (memory, balanced-list estimate) | – | "
-                                 f"{m[k]['vs_memory_roofline_balanced']} | recall@{k} "
+                                 f"{ratio} | recall@{k} "
                                  f"{m[k].get(f'recall@{k}_vs_flat', '–')} vs flat | {build} |")
     setup = rows.get("setup", {})
     lines += ["", f"Data: made on {setup.get('made_on')} in {setup.get('seconds')} s ({setup.get('host_gib')} GiB "
@@ -638,18 +661,22 @@ def fmt_rate(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="N=200,000, 512 queries, nlist 256, PQ16, 2 repeats, "
-                        "and the CPU code-path checks where there is no GPU")
+    parser.add_argument("--quick", action="store_true", help="N=200,000, 32 queries, nlist 64, PQ16, 39 training "
+                        "vectors per list, 2 repeats, and the CPU code-path checks where there is no GPU")
     parser.add_argument("--cpu-check", action="store_true", help="without faiss-gpu, run the faiss rows on CPU "
                         "faiss (a code-path check; implied by --quick)")
     parser.add_argument("--n", type=int, default=None, help="vectors (default 10,000,000; 200,000 with --quick)")
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--spread", type=float, default=0.6, help="norm of each vector's noise around its centre")
-    parser.add_argument("--queries", type=int, default=None, help="default 10,000 (512 with --quick)")
+    parser.add_argument("--queries", type=int, default=None, help="default 10,000 (32 with --quick)")
+    parser.add_argument("--ivf-queries", type=int, default=5000, help="the first this many queries for the IVF "
+                        "rows (timed over max(1, repeats - 1) passes)")
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (2 with --quick)")
-    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4096; 256 with --quick)")
+    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4096; 64 with --quick)")
+    parser.add_argument("--train-per-list", type=int, default=None, help="IVF training sample: this many vectors "
+                        "per list, capped at N (default 256, FAISS's max_points_per_centroid; 39 with --quick)")
     parser.add_argument("--pq", type=int, default=None, help="PQ code bytes (default 64; 16 with --quick)")
     parser.add_argument("--nprobes", default="16,64,256")
     parser.add_argument("--sharded-n", type=int, default=None, help="vectors of the ray_cora row (default 2M; "
@@ -659,21 +686,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--budget-s", type=float, default=0, help="skip sections that would start after 80%% of "
                         "this many seconds (0: no limit)")
     parser.add_argument("--workdir", default=None, help="scratch folder for the ray_cora index (default: /tmp)")
-    parser.add_argument("--out", default="gpu_search.json")
+    parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "/tmp/gpu_out"), "gpu_search.json"),
+                        help="the JSON (default: $OUT/gpu_search.json, OUT defaulting to /tmp/gpu_out)")
     args = parser.parse_args(argv)
     quick = args.quick
     args.n = args.n or (200_000 if quick else 10_000_000)
-    args.queries = args.queries or (512 if quick else 10_000)
+    args.queries = args.queries or (32 if quick else 10_000)
     args.repeats = args.repeats or (2 if quick else 3)
-    args.nlist = args.nlist or (256 if quick else 4096)
+    args.nlist = args.nlist or (64 if quick else 4096)
+    args.train_per_list = args.train_per_list or (39 if quick else 256)
     args.pq = args.pq or (16 if quick else 64)
     args.sharded_n = args.sharded_n or (50_000 if quick else 2_000_000)
     args.nprobes = [int(p) for p in str(args.nprobes).split(",") if p.strip()]
-    if quick and not torch_cuda():
+    if quick and not torch_cuda():  # a CPU code-path check: stay light on a shared machine
         try:
             import torch
 
-            torch.set_num_threads(min(2, os.cpu_count() or 1))  # a CPU check: stay light
+            torch.set_num_threads(min(2, os.cpu_count() or 1))
+        except ImportError:
+            pass
+        try:
+            import faiss
+
+            # One OpenMP thread: on a loaded CPU, FAISS's spin-waiting threads make k-means and PQ
+            # training over ten times slower (tests/index/conftest.py measured the same).
+            faiss.omp_set_num_threads(1)
         except ImportError:
             pass
     results = Suite(args).run()

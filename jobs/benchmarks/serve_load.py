@@ -353,6 +353,11 @@ def main(argv: list[str] | None = None) -> dict:
                 f"(0.15 CPU each), mUSE on CPU; demo corpus (176 passages) in a 5-shard flat index, texts "
                 f"from a passage store, /v1/retrieve k={K}; load average {results['load_before']} before, "
                 f"{results['load_after']} after"}
+    # Serve's own switches in effect (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1), read by every replica at start.
+    serve_env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("RAY_SERVE_")}
+    results["machine"]["serve_env"] = serve_env
+    if serve_env:
+        results["machine"]["note"] += "; environment " + ", ".join(f"{k}={v}" for k, v in serve_env.items())
     results["settings"] = {"rounds": args.rounds, "clients": args.clients, "seconds": args.seconds,
                            "requests": args.requests, "repeats": args.repeats,
                            "max_batch_size": {"batched": BATCHED, "unbatched": UNBATCHED}}

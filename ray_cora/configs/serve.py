@@ -87,6 +87,11 @@ class ServeConfig(ServeAppOptions, RayJobConfig):
     host: str = Field("127.0.0.1", description="Address Serve's HTTP proxy binds (0.0.0.0 exposes it "
                       "to the network)")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port")
+    throughput_optimized: bool = Field(True, description="Start Ray with Ray Serve's throughput-optimized "
+                                       "mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1: gRPC between replicas, user code "
+                                       "on each replica's event loop, direct ingress on the same host); only "
+                                       "when this command starts Ray itself: on a cluster the nodes' "
+                                       "environment decides (cluster/ sets it)")
 
     def app_options(self) -> ServeAppOptions:
         return ServeAppOptions.model_validate({k: v for k, v in self.to_dict().items()

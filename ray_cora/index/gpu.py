@@ -5,9 +5,9 @@ What goes where (:func:`plan_gpu_placement`, decided before anything is copied):
 
 - **Flat** → ``GpuIndexFlat``; with ``fp16`` the vectors are stored as float16 (half the memory and
   half the bytes read per query: flat search is bound by memory bandwidth), scores to ~1e-3.
-- **IVF** (``IVF…,Flat``, ``IVF…,PQ…``, ``IVF…,SQ…``) → its GPU IVF form; ``fp16`` makes IVF-Flat
-  lists and IVF-PQ's lookup tables float16 (IVF-PQ with more than 48 sub-quantizer bytes needs
-  them).
+- **IVF** (``IVF…,Flat``, ``IVF…,PQ…``, ``IVF…,SQ…``) → its GPU IVF form; ``fp16`` makes IVF-PQ's
+  lookup tables float16 (IVF-PQ with more than 48 sub-quantizer bytes needs them); IVF-Flat lists
+  are sized as fp32.
 - **HNSW** and other indexes faiss-gpu has no form of → refused, with one line saying so.
 
 An index whose GPU form does not fit in the GPU's free memory (less a margin for FAISS's scratch
@@ -79,8 +79,10 @@ def plan_gpu_placement(kind: str, vectors: int, bytes_per_vector: int, dim: int,
         size = vectors * dim * (2 if fp16 else 4)
         form, storage = "GpuIndexFlatIP", "fp16" if fp16 else "fp32"
     elif kind == "ivf-flat":
-        size = vectors * ((2 if fp16 else 4) * dim + 8)
-        form, storage = "GpuIndexIVFFlat", "fp16" if fp16 else "fp32"
+        # Sized at fp32 lists whatever fp16 says: recent faiss-gpu applies useFloat16 to IVF-Flat's
+        # coarse quantizer only (an over-estimate is the safe side of this check).
+        size = vectors * (4 * dim + 8)
+        form, storage = "GpuIndexIVFFlat", "fp32 lists"
     elif kind in ("ivf-pq", "ivf-sq"):
         size = vectors * bytes_per_vector
         form = "GpuIndexIVFPQ" if kind == "ivf-pq" else "GpuIndexIVFScalarQuantizer"
@@ -118,7 +120,7 @@ def move_to_gpu(index, *, fp16: bool = True, device: int = 0) -> tuple[Any, GpuP
                                    fp16=fp16, device=device)
     resources = faiss.StandardGpuResources()
     options = faiss.GpuClonerOptions()
-    # Flat: fp16 storage; IVF-Flat: fp16 lists; IVF-PQ: fp16 lookup tables (FAISS's one switch).
+    # Flat: fp16 storage; IVF-PQ: fp16 lookup tables (FAISS's one switch for both).
     options.useFloat16 = fp16
     gpu_index = faiss.index_cpu_to_gpu(resources, device, index, options)
     gpu_index.ray_cora_resources = resources  # the index must not outlive its resources

@@ -91,6 +91,23 @@ def test_retrieval_equals_brute_force_top_k_with_corpus_texts(demo, reference):
     assert sum(manifest["per_language"].values()) == len(records)
 
 
+def test_nprobe_reaches_the_shard_searchers_and_is_recorded(ray_local, demo, demo_ivf_index, tmp_path):
+    """On an IVF index (default nprobe 1), --nprobe 4 gives what ShardedIndex.search with nprobe 4
+    gives, and the retrieval manifest records the parameters the searches ran with."""
+    from ray_cora.index.sharded import ShardedIndex
+    from ray_cora.pipelines.retrieve import run_retrieval
+
+    out = tmp_path / "retrieval"
+    run_retrieval(_config(demo, out, index=demo_ivf_index, nprobe=4, langs="en,ja", search_actors=1))
+    records = _read(out)
+    index = ShardedIndex.open(demo_ivf_index)
+    queries = demo["encoder"].encode_queries([r["question"] for r in records])
+    assert [[c["pid"] for c in r["ctxs"]] for r in records] == index.search(queries, 5, nprobe=4)[1]
+    assert index.search(queries, 5, nprobe=4)[1] != index.search(queries, 5)[1]  # the default (1) differs
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["search_params"]["nprobe"] == 4
+
+
 def test_killed_writer_actor_and_killed_driver_resume_to_the_same_output(ray_local, demo, reference, tmp_path):
     from ray_cora.pipelines.retrieve import run_retrieval
 

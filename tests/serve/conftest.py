@@ -23,3 +23,17 @@ def _retriever_cores_share_the_session_muse(muse):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(core, "load_encoder", load)
         yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _serve_in_throughput_optimized_mode():
+    """The Serve tests run Ray as ``ray-cora serve`` starts it by default: with Ray Serve's
+    throughput-optimized mode (``serve_environment``). Module scope and autouse, so it is set before
+    the module's Ray (tests/conftest.py ray_local) starts and is read by its Serve processes."""
+    from ray_cora.configs.serve import ServeConfig
+    from ray_cora.serve.run import serve_environment
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in serve_environment(ServeConfig(), ray_running=False).items():
+            patch.setenv(name, value)
+        yield
