@@ -244,17 +244,19 @@ def run_retrieval(config: RetrieveConfig) -> dict:
                 index.shutdown()
     require_all_blocks(out, done, counts)
     return commit_retrieval(out, done, counts, config=config, encoder=encoder, started=started,
+                            search_params=effective_search_params(config, index_manifest),
                             passage_languages=store.get("languages"))
 
 
-def effective_search_params(config: RetrieveConfig) -> dict:
+def effective_search_params(config: RetrieveConfig, index_manifest: dict) -> dict:
     """The nprobe/efSearch the searches ran with: the job's, else the index's ``search_params``."""
-    recorded = storage.Artifact(config.index, kind=INDEX_KIND).manifest.get("search_params") or {}
+    recorded = index_manifest.get("search_params") or {}
     return {"nprobe": config.nprobe or recorded.get("nprobe"), "efSearch": config.ef_search or recorded.get("efSearch")}
 
 
 def commit_retrieval(out: storage.Location, done: dict[str, dict], counts: dict[str, int], *, config: RetrieveConfig,
-                     encoder: str, started: float, passage_languages: dict | None = None) -> dict:
+                     encoder: str, started: float, search_params: dict | None = None,
+                     passage_languages: dict | None = None) -> dict:
     writer = storage.ArtifactWriter(out, kind=RETRIEVAL_KIND, config=config.to_dict())
     per_language: dict[str, int] = {}
     for block in sorted(counts):
@@ -263,7 +265,7 @@ def commit_retrieval(out: storage.Location, done: dict[str, dict], counts: dict[
         per_language[entry["lang"]] = per_language.get(entry["lang"], 0) + entry["count"]
     query_formats = sorted({done[b].get("query_format") for b in counts} - {None})
     writer.commit({"k": config.k, "encoder": encoder, "index": config.index, "dataset": config.dataset,
-                   "search_params": effective_search_params(config),
+                   **({"search_params": search_params} if search_params else {}),
                    **({"query_format": query_formats[0] if len(query_formats) == 1 else query_formats}
                       if query_formats else {}),
                    "questions": config.questions, "num_questions": sum(counts.values()),

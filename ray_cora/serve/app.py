@@ -51,6 +51,7 @@ from ray_cora.serve.core import (
     RetrieverCore,
     batched,
     group_by_search_params,
+    rows_in_request_order,
     index_query_format,
     load_generator,
     load_pivot,
@@ -212,20 +213,16 @@ class Retriever:
         query_langs = [lang or UNKNOWN_LANG for lang in langs] if self.core.needs_lang else None
         # In a thread, so requests keep arriving (and queue for the next batch) while this one runs.
         if not self.groups:
-            return await asyncio.to_thread(self.core.retrieve, questions, ks, query_langs,
-                                           [(n or self.core.default_params[0], e or self.core.default_params[1])
-                                            for n, e in params])
+            return await asyncio.to_thread(self.core.retrieve, questions, ks, query_langs, params)
         vectors = await asyncio.to_thread(self.core.encode, questions, query_langs)
-        scores: list[Any] = [None] * len(questions)
-        pids: list[Any] = [None] * len(questions)
+        found = []
+        # Unset values stay None: each group applies the app's defaults (IndexShardGroup.defaults).
         for (nprobe, ef_search), positions in group_by_search_params(params).items():
             k = max(ks[i] for i in positions)
             partials = await asyncio.gather(*(g.search.remote(vectors[positions], k, nprobe, ef_search)
                                               for g in self.groups))
-            found_scores, found_pids = merge_pid_arrays(partials, k)
-            for row, position in enumerate(positions):
-                scores[position], pids[position] = found_scores[row], found_pids[row]
-        return await asyncio.to_thread(self.core.attach, scores, pids, ks)
+            found.append((positions, *merge_pid_arrays(partials, k)))
+        return await asyncio.to_thread(self.core.attach, *rows_in_request_order(found, len(questions)), ks)
 
     async def retrieve(self, question: str, k: int, lang: str | None = None, nprobe: int | None = None,
                        ef_search: int | None = None) -> list[dict[str, Any]]:

@@ -116,6 +116,21 @@ def group_by_search_params(params: Sequence[SearchParams]) -> dict[SearchParams,
     return groups
 
 
+def rows_in_request_order(found: Iterable[tuple[Sequence[int], Any, Any]], n: int) -> tuple[list, list]:
+    """Per-group search results ``(positions, scores rows, pids rows)`` put back in request order:
+    (scores, pids), one row per request.
+
+    >>> rows_in_request_order([([0, 2], ["s0", "s2"], ["p0", "p2"]), ([1], ["s1"], ["p1"])], 3)
+    (['s0', 's1', 's2'], ['p0', 'p1', 'p2'])
+    """
+    scores: list[Any] = [None] * n
+    pids: list[Any] = [None] * n
+    for positions, group_scores, group_pids in found:
+        for row, position in enumerate(positions):
+            scores[position], pids[position] = group_scores[row], group_pids[row]
+    return scores, pids
+
+
 @dataclass
 class RetrieverCore:
     """Question encoder + sharded index + passage store: questions in, ranked passages out.
@@ -201,15 +216,18 @@ class RetrieverCore:
             raise ConfigError("this retriever holds no index (hold_index=False): search its encode() "
                               "vectors on the shard groups, then attach()")
         vectors = self.encode(questions, langs)
-        scores: list[Any] = [None] * len(questions)
-        pids: list[Any] = [None] * len(questions)
+        found = []
         for (nprobe, ef_search), positions in group_by_search_params(
-                params or [self.default_params] * len(questions)).items():
-            found_scores, found_pids = self.index.search(vectors[positions], max(ks[i] for i in positions),
-                                                         nprobe=nprobe, ef_search=ef_search)
-            for row, position in enumerate(positions):
-                scores[position], pids[position] = found_scores[row], found_pids[row]
-        return self.attach(scores, pids, ks)
+                self.with_defaults(params or [(None, None)] * len(questions))).items():
+            found.append((positions, *self.index.search(vectors[positions], max(ks[i] for i in positions),
+                                                        nprobe=nprobe, ef_search=ef_search)))
+        return self.attach(*rows_in_request_order(found, len(questions)), ks)
+
+    def with_defaults(self, params: Sequence[SearchParams]) -> list[SearchParams]:
+        """Each request's (nprobe, ef_search), its unset values taken from ``default_params``."""
+        default_nprobe, default_ef = self.default_params
+        return [(default_nprobe if nprobe is None else nprobe, default_ef if ef is None else ef)
+                for nprobe, ef in params]
 
 
 class AnswerGenerator(Protocol):
