@@ -19,6 +19,7 @@ from ray_cora.configs import (
     ImportEmbeddingsConfig,
     IterateConfig,
     JobConfig,
+    LexicalIndexConfig,
     PassagesConfig,
     PivotBuildConfig,
     PivotCalibrateConfig,
@@ -28,12 +29,13 @@ from ray_cora.configs import (
     ServeConfig,
     TrainMDPRConfig,
     TrainMGENConfig,
+    TuneFusionConfig,
     TuneIndexConfig,
     ValidateConfig,
     WikidataLabelsConfig,
 )
 from ray_cora.configs.arguments import add_config_arguments, config_from_args
-from ray_cora.errors import RayCoraError
+from ray_cora.errors import RayCoraError, find_user_error
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,18 @@ JOBS: dict[str, Job] = {
     "embed": Job(EmbedConfig, "ray_cora.pipelines.embed_corpus:embed_corpus",
                  "embed a passage corpus on a Ray Data actor pool into a sharded FAISS index "
                  "(resumable; any storage URI)"),
+    "index-bm25": Job(LexicalIndexConfig, "ray_cora.pipelines.lexical:build_lexical_index",
+                      "index a passage corpus for BM25 on Ray Data: per-language, per-shard parts with "
+                      "corpus-wide statistics (resumable; any storage URI)"),
     "import-embeddings": Job(ImportEmbeddingsConfig, "ray_cora.tools.import_embeddings:import_embeddings",
                              "convert CORA/DPR released embedding pickles (safely) into a sharded index"),
     "tune-index": Job(TuneIndexConfig, "ray_cora.tools.tune_index:tune_index",
                       "choose an IVF/HNSW index's default nprobe/efSearch: the cheapest reaching a recall "
                       "target on held-out questions (within a latency budget); recorded in the index"),
+    "tune fusion": Job(TuneFusionConfig, "ray_cora.tools.tune_fusion:tune_fusion",
+                       "learn the hybrid retriever's dense/BM25 fusion per question language (RRF or "
+                       "normalised convex combination, weights on a grid) from dev retrieval outputs with "
+                       "gold passages; writes fusion.json into the index"),
     "validate": Job(ValidateConfig, "ray_cora.tools.validate:validate",
                     "check a passage corpus or QA file: counts per language, malformed records by file:line"),
     "passages": Job(PassagesConfig, "ray_cora.pipelines.build_passages:build_passages",
@@ -164,6 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ray-cora {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # Last resort: a user's error that reached here still wrapped by Ray (a Ray Train worker's,
+        # or one raised outside a job's ray_session) is still one line. Anything else is a bug and
+        # keeps its traceback.
+        user_error = find_user_error(exc)
+        if user_error is None:
+            raise
+        print(f"ray-cora {name}: error: {user_error}", file=sys.stderr)
+        return 2
     return 0
 
 

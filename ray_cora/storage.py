@@ -7,7 +7,13 @@ S3 server: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN
 
 An artifact is a folder of files plus ``manifest.json``. Writers put every data file first and the
 manifest last; the manifest lists each file with its size and sha256, so a reader that starts from
-the manifest never sees a half-written artifact, and :meth:`Artifact.open` verifies checksums.
+the manifest never sees a half-written artifact, and :class:`Artifact` verifies checksums. Every
+path a manifest names stays inside its artifact: absolute paths, ``..`` and (locally) symlinks that
+lead out of the folder are refused, so a crafted manifest cannot make a reader open another file.
+
+Local copies of remote files (for memory-mapping) live in a cache folder private to the user
+(mode 0700, owned by them, refused otherwise: :func:`private_dir`), named by sha256; a copy that no
+longer matches its name (replaced, truncated) is deleted and fetched again.
 """
 
 from __future__ import annotations
@@ -17,9 +23,13 @@ import fnmatch
 import hashlib
 import io
 import json
+import logging
 import os
 import posixpath
 import re
+import stat
+import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,6 +43,7 @@ from ray_cora.errors import ChecksumError, StorageError
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT_VERSION = 1
 _CHUNK = 1 << 20
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,11 +100,18 @@ def resolve(uri: str | os.PathLike) -> Location:
 
 
 def s3_filesystem() -> pafs.S3FileSystem:
-    """An S3 filesystem configured from the standard AWS environment variables."""
+    """An S3 filesystem configured from the standard AWS environment variables.
+
+    Without ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` the AWS SDK's own chain picks the region (the
+    profile in ``~/.aws/config``, then instance metadata), as boto3 and the AWS CLI do; credentials
+    not given as ``AWS_ACCESS_KEY_ID`` + ``AWS_SECRET_ACCESS_KEY`` come from the same chain (profile,
+    instance role, IRSA, EKS Pod Identity).
+    """
     env = os.environ
-    kwargs: dict[str, Any] = {
-        "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-    }
+    kwargs: dict[str, Any] = {}
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
     if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
         kwargs["access_key"] = env["AWS_ACCESS_KEY_ID"]
         kwargs["secret_key"] = env["AWS_SECRET_ACCESS_KEY"]
@@ -302,19 +320,46 @@ class Artifact:
         if kind is not None and self.manifest.get("kind") != kind:
             raise StorageError(f"{manifest_loc.uri}: is a {self.manifest.get('kind')!r} artifact, "
                                f"expected {kind!r}")
+        files = self.manifest.get("files", {})
+        if not isinstance(files, dict):
+            raise StorageError(f"{manifest_loc.uri}: field 'files' is a {type(files).__name__}, expected an "
+                               "object of path -> {size, sha256}: rebuild the artifact")
+        for relpath, entry in files.items():
+            problem = member_path_problem(relpath)
+            if problem is None and not (isinstance(entry, dict) and isinstance(entry.get("size"), int)
+                                        and isinstance(entry.get("sha256"), str)):
+                problem = "has no integer 'size' and string 'sha256'"
+            if problem is not None:
+                raise StorageError(f"{manifest_loc.uri}: field files[{relpath!r}] {problem}: a manifest may only "
+                                   "name files inside its own folder, each with its size and sha256; rebuild "
+                                   "the artifact (or restore its manifest)")
 
     @property
     def files(self) -> dict[str, dict[str, Any]]:
         return self.manifest.get("files", {})
 
     def _entry(self, relpath: str) -> dict[str, Any]:
-        if relpath not in self.files:
-            raise StorageError(f"{self.root.uri}: {relpath} is not listed in {MANIFEST_NAME}")
+        if not isinstance(relpath, str) or relpath not in self.files:
+            raise StorageError(f"{self.root.join(MANIFEST_NAME).uri}: {relpath!r} is not listed in its 'files'; "
+                               "the manifest is inconsistent: rebuild the artifact")
         return self.files[relpath]
 
-    def read_bytes(self, relpath: str, *, verify: bool = True) -> bytes:
+    def _member(self, relpath: str) -> tuple[dict[str, Any], Location]:
+        """The manifest entry and location of a listed file, checked to lie inside the artifact."""
         entry = self._entry(relpath)
         loc = self.root.join(relpath)
+        if not loc.is_s3:
+            # Listed paths are relative without '..' (checked at open); a symlink may still lead out.
+            root = os.path.realpath(self.root.path)
+            real = os.path.realpath(loc.path)
+            if os.path.commonpath([root, real]) != root:
+                raise StorageError(f"{loc.uri}: is a symlink to {real}, outside the artifact {self.root.uri}: "
+                                   "an artifact's files must lie inside its folder; replace the link by the file")
+        return entry, loc
+
+    def read_bytes(self, relpath: str, *, verify: bool = True) -> bytes:
+        """A listed file's bytes, checked against its sha256 (the bytes returned are the bytes hashed)."""
+        entry, loc = self._member(relpath)
         data = read_bytes(loc, decompress=False)
         if verify:
             _check_digest(loc, hashlib.sha256(data).hexdigest(), len(data), entry)
@@ -322,8 +367,7 @@ class Artifact:
 
     def verify(self, relpath: str) -> None:
         """Stream one file and compare its size and sha256 with the manifest."""
-        entry = self._entry(relpath)
-        loc = self.root.join(relpath)
+        entry, loc = self._member(relpath)
         _check_digest(loc, *sha256_of(loc), entry)
 
     def verify_all(self) -> None:
@@ -346,41 +390,139 @@ class Artifact:
         return self.manifest
 
     def location(self, relpath: str) -> Location:
-        self._entry(relpath)
-        return self.root.join(relpath)
+        """Where a listed file is (checked to lie inside the artifact)."""
+        return self._member(relpath)[1]
 
     def local_path(self, relpath: str, *, cache_dir: str) -> str:
-        """A local file with ``relpath``'s bytes, for memory-mapping: the file itself when the
-        artifact is local (its size checked against the manifest), else a copy in ``cache_dir``
-        named by its sha256 and checked when copied, so a rebuilt artifact never maps a stale copy
-        and each machine copies a file once."""
-        entry = self._entry(relpath)
-        loc = self.root.join(relpath)
+        """A local file with ``relpath``'s bytes, verified against its sha256, for memory-mapping:
+        the file itself when the artifact is local, else a copy in ``cache_dir`` (a folder private
+        to the user, :func:`private_dir`) named by its sha256, so a rebuilt artifact never maps a
+        stale copy and each machine copies a file once. A cached copy that no longer matches
+        (replaced, truncated) is deleted and fetched again."""
+        return self.verified_local_path(relpath, cache_dir=cache_dir)[0]
+
+    def verified_local_path(self, relpath: str, *, cache_dir: str) -> tuple[str, tuple[int, ...]]:
+        """:meth:`local_path` and the :func:`file_signature` the file had when it was verified: a
+        caller that keeps the file mapped compares it later to notice an edit in place."""
+        entry, loc = self._member(relpath)
         if not loc.is_s3:
-            size = os.path.getsize(loc.path) if os.path.exists(loc.path) else None
-            if size != entry["size"]:
-                raise StorageError(f"{loc.uri}: {'missing' if size is None else f'{size} bytes'}, {MANIFEST_NAME} "
-                                   f"says {entry['size']} bytes; it changed after the artifact was written: "
-                                   "rebuild it")
-            return loc.path
-        target = os.path.join(cache_dir, f"{entry['sha256']}{posixpath.splitext(relpath)[1]}")
-        if not os.path.exists(target):
-            os.makedirs(cache_dir, exist_ok=True)
-            partial = f"{target}.{os.getpid()}.partial"
-            digest, size = hashlib.sha256(), 0
+            return loc.path, verify_local_file(loc.path, entry, uri=loc.uri)
+        folder = private_dir(cache_dir)
+        target = os.path.join(folder, f"{entry['sha256']}{posixpath.splitext(relpath)[1]}")
+        if os.path.lexists(target):
             try:
-                with open_input(loc, decompress=False) as source, open(partial, "wb") as copy:
-                    while chunk := source.read(_CHUNK):
-                        digest.update(chunk)
-                        size += len(chunk)
-                        copy.write(chunk)
-                _check_digest(loc, digest.hexdigest(), size, entry)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.remove(partial)
-                raise
-            os.replace(partial, target)  # several processes on one machine may copy at once
-        return target
+                return target, verify_local_file(target, entry, uri=f"{target} (cached copy of {loc.uri})")
+            except StorageError as exc:
+                _log.warning("%s; deleting it and fetching %s again", exc, loc.uri)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(target)
+        partial = f"{target}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
+        digest, size = hashlib.sha256(), 0
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open_input(loc, decompress=False) as source, os.fdopen(fd, "wb") as copy:
+                while chunk := source.read(_CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    copy.write(chunk)
+            _check_digest(loc, digest.hexdigest(), size, entry)
+            signature = file_signature(partial)  # a rename keeps inode and times
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(partial)
+            raise
+        os.replace(partial, target)  # several processes on one machine may copy at once
+        return target, signature
+
+
+# Local files are hashed once per process per (device, inode, size, mtime, ctime) and the result
+# remembered, rather than at every open: hashing a multi-GB shard costs seconds per GB, and one
+# process opens the same bucket or shard many times (passage-store LRU, reopened indexes). Any write
+# to a file changes its mtime and ctime, and ctime cannot be set back by its owner (only by changing
+# the clock), so a same-length edit in place changes the key and is hashed again before it is
+# served. File times come from a coarse clock (one kernel tick, a few ms), so a write in the same
+# tick as the last one keeps the times: a file whose ctime is less than SETTLE_NS old is therefore
+# hashed again at every open rather than remembered. Readers that keep a file mapped ask
+# :func:`still_verified` before reading it again (PassageStore on each lookup).
+SETTLE_NS = 2_000_000_000
+_VERIFIED: dict[str, tuple[tuple[int, ...], str]] = {}
+
+
+def file_signature(path: str) -> tuple[int, ...]:
+    """(device, inode, size, mtime ns, ctime ns) of a local file: changes whenever its bytes do."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def still_verified(path: str, signature: tuple[int, ...]) -> bool:
+    """Whether the local file at ``path`` is unchanged since :func:`verify_local_file` returned
+    ``signature`` (False for a file too recently written to be remembered, see ``SETTLE_NS``)."""
+    try:
+        current = file_signature(path)
+    except OSError:
+        return False
+    remembered = _VERIFIED.get(path)
+    return current == signature and remembered is not None and remembered[0] == signature
+
+
+def verify_local_file(path: str, entry: dict[str, Any], *, uri: str | None = None) -> tuple[int, ...]:
+    """Check a local file against a manifest entry's size and sha256 (hashed once per process while
+    its :func:`file_signature` stays the same); returns that signature. Raises :class:`ChecksumError`."""
+    uri = uri or path
+    try:
+        before = file_signature(path)
+    except FileNotFoundError:
+        raise ChecksumError(f"{uri}: missing, {MANIFEST_NAME} lists it with {entry.get('size')} bytes; it was "
+                            "deleted after the artifact was written: rebuild it") from None
+    if _VERIFIED.get(path) == (before, entry.get("sha256")):
+        return before
+    _VERIFIED.pop(path, None)
+    if before[2] != entry.get("size"):
+        raise ChecksumError(f"{uri}: {before[2]} bytes, {MANIFEST_NAME} says {entry.get('size')} bytes: the "
+                            "file was changed or truncated after the artifact was written; rebuild it")
+    started = time.time_ns()
+    with open(path, "rb") as f:
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    after = file_signature(path)
+    if after != before:
+        raise ChecksumError(f"{uri}: changed while its checksum was computed; something is writing to it: "
+                            "stop that writer, then rebuild the artifact")
+    _check_digest(Location(pafs.LocalFileSystem(), path, uri), sha256, after[2], entry)
+    if started - max(after[3], after[4]) > SETTLE_NS:
+        _VERIFIED[path] = (after, entry["sha256"])
+    return after
+
+
+def default_cache_dir(name: str) -> str:
+    """``<tmp>/ray_cora-<uid>/<name>``: a cache folder under a per-user parent that
+    :func:`private_dir` creates (and checks) with mode 0700, so no other user can place or swap a
+    cached file."""
+    parent = private_dir(os.path.join(tempfile.gettempdir(), f"ray_cora-{os.getuid()}"))
+    return os.path.join(parent, name)
+
+
+def private_dir(path: str) -> str:
+    """``path`` as a folder only this user can enter: created with mode 0700, or, when it exists,
+    refused unless it is a real folder (not a symlink) owned by this user and closed to others.
+
+    >>> import tempfile, os
+    >>> oct(os.stat(private_dir(os.path.join(tempfile.mkdtemp(), "c"))).st_mode & 0o777)
+    '0o700'
+    """
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot create the cache folder: {exc}; pass another cache folder") from exc
+    problem = ("is a symlink" if stat.S_ISLNK(st.st_mode) else
+               "is not a folder" if not stat.S_ISDIR(st.st_mode) else
+               f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()})" if st.st_uid != os.getuid() else
+               f"has mode {stat.S_IMODE(st.st_mode):o}, open to other users" if st.st_mode & 0o077 else None)
+    if problem:
+        raise StorageError(f"{path}: refused as a cache folder: it {problem}; cached files are memory-mapped "
+                           f"and trusted by name, so the folder must be yours alone: `chmod 700 {path}` if it "
+                           "is yours, else remove it or use another cache folder")
+    return path
 
 
 def _check_digest(loc: Location, sha256: str, size: int, entry: dict[str, Any]) -> None:
@@ -391,9 +533,31 @@ def _check_digest(loc: Location, sha256: str, size: int, entry: dict[str, Any]) 
                             "wrote it")
 
 
+def member_path_problem(relpath: Any) -> str | None:
+    """Why ``relpath`` cannot name a file inside an artifact (absolute, ``..``, empty parts,
+    backslashes, the manifest itself), or None when it can.
+
+    >>> [member_path_problem(p) for p in ("shards/a.faiss", "/etc/hostname", "../x")]
+    [None, 'is an absolute path', "leaves the artifact's folder ('..')"]
+    """
+    if not isinstance(relpath, str) or not relpath:
+        return "is not a non-empty path"
+    if relpath.startswith("/") or posixpath.isabs(relpath) or re.match(r"^[A-Za-z]:/", relpath):
+        return "is an absolute path"
+    parts = relpath.split("/")
+    if ".." in parts:
+        return "leaves the artifact's folder ('..')"
+    if "\\" in relpath or "\0" in relpath or any(p in ("", ".") for p in parts):
+        return "is not a plain relative path (backslash, NUL, empty or '.' part)"
+    if relpath == MANIFEST_NAME:
+        return f"is the {MANIFEST_NAME} itself"
+    return None
+
+
 def _check_relpath(relpath: str) -> None:
-    if relpath.startswith("/") or ".." in relpath.split("/") or relpath == MANIFEST_NAME:
-        raise ValueError(f"artifact file path must be relative and not {MANIFEST_NAME}: {relpath!r}")
+    problem = member_path_problem(relpath)
+    if problem is not None:
+        raise ValueError(f"artifact file path {relpath!r} {problem}: use a path relative to the artifact")
 
 
 def list_files(uri: str | Location, *, suffix: str = "") -> list[Location]:

@@ -108,15 +108,23 @@ def storage_root(request, tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray on 127.0.0.1 with 2 CPUs for one test module, shut down afterwards."""
+    """A local Ray on 127.0.0.1 with 2 CPUs for one test module (started as the jobs start theirs,
+    so every Ray server listens on loopback only), shut down afterwards, its processes stopped."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level="WARNING", log_to_driver=False)
+    from ray_cora.runtime import init_ray, shutdown_ray
+
+    # The test S3 server's keys are in the node's environment, as a cluster node has its credentials
+    # (ray_cora forwards only region/endpoint to workers, never secrets); the endpoint comes per test.
+    with pytest.MonkeyPatch.context() as node_env:
+        node_env.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+        node_env.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+        node_env.delenv("RAY_ADDRESS", raising=False)
+        assert init_ray(num_cpus=2), "a Ray was already running in the test process"
     try:
         yield ray
     finally:
-        ray.shutdown()
+        shutdown_ray()
 
 
 @pytest.fixture(scope="module")

@@ -131,3 +131,47 @@ def test_a_bad_short_alias_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="field 'k': short alias '--kk' must be one dash and one letter"):
         add_config_arguments(argparse.ArgumentParser(), Bad)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pivot", "run", "--db", "db", "--questions", "q.jsonl", "--out", "o", "--threshold", "nan"],
+     "option 'threshold': Input should be a finite number (got 'nan')"),
+    (["evaluate", "qa", "--mode", "xor", "--dataset", "xor", "--gold", "g.jsonl", "--predictions", "p.jsonl",
+      "--out", "o", "--lang", "ja", "--langs", "ja,ko"], "pass either --lang"),
+    (["embed", "--passages", "p.jsonl", "--out", "o", "--num-cpus", "1", "--actor-cpus", "4"],
+     "--actor-cpus 4 is more than the 1 CPUs of --num-cpus"),
+    (["retrieve", "--index", "i", "--questions", "q", "--dataset", "xor", "--out", "o", "--num-cpus", "1",
+      "--search-actor-cpus", "2"], "--search-actor-cpus 2 is more than the 1 CPUs"),
+])
+def test_contradictory_or_meaningless_options_are_one_line_naming_the_option(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+class _RemoteFailure(Exception):
+    """Stands for a Ray error that carries a worker's traceback as text only (``ActorDiedError``,
+    Ray Train's ``TrainingFailedError``): the worker's error class did not survive."""
+
+
+def test_a_users_error_still_wrapped_when_it_reaches_the_cli_is_one_line_and_a_bug_is_not(monkeypatch, capsys,
+                                                                                           tmp_path):
+    import ray_cora.cli as cli
+
+    data = tmp_path / "q.jsonl"
+    data.write_text("")
+    remote = ("Traceback (most recent call last):\n  File \"worker.py\", line 3, in train_loop\n"
+              f"ray_cora.errors.BadRecordError: {data}:4: field 'label' must be 0 or 1 (fix the record)\n")
+
+    def driver(error):
+        def run(config):
+            raise error
+        return run
+
+    monkeypatch.setattr(cli, "load_driver", lambda job: driver(_RemoteFailure(remote)))
+    assert cli.main(["validate", "--input", str(data)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"ray-cora validate: error: {data}:4: field 'label' must be 0 or 1 (fix the record)"]
+    monkeypatch.setattr(cli, "load_driver", lambda job: driver(ZeroDivisionError("a bug")))
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["validate", "--input", str(data)])

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import functools
+import gzip
 import re
 import shlex
 
+import jsonschema
 import pytest
 import ray
 import yaml
@@ -17,6 +20,10 @@ from tests.support import REPO_ROOT
 
 CLUSTER = REPO_ROOT / "cluster"
 REPO = CLUSTER.parent
+CRDS = REPO_ROOT / "tests" / "cluster_schemas"  # KubeRay's CRDs, vendored (see its README.md)
+KUBERAY_VERSION = "1.5.1"
+KUBERAY_MANIFESTS = ["kuberay/raycluster.yaml", "kuberay/rayjob-embed.yaml", "kuberay/rayservice.yaml"]
+AWS_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def _yaml(name: str):
@@ -53,8 +60,26 @@ def test_aws_launcher_config_passes_rays_own_schema():
     for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
         assert all("RAY_AUTH_MODE=token" in c for c in commands if "ray start" in c)
     assert "~/.ray/auth_token" in config["file_mounts"]
-    assert any("[gpu]" in c for c in config["setup_commands"])
-    assert any(f"=={ray.__version__}" in c for c in config["setup_commands"])
+
+
+def test_aws_nodes_run_the_project_image_on_a_current_ami_with_a_role_each():
+    from ray.autoscaler._private.aws.config import DEFAULT_AMI
+
+    config = _yaml("aws.yaml")
+    # Ray, Python 3.11, CUDA torch and faiss-gpu come from the image the KubeRay pods run; nothing
+    # is pip-installed on the hosts (Ray's default AMI could not: Python 3.6, CUDA 11.2).
+    images = {c["image"] for name in KUBERAY_MANIFESTS for c in _pod_containers(_yaml(name))}
+    assert config["docker"]["image"] in images
+    assert not any("pip" in c for c in config.get("setup_commands", []) + config.get("initialization_commands", []))
+    for name, node_type in config["available_node_types"].items():
+        node = node_type["node_config"]
+        # An empty ImageId (or latest_dlami) makes Ray fill in its default AMI (ray's _check_ami).
+        assert node.get("ImageId", "").lower() not in ("", "latest_dlami", *DEFAULT_AMI.values()), name
+        # Ray gives only the head a default role; a worker without one has no S3 credentials.
+        if name != config["head_node_type"]:
+            assert node["IamInstanceProfile"], name
+    # Credentials never come from the launching shell (they would be copied onto every node).
+    assert not any(secret in (CLUSTER / "aws.yaml").read_text() for secret in AWS_SECRETS)
 
 
 def test_aws_launcher_schema_check_catches_a_typo():
@@ -79,6 +104,76 @@ def test_kuberay_manifests_keep_auth_on_and_request_gpus(name):
     assert gpu_groups and all(g["maxReplicas"] >= g["minReplicas"] for g in spec["workerGroupSpecs"])
 
 
+def _pod_templates(manifest: dict) -> list[dict]:
+    spec = manifest["spec"]
+    cluster = {"RayCluster": spec, "RayJob": spec.get("rayClusterSpec"),
+               "RayService": spec.get("rayClusterConfig")}[manifest["kind"]]
+    return [group["template"] for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"])]
+
+
+def _pod_containers(manifest: dict) -> list[dict]:
+    return [c for template in _pod_templates(manifest) for c in template["spec"]["containers"]]
+
+
+@functools.cache
+def _crd_schema(kind: str) -> dict:
+    """The ``v1`` openAPIV3Schema of KubeRay's CRD for ``kind``, made strict as ``kubectl apply``'s
+    server-side field validation is: a field the schema does not name is an error, not dropped."""
+    for path in CRDS.glob("ray.io_*.yaml.gz"):
+        crd = yaml.load(gzip.decompress(path.read_bytes()), Loader=yaml.CSafeLoader)
+        if crd["spec"]["names"]["kind"] == kind:
+            (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+            return _strict(version["schema"]["openAPIV3Schema"])
+    raise AssertionError(f"no vendored CRD for {kind} in {CRDS}")
+
+
+def _strict(schema):
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {key: _strict(value) for key, value in schema.items()}
+    if ("properties" in strict and "additionalProperties" not in strict
+            and not strict.get("x-kubernetes-preserve-unknown-fields")):
+        strict["additionalProperties"] = False
+    return strict
+
+
+def _schema_errors(manifest: dict) -> list[str]:
+    validator = jsonschema.Draft7Validator(_crd_schema(manifest["kind"]))
+    return sorted(f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+                  for e in validator.iter_errors(manifest))
+
+
+@pytest.mark.parametrize("name", KUBERAY_MANIFESTS)
+def test_kuberay_manifests_validate_against_the_crds_of_the_named_kuberay(name):
+    assert f"KubeRay >= {KUBERAY_VERSION}" in (CLUSTER / "README.md").read_text()
+    assert f"v{KUBERAY_VERSION}" in (CRDS / "README.md").read_text()
+    errors = _schema_errors(_yaml(name))
+    assert not errors, "\n".join(errors[:10])
+
+
+def test_crd_validation_catches_a_misspelt_field_and_a_wrong_type():
+    manifest = _yaml("kuberay/raycluster.yaml")
+    manifest["spec"]["workerGroupSpecs"][0]["minReplica"] = 1
+    manifest["spec"]["workerGroupSpecs"][1]["maxReplicas"] = "eight"
+    errors = _schema_errors(manifest)
+    assert any("minReplica" in e and "additional" in e.lower() for e in errors), errors
+    assert any(e.startswith("spec.workerGroupSpecs.1.maxReplicas") for e in errors), errors
+
+
+@pytest.mark.parametrize("name", KUBERAY_MANIFESTS)
+def test_kuberay_pods_can_reach_s3_by_their_service_account_or_optional_keys(name):
+    account = _yaml("kuberay/serviceaccount.yaml")
+    assert account["kind"] == "ServiceAccount"
+    for template in _pod_templates(_yaml(name)):
+        # IRSA / Pod Identity bind an IAM role to this account; static keys stay an optional secret.
+        assert template["spec"]["serviceAccountName"] == account["metadata"]["name"]
+        for container in template["spec"]["containers"]:
+            assert {"secretRef": {"name": "ray-cora-s3", "optional": True}} in container["envFrom"]
+            assert not any(e.get("name") in AWS_SECRETS and "value" in e for e in container.get("env", []))
+
+
 def test_rayjob_entrypoint_exists_and_its_options_parse():
     _check_entrypoint(_yaml("kuberay/rayjob-embed.yaml")["spec"]["entrypoint"])
 
@@ -90,11 +185,23 @@ def test_entrypoint_check_rejects_a_wrong_option():
         _check_entrypoint("python jobs/embed_corpus.py --passages p --out o --index-type lsh")
 
 
-def test_runtime_env_example_is_a_valid_runtime_env():
+def test_runtime_env_examples_are_valid_and_install_nothing_from_an_empty_folder():
     from ray.runtime_env import RuntimeEnv
 
-    env = RuntimeEnv(**_yaml("runtime_env.yaml"))
-    assert env["working_dir"] == "." and ".venv" in env["excludes"]
+    image = RuntimeEnv(**_yaml("runtime_env.yaml"))
+    # On the project image: nothing to install, the uploaded checkout first on PYTHONPATH.
+    assert image["working_dir"] == "." and ".venv" in image["excludes"]
+    assert not {"pip", "uv", "conda"} & set(image.keys())
+    for device, other in (("gpu", "cpu"), ("cpu", "gpu")):
+        env = RuntimeEnv(**_yaml(f"runtime_env.pip-{device}.yaml"))
+        (package,) = env["pip"]["packages"]
+        # pip runs in an empty exec_cwd: the project is named by the node's copy of the working dir,
+        # installed (not editable) with exactly one faiss extra.
+        assert package == "${RAY_RUNTIME_ENV_CREATE_WORKING_DIR}" + f"[{device}]"
+        assert env["working_dir"] == "." and f"[{other}]" not in package
+    for name in ("runtime_env.yaml", "runtime_env.pip-gpu.yaml", "runtime_env.pip-cpu.yaml"):
+        # A runtime env is stored in the GCS and shown in the dashboard: no credentials in it.
+        assert "env_vars" not in _yaml(name) and not any(s in (CLUSTER / name).read_text() for s in AWS_SECRETS)
 
 
 def test_dockerfile_uses_the_installed_ray_version():
@@ -124,12 +231,15 @@ def test_serve_config_is_a_valid_deploy_config_for_the_real_app(monkeypatch):
     built_names = {d.name for d in built.deployments}
     configured = {d["name"]: d for d in app["deployments"]}
     # Every deployment the app makes is configured (an entry for a deployment it does not make
-    # fails `serve deploy`), including one IndexShardGroup<g> per shard group.
+    # fails `serve deploy`); the shard groups are the Retriever's actors, sized by the args.
     assert set(configured) == built_names == set(deployment_names(ServeAppOptions.model_validate(app["args"])))
     assert set(DEPLOYMENTS) <= built_names
-    groups = sorted(n for n in built_names if n.startswith("IndexShardGroup"))
-    assert groups == [f"IndexShardGroup{g}" for g in range(app["args"]["shard_groups"])] and len(groups) > 1
-    assert all(configured[g]["ray_actor_options"]["memory"] > 0 for g in groups)
+    (retriever,) = [d for d in built.deployments if d.name == "Retriever"]
+    groups = retriever._deployment_config.deployment_actors
+    copies = app["args"].get("shard_group_copies", 1)
+    assert [g.name for g in groups] == [f"IndexShardGroup{g}-{c}" if copies > 1 else f"IndexShardGroup{g}"
+                                        for g in range(app["args"]["shard_groups"]) for c in range(copies)]
+    assert len(groups) > 1 and all(g.actor_options["memory"] > 0 for g in groups)
     for name, deployment in configured.items():
         assert deployment["autoscaling_config"]["max_replicas"] > deployment["autoscaling_config"]["min_replicas"] >= 1
     for name in ("Retriever", "Generator"):  # the GPU models, batched
@@ -169,3 +279,38 @@ def test_rayservice_serves_the_same_app_with_auth_on():
             assert {"secretRef": {"name": "ray-cora-api-key"}} in container["envFrom"]
     assert any("nvidia.com/gpu" in c["resources"]["limits"]
                for g in cluster["workerGroupSpecs"] for c in g["template"]["spec"]["containers"])
+
+
+def test_rayservice_uses_the_settings_kuberay_reads_and_fits_its_index_replicas():
+    from ray._private.ray_constants import DEFAULT_OBJECT_STORE_MEMORY_PROPORTION
+
+    manifest = _yaml("kuberay/rayservice.yaml")
+    spec = manifest["spec"]
+    # KubeRay no longer reads these (rayservice_types.go: "Deprecated: This field is not used
+    # anymore"); the initializing timeout is an annotation, a Go duration or whole seconds.
+    assert not {"serviceUnhealthySecondThreshold", "deploymentUnhealthySecondThreshold"} & set(spec)
+    timeout = manifest["metadata"]["annotations"]["ray.io/initializing-timeout"]
+    assert re.fullmatch(r"[1-9]\d*|(\d+(\.\d+)?(h|m|s))+", timeout)
+    serve_config = yaml.safe_load(spec["serveConfigV2"])
+    assert serve_config["http_options"] == _yaml("serve_config.yaml")["http_options"]
+    assert serve_config["http_options"]["request_timeout_s"] > 0
+    # Ray's `memory` resource is the pod's memory less the object store; each IndexShardGroup
+    # replica (FAISS shards in its heap) must fit in one index pod next to it.
+    (group,) = [g for g in spec["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == "index"]
+    (container,) = group["template"]["spec"]["containers"]
+    pod_memory = _k8s_bytes(container["resources"]["limits"]["memory"])
+    object_store = group["rayStartParams"].get("object-store-memory")
+    object_store = int(object_store) if object_store else pod_memory * DEFAULT_OBJECT_STORE_MEMORY_PROPORTION
+    (app,) = serve_config["applications"]
+    largest = app["args"]["shard_group_memory"]
+    assert pod_memory - object_store >= largest
+    # Every copy of every group is an actor of that size: the group's smallest size holds them all.
+    per_pod = (pod_memory - object_store) // largest
+    actors = app["args"]["shard_groups"] * app["args"].get("shard_group_copies", 1)
+    assert group["minReplicas"] * per_pod >= actors and group["replicas"] >= group["minReplicas"]
+    assert group["maxReplicas"] * per_pod >= 2 * actors  # a code redeploy starts new actors before the old go
+
+
+def _k8s_bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    return int(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else int(quantity)

@@ -99,3 +99,27 @@ def test_module_and_script_references_in_the_docs_exist():
         missing += [f"{path.name}: {script}" for script in sorted(set(JOB_SCRIPT.findall(text)))
                     if not (REPO_ROOT / script).is_file()]
     assert missing == []
+
+
+def _curl_commands() -> list[tuple[str, str]]:
+    """Every curl command in the docs and in the comments of cluster/*.yaml, continuation lines joined."""
+    sources = [(path.name, path.read_text(encoding="utf-8")) for path in DOCS if path.is_file()]
+    sources += [(str(p.relative_to(REPO_ROOT)), re.sub(r"^\s*#", "", p.read_text(encoding="utf-8"), flags=re.M))
+                for p in sorted((REPO_ROOT / "cluster").rglob("*.yaml"))]
+    found = []
+    for name, text in sources:
+        joined = re.sub(r"\\\n\s*", " ", text)
+        found += [(name, m.group(0)) for m in re.finditer(r"\bcurl\b[^\n`]*", joined)]
+    return found
+
+
+def test_curl_examples_send_json_the_way_the_api_accepts_it():
+    """The API answers a body without `Content-Type: application/json` with 415 (docs/serving.md), and
+    takes the key as `Authorization: Bearer`: every curl example with a body says both as it should."""
+    examples = _curl_commands()
+    assert examples, "the docs hold no curl example"
+    wrong = [f"{name}: {cmd}" for name, cmd in examples
+             if re.search(r"\s(-d|--data\S*)\s", cmd) and "Content-Type: application/json" not in cmd]
+    wrong += [f"{name}: {cmd}" for name, cmd in examples if "X-API-Key" in cmd and "Bearer" not in cmd
+              and "alias" not in cmd]
+    assert wrong == []

@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import time
 
 import pyarrow.fs as pafs
 import pytest
@@ -145,3 +146,127 @@ def test_s3_server_rejects_wrong_credentials(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server["endpoint"])
     with pytest.raises(StorageError):
         storage.read_bytes(f"s3://{s3_server['bucket']}/_ready")
+
+
+def _commit(root: str, files: dict[str, bytes]) -> None:
+    writer = storage.ArtifactWriter(root, kind="test")
+    for relpath, data in files.items():
+        writer.write_bytes(relpath, data)
+    writer.commit()
+
+
+def _edit_in_place(path: str, offset: int, data: bytes) -> None:
+    """Overwrite bytes without changing the file's length (what `dd conv=notrunc` does)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def test_same_length_edit_of_a_local_file_is_caught_even_after_it_was_verified(tmp_path, monkeypatch):
+    root = str(tmp_path / "art")
+    _commit(root, {"shards/a.faiss": b"0123456789" * 100})
+    monkeypatch.setattr(storage, "SETTLE_NS", 0)  # remember files however new (as old ones are)
+    hashed = []
+    real_digest = storage.hashlib.file_digest
+    monkeypatch.setattr(storage.hashlib, "file_digest", lambda *a, **k: hashed.append(1) or real_digest(*a, **k))
+    art = storage.Artifact(root)
+    path = art.local_path("shards/a.faiss", cache_dir=str(tmp_path / "cache"))
+    assert art.local_path("shards/a.faiss", cache_dir=str(tmp_path / "cache")) == path
+    assert len(hashed) == 1  # hashed once per process while the file is unchanged
+    time.sleep(0.05)  # past the coarse clock's tick, as any later edit is
+    _edit_in_place(path, 500, b"X")
+    assert os.path.getsize(path) == 1000
+    with pytest.raises(ChecksumError, match=r"a.faiss: checksum mismatch"):
+        art.local_path("shards/a.faiss", cache_dir=str(tmp_path / "cache"))
+
+
+def test_recently_written_files_are_hashed_at_every_open(tmp_path):
+    """A write in the same clock tick as the verification keeps the file's times: a file that new
+    is never remembered as verified, so the edit is still caught."""
+    root = str(tmp_path / "art")
+    _commit(root, {"b.arrow": b"abcdefgh" * 64})
+    art = storage.Artifact(root)
+    path, signature = art.verified_local_path("b.arrow", cache_dir=str(tmp_path / "cache"))
+    assert not storage.still_verified(path, signature)
+    _edit_in_place(path, 0, b"Z")  # right away: possibly the same mtime/ctime
+    with pytest.raises(ChecksumError):
+        art.local_path("b.arrow", cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("damage", ["replaced", "truncated"])
+def test_damaged_cache_entry_is_detected_and_fetched_again(s3_env, tmp_path, damage, caplog):
+    uri = f"s3://{s3_env['bucket']}/cache-heal-{damage}-{time.time_ns()}"
+    original = bytes(range(256)) * 40
+    _commit(uri, {"shards/s.faiss": original})
+    cache = tmp_path / "cache"
+    path = storage.Artifact(uri).local_path("shards/s.faiss", cache_dir=str(cache))
+    assert path.startswith(str(cache)) and open(path, "rb").read() == original
+    time.sleep(0.05)
+    if damage == "replaced":  # same name, same length, other bytes
+        with open(path + ".evil", "wb") as f:
+            f.write(bytes(reversed(original)))
+        os.replace(path + ".evil", path)
+    else:
+        with open(path, "r+b") as f:
+            f.truncate(len(original) // 3)
+    with caplog.at_level("WARNING", logger="ray_cora.storage"):
+        again = storage.Artifact(uri).local_path("shards/s.faiss", cache_dir=str(cache))
+    assert again == path and open(again, "rb").read() == original
+    assert "fetching" in caplog.text and "s.faiss" in caplog.text
+    assert sorted(os.listdir(cache)) == [os.path.basename(path)]  # no partial copy left
+
+
+def test_cache_folder_is_private_to_the_user(tmp_path):
+    root = str(tmp_path / "art")
+    _commit(root, {"a.bin": b"x"})
+    fresh = storage.private_dir(str(tmp_path / "made" / "cache"))
+    assert os.stat(fresh).st_mode & 0o777 == 0o700 and os.stat(fresh).st_uid == os.getuid()
+    default = storage.default_cache_dir("index_cache")
+    parent = os.path.dirname(default)
+    assert os.path.basename(parent) == f"ray_cora-{os.getuid()}" and os.stat(parent).st_mode & 0o777 == 0o700
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)
+    with pytest.raises(StorageError, match=r"shared: refused as a cache folder: it has mode 777.*chmod 700"):
+        storage.private_dir(str(shared))
+    link = tmp_path / "link"
+    link.symlink_to(fresh)
+    with pytest.raises(StorageError, match="is a symlink"):
+        storage.private_dir(str(link))
+    if os.geteuid() == 0:  # only root can give a folder away
+        other = tmp_path / "other"
+        other.mkdir(mode=0o700)
+        os.chown(other, 12345, 12345)
+        with pytest.raises(StorageError, match="owned by uid 12345"):
+            storage.private_dir(str(other))
+
+
+@pytest.mark.parametrize("bad_path, problem", [
+    ("/etc/hostname", "absolute path"),
+    ("../outside.bin", r"leaves the artifact's folder"),
+    ("shards/../../outside.bin", r"leaves the artifact's folder"),
+], ids=["absolute", "dotdot", "nested-dotdot"])
+def test_manifest_paths_outside_the_artifact_are_refused(storage_root, bad_path, problem):
+    _commit(storage_root, {"a.bin": b"inside"})
+    root = storage.resolve(storage_root)
+    manifest = json.loads(storage.read_bytes(root.join("manifest.json")))
+    manifest["files"][bad_path] = {"size": 9, "sha256": "0" * 64}
+    storage.write_bytes(root.join("manifest.json"), json.dumps(manifest).encode())
+    with pytest.raises(StorageError, match=rf"manifest.json: field files\[.*\] (is an )?{problem}"):
+        storage.Artifact(storage_root)
+
+
+def test_symlink_out_of_a_local_artifact_is_refused(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"not yours")
+    root = tmp_path / "art"
+    _commit(str(root), {"a.bin": b"not yours"})
+    (root / "a.bin").unlink()
+    (root / "a.bin").symlink_to(secret)
+    art = storage.Artifact(str(root))
+    for read in (lambda: art.read_bytes("a.bin"), lambda: art.verify("a.bin"),
+                 lambda: art.local_path("a.bin", cache_dir=str(tmp_path / "cache"))):
+        with pytest.raises(StorageError, match=r"a.bin: is a symlink to .*secret.txt, outside the artifact"):
+            read()

@@ -38,7 +38,7 @@ import faiss
 import numpy as np
 
 from ray_cora.index.sharded import IndexSpec, ShardedIndex, write_index
-from ray_cora.index.spec import make_empty_index, search_parameters
+from ray_cora.index.spec import make_empty_index, search_parameters, use_blas_for_query_batches
 from ray_cora.index.trained import sample_rows, training_sample_size
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results" / "search_scale.json"
@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--results", default=str(RESULTS), help="where to write the .json (.md and .png beside it)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
+    # What ShardedIndex.open sets, set before either side runs: both search with BLAS batches.
+    use_blas_for_query_batches()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         measured = [measure_size(n, args, Path(tmp)) for n in sizes]
@@ -243,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "dim": args.dim, "clusters": args.clusters, "shard_size": args.shard_size, "nprobe": args.nprobe,
                "queries": args.queries, "train_size": args.train_size or None, "repeats": args.repeats,
                "faiss_threads": faiss.omp_get_max_threads(),
+               "blas_threshold": faiss.cvar.distance_compute_blas_threshold,
                "sizes": measured}
     out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)

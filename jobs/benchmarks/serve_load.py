@@ -7,7 +7,8 @@ so every comparison is made in the same run, interleaved:
   models) -> one deployment that returns a constant /v1/retrieve answer (10 demo passages);
 - ``ray_cora``: the app over the demo corpus (mUSE) in a 5-shard index, texts from a passage store,
   batched (max_batch_size 16); ``ray_cora_unbatched``: the same with max_batch_size 1;
-- ``ray_cora_sg2``: the same index split over 2 IndexShardGroup deployments (batched);
+- ``ray_cora_sg2``: the same index split over 2 shard groups (batched): the Retriever's
+  IndexShardGroup actors, called directly (no Serve hop);
 - ``direct``: the same question through :class:`~ray_cora.serve.core.RetrieverCore` in this process.
 
 1 client: ``--rounds`` rounds, each one /v1/retrieve request to every target in a shuffled order,
@@ -306,7 +307,7 @@ def markdown(results: dict) -> str:
              "| target | hops after the proxy | p50 ms | p95 ms | median per-round − noop ms | median ratio to noop |",
              "|---|---|---:|---:|---:|---:|"]
     hops = {"noop": "Ingress → Constant", "ray_cora": "Ingress → Retriever",
-            "ray_cora_unbatched": "Ingress → Retriever", "ray_cora_sg2": "Ingress → Retriever → 2 IndexShardGroups",
+            "ray_cora_unbatched": "Ingress → Retriever", "ray_cora_sg2": "Ingress → Retriever → 2 IndexShardGroup actors (direct calls)",
             "direct": "none (Python call)"}
     for target in (*TARGETS, "direct"):
         p, vs = one["p50"][target], one["vs_noop"].get(target, {})

@@ -7,9 +7,11 @@ from ray_cora.configs.demo import DemoConfig
 from ray_cora.configs.embed import EmbedConfig
 from ray_cora.configs.evaluate import EvaluateAllConfig, EvaluateRetrievalConfig
 from ray_cora.configs.evaluate_qa import ConvertPredictionsConfig, EvaluateQAConfig
+from ray_cora.configs.fusion import TuneFusionConfig
 from ray_cora.configs.generate import GenerateConfig
 from ray_cora.configs.import_embeddings import ImportEmbeddingsConfig
 from ray_cora.configs.iterate import IterateConfig
+from ray_cora.configs.lexical import LexicalIndexConfig
 from ray_cora.configs.options import ActorPoolOptions, DecodingOptions, IndexOptions, OptionGroup, TaskOptions
 from ray_cora.configs.passages import PassagesConfig
 from ray_cora.configs.pivot import (
@@ -27,7 +29,7 @@ from ray_cora.configs.wikidata import WikidataLabelsConfig
 
 __all__ = ["ActorPoolOptions", "ConvertPredictionsConfig", "DecodingOptions", "DemoConfig", "EmbedConfig",
            "EvaluateAllConfig", "EvaluateQAConfig", "EvaluateRetrievalConfig", "GenerateConfig", "ImportEmbeddingsConfig",
-           "IndexOptions", "IterateConfig", "JobConfig", "OptionGroup", "PassagesConfig", "PivotBuildConfig",
+           "IndexOptions", "IterateConfig", "JobConfig", "LexicalIndexConfig", "OptionGroup", "PassagesConfig", "PivotBuildConfig",
            "PivotCalibrateConfig", "PivotRunConfig", "PivotTrainRerankerConfig", "RayJobConfig",
            "RetrieveConfig", "ServeAppOptions", "ServeConfig", "TaskOptions", "TrainMDPRConfig",
-           "TrainMGENConfig", "TrainRunConfig", "TuneIndexConfig", "ValidateConfig", "WikidataLabelsConfig"]
+           "TrainMGENConfig", "TrainRunConfig", "TuneFusionConfig", "TuneIndexConfig", "ValidateConfig", "WikidataLabelsConfig"]

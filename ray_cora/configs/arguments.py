@@ -9,7 +9,7 @@ import types
 import typing
 from typing import Any
 
-from ray_cora.configs.base import C, JobConfig, both_names_message, option_aliases
+from ray_cora.configs.base import C, JobConfig, both_names_message, option_aliases, option_forms
 from ray_cora.errors import ConfigError
 
 
@@ -21,6 +21,20 @@ def _is_list(annotation: Any) -> bool:
         return any(_is_list(a) for a in typing.get_args(annotation) if a is not type(None))
     return False
 
+
+
+def literal_choices(annotation: Any) -> tuple[Any, ...]:
+    """The values a ``Literal[...]`` option takes (also inside ``Optional``/``Annotated``), else ().
+
+    >>> literal_choices(typing.Optional[typing.Literal["error", "skip"]])
+    ('error', 'skip')
+    """
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        return tuple(v for a in typing.get_args(annotation) if a is not type(None) for v in literal_choices(a))
+    return ()
 
 
 def _is_bool(annotation: Any) -> bool:
@@ -105,6 +119,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[JobCo
         flags = (short, flag) if short else (flag,)
         default = None if field.is_required() else field.get_default(call_default_factory=True)
         help_text = (field.description or "").rstrip(".")
+        forms = option_forms(field)
+        if forms:
+            help_text += f" (forms: {forms})"
         if field.is_required():
             help_text += " (required)"
         elif default is not None and default != "" and default != []:
@@ -112,6 +129,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[JobCo
             help_text += f" (default: {shown})"
         if _is_bool(field.annotation):
             kind: dict[str, Any] = {"nargs": "?", "const": "true", "metavar": "true|false"}
+        elif choices := literal_choices(field.annotation):
+            kind = {"metavar": "{" + ",".join(map(str, choices)) + "}"}
         else:
             kind = {"metavar": "A,B,..." if _is_list(field.annotation) else name.split("_")[-1].upper()}
         group.add_argument(*flags, dest=name, default=None, help=help_text, **kind)

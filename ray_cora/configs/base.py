@@ -7,6 +7,8 @@ the command line accept either name; giving two names of one option is refused.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, TypeVar
 
@@ -30,6 +32,19 @@ def aliases(name: str, *old_names: str) -> dict[str, Any]:
     {'actors': 3}
     """
     return {"validation_alias": AliasChoices(name, *old_names), "json_schema_extra": {"aliases": list(old_names)}}
+
+
+@dataclass(frozen=True)
+class OptionForms:
+    """What ``--help`` lists as the values an option of a free-text type takes, put in the type's
+    ``Annotated[...]`` (validation ignores it): ``Annotated[str, AfterValidator(check), OptionForms("a | b:<x>")]``."""
+
+    text: str
+
+
+def option_forms(field: FieldInfo) -> str | None:
+    """The :class:`OptionForms` text a field's type declares, else None."""
+    return next((m.text for m in field.metadata if isinstance(m, OptionForms)), None)
 
 
 def option_aliases(field: FieldInfo) -> tuple[str, ...]:
@@ -57,7 +72,9 @@ class ConfigModel(BaseModel):
     unknown keys rejected, an option accepted under its name or one of its aliases (not both).
     ``options_title``, set on a class itself, heads the --help section of the options it declares."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # allow_inf_nan=False: no option means anything with nan or inf (`--threshold nan` would answer
+    # nothing and say nothing), so every float option refuses them, naming the option.
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
     options_title: ClassVar[str | None] = None
 
     @classmethod
@@ -102,7 +119,13 @@ class JobConfig(ConfigModel):
         if yaml_path:
             values.update(_canonical(cls, _read_yaml(yaml_path), yaml_path))
             source = f"{yaml_path} / command line"
-        values.update(_canonical(cls, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line"))
+        given = _canonical(cls, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
+        for name, value in given.items():
+            # A mapping option (iterate's `mdpr:` ...) given on the command line adds to the YAML's
+            # mapping instead of replacing it: `--mdpr '{"epochs": 1}'` keeps `use_gpu: true`.
+            if isinstance(values.get(name), Mapping):
+                value = deep_merge(values[name], _mapping_or_value(value))
+            values[name] = value
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
@@ -120,6 +143,22 @@ class RayJobConfig(JobConfig):
     ray_address: str | None = Field(None, description="Join this Ray cluster instead of starting a "
                                     "local one (RAY_ADDRESS also works)")
 
+    @model_validator(mode="after")
+    def _reservations_fit_local_ray(self) -> "RayJobConfig":
+        # A local Ray of --num-cpus N can never start an actor or task that reserves more than N:
+        # Ray would wait for it forever without a word. (A cluster is checked once joined:
+        # ray_cora.runtime.check_resources_fit.)
+        if self.num_cpus is None or self.ray_address:
+            return self
+        for name in type(self).model_fields:
+            if name.endswith("actor_cpus") or name in ("task_cpus", "cpus_per_worker"):
+                wanted = getattr(self, name)
+                if wanted is not None and wanted > self.num_cpus:
+                    option = "--" + name.replace("_", "-")
+                    raise ValueError(f"{option} {wanted:g} is more than the {self.num_cpus} CPUs of --num-cpus: "
+                                     f"Ray would wait forever for them; lower {option} or raise --num-cpus")
+        return self
+
 
 class TrainRunConfig(RayJobConfig):
     """A Ray Train job (train-mdpr, train-mgen, pivot train-reranker): how wide it runs,
@@ -134,6 +173,34 @@ class TrainRunConfig(RayJobConfig):
     max_failures: int = Field(2, ge=-1, description="Worker failures to recover from (from the last checkpoint)")
     on_bad_record: Literal["error", "skip"] = Field("error", description="error: stop at a bad record; skip: count it and go on")
     seed: int = Field(0, description="Seed of initialisation, shuffling and sampling")
+
+
+def deep_merge(base: Mapping[str, Any], override: Any) -> Any:
+    """``override`` laid over ``base``: mappings merge key by key (at any depth), anything else
+    replaces. A key given as ``None`` in ``override`` keeps its ``None`` (a way to unset).
+
+    >>> deep_merge({"epochs": 3, "use_gpu": True, "opt": {"lr": 1, "eps": 2}}, {"epochs": 1, "opt": {"lr": 5}})
+    {'epochs': 1, 'use_gpu': True, 'opt': {'lr': 5, 'eps': 2}}
+    >>> deep_merge({"a": 1}, "not a mapping")
+    'not a mapping'
+    """
+    if not isinstance(override, Mapping):
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(merged.get(key), Mapping) else value
+    return merged
+
+
+def _mapping_or_value(value: Any) -> Any:
+    """A command-line value for a mapping option: the JSON object it spells (so it can merge), or
+    the value unchanged (the field's validator then says what is wrong with it)."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

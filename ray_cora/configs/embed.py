@@ -8,6 +8,7 @@ from pydantic import Field
 
 from ray_cora.configs.base import RayJobConfig
 from ray_cora.configs.options import ActorPoolOptions, EncoderSpec, IndexOptions, OptionalLangCode
+from ray_cora.data.passages import MAX_PASSAGE_CHARS
 
 
 class EmbedConfig(ActorPoolOptions, IndexOptions, RayJobConfig):
@@ -24,6 +25,9 @@ class EmbedConfig(ActorPoolOptions, IndexOptions, RayJobConfig):
     on_bad_record: Literal["error", "skip"] = Field(
         "error", description="error: stop at the first malformed passage (file:line); skip: leave it out, "
         "count it and write it to <out>/_quarantine/")
+    max_passage_chars: int = Field(
+        MAX_PASSAGE_CHARS, ge=1, description="Longer passage texts are cut to this many characters (and "
+        "counted in the summary), so one runaway record cannot exhaust an encoder actor")
     shard_size: int = Field(100_000, ge=1, description="Passages per index shard")
     batch_size: int = Field(128, ge=1, description="Passages per encoder batch")
     actor_cpus: float = ActorPoolOptions.option("actor_cpus", 1.0)

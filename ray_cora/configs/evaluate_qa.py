@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ray_cora.configs.base import JobConfig
 from ray_cora.data.qa import DATASETS
@@ -42,6 +42,12 @@ class EvaluateQAConfig(JobConfig):
     title: str | None = Field(None, description="Title of the report")
     out: str = Field(..., description="Output folder: path, file:// or s3://")
 
+    @model_validator(mode="after")
+    def _one_selection(self) -> "EvaluateQAConfig":
+        if self.lang and self.langs:
+            raise ValueError("pass either --lang (the gold file's language) or --langs (languages to "
+                             "score), not both: with --lang, only that language is scored")
+        return self
 
 
 class ConvertPredictionsConfig(JobConfig):

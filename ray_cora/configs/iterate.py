@@ -40,7 +40,8 @@ class IterateConfig(RayJobConfig):
     B_t+1 = B_t + the new positives/negatives. Every stage writes <out>/round-<t>/<stage>/ with a
     marker written last; a rerun skips finished stages (checksums verified) and resumes the rest.
     Each round writes stats.json and summary.md. Stage options go in YAML mappings (mdpr:, embed:,
-    retrieve:, mgen:, generate:) or as JSON on the command line (--mdpr '{"epochs": 2}')."""
+    retrieve:, mgen:, generate:) or as JSON on the command line (--mdpr '{"epochs": 2}'), which is merged
+    into the YAML's mapping key by key (the YAML's other mdpr options stay)."""
 
     out: str = Field(..., description="Output URI: round-<t>/<stage>/ folders, summary.md, iterate.json")
     rounds: int = Field(3, ge=1, description="T: rounds (CORA: 3 = initial training + two iterations)")

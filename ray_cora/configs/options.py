@@ -23,7 +23,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AfterValidator, Field, field_validator
 from pydantic.fields import FieldInfo
 
-from ray_cora.configs.base import ConfigModel, aliases
+from ray_cora.configs.base import ConfigModel, OptionForms, aliases
 from ray_cora.encoders import check_encoder_spec
 from ray_cora.index.spec import IndexSpec, IndexType
 from ray_cora.languages import normalize_lang
@@ -37,8 +37,10 @@ def _optional(check: Any) -> Any:
 # Option types checked where they are declared, so a job config needs no validator of its own:
 # an encoder spec (``muse``, ``hf:…``, ``dpr:…``; one line naming what is wrong) and a language
 # code (canonical: ``zh-Hans`` → ``zh_cn``). The ``Optional…`` forms take ``None``/``""`` as unset.
-EncoderSpec = Annotated[str, AfterValidator(check_encoder_spec)]
-OptionalEncoderSpec = Annotated[str | None, AfterValidator(_optional(check_encoder_spec))]
+ENCODER_FORMS = OptionForms("muse | hf:<model name or folder>[?pooling=cls|mean&max_length=N&normalize=true] | "
+                            "dpr:<CORA/DPR checkpoint .cpt>[?max_length=N]")
+EncoderSpec = Annotated[str, AfterValidator(check_encoder_spec), ENCODER_FORMS]
+OptionalEncoderSpec = Annotated[str | None, AfterValidator(_optional(check_encoder_spec)), ENCODER_FORMS]
 LangCode = Annotated[str, AfterValidator(normalize_lang)]
 OptionalLangCode = Annotated[str | None, AfterValidator(_optional(normalize_lang))]
 

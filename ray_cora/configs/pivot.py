@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ray_cora.configs.base import RayJobConfig, TrainRunConfig
 from ray_cora.configs.options import ActorPoolOptions, EncoderSpec, IndexOptions, OptionalLangCode
+from ray_cora.configs.train import TrainLoggingOptions
 from ray_cora.pivot.rerank import check_reranker_spec
 
 
@@ -91,7 +92,7 @@ class PivotCalibrateConfig(_PivotQueryConfig):
 RERANKER_UNUSED_RUN_OPTIONS = ("checkpoint_every", "max_failures")
 
 
-class PivotTrainRerankerConfig(TrainRunConfig):
+class PivotTrainRerankerConfig(TrainLoggingOptions, TrainRunConfig):
     """Fine-tune a cross-encoder on labelled paraphrase pairs (PAWS-X / QQP style) with Ray Train.
     Of the Ray Train run options it does not use --checkpoint-every (a checkpoint is reported after
     every epoch) or --max-failures (a failed worker ends the run; a rerun starts it again): other

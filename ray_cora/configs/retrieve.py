@@ -17,7 +17,20 @@ class RetrieveConfig(SearchOptions, RayJobConfig):
     {qid, lang, question, answers, answers_all, gold_pids, ctxs: [{pid, lang, title, text, score}]}, and
     manifest.json last. Rerunning with the same --out resumes: finished blocks are skipped."""
 
-    index: str = Field(..., description="Sharded index URI (made by `ray-cora embed`)")
+    index: str | None = Field(None, description="Sharded dense index URI (made by `ray-cora embed`); needed by "
+                              "--retriever dense and hybrid")
+    retriever: Literal["dense", "bm25", "hybrid"] = Field(
+        "dense", description="dense: the --index alone; bm25: the --lexical-index alone (a question searches "
+        "its own language's passages; a language the index lacks gets no passages); hybrid: both, fused per "
+        "question language by --fusion (ray_cora.index.fusion). bm25/hybrid records give each passage "
+        "`retrievers`: its rank in each list")
+    lexical_index: str | None = Field(None, description="Sharded BM25 index URI (made by `ray-cora index-bm25`); "
+                                      "needed by --retriever bm25 and hybrid")
+    fusion: str | None = Field(None, description="Fusion weights (fusion.json, or a folder holding one; made by "
+                               "`ray-cora tune fusion`) for --retriever hybrid (default: the one in "
+                               "--lexical-index, else in --index, else equal-weight RRF)")
+    lexical_actors: int = Field(1, ge=1, description="BM25 searcher actors (each memory-maps the whole lexical "
+                                "index: one copy in memory per machine)")
     questions: str = Field(..., description="QA file URI (for xquad/squad also a folder of xquad.<lang>.json)")
     dataset: Literal["mkqa", "xor", "xquad", "squad", "nq", "jsonl"] = Field(
         ..., description="Format of --questions")
@@ -71,4 +84,8 @@ class RetrieveConfig(SearchOptions, RayJobConfig):
     def _one_selection(self) -> "RetrieveConfig":
         if self.lang and self.langs:
             raise ValueError("pass either --lang or --langs, not both")
+        if self.retriever != "bm25" and not self.index:
+            raise ValueError(f"--retriever {self.retriever} needs --index (a dense index made by `ray-cora embed`)")
+        if self.retriever != "dense" and not self.lexical_index:
+            raise ValueError(f"--retriever {self.retriever} needs --lexical-index (made by `ray-cora index-bm25`)")
         return self

@@ -24,10 +24,21 @@ class ServeAppOptions(SearchOptions, DecodingOptions, JobConfig):
     passage_cache_buckets: int = Field(64, ge=1, description="Passage-store buckets each Retriever replica "
                                        "keeps memory-mapped (LRU; a lookup reads only the rows it returns)")
     shard_groups: int = Field(1, ge=1, le=1024, description="Split the index's shards over this many "
-                              "IndexShardGroup deployments (IndexShardGroup0..N-1; group g holds shards "
-                              "g, g+N, ...); the Retriever fans each query batch out to every group and "
-                              "merges the top-k exactly. 1: the Retriever holds the whole index; needs "
-                              "index when above 1")
+                              "IndexShardGroup actors (IndexShardGroup0..N-1, the Retriever's deployment-"
+                              "scoped actors; group g holds shards g, g+N, ...); the Retriever fans each query "
+                              "batch out to every group and merges the top-k exactly. 1: the Retriever holds "
+                              "the whole index; needs index when above 1")
+    shard_group_copies: int = Field(1, ge=1, le=64, description="Copies of each shard group's actor "
+                                    "(IndexShardGroup<g>-<c>, c = 0..C-1; with 1 the names stay IndexShardGroup<g>): "
+                                    "the Retriever sends each search to one copy per group in turn and skips a "
+                                    "dead copy while another answers. Throughput and availability; every copy "
+                                    "holds its group's shards, so the index takes C times its memory; needs "
+                                    "shard_groups above 1")
+    shard_group_cpus: float | None = Field(None, gt=0, description="CPUs reserved for each IndexShardGroup "
+                                           "actor (default: replica_cpus)")
+    shard_group_memory: int | None = Field(None, gt=0, description="Bytes of Ray's memory resource reserved "
+                                           "for each IndexShardGroup actor (its FAISS shards live in its heap; "
+                                           "default: none reserved)")
     encoder: OptionalEncoderSpec = Field(None, description="Question encoder spec; must be the model that built "
                                          "the index (compared by checkpoint checksum and options). Default: the one "
                                          "the index manifest records (mUSE without an index)")
@@ -51,7 +62,8 @@ class ServeAppOptions(SearchOptions, DecodingOptions, JobConfig):
     max_ef_search: int = Field(4096, ge=1, description="Largest ef_search a /v1/retrieve request may ask "
                                "for (HNSW indexes)")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key; when "
-                                    "it is set, requests need the header X-API-Key (401 otherwise)")
+                                    "it is set, requests need the header Authorization: Bearer <key> (or "
+                                    "X-API-Key: <key>), 401 otherwise")
     max_batch_size: int = Field(16, ge=1, le=1024, description="Largest batch of the encoder, generator "
                                 "and pivot deployments (1: no batching). A lone request runs at once; "
                                 "requests arriving while a batch runs form the next one")
@@ -63,6 +75,12 @@ class ServeAppOptions(SearchOptions, DecodingOptions, JobConfig):
     replica_gpus: float = Field(0, ge=0, description="GPUs per encoder/generator replica")
     health_check_period_s: float = Field(10.0, gt=0, description="How often Serve checks each replica "
                                          "(a dead replica is replaced after a failed check)")
+    max_queued_requests: int = Field(256, ge=1, description="Requests each model deployment (Retriever, "
+                                     "Generator, PivotReranker) queues beyond those its replicas run; past "
+                                     "that a request gets 503 with Retry-After at once (load shedding)")
+    readiness_timeout_s: float = Field(5.0, gt=0, le=60, description="GET /readyz answers 503 unless every "
+                                       "model deployment (Retriever, Generator, PivotReranker) answers a "
+                                       "ping within this many seconds")
 
 
     @model_validator(mode="after")
@@ -76,6 +94,10 @@ class ServeAppOptions(SearchOptions, DecodingOptions, JobConfig):
             raise ValueError(f"shard_groups={self.shard_groups} needs index: the demo index is built "
                              "inside the Retriever replica, so there is nothing to split; pass index=<URI> "
                              "(ray-cora embed --out) or leave shard_groups at 1")
+        if self.shard_group_copies > 1 and self.shard_groups == 1:
+            raise ValueError(f"shard_group_copies={self.shard_group_copies} needs shard_groups above 1: with 1 "
+                             "the Retriever holds the index and scales with its replicas (max_replicas); "
+                             "set shard_groups or leave shard_group_copies at 1")
         return self
 
 

@@ -3,15 +3,45 @@ generator); both run on Ray Train through :mod:`ray_cora.train.jobs`."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ray_cora.configs.base import TrainRunConfig
+from ray_cora.configs.options import OptionGroup
 from ray_cora.languages import normalize_lang
 
+# The Ray Train jobs' progress and tracking options: how often rank 0 prints and reports, and the
+# optional MLflow / TensorBoard logging. Runtime options: they may change when a run is resumed.
+TRAIN_LOGGING_OPTIONS = ("log_every_steps", "log_every_s", "mlflow_tracking_uri", "mlflow_experiment",
+                         "tensorboard_dir")
 
-class TrainMDPRConfig(TrainRunConfig):
+
+class TrainLoggingOptions(OptionGroup):
+    """What a Ray Train job says while it runs (train-mdpr, train-mgen, pivot train-reranker)."""
+
+    options_title: ClassVar[str | None] = "Progress and tracking"
+    log_every_steps: int = Field(50, ge=0, description="Print a progress line (step/total, epoch, loss, samples/s, "
+                                 "lr, elapsed, ETA) and report its metrics to Ray Train every N optimizer steps "
+                                 "(0: only the time floor and the epoch lines)")
+    log_every_s: float = Field(30.0, ge=0, description="Also print a progress line when this many seconds passed "
+                               "since the last one, so a slow run shows life (0: off)")
+    mlflow_tracking_uri: str | None = Field(None, description="Log params and metrics to this MLflow tracking URI "
+                                            "from rank 0 (Ray's setup_mlflow; needs the mlflow package)")
+    mlflow_experiment: str | None = Field(None, description="MLflow experiment name (default: the job's name; "
+                                          "created if missing); needs --mlflow-tracking-uri")
+    tensorboard_dir: str | None = Field(None, description="Write TensorBoard scalars to this local folder on the "
+                                        "driver's node (a Ray Train callback; needs tensorboardX)")
+
+    @model_validator(mode="after")
+    def _experiment_needs_uri(self) -> "TrainLoggingOptions":
+        if self.mlflow_experiment and not self.mlflow_tracking_uri:
+            raise ValueError("option 'mlflow_experiment' needs mlflow_tracking_uri too (MLflow logging is on only "
+                             "with a tracking URI)")
+        return self
+
+
+class TrainMDPRConfig(TrainLoggingOptions, TrainRunConfig):
     """Train mDPR (question + passage encoders, DPR loss with in-batch negatives gathered over all
     workers plus hard negatives) with Ray Train on DPR/CORA retriever JSON, JSONL or Parquet.
     Checkpoints go to <out>/ray-train/ (any storage URI, s3:// included); the trained encoders are
@@ -63,7 +93,7 @@ class TrainMDPRConfig(TrainRunConfig):
         return normalize_lang(value)
 
 
-class TrainMGENConfig(TrainRunConfig):
+class TrainMGENConfig(TrainLoggingOptions, TrainRunConfig):
     """Train mGEN (any HF seq2seq model, mT5 for real runs) on retrieval JSONL
     {qid, lang, question, answers, ctxs}: input = question + [lang] once + top-k passages with
     titles (chosen as CORA's conversion script does, see passage_choice), target = the first

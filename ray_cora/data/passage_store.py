@@ -12,8 +12,11 @@ the store is laid out for random access::
 A passage goes to bucket ``crc32(pid) % num_buckets``; inside it rows are sorted by ``key``, a
 64-bit blake2b of the pid. A lookup memory-maps the bucket and binary-searches ``key``, so it reads
 a few pages of keys and the rows it returns, not the bucket. Remote (``s3://``) buckets are copied
-once per machine into a local cache folder, named by their sha256 (checked on copy), so a changed
-store never reads a stale copy.
+once per machine into a local cache folder private to the user, named by their sha256, so a
+changed store never reads a stale copy. Every bucket is checked against its sha256 before it is
+first read (once per process and file signature, :func:`ray_cora.storage.verify_local_file`), and
+a mapped bucket whose file changes afterwards (an edit in place) is checked again before the next
+lookup reads it.
 
 Building streams the corpus once into per-bucket staging files on local disk (zstd Arrow IPC
 streams, which keep nothing per batch in memory; memory: about ``buffer_passages`` passages over
@@ -272,17 +275,23 @@ class PassageStore:
         _check_format(self.artifact.manifest, self.artifact.root.uri)
         self.num_buckets = int(self.artifact.manifest["num_buckets"])
         self.cache_buckets = max(1, cache_buckets)
-        self.cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "ray_cora_passage_cache")
-        self._open: OrderedDict[int, tuple[np.ndarray, pa.Table]] = OrderedDict()
+        self.cache_dir = cache_dir or storage.default_cache_dir("passage_cache")
+        # bucket -> (keys, table, path, file signature when verified)
+        self._open: OrderedDict[int, tuple[np.ndarray, pa.Table, str, tuple[int, ...]]] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_open": OrderedDict()}  # maps stay behind; the copy reopens its own
 
     def _bucket(self, number: int) -> tuple[np.ndarray, pa.Table]:
         if number in self._open:
-            self._open.move_to_end(number)
-            return self._open[number]
-        path = self.artifact.local_path(_bucket_path(number), cache_dir=self.cache_dir)
+            keys, table, path, signature = self._open[number]
+            # One stat per bucket and lookup (microseconds): a mapped file edited in place shows its
+            # new bytes through the map, so it must be checked again before it is read.
+            if storage.still_verified(path, signature):
+                self._open.move_to_end(number)
+                return keys, table
+            del self._open[number]
+        path, signature = self.artifact.verified_local_path(_bucket_path(number), cache_dir=self.cache_dir)
         try:
             table = pa.ipc.open_file(pa.memory_map(path)).read_all()
         except (pa.ArrowInvalid, OSError) as exc:
@@ -290,7 +299,7 @@ class PassageStore:
         column = table.column("key")
         keys = (column.chunk(0).to_numpy() if column.num_chunks == 1
                 else column.to_numpy() if column.num_chunks else np.empty(0, dtype=np.uint64))
-        self._open[number] = (keys, table)
+        self._open[number] = (keys, table, path, signature)
         while len(self._open) > self.cache_buckets:
             self._open.popitem(last=False)
         return keys, table

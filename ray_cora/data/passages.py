@@ -11,22 +11,31 @@ gives for the whole file; else it is ``und`` (:data:`~ray_cora.languages.UNKNOWN
 its passages read as ``und`` here; the passage store then fills them from the languages an index
 recorded per pid (``import-embeddings`` takes them from CORA's ``wiki_emb_<lang>_<n>`` file names).
 ``stats`` counts where each language came from (``lang_column``, ``lang_given``, ``lang_unknown``).
+
+Size limits, so one huge record cannot exhaust a worker: a passage's text is cut to
+``max_chars`` characters (:data:`MAX_PASSAGE_CHARS` by default, ``--max-passage-chars``) and
+counted in ``stats["truncated"]``; a physical line longer than :data:`MAX_LINE_BYTES` is never held
+in memory whole: it is a malformed record (its first bytes go to the quarantine).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import zlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_cora.data.records import BadRecords
-from ray_cora.errors import ConfigError, RayCoraError
+from ray_cora.data.qa import lone_surrogate
+from ray_cora.errors import ConfigError, RayCoraError, StorageError
 from ray_cora.languages import UNKNOWN_LANG, normalize_lang
-from ray_cora.storage import Location, iter_lines, list_files, open_input, resolve
+from ray_cora.storage import Location, list_files, open_input, resolve
 
 PASSAGE_FIELDS = ("pid", "lang", "title", "text")
 PASSAGE_SCHEMA = pa.schema([(name, pa.string()) for name in PASSAGE_FIELDS])
@@ -41,6 +50,16 @@ _SUFFIXES = {
 _TSV_POSITIONAL = ("id", "text", "title", "lang")
 # Where a passage's language came from, as counted in iter_passages' stats.
 LANG_SOURCES = ("lang_column", "lang_given", "lang_unknown")
+# A DPR/CORA passage is 100 words (~600 characters; ~2,000 in the longest scripts); encoders read
+# at most a few hundred tokens of it. 20,000 characters keeps every real passage whole while one
+# runaway record (a 20 MB line once grew an mUSE actor to 20 GB) costs no more than a normal batch.
+# Cut rather than quarantined: the passage keeps its place in the index (an encoder reads only its
+# first few hundred tokens anyway), so a long but valid passage is never lost; the count is reported.
+MAX_PASSAGE_CHARS = 20_000
+# A line is split out of the stream before it is parsed; above this it is dropped as it is read
+# (a malformed record), so a file without newlines cannot fill a worker's memory.
+MAX_LINE_BYTES = 64 << 20
+_READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -92,12 +111,17 @@ def iter_passages(
     bad_records: BadRecords | None = None,
     stats: dict[str, int] | None = None,
     segment: Segment = WHOLE_FILE,
+    max_chars: int | None = MAX_PASSAGE_CHARS,
+    digest: Any = None,
 ) -> Iterator[dict[str, str]]:
     """Stream the passages of one file (or one :class:`Segment` of it) as ``{pid, lang, title, text}``.
 
     ``lang`` sets the language when the file has no ``lang`` column/field; without either a passage
     is ``und``. Malformed records go to ``bad_records`` (default: raise
-    :class:`~ray_cora.errors.BadRecordError` naming file:line).
+    :class:`~ray_cora.errors.BadRecordError` naming file:line). A text longer than ``max_chars``
+    characters is cut there and counted in ``stats["truncated"]`` (``None``: no limit). ``digest``
+    (a ``hashlib`` object) is fed every line of the segment, each with its newline, as the shard
+    plan hashes it (:attr:`~ray_cora.index.plan.ShardSpec.source_sha256`).
 
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "p.tsv")
@@ -107,17 +131,39 @@ def iter_passages(
     >>> next(iter_passages(path))["lang"]
     'und'
     """
+    for _, passage in numbered_passages(uri, format=format, lang=lang, bad_records=bad_records, stats=stats,
+                                        segment=segment, max_chars=max_chars, digest=digest):
+        yield passage
+
+
+def numbered_passages(
+    uri: str | Location,
+    *,
+    format: str | None = None,
+    lang: str | None = None,
+    bad_records: BadRecords | None = None,
+    stats: dict[str, int] | None = None,
+    segment: Segment = WHOLE_FILE,
+    max_chars: int | None = MAX_PASSAGE_CHARS,
+    digest: Any = None,
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """:func:`iter_passages` with each passage's line number (Parquet: row number), 1-based."""
     loc = uri if isinstance(uri, Location) else resolve(uri)
     fmt = format or detect_format(loc.uri)
     if fmt not in FORMATS:
         raise ConfigError(f"unknown passage format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if max_chars is not None and max_chars < 1:
+        raise ConfigError(f"max passage characters must be >= 1, got {max_chars}")
     default_lang = normalize_lang(lang) if lang else None
     bad = bad_records if bad_records is not None else BadRecords("error")
     counts = stats if stats is not None else {}
-    for key in ("read", "yielded", "bad", *LANG_SOURCES):
+    for key in ("read", "yielded", "bad", "truncated", *LANG_SOURCES):
         counts.setdefault(key, 0)
-    reader = {"tsv": _tsv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}[fmt]
-    for line, row, raw in reader(loc, segment):
+    if fmt == "parquet":
+        rows = _parquet_rows(loc, segment)
+    else:
+        rows = {"tsv": _tsv_rows, "jsonl": _jsonl_rows}[fmt](loc, segment, digest)
+    for line, row, raw in rows:
         counts["read"] += 1
         problem = row if isinstance(row, str) else None
         if problem is None:
@@ -129,9 +175,12 @@ def iter_passages(
             counts["bad"] += 1
             bad.report(loc.uri, line, problem, raw=raw)
             continue
+        if max_chars is not None and len(passage["text"]) > max_chars:
+            passage["text"] = passage["text"][:max_chars]
+            counts["truncated"] += 1
         counts["yielded"] += 1
         counts[lang_source] += 1
-        yield passage
+        yield line, passage
 
 
 def iter_passage_batches(
@@ -153,6 +202,52 @@ def passage_tables(passages: Iterable[dict[str, str]], *, batch_size: int) -> It
         yield pa.Table.from_pylist(rows, schema=PASSAGE_SCHEMA)
 
 
+def pid_hash(pid: str) -> int:
+    """A 63-bit hash of a passage id (as :func:`iter_passages` writes it: a stripped string)."""
+    return int.from_bytes(hashlib.blake2b(pid.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+class DuplicatePids:
+    """Repeated passage ids over millions of passages in 8 bytes per id: hashes are collected as
+    the passages stream past and sorted once; only on a repeated hash is the input read again
+    (:meth:`check`), to name both lines and to rule out a hash collision. Ids are compared as
+    :func:`iter_passages` writes them, so ``1`` and ``"1"`` are the same id.
+
+    >>> d = DuplicatePids(); d.add_many(["1", "2"]); d.repeated().size
+    0
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+
+    def add_many(self, pids: Iterable[str]) -> None:
+        pids = list(pids)
+        self._chunks.append(np.fromiter((pid_hash(p) for p in pids), dtype=np.int64, count=len(pids)))
+
+    def repeated(self) -> np.ndarray:
+        """The hashes seen more than once."""
+        if not self._chunks:
+            return np.zeros(0, np.int64)
+        hashes = np.sort(np.concatenate(self._chunks))
+        return np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+
+    def check(self, reread: Callable[[], Iterable[tuple[str, int, str]]]) -> None:
+        """Raise :class:`ConfigError` naming the first repeated id and both its ``file:line``;
+        ``reread`` yields ``(file, line, pid)`` for the input again, in order."""
+        repeated = set(self.repeated().tolist())
+        if not repeated:
+            return
+        first_seen: dict[str, str] = {}
+        for source, line, pid in reread():
+            if pid_hash(pid) not in repeated:
+                continue
+            if pid in first_seen:
+                raise ConfigError(f"duplicate passage id {pid!r} at {first_seen[pid]} and {source}:{line} "
+                                  "(ids are compared as text, so 1 and \"1\" are the same): give every "
+                                  "passage its own id")
+            first_seen[pid] = f"{source}:{line}"
+
+
 class _Bad(Exception):
     pass
 
@@ -169,6 +264,11 @@ def _to_passage(row: dict[str, Any], default_lang: str | None) -> tuple[dict[str
     title = row.get("title") or ""
     if not isinstance(title, str):
         raise _Bad(f"field 'title' must be a string, got {type(title).__name__}")
+    for name, value in (("id", pid), ("text", text), ("title", title)):
+        # JSON's "\ud800" escape decodes to a lone surrogate: not Unicode, no encoder can read it.
+        problem = lone_surrogate(value, name) if isinstance(value, str) else None
+        if problem:
+            raise _Bad(problem)
     raw_lang = row.get("lang")
     if raw_lang:
         try:
@@ -182,29 +282,104 @@ def _to_passage(row: dict[str, Any], default_lang: str | None) -> tuple[dict[str
     return {"pid": str(pid).strip(), "lang": lang, "title": title.strip(), "text": text.strip()}, source
 
 
-def decoded_lines(loc: Location, segment: Segment) -> Iterator[tuple[int, str | None, bytes]]:
-    """(line number, text or None when not UTF-8, raw bytes) for every non-blank line."""
+@dataclass(frozen=True)
+class LineProblem:
+    """Why a line could not be decoded (stands in for its text in :func:`decoded_lines`)."""
+
+    reason: str
+
+
+def decoded_lines(loc: Location, segment: Segment, *, digest: Any = None,
+                  max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str | LineProblem, bytes]]:
+    """(line number, text — or a :class:`LineProblem` when not UTF-8 or too long —, raw bytes) for
+    every non-blank line of the segment. ``digest`` is fed each of the segment's lines, blank ones
+    included, as ``line + b"\\n"`` (the shard plan's content hash); a line over
+    ``max_line_bytes`` comes with only its first 10,000 bytes."""
     seek = segment.start_byte > 0 and detect_compression(loc.path) is None
+    last = segment.first_line - 1
+    try:
+        for item in _segment_lines(loc, segment, seek=seek, digest=digest, max_line_bytes=max_line_bytes):
+            last = item[0]
+            yield item
+    except (OSError, EOFError, zlib.error) as exc:
+        # A damaged .gz/.bz2 (or a file that went away) fails inside the decompressor's read: say
+        # which file and how far it got, instead of a traceback from deep inside pyarrow or gzip.
+        raise StorageError(f"{loc.uri}: cannot be read after line {last}: {str(exc).strip() or type(exc).__name__} "
+                           f"(a damaged or truncated {detect_compression(loc.path) or 'file'}?); replace the file, "
+                           "then rerun") from None
+
+
+def _segment_lines(loc: Location, segment: Segment, *, seek: bool, digest: Any,
+                   max_line_bytes: int) -> Iterator[tuple[int, str | LineProblem, bytes]]:
     with (loc.fs.open_input_file(loc.path) if seek else open_input(loc)) as stream:
         if seek:
             stream.seek(segment.start_byte)
         number = segment.first_line - 1 if seek else 0
-        end = None if segment.num_lines is None else segment.first_line - 1 + segment.num_lines
-        for raw in iter_lines(stream):
+        # bounded_lines stops after the segment's last line.
+        for raw, length in bounded_lines(stream, max_line_bytes=max_line_bytes, digest=digest,
+                                         skip=segment.first_line - 1 - number, count=segment.num_lines):
             number += 1
             if number < segment.first_line:
                 continue
-            if end is not None and number > end:
-                return
+            if length > max_line_bytes:
+                yield number, LineProblem(f"line is {length:,} bytes, longer than the {max_line_bytes:,}-byte "
+                                          "limit (is it a passage file, with one record per line?)"), raw
+                continue
             raw = raw.rstrip(b"\r")
             if not raw.strip():
                 continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
-                yield number, None, raw
+                yield number, LineProblem("invalid UTF-8"), raw
                 continue
             yield number, text.removeprefix("\ufeff") if number == 1 else text, raw
+
+
+def bounded_lines(stream: IO[bytes], *, max_line_bytes: int = MAX_LINE_BYTES, digest: Any = None,
+                  skip: int = 0, count: int | None = None) -> Iterator[tuple[bytes, int]]:
+    """``(line without its newline, its length in bytes)`` for each line of a binary stream; a line
+    longer than ``max_line_bytes`` is not kept whole (only its first 10,000 bytes come back), so
+    memory stays bounded whatever the input. After ``skip`` lines, the next ``count`` lines (all,
+    when None) are fed to ``digest`` as ``line + b"\\n"``; reading stops after them.
+
+    >>> import io
+    >>> [(line, n) for line, n in bounded_lines(io.BytesIO(b"ab\\n" + b"x" * 50 + b"\\nc"), max_line_bytes=10)][::2]
+    [(b'ab', 2), (b'c', 1)]
+    """
+    number = 0
+    pending: list[bytes] = []  # pieces of the unfinished line (only its head once it is too long)
+    length = 0
+
+    def hashed(n: int) -> bool:
+        return digest is not None and n > skip and (count is None or n <= skip + count)
+
+    while chunk := stream.read(_READ_CHUNK):
+        parts = chunk.split(b"\n")
+        for part in parts[:-1]:
+            number += 1
+            if hashed(number):
+                digest.update(part + b"\n")
+            line = b"".join(pending) + part if pending else part
+            full = length + len(part)
+            yield (line if full <= max_line_bytes else line[:10_000]), full
+            pending, length = [], 0
+            if count is not None and number >= skip + count:
+                return
+        tail = parts[-1]
+        if tail:
+            if hashed(number + 1):
+                digest.update(tail)
+            if length + len(tail) <= max_line_bytes:
+                pending.append(tail)
+            elif length <= max_line_bytes:  # just went over: keep only the head for the quarantine
+                pending = [(b"".join(pending) + tail)[:10_000]]
+            length += len(tail)
+    if length:
+        number += 1
+        if hashed(number):
+            digest.update(b"\n")
+        yield (b"".join(pending) if length <= max_line_bytes else b"".join(pending)[:10_000]), length
 
 
 def detect_compression(path: str) -> str | None:
@@ -220,11 +395,11 @@ def parse_tsv_header(first_line: str) -> tuple[str, ...] | None:
     return names if ("id" in names or "pid" in names) and "text" in names else None
 
 
-def _tsv_rows(loc: Location, segment: Segment) -> Iterator[tuple[int, dict | str, bytes]]:
+def _tsv_rows(loc: Location, segment: Segment, digest: Any = None) -> Iterator[tuple[int, dict | str, bytes]]:
     columns = segment.tsv_columns
-    for number, text, raw in decoded_lines(loc, segment):
-        if text is None:
-            yield number, "invalid UTF-8", raw
+    for number, text, raw in decoded_lines(loc, segment, digest=digest):
+        if isinstance(text, LineProblem):
+            yield number, text.reason, raw
             continue
         fields = next(csv.reader([text], delimiter="\t")) if '"' in text else text.split("\t")
         if columns is None:
@@ -239,15 +414,18 @@ def _tsv_rows(loc: Location, segment: Segment) -> Iterator[tuple[int, dict | str
         yield number, dict(zip(columns, fields)), raw
 
 
-def _jsonl_rows(loc: Location, segment: Segment) -> Iterator[tuple[int, dict | str, bytes]]:
-    for number, text, raw in decoded_lines(loc, segment):
-        if text is None:
-            yield number, "invalid UTF-8", raw
+def _jsonl_rows(loc: Location, segment: Segment, digest: Any = None) -> Iterator[tuple[int, dict | str, bytes]]:
+    for number, text, raw in decoded_lines(loc, segment, digest=digest):
+        if isinstance(text, LineProblem):
+            yield number, text.reason, raw
             continue
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             yield number, f"invalid JSON: {exc.msg} at column {exc.colno}", raw
+            continue
+        except RecursionError:
+            yield number, "JSON nested too deeply to read (a passage record is one flat object)", raw
             continue
         if not isinstance(obj, dict):
             yield number, f"expected a JSON object, got {type(obj).__name__}", raw

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ray_cora import storage
-from ray_cora.errors import BadRecordError, ConfigError
+from ray_cora.errors import BadRecordError, ConfigError, StorageError
 from ray_cora.languages import normalize_lang
 from ray_cora.metrics.qa import Prediction
 
@@ -123,6 +123,9 @@ def prediction_files(uri: str) -> list[str]:
     if loc.join(storage.MANIFEST_NAME).is_file():
         artifact = storage.Artifact(loc)
         parts = artifact.manifest.get("parts")
+        if parts is not None and not (isinstance(parts, list) and all(isinstance(p, str) for p in parts)):
+            raise StorageError(f"{loc.join(storage.MANIFEST_NAME).uri}: field 'parts' must be a list of part "
+                               "file names: rerun the job that wrote it")
         if isinstance(parts, list) and parts:
             for part in parts:
                 artifact.verify(part)

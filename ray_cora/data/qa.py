@@ -21,7 +21,15 @@ Nothing is dropped silently. A record that is not yielded was either filtered by
 
 ``stats`` (optional dict, filled in place): ``read`` (candidate records: for MKQA one per
 example and selected language), ``yielded``, ``filtered_unanswerable``, ``filtered_lang``,
-``bad``; ``read == yielded + filtered_unanswerable + filtered_lang + bad``.
+``bad``; ``read == yielded + filtered_unanswerable + filtered_lang + bad``. ``truncated`` (present
+once one is) counts questions cut to :data:`MAX_QUESTION_CHARS` (they are still yielded).
+
+Limits: a question longer than :data:`MAX_QUESTION_CHARS` characters is cut there (no real
+question is that long, and the encoders read at most a few hundred tokens; a 20 MB "question"
+would otherwise be held, tokenized and shipped whole). Text with a lone surrogate (``"\\ud800"``
+in JSON: not Unicode text, it cannot be written as UTF-8) and JSON nested too deeply to parse
+are bad records. A file that cannot be read to its end (a damaged ``.gz``) is a
+:class:`~ray_cora.errors.StorageError` naming the file and the line reached.
 """
 
 from __future__ import annotations
@@ -29,19 +37,23 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ray_cora.data.records import BadRecords
-from ray_cora.errors import ConfigError
+from ray_cora.errors import ConfigError, StorageError
 from ray_cora.languages import MKQA_LANGS, normalize_lang, parse_langs
 from ray_cora.storage import iter_lines, open_input
 
 __all__ = [
     "DATASETS",
+    "MAX_QUESTION_CHARS",
     "QA_FIELDS",
     "iter_qa",
     "iter_squad_paragraphs",
+    "lone_surrogate",
+    "numbered_lines",
     "squad_paragraph_pid",
 ]
 
@@ -51,6 +63,10 @@ QA_FIELDS: tuple[str, ...] = (
 DATASETS: tuple[str, ...] = ("mkqa", "xor", "nq", "xquad", "squad", "jsonl")
 
 _UNANSWERABLE_TYPES = frozenset({"unanswerable", "long_answer"})
+
+MAX_QUESTION_CHARS = 2000
+# What reading a damaged file raises: gzip/zlib streams (truncated, corrupt), pyarrow's OSError.
+_READ_ERRORS = (OSError, EOFError, zlib.error)
 
 
 class _Bad(Exception):
@@ -187,6 +203,9 @@ def _counted(
         ):
             st["filtered_unanswerable"] += 1
             continue
+        if len(rec["question"]) > MAX_QUESTION_CHARS:
+            rec["question"] = rec["question"][:MAX_QUESTION_CHARS]
+            st["truncated"] = st.get("truncated", 0) + 1
         st["yielded"] += 1
         yield rec
 
@@ -207,44 +226,92 @@ def _jsonl_qa(
     """Read ``uri`` as JSON lines; ``parse(obj, index)`` returns a list of records or raises
     :class:`_Bad` (it may also return ``_Bad`` items for per-language problems of one line)."""
     index = 0
-    with open_input(uri) as stream:
-        for line_no, raw in enumerate(iter_lines(stream), start=1):
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                st["read"] += 1
-                _report(bad, st, uri, line_no, f"invalid UTF-8: {exc}", raw)
-                index += 1
-                continue
-            if line_no == 1:
-                text = text.removeprefix("\ufeff")
-            try:
-                obj = json.loads(text)
-                if not isinstance(obj, dict):
-                    raise _Bad(f"expected a JSON object, got {type(obj).__name__}")
-                results = parse(obj, index)
-            except json.JSONDecodeError as exc:
-                st["read"] += 1
-                _report(bad, st, uri, line_no, f"invalid JSON: {exc.msg} at column {exc.colno}",
-                        text)
-                index += 1
-                continue
-            except _Bad as exc:
-                st["read"] += 1
-                _report(bad, st, uri, line_no, str(exc), text)
-                index += 1
-                continue
+    for line_no, raw in numbered_lines(uri):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            st["read"] += 1
+            _report(bad, st, uri, line_no, f"invalid UTF-8: {exc}", raw)
             index += 1
-            for rec in results:
-                st["read"] += 1
-                if isinstance(rec, _Bad):
-                    _report(bad, st, uri, line_no, str(rec), text)
-                elif selected is not None and rec["lang"] not in selected:
-                    st["filtered_lang"] += 1
-                else:
-                    yield rec
+            continue
+        if line_no == 1:
+            text = text.removeprefix("\ufeff")
+        try:
+            obj = json.loads(text)
+            if not isinstance(obj, dict):
+                raise _Bad(f"expected a JSON object, got {type(obj).__name__}")
+            results = parse(obj, index)
+        except json.JSONDecodeError as exc:
+            st["read"] += 1
+            _report(bad, st, uri, line_no, f"invalid JSON: {exc.msg} at column {exc.colno}",
+                    text)
+            index += 1
+            continue
+        except RecursionError:
+            st["read"] += 1
+            _report(bad, st, uri, line_no, "JSON nested too deeply to read", text)
+            index += 1
+            continue
+        except _Bad as exc:
+            st["read"] += 1
+            _report(bad, st, uri, line_no, str(exc), text)
+            index += 1
+            continue
+        index += 1
+        for rec in results:
+            st["read"] += 1
+            if isinstance(rec, _Bad):
+                _report(bad, st, uri, line_no, str(rec), text)
+            elif selected is not None and rec["lang"] not in selected:
+                st["filtered_lang"] += 1
+            else:
+                yield rec
+
+
+def numbered_lines(uri: str) -> Iterator[tuple[int, bytes]]:
+    """``(line number, raw line)`` of ``uri`` (1-based); a file that cannot be read to its end (a
+    damaged ``.gz``) is a :class:`StorageError` naming it and the line reached."""
+    with open_input(uri) as stream:
+        lines = iter_lines(stream)
+        line_no = 0
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except _READ_ERRORS as exc:
+                raise _damaged(uri, line_no, exc) from None
+            line_no += 1
+            yield line_no, raw
+
+
+def _damaged(uri: str, lines_read: int, exc: BaseException) -> StorageError:
+    return StorageError(f"{uri}:{lines_read + 1}: cannot read the file on after line {lines_read} "
+                        f"({type(exc).__name__}: {exc}): it is damaged (a truncated or corrupt .gz?); "
+                        "fetch or write it again")
+
+
+def lone_surrogate(value: str, name: str) -> str | None:
+    """What is wrong with text that holds a lone surrogate (JSON's ``"\\ud800"``: not Unicode, it
+    cannot be written as UTF-8), naming the field; None for good text.
+
+    >>> lone_surrogate("a\\ud800b", "question")
+    "field 'question' holds a lone surrogate '\\\\ud800' at character 1: not Unicode text"
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"field {name!r} holds a lone surrogate {value[exc.start]!r} at character {exc.start}: not Unicode text"
+    return None
+
+
+def _check_text(value: str, name: str) -> str:
+    problem = lone_surrogate(value, name)
+    if problem:
+        raise _Bad(problem)
+    return value
 
 
 def _field(obj: dict[str, Any], key: str, where: str = "") -> Any:
@@ -300,6 +367,12 @@ def _dedup(values: Iterable[str | None]) -> list[str]:
 
 def _record(qid: str, lang: str, question: str, answers: list[str], answer_type: str,
             en_question: str | None, gold_pids: list[str]) -> dict[str, Any]:
+    for name, value in (("id", qid), ("question", question), ("en_question", en_question or ""),
+                        ("answer_type", answer_type)):
+        _check_text(value, name)
+    for name, values in (("answers", answers), ("gold_pids", gold_pids)):
+        for value in values:
+            _check_text(value, name)
     return {
         "qid": qid,
         "lang": lang,
@@ -423,7 +496,10 @@ def _load_squad(uri: str, bad: BadRecords, st: dict[str, int] | None = None
                 ) -> tuple[str, list[Any]] | None:
     st = st if st is not None else {"read": 0, "bad": 0}
     with open_input(uri) as stream:
-        data = stream.read()
+        try:
+            data = stream.read()
+        except _READ_ERRORS as exc:
+            raise _damaged(uri, 0, exc) from None
     try:
         text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
@@ -435,6 +511,10 @@ def _load_squad(uri: str, bad: BadRecords, st: dict[str, int] | None = None
     except json.JSONDecodeError as exc:
         st["read"] += 1
         _report(bad, st, uri, exc.lineno, f"invalid JSON: {exc.msg} at column {exc.colno}")
+        return None
+    except RecursionError:
+        st["read"] += 1
+        _report(bad, st, uri, 1, "JSON nested too deeply to read")
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         st["read"] += 1

@@ -146,24 +146,32 @@ def iter_retrieval(uri: str) -> Iterator[tuple[str, int, dict]]:
     loc = storage.resolve(uri)
     if not loc.is_file() and loc.join(storage.MANIFEST_NAME).is_file():
         artifact = storage.Artifact(loc, kind=RETRIEVAL_KIND)
-        sources = [(artifact.location(p).uri, lambda p=p: artifact.read_bytes(p)) for p in artifact.manifest["parts"]]
+        parts = artifact.manifest.get("parts")
+        if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+            raise StorageError(f"{loc.join(storage.MANIFEST_NAME).uri}: field 'parts' must be a list of part file "
+                               "names: rerun `ray-cora retrieve` with this --out to write it again")
+        sources = [(artifact.location(p).uri, lambda p=p: artifact.read_bytes(p)) for p in parts]
     else:
         sources = [(f.uri, lambda f=f: storage.read_bytes(f)) for f in storage.list_files(loc, suffix=".jsonl")]
         if not sources:
             raise ConfigError(f"{loc.uri}: no retrieval output here (expected a `ray-cora retrieve` folder "
                               "with manifest.json, or .jsonl files)")
+    hint = "fix or regenerate the retrieval file"
     for source, read in sources:
-        for number, raw in enumerate(read().decode("utf-8").splitlines(), start=1):
-            if not raw.strip():
+        for number, line in enumerate(read().splitlines(), start=1):
+            if not line.strip():
                 continue
             try:
-                record = json.loads(raw)
+                record = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise BadRecordError(source, number, f"invalid UTF-8 at byte {exc.start}", hint=hint) from None
             except json.JSONDecodeError as exc:
-                raise BadRecordError(source, number, f"not valid JSON: {exc.msg}",
-                                     hint="fix or regenerate the retrieval file") from None
+                raise BadRecordError(source, number, f"not valid JSON: {exc.msg}", hint=hint) from None
+            except RecursionError:
+                raise BadRecordError(source, number, "JSON nested too deeply", hint=hint) from None
             problem = _retrieval_problem(record)
             if problem:
-                raise BadRecordError(source, number, problem, hint="fix or regenerate the retrieval file")
+                raise BadRecordError(source, number, problem, hint=hint)
             yield source, number, record
 
 
@@ -174,9 +182,27 @@ def _retrieval_problem(record: Any) -> str | None:
     for name, kind in (("qid", str), ("lang", str), ("answers", list), ("ctxs", list)):
         if name not in record:
             return f"missing field '{name}'"
-        if not isinstance(record[name], kind) and not (name == "qid" and isinstance(record[name], int)):
+        if not isinstance(record[name], kind) and not (name == "qid" and _is_int(record[name])):
             return f"field '{name}' must be a {kind.__name__}"
+    # A string where a list of strings belongs is refused, not read as a list: answers_all "Tokyo"
+    # would be matched letter by letter, and no writer of ours makes one.
+    for name in ("answers", "answers_all", "gold_pids"):
+        value = record.get(name)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return f"field '{name}' must be a list of strings, got {_json_type(value)}"
     for i, ctx in enumerate(record["ctxs"]):
         if not isinstance(ctx, dict) or not isinstance(ctx.get("pid"), str):
             return f"field 'ctxs[{i}].pid' must be a string"
+        for name in ("text", "title", "lang"):
+            if ctx.get(name) is not None and not isinstance(ctx[name], str):
+                return f"field 'ctxs[{i}].{name}' must be a string, got {_json_type(ctx[name])}"
     return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json_type(value: Any) -> str:
+    return {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from ray_cora import storage
 from ray_cora.data.passages import PASSAGE_SCHEMA, passage_tables
+from ray_cora.data.qa import lone_surrogate, numbered_lines
 from ray_cora.data.records import BadRecords, OnBadRecord
 from ray_cora.data.segment import Backend, join_span, segmenter_name, token_spans
 from ray_cora.errors import ConfigError, StorageError
@@ -232,20 +233,19 @@ def iter_articles(uri: str | Location, *, bad_records: BadRecords | None = None,
     counts.setdefault("articles", 0)
     counts.setdefault("bad_records", 0)
     seen: dict[str, int] = {}
-    with storage.open_input(loc) as stream:
-        for number, raw in enumerate(storage.iter_lines(stream), start=1):
-            if not raw.strip():
-                continue
-            article, problem = _parse_article(raw)
-            if article is not None and article["id"] in seen:
-                article, problem = None, f"duplicate article id {article['id']!r} (first at line {seen[article['id']]})"
-            if article is None:
-                counts["bad_records"] += 1
-                bad.report(loc.uri, number, problem or "bad record", raw=raw)
-                continue
-            seen[article["id"]] = number
-            counts["articles"] += 1
-            yield {**article, "line": number}
+    for number, raw in numbered_lines(loc.uri):
+        if not raw.strip():
+            continue
+        article, problem = _parse_article(raw)
+        if article is not None and article["id"] in seen:
+            article, problem = None, f"duplicate article id {article['id']!r} (first at line {seen[article['id']]})"
+        if article is None:
+            counts["bad_records"] += 1
+            bad.report(loc.uri, number, problem or "bad record", raw=raw)
+            continue
+        seen[article["id"]] = number
+        counts["articles"] += 1
+        yield {**article, "line": number}
 
 
 def _parse_article(raw: bytes) -> tuple[dict[str, str] | None, str | None]:
@@ -255,6 +255,8 @@ def _parse_article(raw: bytes) -> tuple[dict[str, str] | None, str | None]:
         return None, "invalid UTF-8"
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+    except RecursionError:
+        return None, "JSON nested too deeply to read"
     if not isinstance(obj, dict):
         return None, f"expected a JSON object, got {type(obj).__name__}"
     article_id = obj.get("id")
@@ -266,6 +268,10 @@ def _parse_article(raw: bytes) -> tuple[dict[str, str] | None, str | None]:
     text = obj.get("text")
     if not isinstance(text, str):
         return None, "missing field 'text' (a string)"
+    for name, value in (("id", str(article_id)), ("title", title), ("text", text)):
+        problem = lone_surrogate(value, name)
+        if problem:
+            return None, problem
     return {"id": str(article_id).strip(), "title": title.strip(), "text": text}, None
 
 

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ray_cora import storage
+from ray_cora.data.qa import lone_surrogate
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import ConfigError
 from ray_cora.languages import normalize_lang
@@ -84,6 +85,20 @@ def language_codes(langs: Sequence[str]) -> dict[str, tuple[str, ...]]:
                  "no": ("nb",), "he": ("iw",), "id": ("in",)}.get(canonical, ())
         table[canonical] = tuple(dict.fromkeys((wikidata, canonical, *extra)))
     return table
+
+
+def entity_text_problem(entity: Entity) -> str | None:
+    """What is wrong with an entity's text (a lone surrogate: not Unicode, cannot be written as
+    UTF-8 into the label tables), naming the field; None when it is fine."""
+    fields = [("id", entity.qid)]
+    fields += [(f"labels.{lang}", value) for lang, value in entity.labels.items()]
+    fields += [(f"aliases.{lang}", value) for lang, values in entity.aliases.items() for value in values]
+    fields += [(f"sitelinks.{site}", value) for site, value in entity.sitelinks.items()]
+    for name, value in fields:
+        problem = lone_surrogate(value, name)
+        if problem:
+            return problem
+    return None
 
 
 def parse_entity_line(line: str, codes: dict[str, tuple[str, ...]]) -> Entity | None:
@@ -171,9 +186,18 @@ def iter_entities(lines: Iterable[tuple[int, bytes]], *, source: str, langs: Seq
             st.bad += 1
             bad.report(source, number, f"not a JSON entity: {exc.msg} at column {exc.colno}", raw=raw)
             continue
+        except RecursionError:
+            st.bad += 1
+            bad.report(source, number, "JSON nested too deeply to read", raw=raw)
+            continue
         except EntityError as exc:
             st.bad += 1
             bad.report(source, number, str(exc), raw=raw)
+            continue
+        problem = entity_text_problem(entity) if entity is not None else None
+        if problem:
+            st.bad += 1
+            bad.report(source, number, problem, raw=raw)
             continue
         if entity is None:
             stripped = raw.strip().rstrip(b",").strip()

@@ -26,10 +26,12 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
+from ray_cora import storage
 from ray_cora.encoders.identity import PLAIN, QUERY_FORMATS, TAGGED, format_query, identity_differences
-from ray_cora.errors import ConfigError, RayCoraError
+from ray_cora.errors import ConfigError, RayCoraError, StorageError
 
-__all__ = ["ENCODER_SPECS", "PLAIN", "QUERY_FORMATS", "TAGGED", "TextEncoder", "check_encoder_spec",
+__all__ = ["ENCODER_SPECS", "PLAIN", "QUERY_FORMATS", "TAGGED", "TextEncoder", "check_encoder_available",
+           "check_encoder_spec",
            "check_same_encoder", "encoder_identity", "encoder_record", "format_query", "load_encoder",
            "query_format_for", "spec_query_format"]
 
@@ -107,6 +109,39 @@ def check_encoder_spec(spec: str) -> str:
 
         parse_dpr_spec(name)
         return name
+    raise _unknown(spec)
+
+
+def check_encoder_available(spec: str) -> None:
+    """Check on the driver, before any actor loads it, that the encoder a spec names is there: an
+    ``hf:`` folder with ``config.json`` (or a cached model name), a ``dpr:`` checkpoint file (a local
+    one also opened safely, as the actors will). Reads no weights (a missing ``tokenizer=``, or a bad
+    ``s3://`` checkpoint, is still found when an actor loads it).
+
+    >>> check_encoder_available("muse")
+    """
+    name = spec.strip()
+    # As in load_encoder: each encoder module is imported with its spec.
+    if name == "muse":
+        return
+    if name.startswith("hf:"):
+        from ray_cora.encoders.hf import check_model_source, parse_hf_spec
+
+        parsed = parse_hf_spec(name)
+        check_model_source(parsed.source, what="encoder")
+        return
+    if name.startswith("dpr:"):
+        from ray_cora.encoders.dpr import dpr_identity, parse_dpr_spec
+
+        source = parse_dpr_spec(name).source
+        loc = storage.resolve(source)
+        if not loc.is_file():
+            raise StorageError(f"{source}: no such checkpoint file; give the path or s3:// URI of a DPR/CORA .cpt")
+        if not loc.is_s3:
+            # The safe (weights_only) open refuses what an actor would refuse; the tensors stay
+            # memory-mapped, unread. An s3:// checkpoint is not downloaded twice for this.
+            dpr_identity(name)
+        return
     raise _unknown(spec)
 
 

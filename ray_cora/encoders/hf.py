@@ -286,9 +286,49 @@ def local_model_dir(source: str) -> Iterator[str]:
         yield tmp
 
 
+def check_model_source(source: str, *, what: str = "model") -> None:
+    """Check, without loading anything, that ``from_pretrained`` will find ``source``: a local
+    folder (or ``file://``/``s3://`` one) holding ``config.json``, or a name in the local Hugging
+    Face cache. Drivers call it before they start the actors that load the model, so that a wrong
+    path is one line, not an actor dying in ``__init__``.
+
+    >>> check_model_source("/no/such/model")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ray_cora.errors.ConfigError: cannot load the model from '/no/such/model': no such folder; give a local folder ...
+    """
+    text = source.strip()
+    expanded = os.path.expanduser(text)
+    # A bi-encoder folder (what train-mdpr exports) holds a config.json in each of its two towers.
+    if "://" in text:
+        root = storage.resolve(text)
+        if not (root.join("config.json").is_file()
+                or all(root.join(f"{tower}/config.json").is_file() for tower in TOWER_DIRS)):
+            raise ConfigError(f"cannot load the {what} from {source!r}: no config.json there; {_load_hint(source)}")
+        return
+    if os.path.isdir(expanded):
+        if not (os.path.isfile(os.path.join(expanded, "config.json"))
+                or all(os.path.isfile(os.path.join(expanded, tower, "config.json")) for tower in TOWER_DIRS)):
+            raise ConfigError(f"cannot load the {what} from {source!r}: the folder has no config.json; "
+                              f"{_load_hint(source)}")
+        return
+    if text.startswith(("/", "~", ".")) or os.sep + os.sep in text or text.count("/") > 1:
+        raise ConfigError(f"cannot load the {what} from {source!r}: no such folder; {_load_hint(source)}")
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(text, "config.json")
+    except ValueError:  # not a valid repository name either
+        cached = None
+    if not isinstance(cached, str):
+        raise ConfigError(f"cannot load the {what} from {source!r}: not a folder, and not in the local Hugging "
+                          f"Face cache; {_load_hint(source)}")
+
+
 def _load_hint(source: str) -> str:
     return (f"give a local folder with config.json and tokenizer files, an s3:// folder, or a model "
-            f"name present in the local Hugging Face cache (this code never downloads; "
+            f"name present in the local Hugging Face cache (this code never downloads: every "
+            f"from_pretrained runs with local_files_only=True; fetch a model once with `hf download NAME`; "
             f"{source!r} was not found as any of these)")
 
 
@@ -297,7 +337,7 @@ def load_tokenizer(path: str, *, source: str) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load a tokenizer from {source!r}: {exc}; {_load_hint(source)}") from exc
 
@@ -307,7 +347,7 @@ def load_config(path: str, *, source: str) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load a model config from {source!r}: {exc}; {_load_hint(source)}") from exc
 
@@ -423,6 +463,7 @@ def _cap_max_length(max_length: int, tokenizer: Any, config: Any) -> int:
 
 def load_pretrained(path: str, *, source: str) -> Any:
     """``AutoModel.from_pretrained`` (float32, eval) that reports weights it could not load."""
+    import torch
     from transformers import AutoModel
 
     config = load_config(path, source=source)
@@ -432,7 +473,10 @@ def load_pretrained(path: str, *, source: str) -> Any:
                           "model.question_encoder.bert_model / model.ctx_encoder.bert_model (with the "
                           "tokenizer) as question_encoder/ and ctx_encoder/ of one folder")
     try:
-        model, info = AutoModel.from_pretrained(path, output_loading_info=True)
+        # float32 explicitly (transformers 5 loads dtype="auto"): the encoder runs float32 (autocast
+        # on GPU) and mDPR trains these weights.
+        model, info = AutoModel.from_pretrained(path, output_loading_info=True, dtype=torch.float32,
+                                                   local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load model weights from {source!r}: {exc}; {_load_hint(source)}") from exc
     report_key_mismatch(source, info.get("missing_keys", ()), info.get("unexpected_keys", ()),

@@ -27,6 +27,9 @@ def score_retrieval_file(uri: str, *, ks: Sequence[int], heatmap_k: int) -> dict
         scored.append(score_retrieval_row(record, heatmap_k=heatmap_k))
     if not scored:
         raise ConfigError(f"{uri}: no retrieval records to score")
+    if max_ctxs == 0:
+        raise ConfigError(f"{uri}: every one of its {len(scored)} records has an empty 'ctxs' list, so there "
+                          "is nothing to score: rerun `ray-cora retrieve` (is the index empty?)")
     usable = [k for k in ks if k <= max_ctxs] or [min(ks)]
     metrics = retrieval_metrics(scored, usable)
     dropped = [k for k in ks if k not in usable]

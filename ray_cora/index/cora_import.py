@@ -5,10 +5,17 @@ pickle of a list of ``(id, vector)`` tuples, each vector a 1-d numpy float32 arr
 mDPR). Unpickling can call any importable function, so :class:`RestrictedUnpickler` only lets
 through the few numpy globals needed to rebuild arrays, dtypes and scalars, and names any other
 global it meets.
+
+What the files hold is checked before it reaches an index, each refusal naming the file and the item
+(its 0-based position in the pickled list): vectors must be 1-d floats of one dimension > 0, every
+value finite (a NaN vector is never found, an infinite one tops every search), no norm above
+:data:`OUTLIER_NORM_RATIO` times the median norm (:class:`NormOutliers`: one 1e30 vector was the top
+hit for 55% of queries), and no id given twice once read as text (``1`` and ``"1"`` are one pid).
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 import pickle
@@ -16,10 +23,12 @@ import re
 from typing import IO, Any, Callable, Iterator
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from ray_cora import storage
+from ray_cora.data.passage_store import pid_keys
 from ray_cora.errors import RayCoraError, StorageError
-from ray_cora.index.sharded import IndexSpec, commit_index, write_shard
+from ray_cora.index.sharded import IndexSpec, commit_index, shard_paths, write_shard
 from ray_cora.index.trained import (
     TrainedIndex,
     VectorSampler,
@@ -131,10 +140,14 @@ def check_item(item: Any, index: int, dim: int | None, source: str) -> tuple[str
         shape = f"a {vector.dtype} array of shape {vector.shape}" if isinstance(vector, np.ndarray) \
             else f"a {type(vector).__name__}"
         raise StorageError(f"{source}: item {index} (id {pid!r}) has {shape}, expected a 1-d float vector")
+    if vector.shape[0] == 0:
+        raise StorageError(f"{source}: item {index} (id {pid!r}) has a 0-dimension vector: an index needs "
+                           "vectors of at least one dimension; these are not passage embeddings")
     if dim is not None and vector.shape[0] != dim:
         raise StorageError(f"{source}: item {index} (id {pid!r}) has a {vector.shape[0]}-d vector, but "
                            f"earlier items are {dim}-d")
-    return str(pid), vector.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: refused per batch
+        return str(pid), vector.astype(np.float32, copy=False)
 
 
 def iter_cora_embeddings(uri: str, *, batch_size: int = 10000) -> Iterator[tuple[list[str], np.ndarray]]:
@@ -165,7 +178,48 @@ def iter_cora_embeddings(uri: str, *, batch_size: int = 10000) -> Iterator[tuple
             dim = vector.shape[0]
             ids.append(pid)
             vectors.append(vector)
-        yield ids, np.stack(vectors).astype(np.float32, copy=False)
+        matrix = np.stack(vectors).astype(np.float32, copy=False)
+        # Checked after the float32 cast: a float64 1e300 becomes inf there.
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            values = matrix[row][~np.isfinite(matrix[row])]
+            raise StorageError(f"{uri}: item {start + row} (id {ids[row]!r}) has a non-finite value "
+                               f"({values[0]}) in its vector (as float32): a NaN vector is never found and an "
+                               "infinite one tops every search; fix or remove that item")
+        yield ids, matrix
+
+
+OUTLIER_NORM_RATIO = 100.0
+NORM_SAMPLE_SIZE = 65_536
+
+
+class NormOutliers:
+    """The outlier rule for imported vectors: a vector whose L2 norm is more than ``ratio`` (100)
+    times the median norm of the vectors read so far (its own batch included; the median of a
+    seeded uniform sample of at most 65,536 norms) is refused. Inner-product search ranks by
+    ``|q| |v| cos``, so one vector of a huge norm outranks the whole corpus; real embeddings'
+    norms vary by a few times, not a hundred.
+
+    >>> check = NormOutliers()
+    >>> check.outliers(np.ones((5, 4), np.float32)).tolist(), check.outliers(np.full((1, 4), 1e4, np.float32)).tolist()
+    ([], [0])
+    """
+
+    def __init__(self, ratio: float = OUTLIER_NORM_RATIO, *, sample_size: int = NORM_SAMPLE_SIZE,
+                 seed: int = 0) -> None:
+        self.ratio = ratio
+        self._sampler = VectorSampler(sample_size, seed)
+        self.median = 0.0
+
+    def outliers(self, vectors: np.ndarray) -> np.ndarray:
+        """Rows of ``vectors`` (n, dim) whose norm breaks the rule; their norms join the sample."""
+        norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+        self._sampler.add(norms[:, None])
+        self.median = float(np.median(self._sampler.sample()))
+        if self.median <= 0:  # mostly zero vectors: no scale to compare with
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(norms > self.ratio * self.median)
 
 
 _CORA_EMBEDDING_NAME = re.compile(r"^wiki_emb_(?P<lang>[A-Za-z]+(?:[-_][A-Za-z]+)?)_(?P<shard>\d+)(?:\.\w+)*$")
@@ -249,13 +303,27 @@ def import_cora_embeddings(inputs: list[str], out: str, *, shard_size: int, enco
                                   langs=pending_langs[:count], trained=trained))
         pending_ids, pending_langs, pending = pending_ids[count:], pending_langs[count:], [matrix[count:]]
 
+    norms = NormOutliers()
+    keys: list[np.ndarray] = []  # a 64-bit hash of every pid, in import order (8 bytes a vector)
+    file_starts: list[int] = []  # the global row each file starts at
     for uri in inputs:
         file_lang = file_langs[uri] = lang or lang_of_embedding_file(uri)
+        file_starts.append(sum(len(k) for k in keys))
+        item = 0
         for ids, vectors in iter_cora_embeddings(uri):
             if dim is not None and vectors.shape[1] != dim:
                 raise StorageError(f"{uri}: vectors have dimension {vectors.shape[1]}, earlier files "
                                    f"had {dim}: these files do not come from one encoder")
             dim = vectors.shape[1]
+            outliers = norms.outliers(vectors)
+            if len(outliers):
+                row = int(outliers[0])
+                raise StorageError(
+                    f"{uri}: item {item + row} (id {ids[row]!r}) has norm {float(np.linalg.norm(vectors[row])):.4g}, "
+                    f"more than {norms.ratio:g}x the median norm of the vectors read so far ({norms.median:.4g}): "
+                    "it would top most searches; fix or remove that item")
+            keys.append(pid_keys(ids))
+            item += len(ids)
             pending_ids.extend(ids)
             pending_langs.extend([file_lang] * len(ids))
             pending.append(vectors)
@@ -265,6 +333,7 @@ def import_cora_embeddings(inputs: list[str], out: str, *, shard_size: int, enco
         flush(len(pending_ids))
     if not shards:
         raise StorageError(f"{', '.join(inputs)}: no embeddings found")
+    _refuse_duplicate_ids(out, np.concatenate(keys), shards, shard_size, inputs, file_starts)
     if encoder.get("dim") not in (None, dim):
         raise StorageError(f"{', '.join(inputs)}: vectors are {dim}-d but the encoder gives "
                            f"{encoder['dim']}-d vectors: these embeddings were not made by it")
@@ -274,3 +343,36 @@ def import_cora_embeddings(inputs: list[str], out: str, *, shard_size: int, enco
         extra["passages"] = passages
     return commit_index(out, shards, spec=spec, encoder={**encoder, "dim": dim}, extra=extra,
                         trained=trained.entry if trained else None)
+
+
+def _refuse_duplicate_ids(out: str, keys: np.ndarray, shards: list[dict], shard_size: int, inputs: list[str],
+                          file_starts: list[int]) -> None:
+    """Refuse a pid given twice (ids are read as text, so ``1`` and ``"1"`` are one pid): equal
+    64-bit keys are candidates, confirmed against the pids the shards' id files hold (global row r
+    is row ``r % shard_size`` of shard ``r // shard_size``). Runs before the manifest is written,
+    so a refused import leaves no index."""
+    order = np.argsort(keys, kind="stable")
+    same = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+    if not len(same):
+        return
+    root = storage.resolve(out)
+    cache: dict[int, list[str]] = {}
+
+    def pid_at(row: int) -> str:
+        number = row // shard_size
+        if number not in cache:
+            data = storage.read_bytes(root.join(shards[number]["ids"] or shard_paths(number)[1]), decompress=False)
+            cache[number] = pq.read_table(io.BytesIO(data), columns=["pid"]).column("pid").to_pylist()
+        return cache[number][row % shard_size]
+
+    def where(row: int) -> str:
+        file = bisect.bisect_right(file_starts, row) - 1
+        return f"{inputs[file]}: item {row - file_starts[file]}"
+
+    for i in same.tolist():
+        first, second = sorted((int(order[i]), int(order[i + 1])))
+        pid = pid_at(second)
+        if pid_at(first) == pid:
+            raise StorageError(f"{where(second)} has id {pid!r}, already the id of {where(first)} (ids are "
+                               "compared as text, so 1 and '1' are the same passage): each passage must be "
+                               "imported once; remove one of them")

@@ -21,8 +21,7 @@ the index.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
+import struct
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from ray_cora.index.spec import (
     make_empty_index,
     search_knob,
     search_parameters,
+    use_blas_for_query_batches,
 )
 from ray_cora.index.trained import (
     TrainedIndex,
@@ -56,8 +56,9 @@ from ray_cora.index.trained import (
 # helpers are imported by every job config and by `ray-cora --help`.
 
 INDEX_KIND = "sharded-index"
-__all__ = ["INDEX_KIND", "IndexSpec", "IndexType", "ShardedIndex", "build_faiss_index", "commit_index",
-           "merge_pid_arrays", "merge_topk", "plan_shards", "write_index", "write_shard"]
+__all__ = ["INDEX_KIND", "IndexSpec", "IndexType", "ShardedIndex", "build_faiss_index", "check_shard_entries",
+           "commit_index", "faiss_header_ntotal", "merge_pid_arrays", "merge_topk", "plan_shards", "write_index",
+           "write_shard"]
 
 
 def plan_shards(num_vectors: int, shard_size: int) -> list[tuple[int, int, int]]:
@@ -134,11 +135,77 @@ def write_shard(root: str | storage.Location, number: int, pids: Sequence[str], 
     return entry
 
 
+def faiss_header_ntotal(header: bytes) -> tuple[int, int]:
+    """(dim, ntotal) from the first 16 bytes of a serialized FAISS index: every index type starts
+    with a fourcc, ``d`` (int32) and ``ntotal`` (int64), little-endian (FAISS ``read_index_header``;
+    IVF, HNSW, PQ, SQ and ``IndexPreTransform`` (OPQ) alike), so a shard's vector count is known
+    without reading the shard.
+
+    >>> faiss_header_ntotal(b"IxFI" + (8).to_bytes(4, "little") + (5).to_bytes(8, "little"))
+    (8, 5)
+    """
+    if len(header) < 16:
+        raise ValueError(f"a FAISS index header is 16 bytes, got {len(header)}")
+    dim, ntotal = struct.unpack("<iq", header[4:16])
+    return dim, ntotal
+
+
+def _read_head(loc: storage.Location, size: int) -> bytes:
+    with storage.open_input(loc, decompress=False) as stream:
+        return stream.read(size)
+
+
+def check_shard_entries(root: str | storage.Location, shards: Sequence[dict[str, Any]]) -> None:
+    """Cross-check each shard entry's ``count`` against the shard's own files before they are
+    committed: the FAISS index's ``ntotal`` (its header) and the ids file's rows (its Parquet footer).
+    An entry saying 0 vectors must name no files, and none may lie at its shard number's paths: a
+    marker edited to ``count: 0`` would otherwise drop a written shard from the index silently.
+    Raises :class:`StorageError` naming the shard and what to do."""
+    root = root if isinstance(root, storage.Location) else storage.resolve(root)
+
+    def one(entry: dict[str, Any]) -> None:
+        count = entry.get("count")
+        where = f"shard {entry['number']}" if "number" in entry else f"shard {entry.get('index')}"
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise StorageError(f"{root.uri}: {where}: count {count!r} is not a vector count; its marker is "
+                               "damaged: delete the shard's marker and files and rerun to rebuild it")
+        paths = [entry.get("index"), entry.get("ids")]
+        if not count:
+            named = [p for p in paths if p]
+            if not named and "number" in entry:
+                named = [p for p in shard_paths(int(entry["number"])) if root.join(p).exists()]
+            if named:
+                raise StorageError(f"{root.uri}: {where} says 0 vectors but {named[0]} exists: the marker was "
+                                   "edited or is stale; delete the shard's marker and files "
+                                   f"({', '.join(named)}) and rerun to rebuild it")
+            return
+        for path in paths:
+            problem = storage.member_path_problem(path)
+            if problem:
+                raise StorageError(f"{root.uri}: {where}: path {path!r} {problem}: rebuild the shard")
+        index_loc, ids_loc = root.join(paths[0]), root.join(paths[1])
+        try:
+            _, ntotal = faiss_header_ntotal(_read_head(index_loc, 16))
+            rows = pq.ParquetFile(io.BytesIO(storage.read_bytes(ids_loc, decompress=False))).metadata.num_rows
+        except (ValueError, OSError, pa.ArrowException) as exc:
+            raise StorageError(f"{index_loc.uri}: unreadable shard ({exc}); delete the shard's marker and "
+                               "files and rerun to rebuild it") from exc
+        if ntotal != count or rows != count:
+            raise StorageError(f"{index_loc.uri}: {where} says {count} vectors, but the FAISS index holds "
+                               f"{ntotal} and its ids file {rows} rows: the marker or the shard was edited; "
+                               "delete the shard's marker and files and rerun to rebuild it")
+
+    with ThreadPoolExecutor(max(1, min(16, len(shards)))) as pool:  # S3: one small read per file
+        list(pool.map(one, shards))
+
+
 def commit_index(root: str | storage.Location, shards: Sequence[dict[str, Any]], *, encoder: dict[str, Any],
                  spec: IndexSpec = IndexSpec(), config: dict | None = None, extra: dict | None = None,
                  trained: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``manifest.json`` over already-written shards (sorted by shard path): the commit.
-    ``trained`` is the entry of the ``trained.faiss`` every shard was copied from."""
+    ``trained`` is the entry of the ``trained.faiss`` every shard was copied from. Each shard's
+    count is first checked against its files (:func:`check_shard_entries`)."""
+    check_shard_entries(root, shards)
     writer = storage.ArtifactWriter(root, kind=INDEX_KIND, config=config)
     ordered = sorted(shards, key=lambda s: s["index"])
     if trained is not None:
@@ -290,33 +357,40 @@ class ShardedIndex:
              use_gpu: bool = False, gpu_fp16: bool = True, threads: int = 0,
              shards: Sequence[int] | None = None, merge: bool = True) -> "ShardedIndex":
         """Open the index's shards (all, or the positions in ``shards``); ``verify`` checks sha256s,
-        ``mmap`` memory-maps the FAISS files (remote shards are first copied to ``cache_dir``), so an
-        index larger than RAM is searchable; ``merge=False`` keeps mergeable shards apart (to compare).
+        ``mmap`` memory-maps the FAISS files (remote shards are first copied to ``cache_dir``, by default
+        a folder private to the user, :func:`ray_cora.storage.default_cache_dir`), so an index larger
+        than RAM is searchable; mapped files are verified whatever ``verify`` says; ``merge=False``
+        keeps mergeable shards apart (to compare).
         ``threads``: Python threads over shards searched one by one (0: one after another, each
         search on all of FAISS's OpenMP threads, which measured faster: docs/results/search_scale.md).
         ``use_gpu`` copies the (merged) index onto GPU 0 with faiss-gpu (:mod:`ray_cora.index.gpu`;
         ``gpu_fp16``: fp16 Flat storage / IVF-PQ lookup tables); ``placement`` says what was done."""
         import faiss
 
+        use_blas_for_query_batches()
         artifact = storage.Artifact(uri, kind=INDEX_KIND)
         entries = artifact.manifest["shards"]
+        total = sum(int(e.get("count", 0)) for e in entries)
+        if total != artifact.manifest.get("num_vectors", total):
+            raise StorageError(f"{artifact.root.join(storage.MANIFEST_NAME).uri}: num_vectors is "
+                               f"{artifact.manifest['num_vectors']} but its shards hold {total}: the manifest "
+                               "was edited; rebuild the index")
         if shards is not None:
             entries = [entries[i] for i in shards]
         loaded = []
         for entry in entries:
             index_loc = artifact.location(entry["index"])
-            if verify:
-                if not (mmap and index_loc.is_s3):  # the local copy is checked as it is made
-                    artifact.verify(entry["index"])
-                artifact.verify(entry["ids"])
             if mmap:
-                local = artifact.local_path(entry["index"], cache_dir=cache_dir or os.path.join(
-                    tempfile.gettempdir(), "ray_cora_index_cache"))
+                # Verified always (hashed once per process per file signature, storage.verify_local_file):
+                # a mapped file is read lazily, so "verify=False" would serve whatever is on disk.
+                local = artifact.local_path(entry["index"], cache_dir=cache_dir or storage.default_cache_dir(
+                    "index_cache"))
                 index = faiss.read_index(local, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
             else:
-                data = storage.read_bytes(index_loc, decompress=False)
+                # Read once and hash the bytes read: what is searched is exactly what was checked.
+                data = artifact.read_bytes(entry["index"], verify=verify)
                 index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-            table = pq.read_table(io.BytesIO(artifact.read_bytes(entry["ids"], verify=False)))
+            table = pq.read_table(io.BytesIO(artifact.read_bytes(entry["ids"], verify=verify)))
             if table.num_rows != entry["count"] or index.ntotal != entry["count"]:
                 raise StorageError(f"{index_loc.uri}: shard holds {index.ntotal} vectors and "
                                    f"{table.num_rows} ids, manifest says {entry['count']}")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ray_cora import storage
-from ray_cora.errors import ChecksumError, ConfigError
+from ray_cora.errors import ChecksumError, ConfigError, StorageError
 from ray_cora.index.spec import IndexSpec, make_empty_index
 
 TRAINED_PATH = "trained.faiss"
@@ -198,6 +198,10 @@ def read_trained_index(root: str | storage.Location, entry: dict[str, Any]) -> T
     import faiss
 
     root = root if isinstance(root, storage.Location) else storage.resolve(root)
+    problem = storage.member_path_problem(entry.get("path"))
+    if problem is not None:  # the entry comes from a marker or manifest: keep it inside the index
+        raise StorageError(f"{root.uri}: the trained index path {entry.get('path')!r} {problem}: it must be "
+                           f"{TRAINED_PATH} inside the index folder; delete the folder and rebuild")
     location = root.join(entry["path"])
     data = storage.read_bytes(location, decompress=False)
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:

@@ -46,6 +46,7 @@ from ray_cora.pipelines.embed_corpus import embed_corpus
 from ray_cora.pipelines.generate import run_generate
 from ray_cora.pipelines.retrieve import run_retrieval
 from ray_cora.pivot.translate import LabelTable
+from ray_cora.progress import JobProgress
 from ray_cora.runtime import ray_session
 from ray_cora.train.jobs import train_mdpr, train_mgen
 
@@ -108,6 +109,15 @@ class IterativeTraining:
         self.config = config
         self.runner = StageRunner(config.out)
         self.root = storage.resolve(config.out)
+        # A line per stage (n/total) over the lines of the jobs it runs; total set by prepare().
+        self.progress = JobProgress("iterate", unit="stage", total=stage_count(config.rounds, with_dev=True),
+                                    uniform=False)
+
+    def stage(self, name: str, work: Any, **options: Any) -> StageResult:
+        """Run (or skip) one stage with :class:`StageRunner` and report it as a unit of the job."""
+        result = self.runner.run(name, work, **options)
+        self.progress.add(skipped=result.skipped, note=name)
+        return result
 
     # -- round 1: the data every round uses --
 
@@ -115,6 +125,9 @@ class IterativeTraining:
         self.data = self.runner.run("round-1/data", self._prepare,
                                     outputs=("train_questions.jsonl", "dev_questions.jsonl", "b1.jsonl",
                                              "passage-store/manifest.json"))
+        # Only round 1's data says whether there is a dev stage per round: the exact total from here on.
+        self.progress.total = stage_count(self.config.rounds, with_dev=bool(self.data.result["dev_questions"]))
+        self.progress.add(skipped=self.data.skipped, note="round-1/data")
         return self.data
 
     def _prepare(self, folder: storage.Location) -> tuple[dict[str, Any], list[str]]:
@@ -190,36 +203,36 @@ class IterativeTraining:
         train_files = self.b1_files() + state["mined_files"]
         upstream = state["upstream"] or data
 
-        mdpr = self.runner.run(f"{name}/mdpr", lambda f: self._train_mdpr(f, train_files, state),
-                               upstream=upstream, outputs=("model/manifest.json", "summary.json"))
+        mdpr = self.stage(f"{name}/mdpr", lambda f: self._train_mdpr(f, train_files, state),
+                          upstream=upstream, outputs=("model/manifest.json", "summary.json"))
         spec = mdpr.result["encoder_spec"]
         question_spec = state["first_question_spec"] if c.keep_first_question_encoder and t > 1 else spec
         state.setdefault("first_question_spec", spec)
 
-        index = self.runner.run(f"{name}/index", lambda f: self._embed(f, spec), upstream=mdpr,
-                                outputs=("index/manifest.json",))
+        index = self.stage(f"{name}/index", lambda f: self._embed(f, spec), upstream=mdpr,
+                           outputs=("index/manifest.json",))
         questions = self.root.join("round-1/data/train_questions.jsonl").uri
         has_dev = bool(data.result["dev_questions"])
-        retrieve = self.runner.run(f"{name}/retrieve",
-                                   lambda f: self._retrieve(f, index, questions, question_spec, with_dev=has_dev),
-                                   upstream=index, outputs=("retrieval/manifest.json",)
-                                   + (("dev-retrieval/manifest.json",) if has_dev else ()))
+        retrieve = self.stage(f"{name}/retrieve",
+                              lambda f: self._retrieve(f, index, questions, question_spec, with_dev=has_dev),
+                              upstream=index, outputs=("retrieval/manifest.json",)
+                              + (("dev-retrieval/manifest.json",) if has_dev else ()))
         retrieval = self.runner.folder(f"{name}/retrieve").join("retrieval")
-        mgen = self.runner.run(f"{name}/mgen", lambda f: self._train_mgen(
+        mgen = self.stage(f"{name}/mgen", lambda f: self._train_mgen(
             f, retrieval, state, first_round=t == 1, dev_retrieval=retrieve.result.get("dev_retrieval")),
             upstream=retrieve)
         dev = None
         if data.result["dev_questions"]:
-            dev = self.runner.run(f"{name}/dev", lambda f: self._dev(f, index, question_spec, mgen),
-                                  upstream=mgen, outputs=("metrics.json",))
+            dev = self.stage(f"{name}/dev", lambda f: self._dev(f, index, question_spec, mgen),
+                             upstream=mgen, outputs=("metrics.json",))
         best_mgen = best_generator(state.get("best_mgen"), {"round": t, "model": mgen.result["model"],
                                                             "kept": mgen.result.get("kept")})
         state["best_mgen"] = best_mgen
         mine = None
         if t < c.rounds:
-            mine = self.runner.run(f"{name}/mine",
-                                   lambda f: self._mine(f, train_files, retrieval, best_mgen["model"], state),
-                                   upstream=dev or mgen, outputs=("mined.jsonl", "stats.json"))
+            mine = self.stage(f"{name}/mine",
+                              lambda f: self._mine(f, train_files, retrieval, best_mgen["model"], state),
+                              upstream=dev or mgen, outputs=("mined.jsonl", "stats.json"))
             state["mined_files"] = state["mined_files"] + [self.runner.folder(f"{name}/mine").join("mined.jsonl").uri]
         # CORA trains each round from the previous best checkpoint (mGEN/README.md: --model_name_or_path
         # /path/to/previous_best_checkpoint); mining labels with it too
@@ -515,6 +528,16 @@ def _dev_macro(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: macro[k] for k in keep if k in macro}
 
 
+def stage_count(rounds: int, *, with_dev: bool) -> int:
+    """Stages of a run: round 1's data, then per round mdpr, index, retrieve, mgen [, dev], and
+    mine in every round but the last.
+
+    >>> stage_count(2, with_dev=True), stage_count(1, with_dev=False)
+    (12, 5)
+    """
+    return 1 + rounds * (4 + int(with_dev)) + (rounds - 1)
+
+
 def iterate(config: IterateConfig) -> dict[str, Any]:
     """Run (or resume) all rounds; returns ``{"rounds": [round stats...], "ran", "skipped"}``."""
     started = time.perf_counter()
@@ -522,6 +545,7 @@ def iterate(config: IterateConfig) -> dict[str, Any]:
     storage.write_bytes(job.root.join("config.json"), json.dumps(config.to_dict(), indent=2).encode("utf-8"))
     rounds = []
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+        job.progress.start()
         data = job.prepare()
         state: dict[str, Any] = {"mined_files": [], "upstream": None}
         for t in range(1, config.rounds + 1):
@@ -534,4 +558,5 @@ def iterate(config: IterateConfig) -> dict[str, Any]:
     print(summary)
     print(f"iterate: {len(job.runner.ran)} stage(s) run, {len(job.runner.skipped)} skipped; "
           f"wrote {job.root.uri}/summary.md, iterate.json, round-*/stats.json")
+    job.progress.finish()
     return result

@@ -59,7 +59,7 @@ def load_hf_model(spec: str, auto_cls: Any, *, options: Sequence[str] = (), what
     with local_model_dir(source) as path:
         tokenizer = load_tokenizer(path, source=source)
         try:
-            model = auto_cls.from_pretrained(path, **from_pretrained)
+            model = auto_cls.from_pretrained(path, local_files_only=True, **from_pretrained)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load a {what} from {source!r}: {exc}; give a local folder with "
                               "config.json and weights, an s3:// folder, or a model name in the local "

@@ -258,7 +258,8 @@ def training_passages(example: dict[str, Any], *, top_k: int, choice: str = "ans
     return chosen
 
 
-def _load_model_and_tokenizer(source: str, tokenizer: str | None, *, dropout: float | None = None) -> tuple[Any, Any]:
+def _load_model_and_tokenizer(source: str, tokenizer: str | None, *, dropout: float | None = None,
+                              dtype: Any = None) -> tuple[Any, Any]:
     from transformers import AutoModelForSeq2SeqLM
 
 
@@ -272,7 +273,9 @@ def _load_model_and_tokenizer(source: str, tokenizer: str | None, *, dropout: fl
                 if hasattr(config, name):
                     setattr(config, name, dropout)
         try:
-            model = AutoModelForSeq2SeqLM.from_pretrained(path, config=config)
+            # dtype None: transformers 5's "auto" (the saved dtype); training passes float32.
+            model = AutoModelForSeq2SeqLM.from_pretrained(path, config=config, local_files_only=True,
+                                                          **({"dtype": dtype} if dtype else {}))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load seq2seq weights from {source!r}: {exc}") from exc
         # CORA's eval_mgen.py reads the tokenizer from the model folder; only a folder of weights
@@ -399,7 +402,11 @@ class MGENTask:
         return {**self.__dict__, "_tok": None}
 
     def build(self) -> Any:
-        model, self._tok = _load_model_and_tokenizer(self.init, self.tokenizer, dropout=self.dropout)
+        import torch
+
+        # float32 master weights whatever the folder was saved in (bf16 autocast is the loop's job)
+        model, self._tok = _load_model_and_tokenizer(self.init, self.tokenizer, dropout=self.dropout,
+                                                     dtype=torch.float32)
         return model.train()
 
     def tok(self) -> Any:

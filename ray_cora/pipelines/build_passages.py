@@ -44,7 +44,8 @@ from ray_cora.data.wiki import (
     write_input_shards,
 )
 from ray_cora.errors import StorageError
-from ray_cora.runtime import ray_session, worker_runtime_env
+from ray_cora.progress import JobProgress
+from ray_cora.runtime import check_resources_fit, ray_session, worker_runtime_env
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +170,26 @@ def build_passages(config: PassagesConfig) -> dict[str, Any]:
                                  resume=config.resume)
     _uncommit(out)
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+        check_resources_fit({"--task-cpus": (config.task_cpus, 0.0)})
         started = time.perf_counter()
         dataset = ray.data.read_datasource(source, override_num_blocks=max(len(files), 1),
                                            num_cpus=config.task_cpus, concurrency=config.tasks,
                                            # S3 settings for workers started before they were set
                                            runtime_env=worker_runtime_env() or None)
-        records = [json.loads(row["record"]) for row in dataset.iter_rows()]
+        # Which files an earlier run finished is known only as each task reports (it checks its own
+        # _progress record), so the skipped ones are counted as they come back.
+        progress = JobProgress("passages", unit="file", total=len(files), items="passages")
+        progress.start()
+        records = []
+        for row in dataset.iter_rows():
+            record = json.loads(row["record"])
+            records.append(record)
+            if record["status"] == "processed":
+                progress.add(items=record["stats"]["passages"],
+                             bytes=sum(shard["size"] for shard in record["shards"]))
+            else:
+                progress.add(skipped=True, items=record["stats"]["passages"],
+                             note=f"{record['lang']} file {record['file_number']}")
         seconds = time.perf_counter() - started
     records.sort(key=lambda r: (langs.index(r["lang"]), r["file_number"]))
     if len(records) != len(files):  # never commit a manifest that misses an input file
@@ -211,6 +226,7 @@ def build_passages(config: PassagesConfig) -> dict[str, Any]:
         "quarantined": sum(r["stats"]["bad_records"] for r in records) if config.on_bad_record == "skip" else 0,
     }
     _print_summary(summary)
+    progress.finish()
     return summary
 
 

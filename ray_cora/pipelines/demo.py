@@ -21,7 +21,7 @@ from ray_cora.metrics.retrieval import first_answer_rank, first_gold_rank, recal
 from ray_cora.pipelines.encode import EncodePassages, EncodeQueries
 from ray_cora.pipelines.passage_source import PassageDatasource
 from ray_cora.reports.tables import retrieval_markdown
-from ray_cora.runtime import ray_session, worker_runtime_env
+from ray_cora.runtime import check_resources_fit, ray_session, worker_runtime_env
 
 KS = (1, 5, 10)
 
@@ -45,6 +45,7 @@ def run_demo(config: DemoConfig) -> dict:
     out = storage.resolve(config.out)
     questions = list(iter_qa(config.questions, dataset="jsonl"))
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+        check_resources_fit({"--actor-cpus/--actor-gpus": (config.actor_cpus, config.actor_gpus)})
         passages = ray.data.read_datasource(PassageDatasource(config.passages),
                                             runtime_env=worker_runtime_env())
         corpus = _embed(passages, EncodePassages, config=config, columns=("pid", "lang"))

@@ -14,7 +14,8 @@ from ray_cora.data.records import BadRecords
 from ray_cora.data.training import data_files, iter_examples, iter_raw_records, retrieval_example
 from ray_cora.errors import ConfigError
 from ray_cora.models.mgen import DEFAULT_DECODING, Generator, recorded_decoding
-from ray_cora.runtime import ray_session
+from ray_cora.progress import JobProgress
+from ray_cora.runtime import check_resources_fit, ray_session
 
 # torch / transformers are imported inside the functions that use them (3.4 s + 2.0 s cold here):
 # they are needed in the generator actors (Ray workers), not on the driver.
@@ -77,7 +78,11 @@ def run_generate(config: GenerateConfig) -> dict[str, Any]:
                 "num_beams": config.num_beams, "decoding": decoding, "threads": max(1, int(config.actor_cpus))}
     written = 0
     digest = hashlib.sha256()
+    # Not resumable (one output file): every prediction is made by this run.
+    progress = JobProgress("generate", unit="prediction", total=count)
+    progress.start()
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+        check_resources_fit({"--actor-cpus/--actor-gpus": (config.actor_cpus, config.actor_gpus)})
         ds = (ray.data.from_items([{"uri": f} for f in files], override_num_blocks=max(1, len(files)))
               .flat_map(_read_rows)
               .map_batches(GeneratorActor, fn_constructor_args=(settings,), batch_size=config.batch_size,
@@ -90,6 +95,7 @@ def run_generate(config: GenerateConfig) -> dict[str, Any]:
                 stream.write(line)
                 digest.update(line)
                 written += 1
+                progress.add(bytes=len(line))
     if written != count:
         raise RuntimeError(f"generate: {count} questions read but {written} predictions written")
     done = {"predictions": written, "sha256": digest.hexdigest(), "skipped_records": bad.count,
@@ -97,4 +103,5 @@ def run_generate(config: GenerateConfig) -> dict[str, Any]:
     storage.write_bytes(marker, json.dumps(done, indent=2, ensure_ascii=False).encode("utf-8"))
     print(f"generate: {written} predictions → {config.out} (decoding {decoding})"
           + (f" ({bad.count} bad records skipped)" if bad.count else ""))
+    progress.finish()
     return done

@@ -11,7 +11,12 @@ them) → :class:`AnswerBlocks` actors, each holding one
 :class:`~ray_cora.pivot.pipeline.PivotPipeline`, write ``parts/<block>.jsonl`` then the marker
 ``parts/<block>.json``; the driver holds the questions and the small markers, never the
 predictions; ``manifest.json`` (every part with its sha256) is written last. A rerun skips the
-blocks already written.
+blocks already written for the same questions.
+
+Edited inputs: both jobs read their whole question set on every run and key their work by content
+(a database shard by the sha256 of its answer part, a block by that of its questions), so an edited
+input is replanned: unchanged shards and blocks are kept, the others redone. "Nothing to do" is
+said only when the config and the input file (size, mtime and sha256) are those of the finished run.
 """
 
 from __future__ import annotations
@@ -36,17 +41,21 @@ from ray_cora.data.bookkeeping import (
 )
 from ray_cora.data.qa import iter_qa
 from ray_cora.data.retrieval import part_paths, question_blocks
-from ray_cora.encoders import load_encoder
+from ray_cora.encoders import check_encoder_available, load_encoder
 from ray_cora.errors import ConfigError, RayCoraError, StorageError
+from ray_cora.index.plan import input_fingerprint
 from ray_cora.index.sharded import IndexSpec
-from ray_cora.pipelines.retrieve import finished_blocks
-from ray_cora.pivot.calibrate import answer_is_correct, pick_threshold
+from ray_cora.pipelines.retrieve import block_sha256, finished_blocks
+from ray_cora.pivot.calibrate import answer_is_correct, calibrated_threshold, pick_threshold
 from ray_cora.pivot.database import KIND, commit_database, embed_shard, iter_db_records, prepare_parts
 from ray_cora.pivot.pipeline import PREDICTION_FIELDS, PivotPipeline
-from ray_cora.runtime import ray_session, worker_runtime_env
+from ray_cora.progress import JobProgress
+from ray_cora.runtime import check_resources_fit, ray_session, worker_runtime_env
 
 PREDICTIONS_KIND = "pivot-predictions"
 BUILD_JOB_FILE = "build-job.json"
+# The input a finished build read (input_fingerprint), written after its manifest.
+BUILD_INPUT_FILE = "build-input.json"
 RUN_JOB_FILE = "run-job.json"
 
 
@@ -81,9 +90,12 @@ def build_pivot_database(config: PivotBuildConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     out = storage.resolve(config.out)
+    fingerprint = input_fingerprint(config.questions)
     try:
         existing = storage.Artifact(out, kind=KIND).manifest
-        if existing.get("config") == config.to_dict():
+        recorded = out.join(BUILD_INPUT_FILE)
+        if existing.get("config") == config.to_dict() and recorded.is_file() \
+                and json.loads(storage.read_bytes(recorded)) == fingerprint:
             print(f"pivot build: {out.uri} is already built with this config ({existing['num_questions']} "
                   "questions); nothing to do")
             return existing
@@ -101,8 +113,14 @@ def build_pivot_database(config: PivotBuildConfig) -> dict[str, Any]:
     pending = [p for p in parts if p["number"] not in done]
     print(f"pivot build: {sum(p['count'] for p in parts)} questions in {len(parts)} shards; "
           f"{len(done)} already written, {len(pending)} to embed")
+    progress = JobProgress("pivot build", unit="shard", total=len(parts), items="questions", already_done=len(done),
+                           already_items=sum(p["count"] for p in parts if p["number"] in done),
+                           todo_items=sum(p["count"] for p in pending))
+    progress.start()
     if pending:
+        check_encoder_available(config.encoder)
         with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+            check_resources_fit({"--actor-cpus/--actor-gpus": (config.actor_cpus, config.actor_gpus)})
             items = [{"part": json.dumps(p)} for p in pending]
             results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 EmbedPivotShards, batch_size=1, batch_format="numpy",
@@ -112,10 +130,14 @@ def build_pivot_database(config: PivotBuildConfig) -> dict[str, Any]:
                                        "batch_size": config.batch_size, "threads": config.threads})
             for entry in iter_entries(results.iter_rows(), unit="shard"):
                 done[entry["number"]] = entry
+                progress.add(items=entry["count"],
+                             bytes=sum(entry["size"].values()) if entry.get("size") else 0)
     manifest = commit_database(out, parts, done, encoder_spec=config.encoder, spec=spec, config=config.to_dict())
+    storage.write_bytes(out.join(BUILD_INPUT_FILE), json.dumps(fingerprint).encode("utf-8"))
     print(f"pivot build: {manifest['num_questions']} English questions ({manifest['with_answer_qid']} with an "
           f"answer QID) in {manifest['num_shards']} shards, embedded {sum(p['count'] for p in pending)} now "
           f"({time.perf_counter() - started:.1f} s) → {out.uri}")
+    progress.finish()
     return manifest
 
 
@@ -144,8 +166,10 @@ def predict(config: PivotRunConfig | PivotCalibrateConfig, *, threshold: float |
     options = {"db": config.db, "reranker": config.reranker, "labels": config.labels,
                "translator": config.translator, "k": config.k, "threshold": threshold, "threads": config.threads,
                "mmap": config.mmap}
+    PivotPipeline.check_sources(**options)  # one line here, not an actor dying in __init__
     results: dict[int, dict[str, Any]] = {}
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+        check_resources_fit({"--actor-cpus/--actor-gpus": (config.actor_cpus, config.actor_gpus)})
         items = ray.data.from_items([{"row": i, "question": q["question"], "lang": q["lang"]}
                                      for i, q in enumerate(questions)])
         answered = items.map_batches(
@@ -170,11 +194,7 @@ def _threshold(config: PivotRunConfig) -> float | None:
     if config.threshold is not None:
         return config.threshold
     if config.calibration:
-        data = json.loads(storage.read_bytes(config.calibration))
-        if data.get("threshold") is None:
-            raise ConfigError(f"{config.calibration}: calibration found no threshold reaching precision "
-                              f"{data.get('target_precision')}; pass --threshold or recalibrate")
-        return float(data["threshold"])
+        return calibrated_threshold(storage.read_bytes(config.calibration), config.calibration)
     return None
 
 
@@ -190,13 +210,15 @@ class AnswerBlocks:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         block = str(batch["block"][0])
         try:
-            entry = self.write_block(block, json.loads(batch["questions"][0]))
+            raw = batch["questions"][0]
+            entry = self.write_block(block, json.loads(raw), questions_sha256=block_sha256(raw))
         except RayCoraError as exc:
             return error_row("block", block, exc)
         return {"block": batch["block"], "entry": np.array([json.dumps(entry)], dtype=object),
                 "error": np.array([b""], dtype=object)}
 
-    def write_block(self, block: str, questions: list[dict[str, Any]]) -> dict[str, Any]:
+    def write_block(self, block: str, questions: list[dict[str, Any]], *,
+                    questions_sha256: str | None = None) -> dict[str, Any]:
         rows = []
         for start in range(0, len(questions), self.batch_size):
             chunk = questions[start:start + self.batch_size]
@@ -206,7 +228,8 @@ class AnswerBlocks:
         part, marker = part_paths(block)
         storage.write_bytes(self.root.join(part), data)
         entry = {"block": block, "path": part, "lang": questions[0]["lang"], "count": len(questions),
-                 "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "summary": summarize(rows)}
+                 "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "summary": summarize(rows),
+                 "questions_sha256": questions_sha256}
         storage.write_bytes(self.root.join(marker), json.dumps(entry).encode("utf-8"))
         return entry
 
@@ -220,9 +243,10 @@ def run_predictions(config: PivotRunConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     out = storage.resolve(config.out)
+    fingerprint = input_fingerprint(config.questions)
     try:
         existing = storage.Artifact(out, kind=PREDICTIONS_KIND)
-        if existing.manifest.get("config") == config.to_dict():
+        if existing.manifest.get("config") == config.to_dict() and existing.manifest.get("input") == fingerprint:
             existing.verify_all()
             print(f"pivot run: {out.uri} already holds these predictions; nothing to do")
             return existing.manifest
@@ -237,19 +261,28 @@ def run_predictions(config: PivotRunConfig) -> dict[str, Any]:
     questions = iter_qa(config.questions, dataset=config.dataset, lang=config.lang)
     for block, chunk in question_blocks(questions, config.block_size):
         counts[block] = len(chunk)
-        if block not in done:
-            slim = [{k: q[k] for k in ("qid", "lang", "question", "answers")} for q in chunk]
-            items.append({"block": block, "questions": json.dumps(slim, ensure_ascii=False)})
+        slim = [{k: q[k] for k in ("qid", "lang", "question", "answers")} for q in chunk]
+        text = json.dumps(slim, ensure_ascii=False)
+        if block in done and done[block].get("questions_sha256") == block_sha256(text):
+            continue
+        done.pop(block, None)  # missing, or written for questions that have changed since
+        items.append({"block": block, "questions": text})
     if not counts:
         raise ConfigError(f"{config.questions}: no questions (dataset {config.dataset}, lang {config.lang})")
     refuse_stale_blocks(out, done, counts)
     print(f"pivot run: {sum(counts.values())} questions in {len(counts)} blocks; {len(done)} already "
           f"written, {len(items)} to answer")
+    progress = JobProgress("pivot run", unit="block", total=len(counts), items="questions", already_done=len(done),
+                           already_items=sum(counts[block] for block in done),
+                           todo_items=sum(counts[item["block"]] for item in items))
+    progress.start()
     if items:
         options = {"db": config.db, "reranker": config.reranker, "labels": config.labels,
                    "translator": config.translator, "k": config.k, "threshold": threshold,
                    "threads": config.threads, "mmap": config.mmap}
+        PivotPipeline.check_sources(**options)  # one line here, not an actor dying in __init__
         with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+            check_resources_fit({"--actor-cpus/--actor-gpus": (config.actor_cpus, config.actor_gpus)})
             results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 AnswerBlocks, batch_size=1, batch_format="numpy",
                 compute=ActorPoolStrategy(size=min(config.actors, len(items))),
@@ -258,6 +291,7 @@ def run_predictions(config: PivotRunConfig) -> dict[str, Any]:
                                        "batch_size": config.batch_size})
             for entry in iter_entries(results.iter_rows(), unit="block"):
                 done[entry["block"]] = entry
+                progress.add(items=entry["count"], bytes=entry["size"])
     require_all_blocks(out, done, counts)
     blocks = sorted(counts)
     summary = merge_summaries([done[b]["summary"] for b in blocks])
@@ -266,12 +300,13 @@ def run_predictions(config: PivotRunConfig) -> dict[str, Any]:
     for block in blocks:
         writer.add_existing(done[block]["path"], size=done[block]["size"], sha256=done[block]["sha256"])
         per_language[done[block]["lang"]] = per_language.get(done[block]["lang"], 0) + done[block]["count"]
-    manifest = writer.commit({"threshold": threshold, "summary": summary, "num_questions": sum(counts.values()),
+    manifest = writer.commit({"threshold": threshold, "input": fingerprint, "summary": summary, "num_questions": sum(counts.values()),
                               "per_language": dict(sorted(per_language.items())),
                               "parts": [done[b]["path"] for b in blocks]})
     print(f"pivot run: {summary['questions']} questions, {summary['abstained']} abstained; translation sources "
           f"{summary['translation_sources']} ({time.perf_counter() - started:.1f} s) → {out.uri}/parts/*.jsonl "
           f"(`ray-cora evaluate qa --predictions {out.uri}` reads the folder)")
+    progress.finish()
     return manifest
 
 

@@ -7,10 +7,18 @@ with a seek; a ``.gz``/``.bz2`` dump cannot seek and is one part. Each task writ
 ``labels/part-NNNNN.parquet`` and ``sitelinks/part-NNNNN.parquet`` and then its marker
 ``parts/part-NNNNN.json``; ``manifest.json`` is written last. A rerun skips parts whose marker and
 checksums verify.
+
+The dump is planned again on every run (one scan, which an uncompressed dump needs for its offsets
+anyway) and a part is kept only when its marker was written for the same lines with the same
+content: an uncompressed part by the sha256 of its lines (from that scan; the part's reader checks it
+as it reads), a compressed dump — one part, never scanned at planning, since a full decompression
+pass just to plan would double the job's reading — by the file's size, mtime and the sha256 of its
+first and last MiB. So an edited dump redoes the parts it changed, never keeps stale rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from typing import Any
@@ -33,20 +41,38 @@ from ray_cora.data.wikidata import (
     label_rows,
 )
 from ray_cora.errors import StorageError
-from ray_cora.index.plan import shard_offsets
-from ray_cora.runtime import ray_session, worker_runtime_env
+from ray_cora.index.plan import file_state, shard_offsets
+from ray_cora.progress import JobProgress
+from ray_cora.runtime import check_resources_fit, ray_session, worker_runtime_env
+
+
+_EDGE_BYTES = 1 << 20
 
 
 def plan_parts(dump: str, part_lines: int) -> list[dict[str, Any]]:
-    """``{part, first_line, num_lines, start_byte}`` covering every line of the dump once."""
+    """``{part, first_line, num_lines, start_byte, source}`` covering every line of the dump once;
+    ``source`` identifies the content the part was planned from (see the module docstring)."""
     loc = storage.resolve(dump)
     if detect_compression(loc.path) is not None:
-        return [{"part": 0, "first_line": 1, "num_lines": None, "start_byte": 0}]
-    offsets, total = shard_offsets(loc, 1, part_lines)
+        return [{"part": 0, "first_line": 1, "num_lines": None, "start_byte": 0, "source": compressed_identity(loc)}]
+    offsets, total, digests = shard_offsets(loc, 1, part_lines, digests=True)
     # shard_offsets also reports the (empty) line after a final newline: no part starts there.
     return [{"part": n, "first_line": 1 + n * part_lines,
-             "num_lines": min(part_lines, total - n * part_lines), "start_byte": offset}
-            for n, offset in enumerate(offsets) if n * part_lines < total]
+             "num_lines": min(part_lines, total - n * part_lines), "start_byte": offset,
+             "source": {"sha256": digest}}
+            for n, (offset, digest) in enumerate(zip(offsets, digests)) if n * part_lines < total]
+
+
+def compressed_identity(loc: storage.Location) -> dict[str, Any]:
+    """Size, mtime and the sha256 of the first and last MiB of a compressed dump: a cheap identity
+    (no full read) that any rewrite of the file changes."""
+    state = file_state(loc)
+    digest = hashlib.sha256()
+    with loc.fs.open_input_file(loc.path) as handle:
+        digest.update(handle.read(_EDGE_BYTES))
+        handle.seek(max(0, state["size"] - _EDGE_BYTES))
+        digest.update(handle.read(_EDGE_BYTES))
+    return {"size": state["size"], "mtime_ns": state["mtime_ns"], "edges_sha256": digest.hexdigest()}
 
 
 def part_paths(part: int) -> dict[str, str]:
@@ -62,9 +88,14 @@ def write_part(*, dump: str, out: str, part: dict[str, Any], langs: tuple[str, .
     bad = BadRecords(on_bad_record)
     stats = DumpStats()
     segment = Segment(part["first_line"], part["num_lines"], part["start_byte"])
-    lines = ((number, raw) for number, _, raw in decoded_lines(loc, segment))
+    digest = hashlib.sha256()
+    lines = ((number, raw) for number, _, raw in decoded_lines(loc, segment, digest=digest))
     labels, links = label_rows(iter_entities(lines, source=dump, langs=langs, bad_records=bad,
                                              stats=stats))
+    expected = part.get("source", {}).get("sha256")
+    if expected is not None and digest.hexdigest() != expected:
+        raise StorageError(f"{dump}: lines {part['first_line']}-{part['first_line'] + part['num_lines'] - 1} "
+                           "changed while the job ran (content sha256 differs from the plan's); rerun to replan")
     paths = part_paths(part["part"])
     writer = storage.ArtifactWriter(root, kind=LABELS_KIND)
     for name, columns, schema in (("labels", labels, LABELS_SCHEMA), ("sitelinks", links, SITELINKS_SCHEMA)):
@@ -86,7 +117,7 @@ def finished_part(root: storage.Location, part: dict[str, Any]) -> dict[str, Any
         return None
     try:
         marker = json.loads(storage.read_bytes(marker_loc))
-        if any(marker.get(k) != part[k] for k in ("first_line", "num_lines", "start_byte")):
+        if any(marker.get(k) != part[k] for k in ("first_line", "num_lines", "start_byte", "source")):
             return None
         for relpath, entry in marker["files"].items():
             sha, size = storage.sha256_of(root.join(relpath))
@@ -119,8 +150,12 @@ def build_label_tables(config: WikidataLabelsConfig) -> dict[str, Any]:
     done = {p["part"]: m for p in parts if (m := finished_part(root, p)) is not None}
     todo = [p for p in parts if p["part"] not in done]
     print(f"wikidata labels: {len(parts)} part(s), {len(done)} already written, {len(todo)} to parse")
+    progress = JobProgress("wikidata labels", unit="part", total=len(parts), items="entities",
+                           already_done=len(done), already_items=sum(m["stats"]["entities"] for m in done.values()))
+    progress.start()
     if todo:
         with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
+            check_resources_fit({"--task-cpus": (config.task_cpus, 0.0)})
             items = ray.data.from_items([{"part": json.dumps(p)} for p in todo],
                                         override_num_blocks=len(todo))
             written = items.map(WritePart, fn_constructor_kwargs={
@@ -131,7 +166,11 @@ def build_label_tables(config: WikidataLabelsConfig) -> dict[str, Any]:
             for row in written.iter_rows():
                 marker = json.loads(row["marker"])
                 done[marker["part"]] = marker
-    return commit_tables(root, [done[p["part"]] for p in parts], config=config.to_dict(), langs=langs)
+                progress.add(items=marker["stats"]["entities"],
+                             bytes=sum(entry["size"] for entry in marker["files"].values()))
+    manifest = commit_tables(root, [done[p["part"]] for p in parts], config=config.to_dict(), langs=langs)
+    progress.finish()
+    return manifest
 
 
 def commit_tables(root: storage.Location, markers: list[dict[str, Any]], *, config: dict,

@@ -7,11 +7,14 @@ that still reaches the target keeps the most answers.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
 
+from ray_cora.errors import ConfigError
 from ray_cora.metrics.qa import exact_match
 
 
@@ -26,6 +29,31 @@ class Calibration:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def calibrated_threshold(data: bytes, source: str) -> float:
+    """The threshold a ``calibration.json`` (from ``ray-cora pivot calibrate``) records; anything
+    else in the file is a :class:`ConfigError` naming it.
+
+    >>> calibrated_threshold(b'{"threshold": 0.5, "target_precision": 0.8}', "calibration.json")
+    0.5
+    """
+    redo = "rerun `ray-cora pivot calibrate`, or pass --threshold"
+    try:
+        payload = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        where = f"{source}:{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else source
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        raise ConfigError(f"{where}: not a calibration file ({reason}): {redo}") from None
+    if not isinstance(payload, dict) or "threshold" not in payload:
+        raise ConfigError(f"{source}: not a calibration file (no 'threshold' field): {redo}")
+    threshold = payload["threshold"]
+    if threshold is None:
+        raise ConfigError(f"{source}: calibration found no threshold reaching precision "
+                          f"{payload.get('target_precision')}; pass --threshold or recalibrate")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ConfigError(f"{source}: field 'threshold' must be a finite number, got {threshold!r}: {redo}")
+    return float(threshold)
 
 
 def pick_threshold(scores: Sequence[float], correct: Sequence[bool], *,

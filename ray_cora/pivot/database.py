@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_cora import faults, storage
-from ray_cora.data.qa import iter_qa
+from ray_cora.data.qa import iter_qa, lone_surrogate, numbered_lines
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import ConfigError, StorageError
 from ray_cora.index.sharded import IndexSpec, ShardedIndex, commit_index, write_shard
@@ -58,14 +58,15 @@ def iter_db_records(uri: str, *, dataset: str, bad_records: BadRecords | None = 
             yield {"qid": rec["qid"], "question": rec["question"], "answer": rec["answers"][0],
                    "answers": rec["answers"], "answer_qid": None, "source_qid": None}
         return
-    with storage.open_input(uri) as stream:
-        for number, raw in enumerate(storage.iter_lines(stream), start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield _jsonl_record(json.loads(raw.decode("utf-8")))
-            except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-                bad.report(uri, number, f"{exc}", raw=raw)
+    for number, raw in numbered_lines(uri):
+        if not raw.strip():
+            continue
+        try:
+            yield _jsonl_record(json.loads(raw.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+            bad.report(uri, number, f"{exc}", raw=raw)
+        except RecursionError:
+            bad.report(uri, number, "JSON nested too deeply to read", raw=raw)
 
 
 def _jsonl_record(obj: Any) -> dict[str, Any]:
@@ -83,6 +84,12 @@ def _jsonl_record(obj: Any) -> dict[str, Any]:
         if obj.get(key) is not None and not isinstance(obj[key], str):
             raise ValueError(f"field '{key}' must be a string or null")
     answers = [a.strip() for a in answers]
+    for name, values in (("qid", [str(obj["qid"])]), ("question", [str(obj["question"])]), ("answers", answers),
+                         ("answer_qid", [obj.get("answer_qid") or ""]), ("source_qid", [obj.get("source_qid") or ""])):
+        for value in values:
+            problem = lone_surrogate(value, name)
+            if problem:
+                raise ValueError(problem)
     return {"qid": str(obj["qid"]).strip(), "question": str(obj["question"]).strip(), "answer": answers[0],
             "answers": answers, "answer_qid": obj.get("answer_qid") or None,
             "source_qid": obj.get("source_qid") or None}
@@ -362,6 +369,25 @@ class AnswerRows(Mapping[str, dict[str, Any]]):
         return len(self._position)
 
 
+def check_database_manifest(manifest: Any, where: str) -> dict[str, Any]:
+    """``manifest`` if it has what opening a database reads (``index``, ``encoder.spec``, optional
+    ``answers``), else a :class:`StorageError` naming the field (not a KeyError deep in a reader).
+
+    >>> check_database_manifest({"index": "index", "encoder": {"spec": "muse"}}, "db")["index"]
+    'index'
+    """
+    fix = "rebuild it with `ray-cora pivot build`"
+    if not isinstance(manifest.get("index"), str) or not manifest["index"]:
+        raise StorageError(f"{where}: the pivot database manifest has no 'index' folder name: {fix}")
+    encoder = manifest.get("encoder")
+    if not isinstance(encoder, dict) or not isinstance(encoder.get("spec"), str):
+        raise StorageError(f"{where}: the pivot database manifest has no 'encoder.spec': {fix}")
+    answers = manifest.get("answers")
+    if answers is not None and not (isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
+        raise StorageError(f"{where}: the pivot database manifest field 'answers' must be a list of file names: {fix}")
+    return manifest
+
+
 @dataclass
 class PivotDatabase:
     """An opened database: the index and the answer rows by qid.
@@ -377,6 +403,7 @@ class PivotDatabase:
     @classmethod
     def open(cls, uri: str, *, mmap: bool = False, verify: bool = True) -> "PivotDatabase":
         artifact = storage.Artifact(uri, kind=KIND)
+        check_database_manifest(artifact.manifest, artifact.root.join(storage.MANIFEST_NAME).uri)
         index = ShardedIndex.open(artifact.root.join(artifact.manifest["index"]).uri, mmap=mmap, verify=verify)
         # Databases from before the answer table was sharded hold one answers.parquet.
         paths = artifact.manifest.get("answers") or [ANSWERS_FILE]

@@ -8,12 +8,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ray_cora.encoders import check_same_encoder, encoder_record, load_encoder
-from ray_cora.errors import ConfigError
+from ray_cora import storage
+from ray_cora.encoders import check_encoder_available, check_same_encoder, encoder_record, load_encoder
+from ray_cora.encoders.hf import check_model_source, parse_spec
+from ray_cora.errors import ConfigError, StorageError
 from ray_cora.languages import normalize_lang
-from ray_cora.pivot.database import PivotDatabase
-from ray_cora.pivot.rerank import CrossEncoder, rerank_order
-from ray_cora.pivot.translate import AnswerTranslator, HFTranslator, LabelTable
+from ray_cora.pivot.database import KIND, PivotDatabase, check_database_manifest
+from ray_cora.pivot.rerank import RERANK_OPTIONS, CrossEncoder, rerank_order
+from ray_cora.pivot.translate import MT_OPTIONS, AnswerTranslator, HFTranslator, LabelTable
 
 PREDICTION_FIELDS = ("qid", "lang", "prediction", "matched_qid", "score", "abstained", "translation_source")
 
@@ -54,6 +56,23 @@ class PivotPipeline:
                    AnswerTranslator(label_table,
                                     HFTranslator(translator, threads=threads) if translator else None),
                    CrossEncoder(reranker, threads=threads) if reranker else None, k, threshold)
+
+    @staticmethod
+    def check_sources(db: str, *, reranker: str | None = None, labels: str | None = None,
+                      translator: str | None = None, **_: Any) -> None:
+        """Check on the driver, before any actor runs :meth:`load`, that what it loads is there:
+        the database (its manifest) and its encoder, the label table, the reranker and translator
+        folders; reads no weights. The same keywords as :meth:`load` (others are ignored)."""
+        database = storage.Artifact(db, kind=KIND)
+        manifest = check_database_manifest(database.manifest, database.root.join(storage.MANIFEST_NAME).uri)
+        check_encoder_available(manifest["encoder"]["spec"])
+        if labels and not storage.resolve(labels).exists():
+            raise StorageError(f"{labels}: no such label table; give the folder `ray-cora wikidata labels` "
+                               "wrote, or an entity JSONL (path, file:// or s3://)")
+        for what, spec, options in (("cross-encoder (--reranker)", reranker, RERANK_OPTIONS),
+                                    ("translation model (--translator)", translator, MT_OPTIONS)):
+            if spec:
+                check_model_source(parse_spec(spec, "hf", options)[0], what=what)
 
     def answer(self, question: str, lang: str) -> dict[str, Any]:
         """One question → ``{prediction, matched_qid, matched_question, english_answer, score,

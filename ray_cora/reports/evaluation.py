@@ -94,18 +94,24 @@ def write_evaluation(metrics: dict, out: str, *, groups: str = "auto", title: st
     per_language = metrics["per_language"]
     bars = [name for name in (f"R^L@{k_plot}", f"R^multi@{k_plot}", f"R^gold@{k_plot}")
             if any(name in row for row in per_language.values())]
-    storage.write_bytes(root.join("per_language.png"), per_language_bar_chart(
-        per_language, bars, title=f"{title or 'Retrieval'}: recall@{k_plot} per question language"))
-    storage.write_bytes(root.join("retrieved_languages.png"), language_heatmap(
-        metrics["retrieved_languages"], title=f"Languages of the top-{heatmap_k} passages"))
+    # Every file is rendered before any is written: a plot that cannot be drawn leaves no half
+    # evaluation behind.
+    files = {
+        "per_language.png": per_language_bar_chart(
+            per_language, bars, title=f"{title or 'Retrieval'}: recall@{k_plot} per question language"),
+        "retrieved_languages.png": language_heatmap(
+            metrics["retrieved_languages"], title=f"Languages of the top-{heatmap_k} passages"),
+    }
     if metrics.get("generation"):
         mode = metrics["generation"]["mode"]
-        storage.write_bytes(root.join("qa_per_language.png"), per_language_bar_chart(
+        files["qa_per_language.png"] = per_language_bar_chart(
             per_language, qa_metric_names(mode)[:2],
-            title=f"{title or 'QA'}: answer F1 / EM per question language ({mode} scorer)"))
-    storage.write_bytes(root.join("report.md"), report.encode("utf-8"))
+            title=f"{title or 'QA'}: answer F1 / EM per question language ({mode} scorer)")
+    files["report.md"] = report.encode("utf-8")
     # metrics.json last: its presence means the evaluation finished.
-    storage.write_bytes(root.join("metrics.json"), json.dumps(metrics, indent=2, ensure_ascii=False).encode("utf-8"))
+    files["metrics.json"] = json.dumps(metrics, indent=2, ensure_ascii=False).encode("utf-8")
+    for name, data in files.items():
+        storage.write_bytes(root.join(name), data)
     return report
 
 

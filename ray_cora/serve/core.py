@@ -8,6 +8,8 @@ import asyncio
 import collections
 import functools
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence
 
@@ -19,7 +21,8 @@ from ray_cora.data.passages import iter_passages, passage_files
 from ray_cora.demo import DEMO_PASSAGES, DEMO_PIVOT_DB, DEMO_WIKIDATA_LABELS
 from ray_cora.encoders import PLAIN, check_same_encoder, encoder_record, format_query, load_encoder, query_format_for
 from ray_cora.errors import ConfigError
-from ray_cora.index.sharded import INDEX_KIND, ShardedIndex, commit_index, iter_index_langs, plan_shards, write_shard
+from ray_cora.index.sharded import (INDEX_KIND, ShardedIndex, commit_index, iter_index_langs, merge_pid_arrays,
+                                    plan_shards, write_shard)
 from ray_cora.models.mgen import Generator
 from ray_cora.pivot import PivotPipeline, build_database, iter_db_records
 
@@ -100,6 +103,104 @@ def shard_group(num_shards: int, groups: int, group: int) -> list[int]:
     return list(range(group, num_shards, groups))
 
 
+def shard_group_copy_names(prefix: str, groups: int, copies: int) -> list[list[str]]:
+    """Actor names of every copy of every shard group, ``names[group][copy]``: ``<prefix><g>`` with
+    one copy (an app without copies keeps its names), ``<prefix><g>-<c>`` with several.
+
+    >>> shard_group_copy_names("G", 2, 1), shard_group_copy_names("G", 2, 2)
+    ([['G0'], ['G1']], [['G0-0', 'G0-1'], ['G1-0', 'G1-1']])
+    """
+    if copies == 1:
+        return [[f"{prefix}{g}"] for g in range(groups)]
+    return [[f"{prefix}{g}-{c}" for c in range(copies)] for g in range(groups)]
+
+
+class CopyRotation:
+    """Which copy of one shard group each search goes to: round-robin over its copies, a copy whose
+    call failed skipped until ``recheck_s`` has passed (then it takes its turn again, so a copy that
+    Serve recreated gets work back), and the other copies tried when the chosen one fails.
+
+    Round-robin rather than "fewest calls in flight": a Retriever replica runs one batch at a time
+    (its Batcher), so at every batch's start its own in-flight count is 0 on every copy and the
+    choice would never move; the load of the other replicas is not visible without asking the
+    actors. Rotating per search spreads each replica's batches evenly, hence all replicas' too.
+    Thread-safe (searches and readiness pings run in worker threads).
+
+    >>> rotation = CopyRotation(3)
+    >>> [rotation.order()[0] for _ in range(4)]
+    [0, 1, 2, 0]
+    >>> rotation.failed(2); [rotation.order() for _ in range(2)]
+    [[1, 0, 2], [0, 1, 2]]
+    """
+
+    def __init__(self, copies: int, *, start: int = 0, recheck_s: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if copies < 1:
+            raise ValueError(f"copies must be at least 1, got {copies}")
+        self.copies, self.recheck_s, self.clock = copies, recheck_s, clock
+        self._next = start % copies
+        self._down: dict[int, float] = {}  # copy -> when to try it in its turn again
+        self._lock = threading.Lock()
+
+    def order(self) -> list[int]:
+        """Copies to try for the next search, first choice first: the rotation's next copy and
+        the ones after it, with copies that failed less than ``recheck_s`` ago moved to the end
+        (still tried when every other copy fails). Advances the rotation past the first choice."""
+        with self._lock:
+            now = self.clock()
+            turn = [(self._next + i) % self.copies for i in range(self.copies)]
+            resting = [c for c in turn if self._down.get(c, now) > now]
+            ready = [c for c in turn if c not in resting]
+            # The next turn starts after this one's first choice: the ready copies alternate evenly.
+            self._next = ((ready[0] if ready else self._next) + 1) % self.copies
+            return ready + resting
+
+    def failed(self, copy: int) -> None:
+        """``copy`` did not answer (its actor died): skip it for ``recheck_s``."""
+        with self._lock:
+            self._down[copy] = self.clock() + self.recheck_s
+
+    def answered(self, copy: int) -> None:
+        """``copy`` answered (or was found recreated): back in the rotation."""
+        with self._lock:
+            self._down.pop(copy, None)
+
+    def is_down(self, copy: int) -> bool:
+        """Whether ``copy``'s last call failed (and it has not answered since)."""
+        with self._lock:
+            return copy in self._down
+
+
+def check_encoder_dim(encoder: Any, manifest: dict[str, Any], uri: str) -> None:
+    """Refuse an index whose manifest records vectors of another size than ``encoder`` makes (as
+    ``ray-cora retrieve`` does before it searches): every search would fail."""
+    recorded = int(manifest["encoder"]["dim"])
+    if int(encoder.dim) != recorded:
+        raise ConfigError(f"index {uri}: its manifest.json records {recorded}-d vectors (encoder.dim) but the "
+                          f"query encoder makes {encoder.dim}-d vectors: serve the index with the encoder it "
+                          "was built with, or rebuild it (ray-cora embed --out)")
+
+
+def check_index_dims(index: ShardedIndex, uri: str) -> None:
+    """Refuse an opened index whose FAISS shards hold vectors of another size than its manifest
+    records (a manifest edited or copied from another index): every search would fail.
+
+    >>> import faiss
+    >>> from types import SimpleNamespace
+    >>> check_index_dims(SimpleNamespace(dim=8, merged=faiss.IndexFlatIP(4), shards=[]), "/x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ray_cora.errors.ConfigError: index /x: its manifest.json records 8-d vectors (encoder.dim) but its FAISS ...
+    """
+    held = [index.merged] if index.merged is not None else [s.index for s in index.shards if s.index is not None]
+    for faiss_index in held:
+        if int(faiss_index.d) != index.dim:
+            raise ConfigError(f"index {uri}: its manifest.json records {index.dim}-d vectors (encoder.dim) but "
+                              f"its FAISS shards hold {faiss_index.d}-d vectors: the manifest does not describe "
+                              "these shards; restore the index's manifest.json or rebuild the index "
+                              "(ray-cora embed --out)")
+
+
 SearchParams = tuple[int | None, int | None]  # (nprobe, ef_search); None: the searcher's default
 
 
@@ -131,12 +232,37 @@ def rows_in_request_order(found: Iterable[tuple[Sequence[int], Any, Any]], n: in
     return scores, pids
 
 
+def fan_out(vectors: np.ndarray, ks: Sequence[int], params: Sequence[SearchParams],
+            submit: Callable[[np.ndarray, int, int | None, int | None], Any],
+            wait: Callable[[Any], Sequence[tuple[np.ndarray, np.ndarray]]]) -> tuple[list, list]:
+    """Search question ``vectors`` on every shard group and merge the groups' top-k exactly:
+    (scores, pids) rows in request order, row ``i`` holding at least ``ks[i]`` hits.
+
+    One search per distinct (nprobe, ef_search) in ``params`` (see :func:`group_by_search_params`):
+    ``submit(vectors, k, nprobe, ef_search)`` starts it on every group and returns a token, and
+    ``wait(token)`` returns the groups' partial (scores, pids object array) results. Every search
+    is submitted before any is waited for, so the groups work on all of them at once.
+
+    >>> def submit(v, k, nprobe, ef):  # two groups: the first holds pid "a", the second "b"
+    ...     return [(np.full((len(v), 1), 0.5, np.float32), np.array([["a"]] * len(v), dtype=object)),
+    ...             (np.full((len(v), 1), 0.9, np.float32), np.array([["b"]] * len(v), dtype=object))]
+    >>> fan_out(np.zeros((2, 4), np.float32), [2, 1], [(None, None)] * 2, submit, lambda t: t)[1]
+    [['b', 'a'], ['b', 'a']]
+    """
+    pending = []
+    for (nprobe, ef_search), positions in group_by_search_params(params).items():
+        k = max(ks[i] for i in positions)
+        pending.append((positions, k, submit(vectors[positions], k, nprobe, ef_search)))
+    found = [(positions, *merge_pid_arrays(wait(token), k)) for positions, k, token in pending]
+    return rows_in_request_order(found, len(vectors))
+
+
 @dataclass
 class RetrieverCore:
     """Question encoder + sharded index + passage store: questions in, ranked passages out.
 
-    With ``hold_index=False`` the index stays elsewhere (Serve's IndexShardGroup deployments):
-    :meth:`encode` the questions, search them there, then :meth:`attach` the texts.
+    With ``hold_index=False`` the index stays elsewhere (the Serve app's IndexShardGroup actors):
+    :meth:`encode` the questions, search them there (:func:`fan_out`), then :meth:`attach` the texts.
 
     Without an index it embeds the demo corpus first:
 
@@ -177,10 +303,13 @@ class RetrieverCore:
             index = build_index(model, source, tempfile.mkdtemp(prefix="ray_cora_serve_index_"))
         manifest = storage.Artifact(index, kind=INDEX_KIND).manifest
         check_same_encoder(manifest["encoder"], encoder_record(model), what=f"index {index}")
+        check_encoder_dim(model, manifest, index)
+        opened = ShardedIndex.open(index, use_gpu=use_gpu, gpu_fp16=gpu_fp16) if hold_index else None
+        if opened is not None:
+            check_index_dims(opened, index)
         store = open_passages(passage_store=passage_store, passages=passages, index_manifest=manifest,
                               cache_buckets=cache_buckets, index=index)
-        return cls(model, ShardedIndex.open(index, use_gpu=use_gpu, gpu_fp16=gpu_fp16) if hold_index else None,
-                   store, index, query_format_for(encoder, manifest["encoder"]), default_params)
+        return cls(model, opened, store, index, query_format_for(encoder, manifest["encoder"]), default_params)
 
     def encode(self, questions: Sequence[str], langs: Sequence[str] | None = None) -> np.ndarray:
         """Query vectors. With ``langs`` each question is first written in the encoder's
@@ -300,10 +429,12 @@ class Batcher:
     of about one (a probe with 32 callers arriving at random times: mean batch 1.2).
     Here a batch is cut only when a slot is free, so requests gather while the previous batch runs.
 
-    Each request gets its own answer; an exception ``func`` raises goes to every request of that
-    batch (and no other), and a result that is an exception instance is raised for its request
-    only. A caller that is cancelled (client gone) is dropped from the batch not yet cut. One
-    event loop (a Serve replica's) drives a batcher; ``batch_sizes`` counts the batches run.
+    Each request gets its own answer, and one request's failure is its own: when ``func`` raises on
+    a batch of several, each of its requests is run again alone, so only the one(s) that fail alone
+    get an exception (a poisoned request costs one extra batch call, and never fails the others).
+    A result that is an exception instance is raised for its request only. A caller that is
+    cancelled (client gone) is dropped from the batch not yet cut. One event loop (a Serve
+    replica's) drives a batcher; ``batch_sizes`` counts the batch calls made.
 
     >>> async def double(xs): return [2 * x for x in xs]
     >>> async def main():
@@ -374,6 +505,11 @@ class Batcher:
                                    f"{len(results)} results for {len(batch)} requests: it must return "
                                    "one per request, in order")
         except Exception as exc:
+            if len(batch) > 1:  # find the request(s) at fault: each alone, so the others succeed
+                for one in batch:
+                    if not one[1].done():
+                        await self._run([one])
+                return
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)

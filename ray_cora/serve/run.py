@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import threading
 import time
+from typing import Mapping
 
 import ray
 from ray import serve
@@ -25,18 +28,61 @@ class ServeStartError(RayCoraError):
 
 
 def start_app(config: ServeConfig) -> str:
-    """Start Serve's proxy on ``host:port`` and deploy the app (Ray must be running); returns its URL."""
+    """Start Serve's proxy on ``host:port`` and deploy the app (Ray must be running); returns its URL.
+    A busy port, or a replica that cannot start, is a :class:`ServeStartError` of one line."""
 
     app = build_app(config.app_options())
+    if config.ray_address is None:  # our own Ray: nothing of ours listens there yet
+        check_port_free(config.host, config.port)
     serve.start(http_options={"host": config.host, "port": config.port})
     try:
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)  # returns once RUNNING
     except RuntimeError as exc:
-        # A replica that cannot start (bad index URI, encoder mismatch ...) fails the deployment;
-        # Serve's message ends with the replica's traceback, whose last line is the cause.
-        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-        raise ServeStartError(f"the app did not start: {lines[-1].strip() if lines else exc}") from None
+        # A replica that cannot start (bad index URI, encoder mismatch ...) fails its deployment; the
+        # app's message only names the deployment, the deployment's own ends with the replica's error.
+        try:
+            deployments = {name: (str(d.status), d.message or "")
+                           for name, d in serve.status().applications[APP_NAME].deployments.items()}
+        except Exception:  # Serve itself is gone: its own message is all there is
+            deployments = {}
+        raise ServeStartError(f"the app did not start: {deploy_failure(str(exc), deployments)}") from None
     return f"http://{config.host}:{config.port}"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a ``host:port`` something already listens on, in one line (Serve's proxy would fail
+    with a traceback)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy binds it
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ServeStartError(f"port {port} on {host} is in use ({exc.strerror}): stop what listens there, "
+                                  "or serve on another port with --port") from None
+
+
+def deploy_failure(message: str, deployments: Mapping[str, tuple[str, str]]) -> str:
+    """One line saying why the app failed to deploy: each failed deployment with the last line of
+    its replica's error (the exception, without its module path), else the last line of Serve's
+    ``message``. ``deployments``: name -> (status, message), as ``serve.status()`` gives them.
+
+    >>> deploy_failure("Deploying application ray_cora failed: Failed to update the deployments ['Retriever'].",
+    ...                {"Ingress": ("HEALTHY", ""), "Retriever": ("DEPLOY_FAILED", "The deployment failed to "
+    ...                 "start 3 times in a row. Error:\\nTraceback ...\\n  File x\\nray_cora.errors.ConfigError: "
+    ...                 "index /i: bad")})
+    'Retriever: ConfigError: index /i: bad'
+    """
+    failed = [f"{name}: {_last_line(text)}" for name, (status, text) in deployments.items()
+              if status.rsplit(".", 1)[-1] in ("DEPLOY_FAILED", "UNHEALTHY") and text.strip()]
+    return "; ".join(failed) if failed else _last_line(message)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else text.strip()
+    # "ray_cora.errors.ConfigError: ..." -> "ConfigError: ..."
+    return re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=[A-Za-z_]\w*(?:Error|Exception)\b)", "", last)
 
 
 def run_serve(config: ServeConfig) -> None:

@@ -3,10 +3,17 @@
 Types are strict (``"k": "5"`` or ``"question": 3`` is refused, not coerced) and unknown fields
 are refused, so a client's mistake is reported instead of guessed at. Limits that depend on the
 application's options (question length, ``k``) are checked by :class:`Limits`.
+
+Every error response has one JSON body, :class:`ErrorResponse`: ``{"error": one line for a person,
+"field": the request field at fault or null, "type": the error's class (``invalid_request_error``,
+``authentication_error``, ``unavailable_error``, ``server_error``), "code": what exactly (e.g.
+``invalid_text``, ``body_too_large``)}``. A body that is not JSON is a 400; a JSON body whose
+fields are wrong (types, ranges, empty or invalid text) a 422 naming the field.
 """
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,24 +23,80 @@ from ray_cora.errors import ConfigError, RayCoraError
 from ray_cora.languages import normalize_lang
 
 
-class ClientError(RayCoraError):
-    """A request the API refuses: HTTP ``status`` with the JSON body ``{"error", "field"}``."""
+# The default ``code`` of an error response per HTTP status (a raise site may name a finer one).
+STATUS_CODES = {400: "invalid_body", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                408: "timeout", 413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_value",
+                429: "overloaded", 500: "internal_error", 503: "unavailable"}
 
-    def __init__(self, status: int, message: str, *, field: str | None = None) -> None:
+
+def error_type(status: int) -> str:
+    """The ``type`` of an error response with HTTP ``status``.
+
+    >>> [error_type(s) for s in (401, 422, 503, 500)]
+    ['authentication_error', 'invalid_request_error', 'unavailable_error', 'server_error']
+    """
+    if status == 401:
+        return "authentication_error"
+    if status in (429, 503):
+        return "unavailable_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` made safe to send back in an error body: lone surrogates (not encodable as UTF-8)
+    written as ``\\udXXX`` escapes, cut to ``limit`` characters.
+
+    >>> printable("a\\ud800b")
+    'a\\\\ud800b'
+    """
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+class ClientError(RayCoraError):
+    """An HTTP error the API answers: ``status`` with the JSON body ``{"error", "field", "type",
+    "code"}`` (:class:`ErrorResponse`); ``code`` defaults to the status's (:data:`STATUS_CODES`).
+    ``headers`` go with the response (``Retry-After``, ``Allow``, ``WWW-Authenticate``)."""
+
+    def __init__(self, status: int, message: str, *, field: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         self.status = status
         self.field = field
         self.message = message
+        self.code = code or STATUS_CODES.get(status, "error")
+        self.headers = dict(headers or {})
         super().__init__(message)
 
     def __reduce__(self):
-        return (_rebuild_client_error, (self.status, self.message, self.field))
+        return (_rebuild_client_error, (self.status, self.message, self.field, self.code, self.headers))
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.message, "field": self.field}
+        return {"error": printable(self.message, 1000), "field": None if self.field is None else printable(self.field),
+                "type": error_type(self.status), "code": self.code}
 
 
-def _rebuild_client_error(status: int, message: str, field: str | None) -> ClientError:
-    return ClientError(status, message, field=field)
+def _rebuild_client_error(status: int, message: str, field: str | None, code: str | None = None,
+                          headers: dict[str, str] | None = None) -> ClientError:
+    return ClientError(status, message, field=field, code=code, headers=headers)
+
+
+def check_text(value: str, field: str) -> str:
+    """``value`` unless it holds a character UTF-8 cannot encode (a lone UTF-16 surrogate such as
+    ``"\\ud800"``, which JSON escapes can carry): then a 422 naming ``field``.
+
+    >>> check_text("a\\ud800b", "question")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ray_cora.serve.schemas.ClientError: question: character 2 is a lone UTF-16 surrogate (\\ud800), not text: ...
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = printable(value[exc.start:exc.start + 1])
+        raise ClientError(422, f"{field}: character {exc.start + 1} is a lone UTF-16 surrogate ({bad}), not "
+                          "text: send valid Unicode (a surrogate must come in a high+low pair)",
+                          field=field, code="invalid_text") from None
+    return value
 
 
 class _Request(BaseModel):
@@ -97,8 +160,14 @@ class PivotResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    error: str
-    field: str | None = None
+    """The body of every error response (4xx and 5xx)."""
+
+    error: str = Field(description="What is wrong and how to fix it, one line")
+    field: str | None = Field(None, description="The request field at fault (dotted path), or the header")
+    type: str = Field(description="invalid_request_error, authentication_error, unavailable_error or server_error")
+    code: str = Field(description="Machine-readable cause, e.g. invalid_json, missing_field, unknown_field, "
+                      "invalid_text, invalid_value, body_too_large, unsupported_media_type, unauthorized, "
+                      "not_found, method_not_allowed, not_configured, not_ready, unavailable, internal_error")
 
 
 @dataclass(frozen=True)
@@ -120,27 +189,27 @@ class Limits:
     def question(self, text: str) -> str:
         text = text.strip()
         if not text:
-            raise ClientError(422, "question is empty", field="question")
+            raise ClientError(422, "question is empty", field="question", code="empty_question")
         if len(text) > self.max_question_chars:
             raise ClientError(422, f"question is {len(text)} characters long; the limit is "
-                              f"{self.max_question_chars}", field="question")
-        return text
+                              f"{self.max_question_chars}", field="question", code="question_too_long")
+        return check_text(text, "question")
 
     def lang(self, code: str | None, *, required: bool = False) -> str | None:
         if code is None:
             if required:
-                raise ClientError(422, "lang is required", field="lang")
+                raise ClientError(422, "lang is required", field="lang", code="missing_field")
             return None
         try:
-            return normalize_lang(code)
+            return normalize_lang(check_text(code, "lang"))
         except ConfigError as exc:
-            raise ClientError(422, str(exc), field="lang") from None
+            raise ClientError(422, str(exc), field="lang", code="unknown_lang") from None
 
     def k(self, k: int | None) -> int:
         if k is None:
             return self.default_k
         if not 1 <= k <= self.max_k:
-            raise ClientError(422, f"k must be between 1 and {self.max_k}, got {k}", field="k")
+            raise ClientError(422, f"k must be between 1 and {self.max_k}, got {k}", field="k", code="out_of_range")
         return k
 
     def search_param(self, name: str, value: int | None) -> int | None:
@@ -149,7 +218,8 @@ class Limits:
             return None
         limit = self.max_nprobe if name == "nprobe" else self.max_ef_search
         if not 1 <= value <= limit:
-            raise ClientError(422, f"{name} must be between 1 and {limit}, got {value}", field=name)
+            raise ClientError(422, f"{name} must be between 1 and {limit}, got {value}", field=name,
+                              code="out_of_range")
         return value
 
     @property
@@ -167,13 +237,20 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> ClientError:
     kind = first.get("type", "")
     if kind == "json_invalid":
         return ClientError(400, f"request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}",
-                           field=None)
+                           field=None, code="invalid_json")
+    code = "invalid_value"
     if kind == "missing":
         message = f"{field} is required" if field else "request body is required (a JSON object)"
+        code = "missing_field"
     elif kind == "extra_forbidden":
-        message = f"unknown field {field!r}"
+        message, code = f"unknown field {field!r}", "unknown_field"
     elif kind in ("model_type", "model_attributes_type", "dict_type") and not loc:
-        message = "request body must be a JSON object"
+        message, code = "request body must be a JSON object", "invalid_body"
+    elif kind == "string_unicode":  # a key that is a lone surrogate
+        message = (f"{printable(reprlib.repr(first.get('input')), 80)} is not text (a lone UTF-16 surrogate): send "
+                   "valid Unicode")
+        code = "invalid_text"
     else:
-        message = f"{field}: {first.get('msg', 'invalid value')} (got {first.get('input')!r})"
-    return ClientError(422, message, field=field)
+        message = (f"{field or 'request body'}: {first.get('msg', 'invalid value')} "
+                   f"(got {printable(reprlib.repr(first.get('input')), 80)})")
+    return ClientError(422, message, field=field, code=code)

@@ -20,11 +20,12 @@ Re-running with the same ``out``:
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from ray_cora import storage
 from ray_cora.configs.base import TrainRunConfig
-from ray_cora.configs.train import TrainMDPRConfig, TrainMGENConfig
+from ray_cora.configs.train import TRAIN_LOGGING_OPTIONS, TrainMDPRConfig, TrainMGENConfig
 from ray_cora.data.records import BadRecords
 from ray_cora.data.training import iter_examples, scan
 from ray_cora.errors import ConfigError, StorageError
@@ -45,14 +46,17 @@ from ray_cora.train.loop import (
     read_progress,
     settings_dict,
 )
+from ray_cora.train.progress import format_duration
 from ray_cora.train.selection import SelectionRule
+from ray_cora.train.tracking import log_settings
 
 RUN_NAME = "ray-train"
 RUN_CONFIG = "run_config.json"
 # Options that may change between a run and its resumption: where and how wide it runs, where it
 # writes (out). Not dev: it decides which checkpoint is kept and published.
+# Nor how the run reports its progress (log_every_*, MLflow, TensorBoard).
 RUNTIME_OPTIONS = frozenset({"ray_address", "num_cpus", "num_workers", "use_gpu", "cpus_per_worker",
-                             "max_failures", "out"})
+                             "max_failures", "out", *TRAIN_LOGGING_OPTIONS})
 
 
 def _training_options(config: TrainRunConfig) -> dict[str, Any]:
@@ -125,7 +129,9 @@ def _read_dev(config: TrainMDPRConfig | TrainMGENConfig, kind: str) -> list[dict
 
 
 def _run(config: TrainMDPRConfig | TrainMGENConfig, task: Any, kind: str, *, grad_accumulation: int,
-         model_kind: str, selection: SelectionRule | None) -> tuple[dict[str, Any], Any, Any]:
+         model_kind: str, selection: SelectionRule | None, job: str) -> tuple[dict[str, Any], Any, Any]:
+    started = time.monotonic()
+    log = log_settings(config, job, storage.resolve(config.out).join(RUN_NAME).uri)
     count, skipped = _scan(config, kind)
     steps = check_batching(batch_size=config.batch_size, num_workers=config.num_workers,
                            grad_accumulation=grad_accumulation, examples=count)
@@ -139,7 +145,8 @@ def _run(config: TrainMDPRConfig | TrainMGENConfig, task: Any, kind: str, *, gra
                                                      ensure_ascii=False).encode("utf-8"))
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
         result = fit(task, settings, training_dataset(config.train, kind), out=config.out, run=run,
-                     name=RUN_NAME, dev=dev, selection=selection if dev else None)
+                     name=RUN_NAME, dev=dev, selection=selection if dev else None, log=log,
+                     log_params=_training_options(config), tensorboard_dir=config.tensorboard_dir)
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
@@ -155,7 +162,24 @@ def _run(config: TrainMDPRConfig | TrainMGENConfig, task: Any, kind: str, *, gra
     extra = {"examples": count, "skipped_records": skipped, "steps": final["step"], "final": final_summary(final),
              "kept": kept, "dev_history": selected.get("history", []), "loop": settings_dict(settings)}
     manifest = publish_model(task, model, model_uri, kind=model_kind, config=config.to_dict(), extra=extra)
+    print(summary_line(job, steps=final["step"], total_steps=settings.total_steps,
+                       seconds=time.monotonic() - started, kept=kept,
+                       checkpoint=f"{log.run_uri}/step-{kept_progress['step']:08d}", model_uri=model_uri), flush=True)
     return manifest, model, model_uri
+
+
+def summary_line(job: str, *, steps: int, total_steps: int, seconds: float, kept: dict[str, Any] | None,
+                 checkpoint: str, model_uri: str) -> str:
+    """The run's last line: steps, time, the kept epoch and where the checkpoint and model are.
+
+    >>> print(summary_line("train-mgen", steps=12, total_steps=12, seconds=75, checkpoint="o/ray-train/step-00000008",
+    ...                    kept={"epoch": 2, "step": 8, "metric": "em", "value": 0.5}, model_uri="o/model"))
+    train-mgen: finished: 12/12 steps in 0:01:15; best epoch 2 (dev em 0.5000, step 8); checkpoint o/ray-train/step-00000008; model o/model
+    """
+    best = (f"best epoch {kept['epoch']} (dev {kept['metric']} {kept['value']:.4f}, step {kept['step']})"
+            if kept else "no dev set: the last step's model")
+    return (f"{job}: finished: {steps}/{total_steps} steps in {format_duration(seconds)}; {best}; "
+            f"checkpoint {checkpoint}; model {model_uri}")
 
 
 def final_summary(progress: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +222,7 @@ def train_mdpr(config: TrainMDPRConfig) -> dict[str, Any]:
                        "dev_history": done.get("dev_history", [])}
         return {**done, "summary": summary, "already_trained": True}
     manifest, _, model_uri = _run(config, task, "dpr", grad_accumulation=1, model_kind=MDPR_MODEL_KIND,
-                                  selection=mdpr_selection(config))
+                                  selection=mdpr_selection(config), job="train-mdpr")
     spec = export_spec(model_uri, task)
     summary = {"encoder_spec": spec, "steps": manifest["steps"], "loss": manifest["final"]["loss"],
                "kept": manifest["kept"], "dev_history": manifest["dev_history"]}
@@ -225,7 +249,7 @@ def train_mgen(config: TrainMGENConfig) -> dict[str, Any]:
                     passage_choice=config.passage_choice, max_answer_passages=config.max_answer_passages,
                     seed=config.seed)
     manifest, _, model_uri = _run(config, task, "retrieval", grad_accumulation=config.grad_accumulation,
-                                  model_kind=MGEN_MODEL_KIND, selection=MGEN_SELECTION)
+                                  model_kind=MGEN_MODEL_KIND, selection=MGEN_SELECTION, job="train-mgen")
     print(f"train-mgen: {manifest['examples']} examples, {manifest['steps']} steps, final loss "
           f"{manifest['final']['loss']:.4f}{kept_line(manifest['kept'])} → --model {model_uri}")
     return manifest

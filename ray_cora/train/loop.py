@@ -41,9 +41,8 @@ import json
 import math
 import os
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 import ray.train
@@ -54,7 +53,10 @@ from ray.train.torch import TorchTrainer
 from ray_cora import faults, storage
 from ray_cora.errors import ConfigError
 from ray_cora.runtime import worker_runtime_env
+from ray_cora.train.progress import LogSettings, ProgressMeter, format_duration, resume_line
+from ray_cora.train.progress import say as print_line
 from ray_cora.train.selection import DevTracker, SelectionRule
+from ray_cora.train.tracking import MLflowRun, tracking_callbacks
 
 STATE_FILE = "state.pt"
 PROGRESS_FILE = "progress.json"
@@ -274,8 +276,17 @@ def _micro_batches(shard: Any, *, micro: int, accumulation: int, seed: int, buff
 
 def train_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker (``config``: ``{"task", "settings", "faults", "dev",
-    "selection"}``; ``faults``, the driver's :class:`~ray_cora.faults.FaultPlan`, is for tests;
-    ``dev`` (example dicts) and ``selection`` (a :class:`SelectionRule`) only with dev data)."""
+    "selection", "log", "log_params"}``; ``faults``, the driver's :class:`~ray_cora.faults.FaultPlan`,
+    is for tests; ``dev`` (example dicts) and ``selection`` (a :class:`SelectionRule`) only with dev
+    data; ``log`` a :class:`~ray_cora.train.progress.LogSettings`, ``log_params`` the job's options
+    for MLflow).
+
+    Rank 0 prints what the run does (:mod:`ray_cora.train.progress`): where it starts or resumes,
+    a progress line every ``log.every_steps`` steps and at least every ``log.every_s`` seconds, the
+    epoch ends, dev scores and the best-epoch decision, each committed checkpoint. Every worker
+    reports the progress metrics to Ray Train at the step-count lines (``ray.train.report`` is a
+    collective: all workers call it at the same steps), so the controller (and TensorBoard) sees them.
+    """
     import torch
 
     task: Task = config["task"]
@@ -283,6 +294,7 @@ def train_worker(config: dict[str, Any]) -> None:
     plan: faults.FaultPlan = config.get("faults", faults.EMPTY)
     dev: list[dict[str, Any]] = config.get("dev") or []
     rule: SelectionRule | None = config.get("selection") if dev else None
+    log: LogSettings = config.get("log") or LogSettings()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -306,31 +318,40 @@ def train_worker(config: dict[str, Any]) -> None:
     resumed_from = stepper.step_count
     shard = ray.train.get_dataset_shard("train")
     micro = settings.micro_batch(world)
-    losses: list[float] = []
-    started = time.perf_counter()
-    examples_seen = 0
+    meter = ProgressMeter(job=log.job, total_steps=settings.total_steps, steps_per_epoch=settings.steps_per_epoch,
+                          every_steps=log.every_steps, every_s=log.every_s, start_step=resumed_from)
+    mlflow_run = MLflowRun(log, config.get("log_params") or {})
 
-    def report(epoch: int, *, with_checkpoint: bool, new_best: bool = False,
-               dev_scores: dict[str, float] | None = None) -> None:
-        nonlocal losses, started, examples_seen
-        elapsed = max(time.perf_counter() - started, 1e-9)
-        metrics = {"step": stepper.step_count, "epoch": epoch, "loss": sum(losses) / max(len(losses), 1),
-                   "lr": stepper.scheduler.get_last_lr()[0], "resumed_from_step": resumed_from,
-                   "samples_per_s": examples_seen / elapsed, "world_size": world}
+    def say(line: str) -> None:
+        if rank == 0:
+            print_line(line)
+
+    if checkpoint is not None:
+        say(resume_line(log.job, checkpoint=checkpoint_uri(checkpoint, log), step=resumed_from,
+                        total_steps=settings.total_steps, steps_per_epoch=settings.steps_per_epoch))
+    else:
+        say(f"{log.job}: training {settings.total_steps} steps ({settings.epochs} epoch(s) of "
+            f"{settings.steps_per_epoch}, {settings.batch_size} examples per step over {world} worker(s)); "
+            f"a line every {log.every_steps or '-'} steps or {log.every_s:g} s; checkpoints in "
+            f"{log.run_uri or 'the Ray Train storage path'}")
+
+    def report(metrics: dict[str, Any], *, with_checkpoint: bool, new_best: bool = False) -> None:
+        metrics = {**metrics, "resumed_from_step": resumed_from, "world_size": world}
         if tracker is not None:  # the controller orders checkpoints by rank 0's metrics
             metrics[KEPT_SCORE] = tracker.order if new_best else 0
-            metrics.update({f"dev_{k}": v for k, v in (dev_scores or {}).items()})
-        if with_checkpoint:
-            with tempfile.TemporaryDirectory() as tmp:
-                if rank == 0:
-                    save_state(tmp, stepper, {**metrics, **({"selection": tracker.state()} if tracker else {})})
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
-                                 checkpoint_dir_name=f"step-{stepper.step_count:08d}")
-            wait_until_committed()
-        else:
+        if not with_checkpoint:
             ray.train.report(metrics)
-        # samples_per_s covers training steps only: not checkpoint saving, uploading or the commit wait
-        losses, examples_seen, started = [], 0, time.perf_counter()
+            return
+        name = f"step-{stepper.step_count:08d}"
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                save_state(tmp, stepper, {**metrics, **({"selection": tracker.state()} if tracker else {})})
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
+                             checkpoint_dir_name=name)
+        wait_until_committed()
+        say(f"{log.job}: checkpoint {join_uri(log.run_uri, name) if log.run_uri else name} committed "
+            f"(step {stepper.step_count}/{settings.total_steps}, epoch {metrics['epoch']})")
+        meter.pause_end()  # saving and uploading are not training time
 
     start_epoch = stepper.step_count // settings.steps_per_epoch
     for epoch in range(start_epoch, settings.epochs):
@@ -344,22 +365,68 @@ def train_worker(config: dict[str, Any]) -> None:
                                    f"{settings.steps_per_epoch} steps in epoch {epoch + 1}")
             if index < done_in_epoch:  # resumed mid-epoch: these steps are in the checkpoint
                 continue
-            losses.append(stepper.step([task.collate(b, epoch=epoch) for b in group]))
-            examples_seen += micro * settings.grad_accumulation * world
+            loss = stepper.step([task.collate(b, epoch=epoch) for b in group])
+            meter.add(loss=loss, samples=micro * settings.grad_accumulation * world)
+            step = stepper.step_count
             last = index == settings.steps_per_epoch - 1
-            new_best, dev_scores = False, None
+            if last:
+                say(meter.epoch_line(epoch=epoch + 1, step=step))
+            new_best, dev_scores = False, {}
             if last and tracker is not None and rank == 0:  # the other workers wait in report()
                 metric = rule.metric_at(epoch + 1)
                 dev_scores = score_dev(task, model, dev, device, metric=metric)
-                new_best = tracker.observe(epoch=epoch + 1, step=stepper.step_count, metrics=dev_scores)
-                print(f"epoch {epoch + 1}: dev {metric} {dev_scores[metric]:.4f}"
-                      f"{' (new best)' if new_best else ''}", flush=True)
-            if last or (settings.checkpoint_every and stepper.step_count % settings.checkpoint_every == 0):
-                report(epoch + 1, with_checkpoint=True, new_best=new_best, dev_scores=dev_scores)
+                new_best = tracker.observe(epoch=epoch + 1, step=step, metrics=dev_scores)
+                say(dev_line(log.job, epoch=epoch + 1, epochs=settings.epochs, metric=metric,
+                             value=dev_scores[metric], new_best=new_best, kept=tracker.kept))
+                meter.pause_end()  # dev scoring is not training time
+            with_checkpoint = last or bool(settings.checkpoint_every and step % settings.checkpoint_every == 0)
+            line_due = rank == 0 and meter.due(step)
+            if with_checkpoint or meter.step_due(step) or line_due:
+                metrics = {**meter.window(step=step, epoch=epoch + 1, lr=stepper.scheduler.get_last_lr()[0]),
+                           **{f"dev_{k}": v for k, v in dev_scores.items()}}
+                if line_due:
+                    say(meter.line(metrics))
+                if rank == 0:
+                    mlflow_run.log(metrics, step=step)
+                if with_checkpoint or meter.step_due(step):
+                    report(metrics, with_checkpoint=with_checkpoint, new_best=new_best)
             if plan:
-                inject_step_faults(plan, stepper.step_count, rank=rank, world=world)
+                inject_step_faults(plan, step, rank=rank, world=world)
         for _ in groups:  # drain the shard so the next epoch starts cleanly
             pass
+    say(f"{log.job}: training done at step {stepper.step_count}/{settings.total_steps}, "
+        f"{format_duration(meter.clock() - meter.started)} in this attempt"
+        f"{f' (resumed at step {resumed_from})' if resumed_from else ''}")
+    mlflow_run.close()
+
+
+def dev_line(job: str, *, epoch: int, epochs: int, metric: str, value: float, new_best: bool,
+             kept: dict[str, Any] | None) -> str:
+    """The best-dev-epoch decision at an epoch end.
+
+    >>> dev_line("train-mgen", epoch=2, epochs=3, metric="em", value=0.25, new_best=False,
+    ...          kept={"epoch": 1, "step": 4, "metric": "em", "value": 0.5})
+    'train-mgen: epoch 2/3 dev em 0.2500: best stays epoch 1 (em 0.5000), this checkpoint is not kept'
+    """
+    if new_best:
+        return f"{job}: epoch {epoch}/{epochs} dev {metric} {value:.4f}: new best, this checkpoint is kept"
+    best = f"epoch {kept['epoch']} ({kept['metric']} {kept['value']:.4f})" if kept else "none yet"
+    return f"{job}: epoch {epoch}/{epochs} dev {metric} {value:.4f}: best stays {best}, this checkpoint is not kept"
+
+
+def join_uri(root: str, name: str) -> str:
+    """``root/name`` for a local path or a URI.
+
+    >>> join_uri("s3://b/out/ray-train/", "step-00000004")
+    's3://b/out/ray-train/step-00000004'
+    """
+    return f"{root.rstrip('/')}/{name}"
+
+
+def checkpoint_uri(checkpoint: Any, log: LogSettings) -> str:
+    """Where a Ray Train checkpoint is, as the user named the storage (``s3://…`` kept)."""
+    name = os.path.basename(str(checkpoint.path).rstrip("/"))
+    return join_uri(log.run_uri, name) if log.run_uri else str(checkpoint.path)
 
 
 def inject_step_faults(plan: faults.FaultPlan, step: int, *, rank: int, world: int) -> None:
@@ -384,7 +451,9 @@ class RunSettings:
 
 
 def fit(task: Task, settings: LoopSettings, dataset: Any, *, out: str, run: RunSettings, name: str,
-        dev: Sequence[dict[str, Any]] = (), selection: SelectionRule | None = None) -> Any:
+        dev: Sequence[dict[str, Any]] = (), selection: SelectionRule | None = None,
+        log: LogSettings | None = None, log_params: dict[str, Any] | None = None,
+        tensorboard_dir: str | None = None) -> Any:
     """Train ``task`` with ``TorchTrainer`` (DDP: gloo on CPU, NCCL on GPU); Ray Train state and
     checkpoints go to ``<out>/<name>/`` on any storage URI. Rerunning with the same ``out`` resumes
     from the latest checkpoint there. Returns the Ray Train ``Result``. The fault plan in force
@@ -394,6 +463,10 @@ def fit(task: Task, settings: LoopSettings, dataset: Any, *, out: str, run: RunS
     checkpoint and the latest (:func:`kept_checkpoint` finds the best); without, the
     ``run.keep_checkpoints`` latest. The dev examples travel in ``train_loop_config``: the driver
     has read and checked them already, and a worker on another node may not see the driver's files.
+
+    ``log`` says how rank 0 reports progress (its ``run_uri`` defaults to ``<out>/<name>``) and
+    MLflow; ``log_params`` are the options MLflow records; ``tensorboard_dir`` a local folder that
+    the Ray Train controller writes TensorBoard scalars to (:mod:`ray_cora.train.tracking`).
     """
     if bool(dev) != (selection is not None):
         raise ValueError("fit(): give dev examples and a selection rule together")
@@ -410,15 +483,18 @@ def fit(task: Task, settings: LoopSettings, dataset: Any, *, out: str, run: RunS
     resources = {"CPU": run.cpus_per_worker}
     if run.use_gpu:
         resources["GPU"] = 1
+    log = log or LogSettings()
+    if not log.run_uri:
+        log = replace(log, run_uri=root.join(name).uri)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"task": task, "settings": settings, "faults": plan, "dev": list(dev),
-                           "selection": selection},
+                           "selection": selection, "log": log, "log_params": dict(log_params or {})},
         scaling_config=ScalingConfig(num_workers=run.num_workers, use_gpu=run.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=root.path, storage_filesystem=root.fs,
                              failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=checkpoint_config,
+                             checkpoint_config=checkpoint_config, callbacks=tracking_callbacks(tensorboard_dir),
                              worker_runtime_env=worker_runtime_env()),
         datasets={"train": dataset},
     )

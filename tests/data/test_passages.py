@@ -9,10 +9,14 @@ import pytest
 
 from ray_cora import storage
 from ray_cora.data.passages import (
+    MAX_PASSAGE_CHARS,
     PASSAGE_SCHEMA,
+    bounded_lines,
+    decoded_lines,
     detect_format,
     iter_passage_batches,
     iter_passages,
+    WHOLE_FILE,
     passage_files,
 )
 from ray_cora.data.records import BadRecords
@@ -86,7 +90,8 @@ def test_skip_policy_keeps_good_records_and_quarantines_bad(tmp_path):
     assert [(r["line"], r["reason"].split(":")[0]) for r in bad.records] == [
         (2, "invalid JSON"), (3, "unknown language code 'xx-nope' in field 'lang'"),
         (5, "expected a JSON object, got list")]
-    assert stats == {"read": 5, "yielded": 2, "bad": 3, "lang_column": 2, "lang_given": 0, "lang_unknown": 0}
+    assert stats == {"read": 5, "yielded": 2, "bad": 3, "truncated": 0, "lang_column": 2, "lang_given": 0,
+                     "lang_unknown": 0}
     quarantine = [json.loads(l) for l in bad.to_jsonl().decode().splitlines()]
     assert quarantine[0]["raw"] == "{not json" and quarantine[0]["source"].endswith("p.jsonl")
 
@@ -143,3 +148,92 @@ def test_bad_record_error_survives_pickling():
     err = BadRecordError("s3://b/p.tsv", 12, "invalid UTF-8")
     again = pickle.loads(pickle.dumps(err))
     assert str(again) == str(err) and (again.source, again.line) == ("s3://b/p.tsv", 12)
+
+
+def test_a_runaway_passage_is_cut_to_the_cap_and_counted(tmp_path):
+    """One 20 MB passage line (it once grew an mUSE actor to 20 GB) comes out at the cap."""
+    path = tmp_path / "p.jsonl"
+    huge = "word " * 4_000_000
+    path.write_text(json.dumps({"id": 1, "text": huge}) + "\n" + json.dumps({"id": 2, "text": "short"}) + "\n")
+    stats: dict = {}
+    rows = list(iter_passages(str(path), lang="en", stats=stats))
+    assert [len(r["text"]) for r in rows] == [MAX_PASSAGE_CHARS, 5] and stats["truncated"] == 1
+    assert rows[0]["text"] == huge.strip()[:MAX_PASSAGE_CHARS]
+    assert len(next(iter_passages(str(path), lang="en", max_chars=100))["text"]) == 100
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        list(iter_passages(str(path), max_chars=0))
+
+
+def test_a_line_over_the_byte_limit_is_never_held_whole(tmp_path):
+    """The line splitter keeps only a head of an overlong line; the reader reports it as a
+    malformed record at its line (skip: quarantined with that head)."""
+    import io
+
+    stream = io.BytesIO(b"a\n" + b"x" * (30 << 20) + b"\nb\n")
+    lines = list(bounded_lines(stream, max_line_bytes=1 << 20))
+    assert [(len(line), length) for line, length in lines] == [(1, 1), (10_000, 30 << 20), (1, 1)]
+    path = tmp_path / "p.jsonl"
+    long_line = json.dumps({"id": 2, "text": "y" * 5000})
+    path.write_text("\n".join([json.dumps({"id": 1, "text": "ok"}), long_line, json.dumps({"id": 3, "text": "ok"})]) + "\n")
+    problems = [(n, text.reason) for n, text, _ in decoded_lines(storage.resolve(str(path)), WHOLE_FILE,
+                                                                  max_line_bytes=1000) if not isinstance(text, str)]
+    assert problems == [(2, f"line is {len(long_line):,} bytes, longer than the 1,000-byte limit (is it a "
+                            "passage file, with one record per line?)")]
+    bad = BadRecords("skip")
+    assert [r["pid"] for r in iter_passages(str(path), bad_records=bad)] == ["1", "2", "3"]  # default limit: fine
+
+
+def test_duplicate_passage_ids_are_refused_naming_both_lines(tmp_path):
+    """``1`` and ``"1"`` are the same pid once read: validate names both occurrences."""
+    from ray_cora.configs.validate import ValidateConfig
+    from ray_cora.tools.validate import validate
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("\n".join(json.dumps({"id": i, "text": f"t{i}"}) for i in (1, 2, 3)) + "\n")
+    (folder / "b.tsv").write_text("id\ttext\ttitle\n4\tt4\tT\n 1 \tt1 again\tT\n")
+    with pytest.raises(ConfigError, match=r"duplicate passage id '1' at \S*a.jsonl:1 and \S*b.tsv:3 "):
+        validate(ValidateConfig(input=str(folder)))
+    (folder / "b.tsv").write_text("id\ttext\ttitle\n4\tt4\tT\n")
+    assert validate(ValidateConfig(input=str(folder)))["records"] == 4
+
+
+@pytest.mark.parametrize("line, reason", [
+    ('{"id": "2", "text": "a\\ud800b"}', "p.jsonl:2: field 'text' holds a lone surrogate"),
+    ('{"id": "2", "text": "ok", "title": "\\udfff"}', "p.jsonl:2: field 'title' holds a lone surrogate"),
+    ('{"id": "2", "text": ' + "[" * 10_000 + "]" * 10_000 + "}", "p.jsonl:2: JSON nested too deeply"),
+])
+def test_hostile_jsonl_records_are_bad_records_naming_the_line(tmp_path, line, reason):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "1", "text": "good"}\n' + line + "\n")
+    with pytest.raises(BadRecordError, match=reason):
+        list(iter_passages(str(path), lang="en"))
+    # Under skip the record is quarantined and the good one kept, as for any malformed record.
+    bad = BadRecords("skip")
+    assert [p["pid"] for p in iter_passages(str(path), lang="en", bad_records=bad)] == ["1"]
+
+
+def test_a_damaged_gzip_is_one_storage_error_naming_the_file(tmp_path):
+    from ray_cora.errors import StorageError
+    from ray_cora.index.plan import plan_corpus
+
+    good = gzip.compress(b"".join(b'{"id": "%d", "text": "passage %d"}\n' % (i, i) for i in range(2000)))
+    path = tmp_path / "p.jsonl.gz"
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0xFF  # flip a byte inside the deflate stream
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(StorageError, match=r"p\.jsonl\.gz: cannot be read after line \d+: .*damaged or truncated gzip"):
+        list(iter_passages(str(path), lang="en"))
+    # Planning reads the file first: the same damage is named there, before any actor starts.
+    with pytest.raises(StorageError, match=r"p\.jsonl\.gz: cannot be read as gzip jsonl"):
+        plan_corpus(str(path), shard_size=100)
+
+
+def test_a_file_that_is_not_parquet_is_one_error_at_planning(tmp_path):
+    from ray_cora.errors import StorageError
+    from ray_cora.index.plan import plan_corpus
+
+    path = tmp_path / "p.parquet"
+    path.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(StorageError, match=r"p\.parquet: cannot be read as parquet"):
+        plan_corpus(str(path), shard_size=100)

@@ -402,3 +402,55 @@ def test_lines_split_across_read_chunks(monkeypatch, chunk):
     monkeypatch.setattr(storage, "_CHUNK", chunk)
     assert list(iter_qa(str(MKQA_SAMPLE), dataset="mkqa", lang="ja")) == expected
     assert len(expected) == 3
+
+
+# --- damaged and hostile inputs: one line each, naming the file and line ------------------------
+
+
+def _jsonl_qa_line(**fields) -> str:
+    return json.dumps({"qid": "1", "lang": "en", "question": "Who?", "answers": ["Ann"], **fields}) + "\n"
+
+
+def test_a_damaged_gz_is_a_storage_error_naming_file_and_line(tmp_path):
+    data = gzip.compress("".join(_jsonl_qa_line(qid=str(i)) for i in range(2000)).encode())
+    damaged = tmp_path / "qa.jsonl.gz"
+    damaged.write_bytes(data[: len(data) // 2] + b"\x00garbage" * 8)
+    from ray_cora.errors import StorageError
+
+    with pytest.raises(StorageError, match=r"qa\.jsonl\.gz:\d+: cannot read the file on after line \d+ "
+                                           r"\(.*\): it is damaged"):
+        list(iter_qa(str(damaged), dataset="jsonl"))
+
+
+def test_json_nested_too_deeply_is_a_bad_record_not_a_recursion_error(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_text(_jsonl_qa_line() + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(BadRecordError, match=r"qa\.jsonl:2: JSON nested too deeply to read"):
+        list(iter_qa(str(path), dataset="jsonl"))
+    squad = tmp_path / "xquad.en.json"
+    squad.write_text('{"data": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(BadRecordError, match=r"xquad\.en\.json:1: JSON nested too deeply to read"):
+        list(iter_qa(str(squad), dataset="xquad"))
+
+
+def test_a_lone_surrogate_is_a_bad_record_naming_the_field(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    # json.dumps writes the lone surrogate as the escape "\ud800", which json.loads reads back.
+    path.write_text(_jsonl_qa_line() + _jsonl_qa_line(qid="2", question="a\ud800b")
+                    + _jsonl_qa_line(qid="3", answers=["ok", "x\udfffy"]))
+    with pytest.raises(BadRecordError, match=r"qa\.jsonl:2: field 'question' holds a lone surrogate"):
+        list(iter_qa(str(path), dataset="jsonl"))
+    bad = BadRecords("skip")
+    records = list(iter_qa(str(path), dataset="jsonl", bad_records=bad))
+    assert [r["qid"] for r in records] == ["1"] and bad.count == 2
+
+
+def test_a_huge_question_is_cut_at_the_documented_cap_and_counted(tmp_path):
+    from ray_cora.data.qa import MAX_QUESTION_CHARS
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text(_jsonl_qa_line(question="x" * (MAX_QUESTION_CHARS * 50)) + _jsonl_qa_line(qid="2"))
+    stats: dict[str, int] = {}
+    records = list(iter_qa(str(path), dataset="jsonl", stats=stats))
+    assert [len(r["question"]) for r in records] == [MAX_QUESTION_CHARS, len("Who?")]
+    assert stats["truncated"] == 1 and stats["yielded"] == 2

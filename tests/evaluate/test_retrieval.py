@@ -226,3 +226,60 @@ def test_answers_in_all_languages_unites_mkqa_answers(tmp_path):
     _write_jsonl(tmp_path / "qa.jsonl", jsonl)
     assert answers_in_all_languages(str(tmp_path / "qa.jsonl"), dataset="jsonl") == {
         "7": ["Dave", "D.", "デイヴ"], "8": ["何か"]}
+
+
+@pytest.mark.parametrize("line, message", [
+    (json.dumps({**ROWS[0], "answers_all": "Tokyo"}), "field 'answers_all' must be a list of strings, got a string"),
+    (json.dumps({**ROWS[0], "answers": [1, 2]}), "field 'answers' must be a list of strings"),
+    (json.dumps({**ROWS[0], "ctxs": [{"pid": "a", "lang": "en", "text": 5}]}), "field 'ctxs[0].text' must be a string"),
+    ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+    (b'{"qid": "1", "lang": "ja", "answers": ["\xff"], "ctxs": []}', "invalid UTF-8"),
+])
+def test_hostile_retrieval_records_are_one_line_errors_naming_file_and_line(tmp_path, capsys, line, message):
+    from ray_cora.cli import main
+
+    good = json.dumps(ROWS[0], ensure_ascii=False).encode("utf-8")
+    (tmp_path / "r.jsonl").write_bytes(good + b"\n" + (line if isinstance(line, bytes) else line.encode()) + b"\n")
+    assert main(["evaluate", "retrieval", "--retrieval", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "r.jsonl:2: " in error[0] and message in error[0], error
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_retrieval_output_without_any_passage_is_refused_before_anything_is_written(tmp_path, capsys):
+    from ray_cora.cli import main
+
+    _write_jsonl(tmp_path / "r.jsonl", [{**row, "ctxs": []} for row in ROWS])
+    assert main(["evaluate", "retrieval", "--retrieval", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "every one of its 4 records has an empty 'ctxs' list" in error[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_report_that_cannot_be_drawn_leaves_no_partial_output(tmp_path, monkeypatch):
+    from ray_cora.evaluate.retrieval import score_retrieval_file
+    from ray_cora.reports import evaluation
+
+    _write_jsonl(tmp_path / "r.jsonl", ROWS)
+    metrics = score_retrieval_file(str(tmp_path / "r.jsonl"), ks=[1, 2], heatmap_k=2)
+
+    def broken_heatmap(*args, **kwargs):
+        raise ValueError("cannot draw")
+
+    monkeypatch.setattr(evaluation, "language_heatmap", broken_heatmap)
+    with pytest.raises(ValueError, match="cannot draw"):
+        evaluation.write_evaluation(metrics, str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_a_retrieval_manifest_whose_parts_are_not_a_list_is_one_line(tmp_path, capsys):
+    from ray_cora.cli import main
+    from ray_cora.data.retrieval import RETRIEVAL_KIND
+    from ray_cora.storage import ArtifactWriter
+
+    writer = ArtifactWriter(str(tmp_path / "run"), kind=RETRIEVAL_KIND)
+    writer.write_bytes("parts/en-00000.jsonl", (json.dumps(ROWS[3]) + "\n").encode())
+    writer.commit({"parts": "parts/en-00000.jsonl"})
+    assert main(["evaluate", "retrieval", "--retrieval", str(tmp_path / "run"), "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "run/manifest.json: field 'parts' must be a list of part file names" in error[0]

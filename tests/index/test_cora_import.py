@@ -155,3 +155,72 @@ def test_import_records_each_vectors_language_from_cora_file_names(tmp_path):
     manifest2 = json.loads((tmp_path / "index2" / "manifest.json").read_text())
     assert manifest2["per_language"] == {"de": 11}
     assert [os.path.basename(u) for u in manifest2["imported_from"]] == ["wiki_emb_9", "wiki_emb_en_0", "wiki_emb_ja_0"]
+
+
+def _write(path, items) -> str:
+    path.write_bytes(pickle.dumps(items))
+    return str(path)
+
+
+def _import(inputs, out, **kwargs):
+    from ray_cora.index.cora_import import import_cora_embeddings
+
+    return import_cora_embeddings([str(i) for i in inputs], str(out), shard_size=kwargs.pop("shard_size", 4),
+                                  encoder={"spec": "test", "normalized": False}, **kwargs)
+
+
+@pytest.mark.parametrize("bad, shown", [(np.nan, "nan"), (np.inf, "inf"), (-np.inf, "-inf"), (1e300, "inf")])
+def test_non_finite_vectors_are_refused_with_file_and_item(tmp_path, bad, shown):
+    items = _items(12)
+    vector = items[9][1].astype(np.float64)
+    vector[2] = bad
+    items[9] = ("en_9", vector)
+    path = _write(tmp_path / "wiki_emb_en_0", items)
+    with pytest.raises(StorageError, match=rf"wiki_emb_en_0: item 9 \(id 'en_9'\) has a non-finite value \({shown}\)"):
+        _import([path], tmp_path / "index")
+    assert not (tmp_path / "index" / "manifest.json").exists()
+
+
+def test_zero_dimension_vectors_are_refused(tmp_path):
+    path = _write(tmp_path / "wiki_emb_en_0", [("a", np.zeros(0, np.float32)), ("b", np.zeros(0, np.float32))])
+    with pytest.raises(StorageError, match=r"wiki_emb_en_0: item 0 \(id 'a'\) has a 0-dimension vector"):
+        _import([path], tmp_path / "index")
+
+
+def test_a_vector_far_outside_the_corpus_norms_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    first = _write(tmp_path / "wiki_emb_en_0", [(f"en_{i}", rng.standard_normal(8).astype(np.float32))
+                                               for i in range(20)])
+    items = [(f"ja_{i}", rng.standard_normal(8).astype(np.float32)) for i in range(20)]
+    items[13] = ("ja_13", items[13][1] * np.float32(1e6))  # CORA-style poison: one huge vector
+    second = _write(tmp_path / "wiki_emb_ja_0", items)
+    with pytest.raises(StorageError, match=r"wiki_emb_ja_0: item 13 \(id 'ja_13'\) has norm .*more than 100x the "
+                                           r"median norm"):
+        _import([first, second], tmp_path / "index")
+    assert not (tmp_path / "index" / "manifest.json").exists()
+    # norms a few times apart (as real embeddings' are) are fine
+    items[13] = ("ja_13", items[12][1] * np.float32(30))
+    assert _import([first, _write(tmp_path / "wiki_emb_ja_0", items)], tmp_path / "ok")["num_vectors"] == 40
+
+
+def test_duplicate_ids_across_files_are_refused_naming_both(tmp_path):
+    """1 (int) and "1" (str) are one pid once ids are read as text."""
+    items = _items(10)
+    first = _write(tmp_path / "wikipedia_passages_0", [(i, v) for i, (_, v) in enumerate(items[:6])])
+    second = _write(tmp_path / "wikipedia_passages_1", [("7", items[6][1]), ("1", items[7][1]), ("9", items[8][1])])
+    with pytest.raises(StorageError, match=r"wikipedia_passages_1: item 1 has id '1', already the id of "
+                                           r".*wikipedia_passages_0: item 1 \(ids are compared as text"):
+        _import([first, second], tmp_path / "index", shard_size=4)
+    assert not (tmp_path / "index" / "manifest.json").exists()
+
+
+def test_cli_refuses_bad_vectors_in_one_line(tmp_path, capsys):
+    from ray_cora.cli import main
+
+    items = _items(3)
+    items[1] = ("en_1", np.full(4, np.nan, np.float32))
+    path = _write(tmp_path / "wiki_emb_en_0", items)
+    assert main(["import-embeddings", "--inputs", path, "--out", str(tmp_path / "index"), "--encoder",
+                 "dpr:mDPR_biencoder_best.cpt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "wiki_emb_en_0: item 1 (id 'en_1')" in err

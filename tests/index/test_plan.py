@@ -9,6 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import hashlib
+
 from ray_cora.data.passages import iter_passages
 from ray_cora.index.plan import plan_corpus
 
@@ -50,10 +52,35 @@ def test_plan_partitions_every_file_kind(tmp_path, n, shard_size, kind):
         path.write_bytes(gzip.compress(body.encode()) if kind == "tsv.gz" else body.encode())
     tasks = plan_corpus(str(path), shard_size=shard_size)
     _check(tasks, pids, shard_size)
+    _check_digests(tasks)
     if kind == "tsv.gz":
         assert len(tasks) == 1  # not seekable: one task reads the shards in order
     else:
         assert all(len(task) == 1 for task in tasks)
+
+
+def _check_digests(tasks):
+    """Every text shard's planned content hash is what its reader hashes (Parquet: the file's)."""
+    for spec in (spec for task in tasks for spec in task):
+        assert spec.source_sha256 is not None
+        if spec.format == "parquet":
+            continue
+        digest = hashlib.sha256()
+        list(iter_passages(spec.uri, format=spec.format, lang="en", segment=spec.segment, digest=digest))
+        assert digest.hexdigest() == spec.source_sha256, spec
+
+
+def test_shard_digests_cover_blank_lines_crlf_and_only_their_own_lines(tmp_path):
+    path = tmp_path / "c.tsv"
+    path.write_bytes(b"id\ttext\ttitle\r\n1\ta\tA\r\n\n2\tb\tB\r\n3\tc\tC\n\n\n4\td\tD")
+    tasks = plan_corpus(str(path), shard_size=2)
+    _check_digests(tasks)
+    specs = [spec for task in tasks for spec in task]
+    assert len({spec.source_sha256 for spec in specs}) == len(specs)
+    # A change inside shard 1 leaves shard 0's hash as it was.
+    path.write_bytes(path.read_bytes().replace(b"3\tc", b"3\tx"))
+    after = [spec for task in plan_corpus(str(path), shard_size=2) for spec in task]
+    assert after[0].source_sha256 == specs[0].source_sha256 and after[1].source_sha256 != specs[1].source_sha256
 
 
 def test_plan_numbers_shards_across_files(tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 import pytest
 
@@ -10,7 +13,9 @@ from ray_cora.errors import ChecksumError, ConfigError, StorageError
 from ray_cora.index.sharded import (
     IndexSpec,
     ShardedIndex,
+    check_shard_entries,
     commit_index,
+    faiss_header_ntotal,
     merge_topk,
     plan_shards,
     write_shard,
@@ -108,3 +113,94 @@ def test_merge_handles_empty_slots_and_ties():
     np.testing.assert_allclose(scores, [[1.0, 1.0, 0.7, 0.5]])
     scores, pids = merge_topk([a], k=5)
     assert pids == [["a0", "a1"]] and scores.shape == (1, 3) and np.isneginf(scores[0, 2])
+
+
+def _edit_vector_in_place(path, vectors_size: int) -> None:
+    """Change one float of the last stored vector without changing the file's length."""
+    with open(path, "r+b") as f:
+        f.seek(-vectors_size, 2)  # IndexFlat stores its vectors last but for a short trailer
+        data = f.read(4)
+        f.seek(-vectors_size, 2)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
+def test_same_length_edit_of_a_local_shard_is_detected(tmp_path, monkeypatch, mmap):
+    vectors, pids = _corpus(30)
+    root = tmp_path / "index"
+    manifest = _build(str(root), vectors, pids, 10)
+    monkeypatch.setattr(storage, "SETTLE_NS", 0)  # as for a shard written long ago: remembered once verified
+    ShardedIndex.open(str(root), mmap=mmap, cache_dir=str(tmp_path / "cache"))
+    shard = root / manifest["shards"][2]["index"]
+    size = shard.stat().st_size
+    time.sleep(0.05)
+    _edit_vector_in_place(shard, 200)
+    assert shard.stat().st_size == size
+    with pytest.raises(ChecksumError, match=r"shard-00002.faiss: checksum mismatch"):
+        ShardedIndex.open(str(root), mmap=mmap, cache_dir=str(tmp_path / "cache"))
+
+
+def test_marker_count_edited_to_zero_is_refused_before_commit(tmp_path):
+    """What the embed job's shard markers hold: an entry per shard; one edited to ``count: 0``
+    (paths kept or cleared) would drop a written shard from the committed index."""
+    vectors, pids = _corpus(30)
+    entries = [{**write_shard(str(tmp_path), n, pids[s:e], vectors[s:e]), "number": n}
+               for n, s, e in plan_shards(30, 10)]
+    encoder = {"spec": "test", "dim": 16, "normalized": False}
+    check_shard_entries(str(tmp_path), entries)  # as written: consistent
+    edited = [dict(e) for e in entries]
+    edited[1]["count"] = 0
+    with pytest.raises(StorageError, match=r"shard 1 says 0 vectors but shards/shard-00001.faiss exists"):
+        check_shard_entries(str(tmp_path), edited)
+    edited[1].update(index=None, ids=None)
+    with pytest.raises(StorageError, match=r"shard 1 says 0 vectors but shards/shard-00001.faiss exists"):
+        check_shard_entries(str(tmp_path), edited)
+    edited[1] = {**entries[1], "count": 7}
+    with pytest.raises(StorageError, match=r"shard 1 says 7 vectors, but the FAISS index holds 10 and its ids "
+                                           r"file 10 rows"):
+        commit_index(str(tmp_path), edited, encoder=encoder)
+    assert not (tmp_path / "manifest.json").exists()
+    assert commit_index(str(tmp_path), entries, encoder=encoder)["num_vectors"] == 30
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "HNSW8", "IVF4,PQ4x4", "OPQ4,IVF4,PQ4x4", "SQ8"])
+def test_faiss_header_gives_ntotal_for_every_index_type(factory):
+    import faiss
+
+    vectors, _ = _corpus(300)
+    index = faiss.index_factory(16, factory, faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    index.add(vectors[:123])
+    assert faiss_header_ntotal(faiss.serialize_index(index).tobytes()[:16]) == (16, 123)
+
+
+def test_manifest_shard_path_outside_the_index_is_refused(tmp_path):
+    vectors, pids = _corpus(20)
+    root = tmp_path / "index"
+    manifest = _build(str(root), vectors, pids, 10)
+    outside = tmp_path / "elsewhere.faiss"
+    outside.write_bytes((root / manifest["shards"][0]["index"]).read_bytes())
+    for path in (str(outside), "../elsewhere.faiss"):
+        files = {**manifest["files"], path: manifest["files"][manifest["shards"][0]["index"]]}
+        shards = [{**manifest["shards"][0], "index": path}, manifest["shards"][1]]
+        (root / "manifest.json").write_text(json.dumps({**manifest, "files": files, "shards": shards}))
+        with pytest.raises(StorageError, match=r"manifest.json: field files\[.*elsewhere.faiss'\] .*(absolute|'\.\.')"):
+            ShardedIndex.open(str(root))
+
+
+def test_open_turns_on_blas_for_query_batches_and_results_stay_exact(tmp_path, monkeypatch):
+    """faiss-cpu's default (128000) scans a batch of fewer queries one by one, ~13x slower for 200
+    queries (docs/results/search_scale.md); opening an index sets FAISS's older threshold, 20, and
+    a batch above it (the sgemm path) still gives the brute-force top-k."""
+    import faiss
+
+    monkeypatch.setattr(faiss.cvar, "distance_compute_blas_threshold", 128000)
+    vectors, pids = _corpus(300, dim=32)
+    _build(tmp_path, vectors, pids, 70)
+    index = ShardedIndex.open(tmp_path)
+    assert faiss.cvar.distance_compute_blas_threshold == 20
+    queries = _corpus(64, dim=32, seed=3)[0]
+    scores, got = index.search(queries, 10)
+    expected_scores, expected = _brute_force(vectors, pids, queries, 10)
+    assert got == expected
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-4, atol=1e-4)

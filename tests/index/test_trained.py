@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
-from ray_cora.errors import ChecksumError, ConfigError
+from ray_cora.errors import ChecksumError, ConfigError, StorageError
 from ray_cora.index.sharded import IndexSpec, ShardedIndex, commit_index, plan_shards, write_index, write_shard
 from ray_cora.index.spec import search_parameters
 from ray_cora.index.trained import (
@@ -207,3 +207,12 @@ def test_import_trains_once_from_a_sample_of_all_files(tmp_path):
     queries = _clustered(20, seed=4)[0]
     _, rows = reference.search(queries, 5, params=search_parameters(reference, nprobe=2))
     assert ShardedIndex.open(str(out)).search(queries, 5)[1] == [[ids[r] for r in row] for row in rows]
+
+
+@pytest.mark.parametrize("path", ["/etc/hostname", "../trained.faiss"])
+def test_trained_index_path_outside_the_index_is_refused(tmp_path, path):
+    """The entry comes from trained.json or the manifest: it may not point out of the index folder."""
+    root = tmp_path / "index"
+    (tmp_path / "trained.faiss").write_bytes(b"x")
+    with pytest.raises(StorageError, match=r"the trained index path .* (is an absolute path|leaves the artifact)"):
+        read_trained_index(str(root), {"path": path, "sha256": "0" * 64})

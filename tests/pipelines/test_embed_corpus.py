@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -73,16 +76,34 @@ def test_embedded_index_equals_brute_force(ray_local, corpus, storage_root, muse
     assert [row[:5] for row in got] == [[passages[j]["pid"] for j in row[:5]] for row in order]
 
 
-def test_rerun_skips_finished_shards_and_redoes_a_deleted_one(ray_local, corpus, tmp_path):
+def _progress_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("embed: ")]
+
+
+def test_rerun_skips_finished_shards_and_redoes_a_deleted_one(ray_local, corpus, tmp_path, capsys):
+    """Also what the driver says: a line per shard as it commits (done/total, passages, rate,
+    bytes, ETA), a final summary, and on the rerun what it resumes from and skipped."""
     folder, _ = corpus
     out = str(tmp_path / "index")
+    capsys.readouterr()
     embed_corpus(_config(folder, out))
+    first = _progress_lines(capsys.readouterr().out)
+    assert [line.split(" (")[0] for line in first[:-1]] == [f"embed: shard {k}/8 done" for k in range(1, 9)]
+    assert all(re.search(r"\d+ passages, [\d.k]+ passages/s, [\d.]+ kB written\)", line) for line in first[:-1])
+    assert all(", ETA " in line for line in first[:-2]) and ", ETA " not in first[-2]
+    assert re.fullmatch(r"embed: 8 shards \(61 passages\) in [\w ]+ \(.*passages/s, .* written\)", first[-1])
     before = json.loads((tmp_path / "index" / "manifest.json").read_text())
     marker_mtimes = {n: os.path.getmtime(tmp_path / "index" / shard_marker(n)) for n in range(8)}
     os.remove(tmp_path / "index" / shard_marker(4))
     (tmp_path / "index" / before["shards"][5]["index"]).write_bytes(b"damaged")
     summary = embed_corpus(_config(folder, out))
     assert summary["embedded_now"] == before["shards"][4]["count"] + before["shards"][5]["count"]
+    again = _progress_lines(capsys.readouterr().out)
+    assert again[0] == "embed: resuming: 6 of 8 shards already done, skipping them"
+    assert [line.split(" (")[0] for line in again[1:-1]] == ["embed: shard 7/8 done", "embed: shard 8/8 done"]
+    assert f"({summary['embedded_now']} passages, " in again[-2]
+    assert re.fullmatch(r"embed: 8 shards \(61 passages\) in [\w ]+ .*; 6 skipped as already done \(resumed\)",
+                        again[-1])
     after = json.loads((tmp_path / "index" / "manifest.json").read_text())
     assert [s["sha256"] for s in after["shards"]] == [s["sha256"] for s in before["shards"]]
     for n in (0, 1, 2, 3, 6, 7):
@@ -102,16 +123,26 @@ def test_killed_actor_is_replaced_and_the_index_is_complete(ray_local, corpus, t
 
 
 def test_killed_driver_resumes_to_the_same_index(corpus, tmp_path):
+    """Killed once its first shard line is out (read from a pipe, as ``ray job logs`` reads the
+    driver: the line must be flushed as the shard commits), the job resumes, saying what it skips."""
     folder, passages = corpus
     out = tmp_path / "index"
     cmd = [sys.executable, "-m", "ray_cora", "embed", "--passages", folder, "--out", str(out),
            "--shard-size", "3", "--batch-size", "4", "--actor-cpus", "0.5", "--num-cpus", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     try:
         deadline = time.monotonic() + 240
-        while not (out / shard_marker(1)).exists():
+        while True:
             assert proc.poll() is None and time.monotonic() < deadline, "job ended before the kill"
-            time.sleep(0.2)
+            try:
+                if lines.get(timeout=0.2).startswith("embed: shard 1/21 done ("):
+                    break
+            except queue.Empty:
+                pass
+        assert (out / "shards").is_dir()  # the line came after a shard's marker, while the job ran
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
@@ -119,6 +150,13 @@ def test_killed_driver_resumes_to_the_same_index(corpus, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "already written" in result.stdout and " 0 already written" not in result.stdout
+    resumed = re.search(r"^embed: resuming: (\d+) of 21 shards already done, skipping them$", result.stdout, re.M)
+    assert resumed, result.stdout
+    skipped = int(resumed.group(1))
+    assert [int(n) for n in re.findall(r"^embed: shard (\d+)/21 done", result.stdout, re.M)] == \
+        list(range(skipped + 1, 22))
+    assert re.search(rf"^embed: 21 shards \(61 passages\) in .*; {skipped} skipped as already done \(resumed\)$",
+                     result.stdout, re.M), result.stdout
     pids = _all_pids(str(out))
     assert sorted(pids) == sorted(p["pid"] for p in passages) and len(pids) == len(set(pids))
 
@@ -194,3 +232,21 @@ def test_ivf_index_is_trained_once_and_a_resumed_job_reuses_it(ray_local, corpus
     # Another index spec over the same folder is refused, not mixed in.
     with pytest.raises(Exception, match="holds an index trained for"):
         embed_corpus(_config(folder, str(out), index_factory="IVF2,SQ8"))
+
+
+def test_duplicate_passage_ids_are_refused_with_both_lines(ray_local, tmp_path):
+    """``1`` in one file and ``"1"`` in another, in different shards: the same pid once read.
+    The job refuses before its commit, naming both occurrences."""
+    from ray_cora.errors import ConfigError
+    from ray_cora.runtime import user_errors_from_ray
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("".join(json.dumps({"id": i, "text": f"Passage {i}.", "lang": "en"}) + "\n"
+                                            for i in range(1, 15)), encoding="utf-8")
+    (folder / "b.jsonl").write_text(json.dumps({"id": "20", "text": "Other.", "lang": "en"}) + "\n"
+                                    + json.dumps({"id": "12", "text": "Again.", "lang": "en"}) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"duplicate passage id '12' at \S*a.jsonl:12 and \S*b.jsonl:2"):
+        with user_errors_from_ray():
+            embed_corpus(_config(str(folder), str(tmp_path / "index")))
+    assert not (tmp_path / "index" / "manifest.json").exists()

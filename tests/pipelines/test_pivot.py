@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -145,7 +146,14 @@ def test_build_driver_crash_then_rerun_equals_uninterrupted(built_db, tmp_path, 
     assert written, "no shard was finished before the simulated crash"
     capsys.readouterr()
     build_pivot_database(config)
-    assert f"{len(written)} already written, {3 - len(written)} to embed" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"{len(written)} already written, {3 - len(written)} to embed" in printed
+    lines = [line for line in printed.splitlines() if line.startswith("pivot build: ")]
+    assert f"pivot build: resuming: {len(written)} of 3 shards already done, skipping them" in lines
+    assert [line.split(" (")[0] for line in lines if line.startswith("pivot build: shard ")] == \
+        [f"pivot build: shard {k}/3 done" for k in range(len(written) + 1, 4)]
+    assert lines[-1].startswith("pivot build: 3 shards (") and \
+        lines[-1].endswith(f"; {len(written)} skipped as already done (resumed)")
     assert _file_digests(out) == _file_digests(built_db)
 
 
@@ -170,7 +178,14 @@ def test_calibrate_then_run_streams_parts_and_resumes(built_db, tmp_path, capsys
     assert finished and not (pred / "manifest.json").exists()
     capsys.readouterr()
     manifest = run_predictions(config)
-    assert f"{len(finished)} already written" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"{len(finished)} already written" in printed
+    blocks = int(re.search(r"pivot run: 237 questions in (\d+) blocks", printed).group(1))
+    assert f"pivot run: resuming: {len(finished)} of {blocks} blocks already done, skipping them" in printed
+    assert re.findall(r"^pivot run: block (\d+)/\d+ done", printed, re.M) == \
+        [str(k) for k in range(len(finished) + 1, blocks + 1)]
+    assert re.search(rf"^pivot run: {blocks} blocks \(237 questions\) in .*; {len(finished)} skipped as already "
+                     r"done \(resumed\)$", printed, re.M)
     assert all(os.path.getmtime(pred / "parts" / name) == mtime for name, mtime in finished.items())
     assert len(manifest["parts"]) > len(finished) and manifest["num_questions"] == 237
 

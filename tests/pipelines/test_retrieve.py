@@ -5,6 +5,7 @@ jobs/evaluate.py against a real head node."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,16 +109,33 @@ def test_nprobe_reaches_the_shard_searchers_and_is_recorded(ray_local, demo, dem
     assert manifest["search_params"]["nprobe"] == 4
 
 
-def test_killed_writer_actor_and_killed_driver_resume_to_the_same_output(ray_local, demo, reference, tmp_path):
+def _progress_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("retrieve: ")]
+
+
+def test_killed_writer_actor_and_killed_driver_resume_to_the_same_output(ray_local, demo, reference, tmp_path,
+                                                                           capsys):
+    """Also what the driver says: a line per block as it commits, a final summary, and on the
+    rerun what it resumes from and skipped."""
     from ray_cora.pipelines.retrieve import run_retrieval
 
     ref_out, _ = reference
     out = tmp_path / "retrieval"
     crashed = tmp_path / "crashed"
+    capsys.readouterr()
     with faults.inject(FaultPlan({faults.RETRIEVE_WRITER_BLOCK: "ja-00000"}, once_marker=str(crashed))):
-        run_retrieval(_config(demo, out, passage_store=str(ref_out / "passage-store")))
+        first = run_retrieval(_config(demo, out, passage_store=str(ref_out / "passage-store")))
     assert crashed.exists()  # the writer really died after its part, before its marker
     assert _parts(out) == _parts(ref_out)
+    blocks, questions = len(_parts(ref_out)), first["questions"]
+    lines = _progress_lines(capsys.readouterr().out)
+    assert lines[0].startswith(f"retrieve: {questions} questions in {blocks} blocks; 0 already written")
+    assert [line.split(" (")[0] for line in lines[1:-1]] == \
+        [f"retrieve: block {k}/{blocks} done" for k in range(1, blocks + 1)]
+    assert f"({questions} questions, " in lines[-2] and " written)" in lines[-2]
+    assert all(", ETA " in line for line in lines[1:-2])
+    assert re.fullmatch(rf"retrieve: {blocks} blocks \({questions} questions\) in [\w ]+ \(.*questions/s, .*\)",
+                        lines[-1])
     # A driver killed mid-run leaves some blocks without markers and no manifest: the rerun redoes
     # exactly those blocks.
     (out / "manifest.json").unlink()
@@ -126,6 +144,12 @@ def test_killed_writer_actor_and_killed_driver_resume_to_the_same_output(ray_loc
     (out / "parts" / "th-00000.jsonl").write_text("half a li")
     summary = run_retrieval(_config(demo, out, passage_store=str(ref_out / "passage-store")))
     assert summary["blocks"] == len(_parts(ref_out))
+    lines = _progress_lines(capsys.readouterr().out)
+    assert f"retrieve: resuming: {blocks - 2} of {blocks} blocks already done, skipping them" in lines
+    assert [line.split(" (")[0] for line in lines if line.startswith("retrieve: block ")] == \
+        [f"retrieve: block {blocks - 1}/{blocks} done", f"retrieve: block {blocks}/{blocks} done"]
+    assert re.fullmatch(rf"retrieve: {blocks} blocks \({questions} questions\) in .*; {blocks - 2} skipped as "
+                        r"already done \(resumed\)", lines[-1])
     assert _parts(out) == _parts(ref_out)
     assert (out / "manifest.json").exists()
 

@@ -398,3 +398,71 @@ def test_pipeline_accepts_another_spelling_of_the_database_encoder_and_refuses_a
     assert pipe.encoder.spec.endswith(f"tokenizer={tiny_bert}")
     with pytest.raises(ConfigError, match=r"differs from the one that built pivot database .*: config "):
         PivotPipeline.load(db, encoder=f"dpr:{tiny_cpt}?config={other_bert}")
+
+
+# ------------------------------------------------------------------ hostile inputs, driver-side checks
+
+def test_database_records_with_lone_surrogates_or_deep_json_are_bad_records(tmp_path):
+    import json
+
+    src = tmp_path / "db.jsonl"
+    good = '{"qid": "a", "question": "Who?", "answer": "Me"}\n'
+    src.write_text(good + json.dumps({"qid": "b", "question": "Wh\ud800o?", "answer": "Me"}) + "\n")
+    with pytest.raises(BadRecordError, match=r"db\.jsonl:2: field 'question' holds a lone surrogate"):
+        list(iter_db_records(str(src), dataset="jsonl"))
+    src.write_text(good + json.dumps({"qid": "c", "question": "Who?", "answers": ["x\udc00"]}) + "\n")
+    with pytest.raises(BadRecordError, match=r"db\.jsonl:2: field 'answers' holds a lone surrogate"):
+        list(iter_db_records(str(src), dataset="jsonl"))
+    src.write_text(good + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(BadRecordError, match=r"db\.jsonl:2: JSON nested too deeply"):
+        list(iter_db_records(str(src), dataset="jsonl"))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"{not json", r"calibration\.json:1: not a calibration file \(Expecting property name"),
+    (b"[1, 2]", r"calibration\.json: not a calibration file \(no 'threshold' field\)"),
+    (b'{"threshold": "high"}', r"field 'threshold' must be a finite number, got 'high'"),
+    (b'{"threshold": NaN}', r"field 'threshold' must be a finite number, got nan"),
+    (b'{"threshold": null, "target_precision": 0.9}', r"found no threshold reaching precision 0.9"),
+])
+def test_a_broken_calibration_file_is_one_line_naming_it(content, message):
+    from ray_cora.pivot.calibrate import calibrated_threshold
+
+    with pytest.raises(ConfigError, match=message):
+        calibrated_threshold(content, "calibration.json")
+    assert calibrated_threshold(b'{"threshold": 0.25}', "calibration.json") == 0.25
+
+
+def test_what_pivot_actors_load_is_checked_on_the_driver(tmp_path, demo_db):
+    from ray_cora.errors import StorageError
+
+    with pytest.raises(StorageError, match=r"nodb/manifest\.json: not found"):
+        PivotPipeline.check_sources(str(tmp_path / "nodb"))
+    with pytest.raises(StorageError, match=r"nolabels: no such label table"):
+        PivotPipeline.check_sources(demo_db, labels=str(tmp_path / "nolabels"))
+    with pytest.raises(ConfigError, match=r"cannot load the cross-encoder \(--reranker\) from .*: no such folder"):
+        PivotPipeline.check_sources(demo_db, reranker=f"hf:{tmp_path / 'noreranker'}")
+    with pytest.raises(ConfigError, match=r"cannot load the translation model \(--translator\)"):
+        PivotPipeline.check_sources(demo_db, translator=f"hf:{tmp_path / 'nomt'}?style=marian")
+    PivotPipeline.check_sources(demo_db, labels=str(DEMO_WIKIDATA_LABELS), k=5)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.pop("encoder"), "has no 'encoder.spec'"),
+    (lambda m: m.update(index=None), "has no 'index' folder name"),
+    (lambda m: m.update(answers="answers.parquet"), "field 'answers' must be a list of file names"),
+])
+def test_a_malformed_database_manifest_is_one_line_not_a_key_error(tmp_path, demo_db, change, message):
+    import json
+    import shutil
+
+    from ray_cora.errors import StorageError
+
+    db = tmp_path / "db"
+    shutil.copytree(demo_db, db)
+    manifest = json.loads((db / "manifest.json").read_text())
+    change(manifest)
+    (db / "manifest.json").write_text(json.dumps(manifest))
+    for open_it in (lambda: PivotDatabase.open(str(db)), lambda: PivotPipeline.check_sources(str(db))):
+        with pytest.raises(StorageError, match=rf"db/manifest\.json: the pivot database manifest {message}"):
+            open_it()
