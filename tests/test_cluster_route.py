@@ -7,6 +7,7 @@ and the region comes from the AWS SDK's chain when the environment does not set 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,6 @@ import pytest
 import requests
 import yaml
 
-from ray_cora import storage
 from ray_cora.configs.serve import ServeAppOptions
 from ray_cora.runtime import worker_runtime_env
 from ray_cora.serve.app import API_KEY_HEADER, APP_NAME, deployment_names
@@ -73,16 +73,20 @@ def test_worker_runtime_env_carries_no_aws_secret(monkeypatch):
     assert not set(secrets.values()) & set(json.dumps(env).split('"'))
 
 
-def test_s3_region_comes_from_the_sdk_chain_when_the_environment_has_none(monkeypatch, tmp_path):
+def test_s3_region_comes_from_the_sdk_chain_when_the_environment_has_none(tmp_path):
+    """Checked in a fresh process: pyarrow initialises the AWS SDK once per process and reads the
+    config file then, so a process whose earlier tests opened S3 keeps what it read first."""
     config = tmp_path / "aws-config"
     config.write_text("[default]\nregion = eu-west-3\n")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance metadata lookup off EC2
-    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    assert storage.s3_filesystem().region == "eu-west-3"  # the profile's, as boto3 and the CLI
-    monkeypatch.setenv("AWS_REGION", "ap-northeast-1")
-    assert storage.s3_filesystem().region == "ap-northeast-1"  # the environment still wins
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE=str(config), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_EC2_METADATA_DISABLED="true")  # no instance metadata lookup off EC2
+    probe = "from ray_cora import storage; print(storage.s3_filesystem().region)"
+    region = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert region.stdout.strip() == "eu-west-3", region.stderr  # the profile's, as boto3 and the CLI
+    env["AWS_REGION"] = "ap-northeast-1"
+    region = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert region.stdout.strip() == "ap-northeast-1", region.stderr  # the environment still wins
 
 
 # ------------------------------------------------------------------ the real clients against a real head
