@@ -105,6 +105,8 @@ def finished_shards(out: storage.Location, tasks: list[list[ShardSpec]], *, toke
         try:
             for part in entry["parts"]:
                 for relpath, recorded in part["files"].items():
+                    if storage.member_path_problem(relpath):  # a marker names files of its own folder only
+                        raise ChecksumError(relpath)
                     if storage.sha256_of(out.join(relpath)) != (recorded["sha256"], recorded["size"]):
                         raise ChecksumError(relpath)
         except (StorageError, ChecksumError):

@@ -120,6 +120,8 @@ def finished_part(root: storage.Location, part: dict[str, Any]) -> dict[str, Any
         if any(marker.get(k) != part[k] for k in ("first_line", "num_lines", "start_byte", "source")):
             return None
         for relpath, entry in marker["files"].items():
+            if storage.member_path_problem(relpath):  # a marker names files of its own folder only
+                return None
             sha, size = storage.sha256_of(root.join(relpath))
             if sha != entry["sha256"] or size != entry["size"]:
                 return None

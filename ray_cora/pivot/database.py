@@ -379,6 +379,9 @@ def check_database_manifest(manifest: Any, where: str) -> dict[str, Any]:
     fix = "rebuild it with `ray-cora pivot build`"
     if not isinstance(manifest.get("index"), str) or not manifest["index"]:
         raise StorageError(f"{where}: the pivot database manifest has no 'index' folder name: {fix}")
+    problem = storage.member_path_problem(manifest["index"].rstrip("/"))
+    if problem:  # the index folder must lie inside the database, as every file of an artifact does
+        raise StorageError(f"{where}: the pivot database manifest field 'index' {manifest['index']!r} {problem}: {fix}")
     encoder = manifest.get("encoder")
     if not isinstance(encoder, dict) or not isinstance(encoder.get("spec"), str):
         raise StorageError(f"{where}: the pivot database manifest has no 'encoder.spec': {fix}")

@@ -451,6 +451,9 @@ def test_what_pivot_actors_load_is_checked_on_the_driver(tmp_path, demo_db):
     (lambda m: m.pop("encoder"), "has no 'encoder.spec'"),
     (lambda m: m.update(index=None), "has no 'index' folder name"),
     (lambda m: m.update(answers="answers.parquet"), "field 'answers' must be a list of file names"),
+    # The index folder lies inside the database: a crafted manifest cannot point a reader elsewhere.
+    (lambda m: m.update(index="/etc"), "field 'index' '/etc' is an absolute path"),
+    (lambda m: m.update(index="../other-db/index"), "field 'index' '../other-db/index' leaves the artifact's folder"),
 ])
 def test_a_malformed_database_manifest_is_one_line_not_a_key_error(tmp_path, demo_db, change, message):
     import json

@@ -388,6 +388,78 @@ def test_the_key_goes_as_a_bearer_token_or_x_api_key_both_in_the_openapi_schema(
     assert set(error["properties"]) == {"error", "field", "type", "code"}
 
 
+class OpenAPIClient:
+    """A client made from the app's /openapi.json at run time, as a generated client is: operations
+    by (path, method), each request body built from the schema the operation declares (its required
+    fields, from their ``examples``), the key sent as its declared HTTP bearer scheme, and every
+    response checked against the schema declared for its status code (an undeclared status fails)."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url, self.token = url, token
+        self.schema = requests.get(url + "/openapi.json", timeout=10).json()
+        schemes = self.schema["components"]["securitySchemes"]
+        (self.bearer,) = [n for n, s in schemes.items() if s["type"] == "http" and s.get("scheme") == "bearer"]
+
+    def resolve(self, schema: dict) -> dict:
+        while "$ref" in schema:
+            schema = self.schema["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        return schema
+
+    def example_body(self, path: str, method: str) -> dict:
+        body_schema = self.resolve(self.schema["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"])
+        return {name: body_schema["properties"][name]["examples"][0] for name in body_schema.get("required", [])}
+
+    def validate(self, instance, schema: dict) -> None:
+        import jsonschema
+
+        # OpenAPI 3.1 schemas are JSON Schema 2020-12; $refs point into this same document.
+        jsonschema.Draft202012Validator({**schema, "components": self.schema["components"]}).validate(instance)
+
+    def call(self, path: str, method: str, body=None, *, content_type: str | None = None) -> requests.Response:
+        operation = self.schema["paths"][path][method]
+        headers = {}
+        if self.token and any(self.bearer in requirement for requirement in operation.get("security", [])):
+            headers["Authorization"] = f"Bearer {self.token}"
+        if "requestBody" in operation:
+            headers["Content-Type"] = content_type or next(iter(operation["requestBody"]["content"]))
+        data = None if body is None else body if isinstance(body, (str, bytes)) else json.dumps(body)
+        response = requests.request(method.upper(), self.url + path, data=data, headers=headers, timeout=60)
+        declared = operation["responses"].get(str(response.status_code))
+        assert declared is not None, f"{method} {path} answered {response.status_code}, which its schema does not declare"
+        self.validate(response.json(), declared["content"]["application/json"]["schema"])
+        return response
+
+
+def test_a_client_generated_from_the_openapi_schema_authenticates_and_parses_every_error(app_url):
+    """Issue 17: the schema alone is enough to call the API with a Bearer token and to read every
+    answer it gives, errors included (one declared ErrorResponse body)."""
+    client = OpenAPIClient(app_url, API_KEY)
+    body = client.example_body("/v1/retrieve", "post")
+    client.validate(body, client.schema["paths"]["/v1/retrieve"]["post"]["requestBody"]["content"]
+                    ["application/json"]["schema"])
+    ok = client.call("/v1/retrieve", "post", body)
+    assert ok.status_code == 200 and ok.json()["passages"]
+    assert client.call("/v1/pivot", "post", client.example_body("/v1/pivot", "post")).status_code == 200
+    assert client.call("/v1/info", "get").status_code == 200
+    errors = {
+        401: OpenAPIClient(app_url, None).call("/v1/retrieve", "post", body),
+        415: client.call("/v1/retrieve", "post", json.dumps(body), content_type="text/plain"),
+        422: client.call("/v1/retrieve", "post", {**body, "k": "many"}),
+        400: client.call("/v1/retrieve", "post", b"{not json"),
+        413: client.call("/v1/retrieve", "post", {**body, "question": "x" * (2 * 1024 * 1024)}),
+    }
+    for status, response in errors.items():
+        assert response.status_code == status, (status, response.text)
+        error = response.json()
+        assert error["error"] and error["type"] and error["code"]
+    assert errors[401].json()["type"] == "authentication_error"
+    assert errors[422].json()["field"] == "k"
+    # A path the schema does not have: still the declared error body.
+    unknown = requests.get(app_url + "/v1/nowhere", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
+    assert unknown.status_code == 404
+    client.validate(unknown.json(), {"$ref": "#/components/schemas/ErrorResponse"})
+
+
 def test_info_describes_the_models_the_index_and_the_limits(app_url):
     from ray_cora import __version__
     from ray_cora.demo import DEMO_PASSAGES
