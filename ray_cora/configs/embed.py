@@ -7,27 +7,19 @@ from typing import Literal
 from pydantic import Field
 
 from ray_cora.configs.base import RayJobConfig
-from ray_cora.configs.options import ActorPoolOptions, EncoderSpec, IndexOptions, OptionalLangCode
-from ray_cora.data.passages import MAX_PASSAGE_CHARS
+from ray_cora.configs.options import ActorPoolOptions, EncoderSpec, IndexOptions, PassageSourceOptions
 
 
-class EmbedConfig(ActorPoolOptions, IndexOptions, RayJobConfig):
+class EmbedConfig(PassageSourceOptions, ActorPoolOptions, IndexOptions, RayJobConfig):
     """Embed a passage corpus on a Ray Data actor pool of encoder actors into a sharded FAISS index
     on any storage URI. Rerunning with the same --out resumes: finished shards are checksum-verified
     and skipped."""
 
-    passages: str = Field(..., description="Passage file or folder (TSV/JSONL/Parquet; path, file:// or s3://)")
     out: str = Field(..., description="Index URI: shards, plan.json and manifest.json (written last) go here")
     encoder: EncoderSpec = Field("muse", description="Passage encoder spec")
-    format: Literal["tsv", "jsonl", "parquet"] | None = Field(
-        None, description="Passage format (default: from file names)")
-    lang: OptionalLangCode = Field(None, description="Language of passages that have no lang field")
     on_bad_record: Literal["error", "skip"] = Field(
         "error", description="error: stop at the first malformed passage (file:line); skip: leave it out, "
         "count it and write it to <out>/_quarantine/")
-    max_passage_chars: int = Field(
-        MAX_PASSAGE_CHARS, ge=1, description="Longer passage texts are cut to this many characters (and "
-        "counted in the summary), so one runaway record cannot exhaust an encoder actor")
     shard_size: int = Field(100_000, ge=1, description="Passages per index shard")
     batch_size: int = Field(128, ge=1, description="Passages per encoder batch")
     actor_cpus: float = ActorPoolOptions.option("actor_cpus", 1.0)

@@ -18,12 +18,13 @@ accepted as aliases, in YAML and on the command line (see :func:`~ray_cora.confi
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 from pydantic.fields import FieldInfo
 
 from ray_cora.configs.base import ConfigModel, OptionForms, aliases
+from ray_cora.data.passages import MAX_PASSAGE_CHARS
 from ray_cora.encoders import check_encoder_spec
 from ray_cora.index.spec import IndexSpec, IndexType
 from ray_cora.languages import normalize_lang
@@ -67,6 +68,19 @@ class ActorPoolOptions(OptionGroup):
     actor_cpus: float = Field(0.5, gt=0, description="CPUs reserved per actor (fractional is fine; on a "
                               "CPU-only machine keep some free for Ray's read tasks)")
     actor_gpus: float = Field(0.0, ge=0, description="GPUs per actor (1 on GPU clusters; 0: CPU only)")
+
+
+class PassageSourceOptions(OptionGroup):
+    """A job that reads a passage corpus as ``embed`` does (:mod:`ray_cora.data.passages`)."""
+
+    options_title: ClassVar[str | None] = "passage source"
+    passages: str = Field(..., description="Passage file or folder (TSV/JSONL/Parquet; path, file:// or s3://)")
+    format: Literal["tsv", "jsonl", "parquet"] | None = Field(
+        None, description="Passage format (default: from file names)")
+    lang: OptionalLangCode = Field(None, description="Language of passages that have no lang field")
+    max_passage_chars: int = Field(
+        MAX_PASSAGE_CHARS, ge=1, description="Longer passage texts are cut to this many characters (and "
+        "counted in the summary), so one runaway record cannot exhaust a worker")
 
 
 class TaskOptions(OptionGroup):
