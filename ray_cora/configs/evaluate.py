@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ray_cora.configs.base import JobConfig
 from ray_cora.configs.options import DecodingOptions
 from ray_cora.configs.retrieve import RetrieveConfig
 
 GROUPINGS = ("auto", "mkqa", "xor", "none")
+# A run label: what a table column and a metrics.json key are named by; no "/" or ":" so that
+# `label=URI` never splits a path or a URI scheme.
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def split_labelled_run(entry: str) -> tuple[str | None, str]:
+    """``label=URI`` → ``(label, URI)``; a bare URI (or one whose text before ``=`` is no label,
+    as in ``s3://b/k=v``) → ``(None, URI)``.
+
+    >>> split_labelled_run("bm25=runs/bm25"), split_labelled_run("runs/dense")
+    (('bm25', 'runs/bm25'), (None, 'runs/dense'))
+    """
+    label, sep, uri = entry.partition("=")
+    if sep and _LABEL.fullmatch(label.strip()) and uri.strip():
+        return label.strip(), uri.strip()
+    return None, entry.strip()
 
 
 
@@ -29,6 +46,15 @@ class EvaluateRetrievalConfig(JobConfig):
         "auto", description="Column groups of the paper table: the CORA paper's MKQA (seen / mDPR-seen / "
         "mGEN-seen / unseen) or XOR-TyDi grouping, auto (by the languages present) or none")
     title: str | None = Field(None, description="Title of the report (default: from the input)")
+    compare: list[str] = Field([], description="Other retrieval outputs of the same questions to score beside "
+                               "--retrieval, as LABEL=URI or URI (label: the manifest's retriever, else the "
+                               "folder name); writes side-by-side tables, comparison.png and every run's "
+                               "metrics under its label")
+    label: str | None = Field(None, description="Label of --retrieval's run in a --compare report (default: "
+                              "the manifest's retriever, else the folder name)")
+    common_questions: bool = Field(False, description="With --compare: score only the questions every run has "
+                                   "(the report says how many were left out) instead of refusing runs whose "
+                                   "questions differ")
 
     @field_validator("ks")
     @classmethod
@@ -36,6 +62,32 @@ class EvaluateRetrievalConfig(JobConfig):
         if not value or any(k < 1 for k in value):
             raise ValueError("ks must be positive integers, e.g. 1,5,10,20,100")
         return sorted(set(value))
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        if value is not None and not _LABEL.fullmatch(value):
+            raise ValueError(f"a label is letters, digits and _.+- (no '/', ':' or '='), e.g. dense; got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _runs(self) -> "EvaluateRetrievalConfig":
+        if self.compare:
+            labels = [self.label] + [split_labelled_run(entry)[0] for entry in self.compare]
+            given = [label for label in labels if label is not None]
+            twice = sorted({label for label in given if given.count(label) > 1})
+            if twice:
+                raise ValueError(f"--compare / --label: the label {twice[0]!r} names two runs: give each run "
+                                 "its own, as --compare bm25=URI,hybrid=URI")
+        elif self.label is not None or self.common_questions:
+            option = "--label" if self.label is not None else "--common-questions"
+            raise ValueError(f"{option} only applies with --compare: add --compare LABEL=URI, or drop {option}")
+        return self
+
+    @property
+    def runs(self) -> list[tuple[str | None, str]]:
+        """``(label or None, uri)`` of --retrieval, then of every --compare run, in order."""
+        return [(self.label, self.retrieval)] + [split_labelled_run(entry) for entry in self.compare]
 
 
 
