@@ -35,6 +35,7 @@ from ray_cora.configs import (
     WikidataLabelsConfig,
 )
 from ray_cora.configs.arguments import add_config_arguments, config_from_args
+from ray_cora.configs.pivot import PivotTrainEncoderConfig
 from ray_cora.errors import RayCoraError, find_user_error
 
 
@@ -83,6 +84,9 @@ JOBS: dict[str, Job] = {
                            "pick the abstention threshold reaching a target precision on a labelled dev set"),
     "pivot train-reranker": Job(PivotTrainRerankerConfig, "ray_cora.train.reranker:train_reranker",
                                 "fine-tune the pivot cross-encoder on PAWS-X/QQP-style pairs with Ray Train"),
+    "pivot train-encoder": Job(PivotTrainEncoderConfig, "ray_cora.train.pivot_encoder:train_pivot_encoder",
+                               "fine-tune a multilingual sentence encoder for MIPS on the same pairs (the "
+                               "paper's single-encoder baseline) with Ray Train; exports an hf: encoder"),
     "wikidata labels": Job(WikidataLabelsConfig, "ray_cora.pipelines.wikidata_labels:build_label_tables",
                            "Wikidata JSON dump → Parquet labels/aliases per language + sitelinks, one pass "
                            "on Ray Data (resumable per part)"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,42 @@ def test_ray_job_submit_of_the_demo_from_a_clean_checkout(ray_head, tmp_path):
                  env=ray_head["env"], cwd=checkout, timeout=300)
     (imported,) = [line for line in which.stdout.splitlines() if line.startswith("ray_cora from")]
     assert "working_dir_files" in imported and str(REPO_ROOT) not in imported
+
+
+@pytest.mark.slow
+def test_ray_job_logs_of_an_embed_and_a_training_job_show_their_progress(ray_head, tiny_bert, tmp_path):
+    """Issue 17: what `ray job logs` shows while a long job runs: embed's per-shard lines and summary,
+    train-mdpr's step lines (step, loss, samples/s, lr, ETA), epoch and checkpoint lines and summary."""
+    import uuid
+
+    from ray_cora.demo import DEMO_PASSAGES
+    from tests.support import dpr_rows
+
+    submit = [RAY_BIN, "job", "submit", "--address", ray_head["address"], "--runtime-env",
+              "cluster/runtime_env.yaml", "--working-dir", "."]
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps(dpr_rows(8)))
+    jobs = {
+        "embed": ["python", "jobs/embed_corpus.py", "--passages", str(DEMO_PASSAGES), "--out", str(tmp_path / "index"),
+                  "--shard-size", "50", "--actors", "1", "--actor-cpus", "0.5"],
+        "train-mdpr": ["python", "jobs/train_mdpr.py", "--train", str(train), "--out", str(tmp_path / "mdpr"),
+                       "--init", f"hf:{tiny_bert}", "--max-length", "32", "--batch-size", "4", "--epochs", "2",
+                       "--num-workers", "1", "--cpus-per-worker", "0.5", "--log-every-steps", "1"],
+    }
+    logs = {}
+    for name, command in jobs.items():
+        job_id = f"ray_cora_{name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+        result = _run([*submit, "--submission-id", job_id, "--", *command], env=ray_head["env"], cwd=REPO_ROOT)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+        logs[name] = _run([RAY_BIN, "job", "logs", job_id, "--address", ray_head["address"]],
+                          env=ray_head["env"], cwd=REPO_ROOT, timeout=120).stdout
+    embed = logs["embed"]
+    assert re.search(r"embed: shard 1/4 done \(\d+ passages, [\d.]+k? passages/s, [\d.]+ [kM]B written\)", embed), embed[-3000:]
+    assert "embed: shard 4/4 done" in embed and re.search(r"embed: 4 shards \(176 passages\) in ", embed)
+    trained = logs["train-mdpr"]
+    assert re.search(r"train-mdpr: step 1/4 \(25%\) epoch 1/2 loss \d+\.\d{4} samples/s [\d.]+ lr \S+ elapsed "
+                     r"\d:\d\d:\d\d eta \d:\d\d:\d\d", trained), trained[-3000:]
+    assert "train-mdpr: step 4/4" in trained and "train-mdpr: training done at step 4/4" in trained
 
 
 def _loopback_serve_config(index: str, port: int) -> dict:

@@ -67,7 +67,7 @@ class EvaluateRetrievalConfig(JobConfig):
     @classmethod
     def _label(cls, value: str | None) -> str | None:
         if value is not None and not _LABEL.fullmatch(value):
-            raise ValueError(f"a label is letters, digits and _.+- (no '/', ':' or '='), e.g. dense; got {value!r}")
+            raise ValueError(f"a label is letters, digits and _.+- (no '/', ':' or '='), e.g. dense")
         return value
 
     @model_validator(mode="after")

@@ -1,14 +1,15 @@
-"""``ray-cora pivot build|run|calibrate|train-reranker``: one config model per job, and entry points."""
+"""``ray-cora pivot build|run|calibrate|train-reranker|train-encoder``: one config model per job, and entry points."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ray_cora.configs.base import RayJobConfig, TrainRunConfig
-from ray_cora.configs.options import ActorPoolOptions, EncoderSpec, IndexOptions, OptionalLangCode
+from ray_cora.configs.options import ActorPoolOptions, EncoderSpec, IndexOptions, OptionalLangCode, OptionGroup
 from ray_cora.configs.train import TrainLoggingOptions
+from ray_cora.encoders import check_encoder_spec
 from ray_cora.pivot.rerank import check_reranker_spec
 
 
@@ -91,25 +92,66 @@ class PivotCalibrateConfig(_PivotQueryConfig):
 # The Ray Train run options the reranker's training does not use (see PivotTrainRerankerConfig).
 RERANKER_UNUSED_RUN_OPTIONS = ("checkpoint_every", "max_failures")
 
+# Montero et al., "Pivot Through English" (MIA 2022), appendix: the reranker (XLM-R large) is
+# fine-tuned for 3 epochs at lr 1e-5 with a linearly decaying learning rate, on all of PAWS-X
+# (75% of the mixture) and QQP (25%). See docs/pivot.md for what was checked and what was not.
+PAPER = "Montero et al. 2022, appendix A"
 
-class PivotTrainRerankerConfig(TrainLoggingOptions, TrainRunConfig):
-    """Fine-tune a cross-encoder on labelled paraphrase pairs (PAWS-X / QQP style) with Ray Train.
-    Of the Ray Train run options it does not use --checkpoint-every (a checkpoint is reported after
-    every epoch) or --max-failures (a failed worker ends the run; a rerun starts it again): other
-    values than their defaults are refused. --on-bad-record applies to the pairs files."""
 
-    model: str = Field(..., description="Start model: hf:<seq-classification model or encoder>")
-    pairs: list[str] = Field(..., description="Labelled pair files: JSONL or TSV with sentence1/sentence2/"
-                             "label (PAWS-X) or question1/question2/is_duplicate (QQP)")
-    mix: list[float] | None = Field(None, description="Sampling weight per pairs file, e.g. 0.75,0.25 "
+class PairInputs(OptionGroup):
+    """The labelled paraphrase pairs a pivot training job reads (train-reranker, train-encoder)."""
+
+    options_title: ClassVar[str | None] = "Paraphrase pairs"
+    pawsx: list[str] = Field(default_factory=list, description="PAWS-X TSV files (id sentence1 sentence2 label; "
+                             "e.g. x-final/*/train.tsv, translated_train.tsv): every pair is used "
+                             f"({PAPER}: all of PAWS-X, 0.75 of the mixture)")
+    qqp: list[str] = Field(default_factory=list, description="QQP TSV files (id qid1 qid2 question1 question2 "
+                           "is_duplicate; GLUE QQP/train.tsv): pairs are drawn (seeded) to make 1 - pawsx_share of "
+                           f"the mixture ({PAPER}: 0.25)")
+    pawsx_share: float = Field(0.75, gt=0, le=1, description="PAWS-X's share of the --pawsx + --qqp mixture, "
+                               f"counted on the pairs used ({PAPER}: 0.75)")
+    pairs: list[str] = Field(default_factory=list, description="Other labelled pair files instead: JSONL or headed "
+                             "TSV with sentence1/sentence2/label or question1/question2/is_duplicate (not with "
+                             "--pawsx/--qqp)")
+    mix: list[float] | None = Field(None, description="With --pairs: sampling weight per file, e.g. 0.75,0.25 "
                                     "(default: every pair once)")
+    max_pairs: int | None = Field(None, ge=1, description="With --pairs: use at most this many pairs (with --mix: "
+                                  "the sample size)")
+
+    @model_validator(mode="after")
+    def _one_kind_of_input(self) -> "PairInputs":
+        if self.pairs and (self.pawsx or self.qqp):
+            raise ValueError("give --pawsx/--qqp (the paper's mixture) or --pairs (other pair files), not both")
+        if not (self.pairs or self.pawsx or self.qqp):
+            raise ValueError("no training pairs: give --pawsx and --qqp files (or --pairs)")
+        if (self.mix is not None or self.max_pairs is not None) and not self.pairs:
+            raise ValueError("--mix and --max-pairs apply to --pairs only; --pawsx/--qqp use --pawsx-share")
+        return self
+
+
+class PivotTrainRerankerConfig(PairInputs, TrainLoggingOptions, TrainRunConfig):
+    """Fine-tune a cross-encoder on labelled paraphrase pairs with Ray Train; the defaults are
+    Montero et al.'s recipe (all of PAWS-X 75% + QQP 25%, 3 epochs, lr 1e-5 decaying linearly,
+    two-way softmax head). Of the Ray Train run options it does not use --checkpoint-every (a
+    checkpoint is reported after every epoch) or --max-failures (a failed worker ends the run; a
+    rerun starts it again): other values than their defaults are refused. --on-bad-record applies
+    to the pairs files."""
+
+    model: str = Field(..., description="Start model: hf:<seq-classification model or encoder> (the paper: "
+                       "XLM-R large)")
     out: str = Field(..., description="Output folder or URI: Ray Train checkpoints, and model/ at the end")
-    epochs: int = Field(1, ge=1, description="Passes over the pairs")
-    lr: float = Field(1e-5, gt=0, description="AdamW learning rate (the paper: 1e-5 for XLM-R large)")
+    loss: Literal["softmax2", "bce"] = Field(
+        "softmax2", description="softmax2: two-label head, softmax cross-entropy (a Hugging Face sequence "
+        f"classifier as {PAPER} fine-tunes one); bce: one-logit head, binary cross-entropy. A start model "
+        "with the other head size gets a new head")
+    epochs: int = Field(3, ge=1, description=f"Passes over the pairs ({PAPER}: 3)")
+    lr: float = Field(1e-5, gt=0, description=f"AdamW peak learning rate ({PAPER}: 1e-5 for XLM-R large)")
+    lr_schedule: Literal["linear", "constant"] = Field(
+        "linear", description=f"linear: warm up over --warmup-steps, then decay linearly to 0 at the last step "
+        f"({PAPER}); constant: --lr throughout")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before the decay")
     batch_size: int = Field(16, ge=1, description="Pairs per step per worker")
     max_length: int = Field(128, ge=8, description="Tokens per pair")
-    max_pairs: int | None = Field(None, ge=1, description="Use at most this many pairs (with --mix: "
-                                  "the sample size)")
 
     @field_validator("model")
     @classmethod
@@ -124,3 +166,36 @@ class PivotTrainRerankerConfig(TrainLoggingOptions, TrainRunConfig):
             raise ValueError(f"pivot train-reranker does not use {', '.join(unused)}: leave "
                              f"{'it' if len(unused) == 1 else 'them'} at the default")
         return self
+
+
+def _hf_encoder(value: str) -> str:
+    if not value.strip().startswith("hf:"):
+        raise ValueError(f"{value!r}: train-encoder fine-tunes an hf: encoder (hf:<folder>[?pooling=mean]); "
+                         "muse and dpr: checkpoints cannot be trained here")
+    return check_encoder_spec(value)
+
+
+class PivotTrainEncoderConfig(PairInputs, TrainLoggingOptions, TrainRunConfig):
+    """The single-encoder baseline of Montero et al.: a multilingual sentence encoder fine-tuned for
+    MIPS on the reranker's paraphrase pairs (its label-1 pairs; in-batch negatives, both directions)
+    with the shared Ray Train loop. Publishes <out>/model, an hf: encoder folder for `pivot build
+    --encoder hf:<out>/model` (the pooling of --model is kept). The paper states no recipe of its
+    own for it: the defaults are the reranker's (3 epochs, lr 1e-5, linear decay). A stopped run
+    resumes from its latest checkpoint in <out>/ray-train; a finished one is not trained again."""
+
+    model: str = Field(..., description="Start encoder: hf:<folder or cached name>[?pooling=mean] (e.g. a "
+                       "multilingual MiniLM / XLM-R sentence encoder)")
+    out: str = Field(..., description="Output folder or URI: Ray Train checkpoints, and model/ at the end")
+    epochs: int = Field(3, ge=1, description="Passes over the positive pairs (the reranker's recipe)")
+    lr: float = Field(1e-5, gt=0, description="AdamW peak learning rate, decaying linearly to 0 (the reranker's recipe)")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before the decay")
+    batch_size: int = Field(32, ge=1, description="Positive pairs per step over all workers: each pair's other "
+                            "side is the positive, every other pair's its in-batch negatives")
+    max_length: int = Field(128, ge=8, description="Tokens per sentence")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0: no clipping)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        return _hf_encoder(value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from ray_cora.configs.base import JobConfig, RayJobConfig
@@ -39,6 +41,17 @@ class ServeAppOptions(SearchOptions, DecodingOptions, JobConfig):
     shard_group_memory: int | None = Field(None, gt=0, description="Bytes of Ray's memory resource reserved "
                                            "for each IndexShardGroup actor (its FAISS shards live in its heap; "
                                            "default: none reserved)")
+    lexical_index: str | None = Field(None, description="Sharded BM25 index URI (ray-cora index-bm25 --out) over "
+                                      "the same corpus: /v1/retrieve then answers in bm25 and hybrid mode too "
+                                      "(the request's `retriever`). Each Retriever replica memory-maps it and "
+                                      "searches it itself, also with shard_groups above 1")
+    fusion: str | None = Field(None, description="Fusion weights for hybrid mode (fusion.json, or a folder holding "
+                               "one; ray-cora tune fusion). Default: the one in lexical_index, else in index, "
+                               "else equal-weight RRF for every language; needs lexical_index")
+    retriever: Literal["dense", "bm25", "hybrid"] | None = Field(
+        None, description="The retriever of a request that names none (and of /v1/answer): dense, bm25 or hybrid "
+        "(the dense and BM25 lists fused per question language). Default: hybrid when lexical_index is given, "
+        "else dense; bm25 and hybrid need lexical_index")
     encoder: OptionalEncoderSpec = Field(None, description="Question encoder spec; must be the model that built "
                                          "the index (compared by checkpoint checksum and options). Default: the one "
                                          "the index manifest records (mUSE without an index)")
@@ -94,11 +107,26 @@ class ServeAppOptions(SearchOptions, DecodingOptions, JobConfig):
             raise ValueError(f"shard_groups={self.shard_groups} needs index: the demo index is built "
                              "inside the Retriever replica, so there is nothing to split; pass index=<URI> "
                              "(ray-cora embed --out) or leave shard_groups at 1")
+        if self.retriever in ("bm25", "hybrid") and not self.lexical_index:
+            raise ValueError(f"retriever={self.retriever} needs lexical_index: pass lexical_index=<URI> (ray-cora "
+                             "index-bm25 --out) or leave retriever at dense")
+        if self.fusion and not self.lexical_index:
+            raise ValueError("fusion needs lexical_index: the fusion weights say how to fuse the dense and BM25 "
+                             "lists; pass lexical_index=<URI> (ray-cora index-bm25 --out) or drop fusion")
         if self.shard_group_copies > 1 and self.shard_groups == 1:
             raise ValueError(f"shard_group_copies={self.shard_group_copies} needs shard_groups above 1: with 1 "
                              "the Retriever holds the index and scales with its replicas (max_replicas); "
                              "set shard_groups or leave shard_group_copies at 1")
         return self
+
+    @property
+    def default_retriever(self) -> str:
+        """``retriever``, else hybrid with a lexical index, else dense.
+
+        >>> ServeAppOptions().default_retriever, ServeAppOptions(lexical_index="/bm25").default_retriever
+        ('dense', 'hybrid')
+        """
+        return self.retriever or ("hybrid" if self.lexical_index else "dense")
 
 
 class ServeConfig(ServeAppOptions, RayJobConfig):

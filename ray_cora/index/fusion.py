@@ -44,11 +44,13 @@ import numpy as np
 
 from ray_cora import storage
 from ray_cora.errors import ConfigError
+from ray_cora.index.lexical import LexicalIndex
 
 __all__ = ["CROSS_LINGUAL_DEFAULT", "FUSION_FILE", "FUSION_VERSION", "METHODS", "NORMALIZATIONS", "FusedHit", "FusionSetting",
            "FusionWeights", "FusionGrid", "FusionQuestion", "fuse", "fused_scores", "tune_setting",
            "tune_weights", "evaluate_setting", "neutral_terms", "merge_by_rank", "equal_rrf",
-           "load_weights", "save_weights", "sweep",
+           "load_weights", "save_weights", "find_weights", "sweep", "RETRIEVERS", "lexical_lists",
+           "fuse_question", "fuse_block",
            "best_setting", "pool_rows", "weights_from_sweeps"]
 
 FUSION_FILE = "fusion.json"
@@ -56,6 +58,7 @@ FUSION_VERSION = 1
 METHODS = ("rrf", "convex")
 NORMALIZATIONS = ("minmax", "zscore", "rank")
 OBJECTIVE = "gold@1+gold@10"
+RETRIEVERS = ("dense", "bm25", "hybrid")
 Ranked = Sequence[tuple[str, float]]  # (pid, score), best first
 
 
@@ -289,6 +292,79 @@ def load_weights(uri: str) -> FusionWeights:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{loc.uri}: not valid JSON ({exc}): rerun `ray-cora tune fusion`") from None
     return FusionWeights.from_dict(data, source=loc.uri)
+
+
+def find_weights(fusion: str | None, *beside: str | None) -> tuple[FusionWeights, str | None]:
+    """The hybrid's fusion weights and where they came from: ``fusion`` (a file or a folder holding
+    ``fusion.json``), else the ``fusion.json`` in the first of the folders ``beside`` that has one (the
+    lexical index, then the dense index), else the untuned default (source None): equal-weight RRF for
+    every language, and the dense list alone for a language without lexical parts."""
+    if fusion:
+        return load_weights(fusion), fusion
+    for uri in beside:
+        if uri and storage.resolve(uri).join(FUSION_FILE).is_file():
+            return load_weights(uri), uri
+    return FusionWeights(), None
+
+
+# --- one question's hybrid: the lexical side and the fusion, as every layer runs them ----------
+
+
+def lexical_lists(index: LexicalIndex, question: str, lang: str, depth: int, *, neutral: bool = False) -> dict:
+    """One question's lexical side: ``hits``, its BM25 top ``depth`` in its own language's parts
+    (``[[pid, score], …]``); ``has_lexical``, whether the index has parts in ``lang``; and, with
+    ``neutral`` and no parts in ``lang``, ``neutral``: the hits of its language-neutral terms
+    (:func:`neutral_terms`) in every language's parts, merged by rank (:func:`merge_by_rank`)."""
+    scores, pids = index.search_one(question, lang, depth)
+    row: dict[str, Any] = {"hits": [[p, s] for p, s in zip(pids, scores)], "has_lexical": lang in index.languages}
+    if neutral and not row["has_lexical"]:
+        terms = " ".join(neutral_terms(question))
+        lists = []
+        for other in index.languages if terms else []:
+            found_scores, found_pids = index.search_one(terms, other, depth)
+            lists.append(list(zip(found_pids, found_scores)))
+        row["neutral"] = merge_by_rank(lists, depth)
+    return row
+
+
+def fuse_question(lang: str, dense: Ranked | None, lexical: Mapping[str, Any], *, retriever: str,
+                  weights: FusionWeights | None, k: int) -> list[tuple[str, float, dict[str, int | None]]]:
+    """One question's ranked ``(pid, score, ranks)``, ``ranks`` being its 1-based rank in each list:
+    with ``retriever="bm25"`` the BM25 hits alone (``{"bm25": r}``); with ``"hybrid"`` the ``dense``
+    list and the BM25 hits of :func:`lexical_lists` fused by the setting of the question's language
+    (:meth:`FusionWeights.setting_for`; the dense list alone where it says None).
+
+    >>> fuse_question("sw", [("d1", 0.9)], {"hits": [], "has_lexical": False}, retriever="hybrid",
+    ...               weights=FusionWeights(), k=3)
+    [('d1', 0.9, {'dense': 1, 'bm25': None})]
+    """
+    if retriever not in ("bm25", "hybrid"):
+        raise ValueError(f"retriever {retriever!r}: fuse_question fuses bm25 or hybrid only")
+    bm25 = [(pid, float(score)) for pid, score in lexical["hits"]]
+    if retriever == "bm25":
+        return [(pid, score, {"bm25": r}) for r, (pid, score) in enumerate(bm25[:k], start=1)]
+    dense_list = [(pid, float(s)) for pid, s in (dense or [])]
+    setting = (weights or FusionWeights()).setting_for(lang, has_lexical=lexical["has_lexical"])
+    if setting is None:  # the documented fallback: no lexical index for this language, no rule for it
+        return [(pid, s, {"dense": r, "bm25": None}) for r, (pid, s) in enumerate(dense_list[:k], start=1)]
+    other = bm25 if lexical["has_lexical"] else [(p, float(s)) for p, s in lexical.get("neutral", [])]
+    return [(h.pid, h.score, h.sources) for h in fuse(dense_list, other, setting, k)]
+
+
+def fuse_block(questions: Sequence[Mapping[str, Any]], dense: tuple[Any, Sequence[Sequence[str]]] | None,
+               lexical: Sequence[Mapping[str, Any]], *, retriever: str, weights: FusionWeights | None,
+               k: int) -> tuple[list[list[str]], list[list[float]], list[list[dict]]]:
+    """Each question's ranked pids, scores and, per passage, its 1-based rank in each list
+    (``{"dense": r or None, "bm25": r or None}``; BM25 alone: ``{"bm25": r}``): :func:`fuse_question`
+    for every question of a block, ``dense`` being (scores rows, pids rows), one row per question."""
+    ranked, scores, sources = [], [], []
+    for i, question in enumerate(questions):
+        dense_list = None if dense is None else list(zip(dense[1][i], dense[0][i]))
+        fused = fuse_question(question["lang"], dense_list, lexical[i], retriever=retriever, weights=weights, k=k)
+        ranked.append([pid for pid, _, _ in fused])
+        scores.append([s for _, s, _ in fused])
+        sources.append([src for _, _, src in fused])
+    return ranked, scores, sources
 
 
 # --- tuning ------------------------------------------------------------------------------------

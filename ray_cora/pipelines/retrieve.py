@@ -16,8 +16,8 @@ than kept: the output always answers the questions file as it is now, each quest
 ``--retriever bm25`` replaces the encoder and shard-searcher actors by BM25 searcher actors
 (:class:`SearchLexicalBlocks`, each memory-mapping the lexical index of ``ray-cora index-bm25``);
 ``hybrid`` runs both and the writer fuses the two lists per question language
-(:func:`fuse_block`, weights from :mod:`ray_cora.index.fusion`). Their records give each passage
-``retrievers``: its rank in each list.
+(:func:`~ray_cora.index.fusion.fuse_block`, weights from :mod:`ray_cora.index.fusion`). Their records
+give each passage ``retrievers``: its rank in each list.
 
 Passage texts: the index stores only pids. They come from a *passage store*
 (:mod:`ray_cora.data.passage_store`), built once from the corpus by one streaming pass, laid out
@@ -55,7 +55,7 @@ from ray_cora.data.retrieval import (
 )
 from ray_cora.encoders import check_same_encoder, format_query, load_encoder, query_format_for
 from ray_cora.errors import ConfigError, RayCoraError, StorageError
-from ray_cora.index.fusion import FUSION_FILE, FusionWeights, fuse, load_weights, merge_by_rank, neutral_terms
+from ray_cora.index.fusion import FusionWeights, find_weights, fuse_block, lexical_lists
 from ray_cora.index.lexical import LexicalIndex, read_manifest
 from ray_cora.index.plan import absolute_uri
 from ray_cora.index.sharded import INDEX_KIND, iter_index_langs
@@ -130,48 +130,9 @@ class SearchLexicalBlocks:
         if out["error"][0]:
             return out | {"lexical": np.array([""], dtype=object)}
         questions = json.loads(batch["questions"][0])["questions"]
-        rows = []
-        for q in questions:
-            scores, pids = self.index.search_one(q["question"], q["lang"], self.depth)
-            row = {"hits": [[p, s] for p, s in zip(pids, scores)], "has_lexical": q["lang"] in self.index.languages}
-            if self.neutral and not row["has_lexical"]:
-                terms = " ".join(neutral_terms(q["question"]))
-                lists = []
-                for lang in self.index.languages if terms else []:
-                    found_scores, found_pids = self.index.search_one(terms, lang, self.depth)
-                    lists.append(list(zip(found_pids, found_scores)))
-                row["neutral"] = merge_by_rank(lists, self.depth)
-            rows.append(row)
+        rows = [lexical_lists(self.index, q["question"], q["lang"], self.depth, neutral=self.neutral)
+                for q in questions]
         return out | {"lexical": np.array([json.dumps(rows)], dtype=object)}
-
-
-def fuse_block(questions: list[dict], dense: tuple[np.ndarray, list[list[str]]] | None, lexical: list[dict], *,
-               retriever: str, weights: FusionWeights | None, k: int) -> tuple[list[list[str]], list[list[float]],
-                                                                               list[list[dict]]]:
-    """Each question's ranked pids, scores and, per passage, its 1-based rank in each list
-    (``{"dense": r or None, "bm25": r or None}``): BM25 alone, or the dense and BM25 lists fused by
-    the question language's setting (dense alone where the setting says so)."""
-    ranked, scores, sources = [], [], []
-    for i, question in enumerate(questions):
-        bm25 = [(pid, float(score)) for pid, score in lexical[i]["hits"]]
-        if retriever == "bm25":
-            hits = bm25[:k]
-            ranked.append([pid for pid, _ in hits])
-            scores.append([score for _, score in hits])
-            sources.append([{"bm25": r} for r in range(1, len(hits) + 1)])
-            continue
-        dense_scores, dense_pids = dense
-        dense_list = [(pid, float(s)) for pid, s in zip(dense_pids[i], dense_scores[i])]
-        setting = weights.setting_for(question["lang"], has_lexical=lexical[i]["has_lexical"])
-        if setting is None:  # the documented fallback: no lexical index for this language, no rule for it
-            fused = [(pid, s, {"dense": r, "bm25": None}) for r, (pid, s) in enumerate(dense_list[:k], start=1)]
-        else:
-            other = bm25 if lexical[i]["has_lexical"] else [(p, float(s)) for p, s in lexical[i].get("neutral", [])]
-            fused = [(h.pid, h.score, h.sources) for h in fuse(dense_list, other, setting, k)]
-        ranked.append([pid for pid, _, _ in fused])
-        scores.append([s for _, s, _ in fused])
-        sources.append([src for _, _, src in fused])
-    return ranked, scores, sources
 
 
 def add_retrievers(data: bytes, sources: list[list[dict]]) -> bytes:
@@ -397,12 +358,7 @@ def fusion_weights(config: RetrieveConfig) -> FusionWeights:
     """The hybrid's fusion weights: ``--fusion``, else the ``fusion.json`` beside the lexical index,
     else beside the dense index, else the untuned default (equal-weight RRF for every language, and
     the dense list alone for a language without lexical parts)."""
-    if config.fusion:
-        return load_weights(config.fusion)
-    for uri in (config.lexical_index, config.index):
-        if uri and storage.resolve(uri).join(FUSION_FILE).is_file():
-            return load_weights(uri)
-    return FusionWeights()
+    return find_weights(config.fusion, config.lexical_index, config.index)[0]
 
 
 def effective_search_params(config: RetrieveConfig, index_manifest: dict) -> dict:

@@ -7,8 +7,9 @@ import json
 from typing import Any, Sequence
 
 from ray_cora import storage
-from ray_cora.reports.plots import language_heatmap, per_language_bar_chart
-from ray_cora.reports.tables import CORA_MKQA_GROUPS, CORA_XOR_GROUPS, default_groups, paper_table
+from ray_cora.reports.plots import comparison_bar_chart, language_heatmap, per_language_bar_chart
+from ray_cora.reports.tables import (CORA_MKQA_GROUPS, CORA_XOR_GROUPS, MACRO, default_groups, paper_table,
+                                     side_by_side_table)
 
 
 def _groups(choice: str, languages: Sequence[str]) -> dict[str, list[str]] | None:
@@ -110,6 +111,91 @@ def write_evaluation(metrics: dict, out: str, *, groups: str = "auto", title: st
     files["report.md"] = report.encode("utf-8")
     # metrics.json last: its presence means the evaluation finished.
     files["metrics.json"] = json.dumps(metrics, indent=2, ensure_ascii=False).encode("utf-8")
+    for name, data in files.items():
+        storage.write_bytes(root.join(name), data)
+    return report
+
+
+_FAMILIES = (("R^L", "answer in the question's language in the top {k}"),
+             ("R^multi", "answer in any language in the top {k}"),
+             ("R^gold", "gold passage in the top {k}"))
+
+
+def comparison_rows(comparison: dict, metric: str) -> dict[str, dict[str, float | None]]:
+    """``{language: {run: value}}`` of one metric over every run of a comparison, ``macro`` last."""
+    runs = comparison["runs"]
+    languages = sorted({lang for run in runs.values() for lang in run["per_language"]})
+    rows = {lang: {label: run["per_language"].get(lang, {}).get(metric) for label, run in runs.items()}
+            for lang in languages}
+    # A language without the metric in any run (no gold passages for R^gold) gets no row.
+    rows = {lang: values for lang, values in rows.items() if any(v is not None for v in values.values())}
+    rows[MACRO] = {label: run["macro"].get(metric) for label, run in runs.items()}
+    return rows
+
+
+def comparison_metrics(comparison: dict) -> list[tuple[str, str]]:
+    """``(metric, caption)`` of every metric some run of the comparison has, family by family."""
+    found = []
+    for family, caption in _FAMILIES:
+        for k in comparison["ks"]:
+            name = f"{family}@{k}"
+            if any(name in run["macro"] for run in comparison["runs"].values()):
+                found.append((name, caption.format(k=k)))
+    return found
+
+
+def plot_k(comparison: dict) -> int:
+    """The cut-off the comparison plot shows: the largest k ≤ 20 that every run reaches."""
+    common = sorted(set.intersection(*(set(run["ks"]) for run in comparison["runs"].values())))
+    return max([k for k in common if k <= 20] or common[:1] or comparison["ks"][:1])
+
+
+def comparison_report(comparison: dict, *, title: str | None = None) -> str:
+    """Markdown report of ``evaluate retrieval --compare``: the runs, then one side-by-side table per
+    metric (rows = question languages and macro, columns = runs, the best of each row in bold)."""
+    runs = comparison["runs"]
+    parts = [f"# {title or 'Retrieval comparison: ' + ' / '.join(runs)}\n",
+             f"{comparison['questions']['scored']} questions, the same for every run, each run scored as "
+             "`ray-cora evaluate retrieval` scores it alone. Percentages; `macro` averages the languages "
+             "equally; the best run of each row is in **bold**.\n",
+             "| run | retriever | source | passages per question |", "|---|---|---|---:|"]
+    parts += [f"| {label} | {run.get('retriever') or '–'} | `{run['source']}` | {run['passages_per_question']} |"
+              for label, run in runs.items()]
+    first = next(iter(runs.values()))["per_language"]
+    parts.append("\nQuestions per language: " + ", ".join(f"{lang} {row['count']}" for lang, row in first.items())
+                 + ".\n")
+    left_out = {label: n for label, n in comparison["questions"]["left_out"].items() if n}
+    if left_out:
+        parts.append("Questions not in every run were left out (--common-questions): "
+                     + ", ".join(f"{n} of {label}" for label, n in left_out.items()) + ".\n")
+    shallow: dict[tuple, list[str]] = {}
+    for label, run in runs.items():
+        if run.get("ks_left_out"):
+            shallow.setdefault((tuple(run["ks_left_out"]), run["passages_per_question"]), []).append(label)
+    for (ks, depth), labels in shallow.items():
+        parts.append(f"k = {', '.join(map(str, ks))} left out for {', '.join(labels)}: only {depth} passages "
+                     "per question.\n")
+    for metric, caption in comparison_metrics(comparison):
+        parts.append(side_by_side_table(comparison_rows(comparison, metric), list(runs),
+                                        title=f"{metric}: {caption}"))
+    k = plot_k(comparison)
+    parts.append(f"Plot: `comparison.png` (recall@{k} per question language, one bar per run).\n")
+    return "\n".join(parts)
+
+
+def write_comparison(comparison: dict, out: str, *, title: str | None = None) -> str:
+    """Write metrics.json (every run's metrics under its label), report.md and comparison.png;
+    return the report."""
+    root = storage.resolve(out)
+    report = comparison_report(comparison, title=title)
+    k = plot_k(comparison)
+    panels = {name: comparison_rows(comparison, name) for name in (f"{family}@{k}" for family, _ in _FAMILIES)
+              if any(name in run["macro"] for run in comparison["runs"].values())}
+    # As write_evaluation: everything rendered first, metrics.json written last.
+    files = {"comparison.png": comparison_bar_chart(panels, comparison["labels"],
+                                                    title=f"{title or 'Retrieval'}: recall@{k} per run"),
+             "report.md": report.encode("utf-8"),
+             "metrics.json": json.dumps(comparison, indent=2, ensure_ascii=False).encode("utf-8")}
     for name, data in files.items():
         storage.write_bytes(root.join(name), data)
     return report

@@ -33,22 +33,55 @@ def per_language_bar_chart(per_language: dict[str, dict[str, float]], metrics: S
     languages = [lang for lang in per_language if lang not in _IGNORED]
     if not languages or not metrics:
         raise ValueError("per_language_bar_chart needs at least one language and one metric")
-    x = np.arange(len(languages))
-    width = 0.8 / len(metrics)
     figure, axes = plt.subplots(figsize=(max(6.0, 0.45 * len(languages) * len(metrics) + 2), 4))
+    _grouped_bars(axes, per_language, languages, metrics)
+    axes.set_xlabel("question language")
+    if title:
+        axes.set_title(title)
+    return _png(figure)
+
+
+def _grouped_bars(axes, per_language: dict[str, dict[str, float]], languages: Sequence[str],
+                  series: Sequence[str], *, legend: bool = True) -> None:
+    x = np.arange(len(languages))
+    width = 0.8 / len(series)
     highest = 0.0
-    for i, metric in enumerate(metrics):
-        values = [float(per_language[lang].get(metric) or 0.0) for lang in languages]
+    for i, name in enumerate(series):
+        values = [float(per_language[lang].get(name) or 0.0) for lang in languages]
         highest = max([highest, *values])
-        axes.bar(x + (i - (len(metrics) - 1) / 2) * width, values, width, label=metric)
+        axes.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
     axes.set_ylim(0, max(5.0, 1.05 * highest))  # percentages: never below 0, even when all are 0
     axes.set_xticks(x, languages)
     axes.set_ylabel("%")
-    axes.set_xlabel("question language")
     axes.grid(axis="y", alpha=0.3)
-    axes.legend(fontsize="small", ncols=min(len(metrics), 5))
+    if legend:
+        axes.legend(fontsize="small", ncols=min(len(series), 5))
+
+
+def comparison_bar_chart(panels: dict[str, dict[str, dict[str, float | None]]], runs: Sequence[str], *,
+                         title: str = "") -> bytes:
+    """Runs side by side: one panel per metric (``{metric: {language: {run: value}}}``), one group of
+    bars per language (a ``macro`` key drawn last, as the average), one bar per run.
+
+    >>> png = comparison_bar_chart({"R@5": {"ja": {"dense": 40.0, "bm25": 60.0}}}, ["dense", "bm25"])
+    >>> png[:4] == b"\\x89PNG"
+    True
+    """
+    if not panels or not runs or not any(panels.values()):
+        raise ValueError("comparison_bar_chart needs at least one metric, one language and one run")
+    width = max(len(rows) for rows in panels.values())
+    figure, axes_list = plt.subplots(len(panels), 1, squeeze=False, layout="constrained",
+                                     figsize=(max(6.0, 0.35 * width * len(runs) + 2), 0.5 + 2.8 * len(panels)))
+    for axes, (metric, rows) in zip(axes_list[:, 0], panels.items()):
+        languages = [lang for lang in rows if lang not in _IGNORED] + [lang for lang in rows if lang == "macro"]
+        _grouped_bars(axes, rows, languages, runs, legend=False)
+        axes.set_title(metric, fontsize="medium")
+    axes_list[-1, 0].set_xlabel("question language")
+    # One legend for every panel, outside the bars.
+    figure.legend(*axes_list[0, 0].get_legend_handles_labels(), loc="outside lower center",
+                  ncols=min(len(runs), 6), fontsize="small")
     if title:
-        axes.set_title(title)
+        figure.suptitle(title)
     return _png(figure)
 
 

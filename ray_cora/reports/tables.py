@@ -98,3 +98,27 @@ def paper_table(per_language: dict[str, dict[str, float]], metrics: Sequence[str
         cells = [f"{v:.1f}" if v is not None else "–" for v in values + [macro]]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def side_by_side_table(rows: dict[str, dict[str, float | None]], columns: Sequence[str], *,
+                       first: str = "language", title: str | None = None) -> str:
+    """Markdown table comparing runs: one row per key of ``rows`` (languages, then ``macro``), one
+    column per run; the best value of each row (as shown, to one decimal; ties all) in bold.
+    Missing values print as ``–``.
+
+    >>> print(side_by_side_table({"ja": {"dense": 40.0, "bm25": 60.0}}, ["dense", "bm25"]))
+    | language | dense | bm25 |
+    |---|---:|---:|
+    | ja | 40.0 | **60.0** |
+    <BLANKLINE>
+    """
+    lines = [f"### {title}\n"] if title else []
+    lines.append("| " + " | ".join([first, *columns]) + " |")
+    lines.append("|---|" + "|".join(["---:"] * len(columns)) + "|")
+    for name, values in rows.items():
+        shown = [f"{values[c]:.1f}" if values.get(c) is not None else None for c in columns]
+        best = max((float(v) for v in shown if v is not None), default=None)
+        cells = ["–" if v is None else f"**{v}**" if len(columns) > 1 and float(v) == best else v for v in shown]
+        label = f"**{name}**" if name == MACRO else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -83,9 +83,9 @@ from ray_cora import __version__, storage
 from ray_cora.configs.serve import ServeAppOptions
 from ray_cora.encoders import format_query
 from ray_cora.errors import ConfigError
+from ray_cora.index.fusion import RETRIEVERS
 from ray_cora.index.gpu import placement_line
 from ray_cora.index.sharded import INDEX_KIND, ShardedIndex
-from ray_cora.languages import UNKNOWN_LANG
 from ray_cora.serve.core import (
     CopyRotation,
     RetrieverCore,
@@ -422,7 +422,9 @@ class Retriever:
                                        passage_store=opts.passage_store, encoder=opts.encoder,
                                        hold_index=not self.groups, cache_buckets=opts.passage_cache_buckets,
                                        default_params=(opts.nprobe, opts.ef_search),
-                                       use_gpu=opts.search_gpus > 0 and not self.groups, gpu_fp16=opts.gpu_fp16)
+                                       use_gpu=opts.search_gpus > 0 and not self.groups, gpu_fp16=opts.gpu_fp16,
+                                       lexical_index=opts.lexical_index, fusion=opts.fusion,
+                                       retriever=opts.default_retriever)
         if self.core.index is not None:
             print(f"Retriever: {len(self.core.index)} vectors on {placement_line(self.core.index.placement)}")
 
@@ -446,24 +448,24 @@ class Retriever:
         _set_batching(self.search, config)
 
     @batched(max_batch_size=16)
-    async def search(self, requests: list[tuple[str, int, str | None, int | None, int | None]]
+    async def search(self, requests: list[tuple[str, int, str | None, int | None, int | None, str | None]]
                      ) -> list[list[dict[str, Any]]]:
-        questions, ks, langs, nprobes, ef_searches = zip(*requests)
+        """One batch of (question, k, lang, nprobe, ef_search, retriever) requests: each question is
+        encoded in the encoder's query format (a plain format needs no language; the Ingress asks
+        for lang when the format writes it) and ranked by its retriever (None: the app's default)."""
+        questions, ks, langs, nprobes, ef_searches, retrievers = zip(*requests)
         params = list(zip(nprobes, ef_searches))
-        # Each question in the encoder's query format; a plain format needs no language (the Ingress
-        # asks for lang when the format writes it).
-        query_langs = [lang or UNKNOWN_LANG for lang in langs] if self.core.needs_lang else None
         # In a thread, so requests keep arriving (and queue for the next batch) while this one runs;
-        # with shard groups the whole batch (encode, fan-out, merge, texts) is one thread hop.
+        # with shard groups the whole batch (encode, fan-out, merge, BM25, fusion, texts) is one thread hop.
         if not self.groups:
-            return await asyncio.to_thread(self.core.retrieve, questions, ks, query_langs, params)
-        return await asyncio.to_thread(self._search_groups, questions, ks, query_langs, params)
+            return await asyncio.to_thread(self.core.retrieve, questions, ks, langs, params, retrievers)
+        return await asyncio.to_thread(self.core.retrieve, questions, ks, langs, params, retrievers,
+                                       search=self._search_groups)
 
-    def _search_groups(self, questions, ks, query_langs, params) -> list[list[dict[str, Any]]]:
-        vectors = self.core.encode(questions, query_langs)
+    def _search_groups(self, vectors: np.ndarray, ks, params) -> tuple[list, list]:
         # Unset values stay None: each group applies the app's defaults (IndexShardGroup.defaults).
-        scores, pids = fan_out(vectors, ks, params, self._submit, self._wait)
-        return self.core.attach(scores, pids, ks)
+        # The BM25 side is searched by the core, here in the Retriever: the groups hold dense shards only.
+        return fan_out(vectors, ks, params, self._submit, self._wait)
 
     def _submit(self, vectors: np.ndarray, k: int, nprobe: int | None, ef_search: int | None) -> list:
         """Start one search on one copy of every group: [(group, copy order, call args, (copy, ObjectRef))]."""
@@ -555,11 +557,12 @@ class Retriever:
         return await asyncio.to_thread(self._on_group, g, method, (), self.rotations[g].order())
 
     async def retrieve(self, question: str, k: int, lang: str | None = None, nprobe: int | None = None,
-                       ef_search: int | None = None) -> list[dict[str, Any]]:
-        return await self.search((question, k, lang, nprobe, ef_search))
+                       ef_search: int | None = None, retriever: str | None = None) -> list[dict[str, Any]]:
+        return await self.search((question, k, lang, nprobe, ef_search, retriever))
 
     async def info(self) -> dict[str, Any]:
-        """The encoder and the index: size, dimension, shards, search defaults, placement."""
+        """The encoder and the index (size, dimension, shards, search defaults, placement), the
+        retrievers offered and the default, the lexical index and the fusion weights."""
         manifest = storage.Artifact(self.core.index_uri, kind=INDEX_KIND).manifest
         described = await self.describe()
         recorded = manifest["encoder"]
@@ -569,7 +572,8 @@ class Retriever:
                           "shards": len(manifest["shards"]), "dim": int(recorded["dim"]),
                           "factory": manifest.get("index_factory", manifest.get("index_type")),
                           "shard_groups": len(self.groups) or 1,
-                          "shard_group_copies": len(self.groups[0]) if self.groups else 1, **described}}
+                          "shard_group_copies": len(self.groups[0]) if self.groups else 1, **described},
+                **self.core.describe_retrievers()}
 
     async def ping(self) -> bool | str:
         """Readiness: True when this replica and every copy of every shard group answer; while each
@@ -663,7 +667,9 @@ class Ingress:
     def __init__(self, retriever, generator, pivot, options: dict[str, Any], api_key: str | None) -> None:
         opts = ServeAppOptions.model_validate(options)
         self.retriever, self.generator, self.pivot = retriever, generator, pivot
-        self.limits = Limits(opts.max_question_chars, opts.max_k, opts.default_k, opts.max_nprobe, opts.max_ef_search)
+        self.limits = Limits(opts.max_question_chars, opts.max_k, opts.default_k, opts.max_nprobe, opts.max_ef_search,
+                             retrievers=RETRIEVERS if opts.lexical_index else ("dense",),
+                             default_retriever=opts.default_retriever)
         self.answer_passages = opts.answer_passages
         self.readiness_timeout_s = opts.readiness_timeout_s
         self.models = {"generator": opts.generator, "pivot_db": opts.pivot_db, "pivot_reranker": opts.pivot_reranker}
@@ -729,13 +735,18 @@ class Ingress:
 
     @api.post("/v1/retrieve", response_model=RetrieveResponse, responses=_ERRORS, dependencies=AUTHENTICATED)
     async def retrieve(self, body: RetrieveRequest) -> dict[str, Any]:
-        """Top-k passages, in any language, for a question in any language."""
+        """Top-k passages, in any language, for a question in any language, by the dense, BM25 or
+        hybrid retriever (``retriever``; BM25 searches the question's language, so needs ``lang``)."""
         question, k = self.limits.question(body.question), self.limits.k(body.k)
+        retriever = self.limits.retriever(body.retriever)
+        if retriever == "bm25" and body.lang is None:
+            raise ClientError(422, "lang is required by retriever bm25: it searches the BM25 index in the question's "
+                              "language", field="lang", code="missing_field")
         lang = self.limits.lang(body.lang, required=self.needs_lang)
         nprobe = self.limits.search_param("nprobe", body.nprobe)
         ef_search = self.limits.search_param("ef_search", body.ef_search)
-        passages = await self.retriever.retrieve.remote(question, k, lang, nprobe, ef_search)
-        return {"question": question, "lang": lang, "k": k, "passages": passages}
+        passages = await self.retriever.retrieve.remote(question, k, lang, nprobe, ef_search, retriever)
+        return {"question": question, "lang": lang, "k": k, "retriever": retriever, "passages": passages}
 
     @api.post("/v1/answer", response_model=AnswerResponse, responses=_ERRORS, dependencies=AUTHENTICATED)
     async def answer(self, body: AnswerRequest) -> dict[str, Any]:

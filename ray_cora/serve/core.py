@@ -21,8 +21,11 @@ from ray_cora.data.passages import iter_passages, passage_files
 from ray_cora.demo import DEMO_PASSAGES, DEMO_PIVOT_DB, DEMO_WIKIDATA_LABELS
 from ray_cora.encoders import PLAIN, check_same_encoder, encoder_record, format_query, load_encoder, query_format_for
 from ray_cora.errors import ConfigError
+from ray_cora.index.fusion import RETRIEVERS, FusionSetting, FusionWeights, find_weights, fuse_question, lexical_lists
+from ray_cora.index.lexical import LexicalIndex
 from ray_cora.index.sharded import (INDEX_KIND, ShardedIndex, commit_index, iter_index_langs, merge_pid_arrays,
                                     plan_shards, write_shard)
+from ray_cora.languages import UNKNOWN_LANG
 from ray_cora.models.mgen import Generator
 from ray_cora.pivot import PivotPipeline, build_database, iter_db_records
 
@@ -257,12 +260,29 @@ def fan_out(vectors: np.ndarray, ks: Sequence[int], params: Sequence[SearchParam
     return rows_in_request_order(found, len(vectors))
 
 
+# One ranked passage before its text is attached: (pid, score, its rank in each list).
+Ranked = list[tuple[str, float, dict[str, int | None]]]
+# search(vectors, ks, params) -> (scores rows, pids rows), row i holding at least ks[i] hits.
+DenseSearch = Callable[[np.ndarray, Sequence[int], Sequence[SearchParams]], tuple[Sequence, Sequence]]
+
+
 @dataclass
 class RetrieverCore:
-    """Question encoder + sharded index + passage store: questions in, ranked passages out.
+    """Question encoder + sharded index (+ a lexical index) + passage store: questions in, ranked
+    passages out.
 
     With ``hold_index=False`` the index stays elsewhere (the Serve app's IndexShardGroup actors):
-    :meth:`encode` the questions, search them there (:func:`fan_out`), then :meth:`attach` the texts.
+    :meth:`retrieve` takes the search of those as ``search`` (or :meth:`encode` the questions, search
+    them there with :func:`fan_out`, then :meth:`attach` the texts).
+
+    Three retrievers (:meth:`retrieve`'s ``retrievers``, one per question; default
+    ``default_retriever``): ``dense``; with a ``lexical`` index also ``bm25`` (the question's own
+    language's parts of the BM25 index) and ``hybrid`` (the dense and BM25 lists fused by
+    ``weights``, the setting of the question's language: :func:`~ray_cora.index.fusion.fuse_question`,
+    as ``ray-cora retrieve --retriever hybrid`` fuses them). A question without a language is
+    answered by the dense list alone in hybrid mode (its language picks the lexical parts and the
+    fusion setting; it is not guessed); bm25 needs one. Every passage carries ``retrievers``: its
+    1-based rank in the dense and in the BM25 list (None: not in that list).
 
     Without an index it embeds the demo corpus first:
 
@@ -280,21 +300,41 @@ class RetrieverCore:
     query_format: str = PLAIN
     # (nprobe, ef_search) of a search that asks for nothing (None: the index's search_params).
     default_params: SearchParams = (None, None)
+    lexical: LexicalIndex | None = None
+    lexical_uri: str | None = None
+    weights: FusionWeights | None = None
+    # Where the weights came from (None: FusionWeights' untuned default).
+    fusion_source: str | None = None
+    default_retriever: str = "dense"
+
+    def __post_init__(self) -> None:
+        if self.lexical is not None and self.weights is None:
+            self.weights = FusionWeights()
+        self.retriever_for(None)  # a default retriever the core can run
 
     @property
     def needs_lang(self) -> bool:
         """Whether a question must come with its language (the query format writes it)."""
         return "{lang}" in self.query_format
 
+    @property
+    def retrievers(self) -> tuple[str, ...]:
+        """The retrievers this core runs: dense, and bm25 and hybrid with a lexical index."""
+        return RETRIEVERS if self.lexical is not None else ("dense",)
+
     @classmethod
     def load(cls, *, index: str | None, passages: str | None = None, passage_store: str | None = None,
              encoder: str | None = None, threads: int = 1, device: Any = None, hold_index: bool = True,
              cache_buckets: int = 64, default_params: SearchParams = (None, None), use_gpu: bool = False,
-             gpu_fp16: bool = True) -> "RetrieverCore":
+             gpu_fp16: bool = True, lexical_index: str | None = None, fusion: str | None = None,
+             retriever: str | None = None) -> "RetrieverCore":
         """Open ``index`` (its encoder must be ``encoder``: the same model, see
         :func:`~ray_cora.encoders.check_same_encoder`) with texts from ``passage_store`` (a
         committed store) or else a store built now from ``passages`` (see :func:`open_passages`).
-        Without an index, embed ``passages`` (default: the demo corpus) into a temporary index first."""
+        Without an index, embed ``passages`` (default: the demo corpus) into a temporary index first.
+        ``lexical_index`` (memory-mapped) adds the bm25 and hybrid retrievers, fused by ``fusion``
+        (default: the ``fusion.json`` in the lexical index, else in the index, else equal-weight
+        RRF); ``retriever`` is the default one (None: hybrid with a lexical index, else dense)."""
         if encoder is None:  # the model that built the index, as its manifest records it
             encoder = storage.Artifact(index, kind=INDEX_KIND).manifest["encoder"]["spec"] if index else "muse"
         model = load_encoder(encoder, threads=threads, device=device)
@@ -307,9 +347,54 @@ class RetrieverCore:
         opened = ShardedIndex.open(index, use_gpu=use_gpu, gpu_fp16=gpu_fp16) if hold_index else None
         if opened is not None:
             check_index_dims(opened, index)
+        lexical, weights, source = None, None, None
+        if lexical_index:
+            lexical = LexicalIndex.open(lexical_index)
+            weights, source = find_weights(fusion, lexical_index, index)
+        elif fusion:
+            raise ConfigError("fusion needs lexical_index: pass lexical_index=<URI> (ray-cora index-bm25 --out)")
         store = open_passages(passage_store=passage_store, passages=passages, index_manifest=manifest,
                               cache_buckets=cache_buckets, index=index)
-        return cls(model, opened, store, index, query_format_for(encoder, manifest["encoder"]), default_params)
+        return cls(model, opened, store, index, query_format_for(encoder, manifest["encoder"]), default_params,
+                   lexical=lexical, lexical_uri=lexical_index, weights=weights, fusion_source=source,
+                   default_retriever=retriever or ("hybrid" if lexical is not None else "dense"))
+
+    def retriever_for(self, name: str | None) -> str:
+        """``name`` (None: the default retriever), refused when this core cannot run it."""
+        name = name or self.default_retriever
+        if name not in self.retrievers:
+            raise ConfigError(f"retriever {name!r} needs a lexical index: pass lexical_index=<URI> (ray-cora "
+                              f"index-bm25 --out), or use {' or '.join(self.retrievers)}")
+        return name
+
+    def setting_for(self, lang: str | None) -> FusionSetting | None:
+        """The fusion setting of a hybrid question in ``lang``; None: the dense list alone (no
+        language given, or a language without lexical parts whose rule says so)."""
+        if lang is None or self.lexical is None or self.weights is None:
+            return None
+        return self.weights.setting_for(lang, has_lexical=lang in self.lexical.languages)
+
+    def dense_depth(self, k: int, lang: str | None, retriever: str) -> int | None:
+        """How many dense hits a question's ranking reads: ``k``, or for hybrid the fusion
+        setting's depth when deeper; None for bm25 (no dense search)."""
+        if retriever == "bm25":
+            return None
+        setting = self.setting_for(lang) if retriever == "hybrid" else None
+        return k if setting is None else max(k, setting.depth)
+
+    def rank(self, question: str, k: int, lang: str | None, retriever: str,
+             dense: Sequence[tuple[str, float]] | None) -> Ranked:
+        """One question's top ``k`` (pid, score, ranks) from its ``dense`` list (best first; at
+        least :meth:`dense_depth` hits) and, for bm25 and hybrid, its BM25 search."""
+        if retriever == "dense" or (retriever == "hybrid" and lang is None):
+            return [(pid, float(s), {"dense": r, "bm25": None}) for r, (pid, s) in enumerate(list(dense)[:k], 1)]
+        if lang is None:
+            raise ConfigError("retriever bm25 needs the question's language (lang): it picks the lexical index's parts")
+        setting = self.setting_for(lang) if retriever == "hybrid" else None
+        row = lexical_lists(self.lexical, question, lang, k if setting is None else max(k, setting.depth),
+                            neutral=setting is not None and self.weights.no_lexical is not None)
+        fused = fuse_question(lang, dense, row, retriever=retriever, weights=self.weights, k=k)
+        return [(pid, s, {"dense": src.get("dense"), "bm25": src.get("bm25")}) for pid, s, src in fused]
 
     def encode(self, questions: Sequence[str], langs: Sequence[str] | None = None) -> np.ndarray:
         """Query vectors. With ``langs`` each question is first written in the encoder's
@@ -321,42 +406,91 @@ class RetrieverCore:
             texts = [format_query(self.query_format, q, lang) for q, lang in zip(texts, langs)]
         return np.ascontiguousarray(self.encoder.encode_queries(texts), dtype=np.float32)
 
-    def attach(self, scores: np.ndarray, pids: Sequence[Sequence[str]],
-               ks: Sequence[int]) -> list[list[dict[str, Any]]]:
-        """Ranked pids and scores (one row per question) → the top ``ks[i]`` passages with texts."""
+    def query_langs(self, langs: Sequence[str | None] | None) -> list[str] | None:
+        """The languages :meth:`encode` writes questions with: none for a plain format (the
+        question as given), else each question's (``und`` where it has none)."""
+        if langs is None or not self.needs_lang:
+            return None
+        return [lang or UNKNOWN_LANG for lang in langs]
+
+    def attach(self, scores: np.ndarray, pids: Sequence[Sequence[str]], ks: Sequence[int],
+               sources: Sequence[Sequence[dict[str, int | None]]] | None = None) -> list[list[dict[str, Any]]]:
+        """Ranked pids and scores (one row per question) → the top ``ks[i]`` passages with texts;
+        ``sources``: each passage's ``retrievers`` (default: its rank in the row, a dense list)."""
         found = self.passages.lookup(p for row in pids for p in row)
         missing = [p for row in pids for p in row if p not in found]
         if missing:
-            raise ConfigError(f"pid {missing[0]!r} from {self.index_uri} is not in the passages: serve the "
+            what = self.index_uri + (f" or {self.lexical_uri}" if self.lexical_uri else "")
+            raise ConfigError(f"pid {missing[0]!r} from {what} is not in the passages: serve the "
                               "corpus (or passage store) the index was built from")
+        if sources is None:
+            sources = [[{"dense": r, "bm25": None} for r in range(1, len(row) + 1)] for row in pids]
         return [[{"pid": pid, "lang": found[pid]["lang"], "title": found[pid]["title"],
-                  "text": found[pid]["text"], "score": float(score)}
-                 for pid, score in zip(row_pids[:k], row_scores[:k])]
-                for row_pids, row_scores, k in zip(pids, scores, ks)]
+                  "text": found[pid]["text"], "score": float(score), "retrievers": dict(src)}
+                 for pid, score, src in zip(row_pids[:k], row_scores[:k], row_sources)]
+                for row_pids, row_scores, row_sources, k in zip(pids, scores, sources, ks)]
 
-    def retrieve(self, questions: Sequence[str], ks: Sequence[int], langs: Sequence[str] | None = None,
-                 params: Sequence[SearchParams] | None = None) -> list[list[dict[str, Any]]]:
-        """Top ``ks[i]`` passages for ``questions[i]`` (in ``langs[i]``, see :meth:`encode`) searched
-        with ``params[i]`` = (nprobe, ef_search) (None: the defaults); one batched encode, one
-        search per distinct setting."""
-        if not questions:
-            return []
+    def search_index(self, vectors: np.ndarray, ks: Sequence[int], params: Sequence[SearchParams]
+                     ) -> tuple[list, list]:
+        """Search the index this core holds: (scores rows, pids rows), one search per distinct
+        (nprobe, ef_search), unset values taken from ``default_params``."""
         if self.index is None:
             raise ConfigError("this retriever holds no index (hold_index=False): search its encode() "
                               "vectors on the shard groups, then attach()")
-        vectors = self.encode(questions, langs)
         found = []
-        for (nprobe, ef_search), positions in group_by_search_params(
-                self.with_defaults(params or [(None, None)] * len(questions))).items():
+        for (nprobe, ef_search), positions in group_by_search_params(self.with_defaults(params)).items():
             found.append((positions, *self.index.search(vectors[positions], max(ks[i] for i in positions),
                                                         nprobe=nprobe, ef_search=ef_search)))
-        return self.attach(*rows_in_request_order(found, len(questions)), ks)
+        return rows_in_request_order(found, len(vectors))
+
+    def retrieve(self, questions: Sequence[str], ks: Sequence[int], langs: Sequence[str | None] | None = None,
+                 params: Sequence[SearchParams] | None = None, retrievers: Sequence[str | None] | None = None,
+                 *, search: DenseSearch | None = None) -> list[list[dict[str, Any]]]:
+        """Top ``ks[i]`` passages for ``questions[i]`` in ``langs[i]`` (written in the encoder's
+        query format, see :meth:`encode`; it picks the lexical parts) by ``retrievers[i]`` (None:
+        the default), the dense side searched with ``params[i]`` = (nprobe, ef_search) (None: the
+        defaults) by ``search`` (default: :meth:`search_index`); one batched encode of the questions
+        that need the dense side, one search per distinct setting."""
+        n = len(questions)
+        if not n:
+            return []
+        langs = list(langs) if langs is not None else [None] * n
+        modes = [self.retriever_for(name) for name in (retrievers or [None] * n)]
+        params = list(params or [(None, None)] * n)
+        depths = [self.dense_depth(k, lang, mode) for k, lang, mode in zip(ks, langs, modes)]
+        dense: list[list[tuple[str, float]] | None] = [None] * n
+        at = [i for i, depth in enumerate(depths) if depth is not None]
+        if at:
+            vectors = self.encode([questions[i] for i in at], self.query_langs([langs[i] for i in at]))
+            scores, pids = (search or self.search_index)(vectors, [depths[i] for i in at], [params[i] for i in at])
+            for row, i in enumerate(at):
+                dense[i] = list(zip(pids[row], (float(s) for s in scores[row])))
+        ranked = [self.rank(questions[i], ks[i], langs[i], modes[i], dense[i]) for i in range(n)]
+        return self.attach([[s for _, s, _ in row] for row in ranked], [[p for p, _, _ in row] for row in ranked],
+                           ks, [[src for _, _, src in row] for row in ranked])
 
     def with_defaults(self, params: Sequence[SearchParams]) -> list[SearchParams]:
         """Each request's (nprobe, ef_search), its unset values taken from ``default_params``."""
         default_nprobe, default_ef = self.default_params
         return [(default_nprobe if nprobe is None else nprobe, default_ef if ef is None else ef)
                 for nprobe, ef in params]
+
+    def describe_retrievers(self) -> dict[str, Any]:
+        """What /v1/info says of the retrievers: the default, those offered, the lexical index
+        (languages, passages, BM25 settings) and the fusion (its source and per-language settings)."""
+        out: dict[str, Any] = {"retriever": {"default": self.default_retriever, "available": list(self.retrievers)},
+                               "lexical_index": None, "fusion": None}
+        if self.lexical is None or self.weights is None:
+            return out
+        out["lexical_index"] = {"uri": self.lexical_uri, "passages": len(self.lexical),
+                                "languages": self.lexical.languages, "tokenizer": self.lexical.tokenizer,
+                                "k1": self.lexical.k1, "b": self.lexical.b}
+        weights = self.weights
+        out["fusion"] = {"source": self.fusion_source or "default (equal-weight RRF, k=60)",
+                         "languages": {lang: setting.describe() for lang, setting in sorted(weights.languages.items())},
+                         "fallback": weights.fallback.describe(),
+                         "no_lexical": weights.no_lexical.describe() if weights.no_lexical else "dense alone"}
+        return out
 
 
 class AnswerGenerator(Protocol):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import reprlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -113,6 +113,11 @@ class RetrieveRequest(_Request):
                                      "default: the app's nprobe, else the index's tuned value)")
     ef_search: StrictInt | None = Field(None, description="HNSW efSearch for this request (1..max_ef_search; "
                                         "default: the app's, else the index's)")
+    retriever: Literal["dense", "bm25", "hybrid"] | None = Field(
+        None, description="dense: the dense index alone; bm25: the BM25 index alone, in the question's language "
+        "(needs lang); hybrid: both lists fused by the fusion setting of the question's language (without "
+        "lang: the dense list alone). bm25 and hybrid need an app with a lexical_index (422 otherwise). "
+        "Default: the app's retriever (GET /v1/info)", examples=["hybrid"])
 
 
 class AnswerRequest(_Request):
@@ -124,18 +129,28 @@ class PivotRequest(AnswerRequest):
     pass
 
 
+class Retrievers(BaseModel):
+    """Where a passage came from: its 1-based rank in each retriever's list, null when not in it."""
+
+    dense: int | None = Field(description="Rank in the dense list (null: not in its top)")
+    bm25: int | None = Field(description="Rank in the BM25 list (null: not in its top, or no BM25 search)")
+
+
 class Passage(BaseModel):
     pid: str
     lang: str
     title: str
     text: str
-    score: float
+    score: float = Field(description="The dense inner product, the BM25 score, or the fused score (hybrid): "
+                         "the retriever's own scale")
+    retrievers: Retrievers = Field(description="The passage's rank in the dense and BM25 lists")
 
 
 class RetrieveResponse(BaseModel):
     question: str
     lang: str | None
     k: int
+    retriever: str = Field(description="The retriever that answered: dense, bm25 or hybrid")
     passages: list[Passage]
 
 
@@ -166,8 +181,8 @@ class ErrorResponse(BaseModel):
     field: str | None = Field(None, description="The request field at fault (dotted path), or the header")
     type: str = Field(description="invalid_request_error, authentication_error, unavailable_error or server_error")
     code: str = Field(description="Machine-readable cause, e.g. invalid_json, missing_field, unknown_field, "
-                      "invalid_text, invalid_value, body_too_large, unsupported_media_type, unauthorized, "
-                      "not_found, method_not_allowed, not_configured, not_ready, unavailable, internal_error")
+                      "invalid_text, invalid_value, no_lexical_index, body_too_large, unsupported_media_type, "
+                      "unauthorized, not_found, method_not_allowed, not_configured, not_ready, unavailable, internal_error")
 
 
 @dataclass(frozen=True)
@@ -185,6 +200,9 @@ class Limits:
     default_k: int = 10
     max_nprobe: int = 1024
     max_ef_search: int = 4096
+    # The retrievers the app offers (bm25 and hybrid only with a lexical index) and a request's default.
+    retrievers: tuple[str, ...] = ("dense",)
+    default_retriever: str = "dense"
 
     def question(self, text: str) -> str:
         text = text.strip()
@@ -221,6 +239,23 @@ class Limits:
             raise ClientError(422, f"{name} must be between 1 and {limit}, got {value}", field=name,
                               code="out_of_range")
         return value
+
+    def retriever(self, name: str | None) -> str:
+        """A request's ``retriever`` (None: the app's default), refused with a 422 naming the field
+        when the app does not offer it (bm25 and hybrid need an app with a lexical index).
+
+        >>> Limits().retriever("hybrid")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ray_cora.serve.schemas.ClientError: retriever 'hybrid' needs a lexical index and this app has none: ...
+        """
+        if name is None:
+            return self.default_retriever
+        if name not in self.retrievers:
+            raise ClientError(422, f"retriever {name!r} needs a lexical index and this app has none: use "
+                              f"{' or '.join(self.retrievers)}, or start the app with lexical_index=<URI> "
+                              "(ray-cora index-bm25 --out)", field="retriever", code="no_lexical_index")
+        return name
 
     @property
     def max_body_bytes(self) -> int:

@@ -1,12 +1,15 @@
 """``ray-cora pivot train-reranker``: fine-tune a cross-encoder on labelled paraphrase pairs with
 Ray Train (``TorchTrainer``; DDP over gloo on CPU, nccl on GPU).
 
-Pairs come from JSONL or TSV files with ``sentence1``/``sentence2``/``label`` (PAWS-X) or
-``question1``/``question2``/``is_duplicate`` (QQP). The paper's recipe is XLM-R large on 75%
-PAWS-X + 25% QQP at lr 1e-5: ``--pairs pawsx.tsv,qqp.tsv --mix 0.75,0.25``. Each epoch every
-worker reports a checkpoint (``save_pretrained`` folder) to ``<out>/ray-train/``; at the end the
-last checkpoint is published as the artifact ``<out>/model/`` (manifest written last), which
-``--reranker hf:<out>/model`` loads.
+The defaults are Montero et al.'s recipe (docs/pivot.md says what was checked): ``--pawsx`` files
+(every pair) and ``--qqp`` files (drawn to make 25% of the mixture, :func:`ray_cora.data.pairs.paper_mixture`),
+3 epochs, lr 1e-5 decaying linearly to 0 at the last step, a two-label head trained with softmax
+cross-entropy (``--loss softmax2``; ``--loss bce``: one logit, binary cross-entropy). Other pair
+files (JSONL or TSV with ``sentence1``/``sentence2``/``label`` or ``question1``/``question2``/
+``is_duplicate``) come in through ``--pairs`` with ``--mix`` weights. Each epoch every worker
+reports a checkpoint (``save_pretrained`` folder) to ``<out>/ray-train/``; at the end the last
+checkpoint is published as the artifact ``<out>/model/`` (manifest written last, with the mixture's
+counts), which ``--reranker hf:<out>/model`` loads.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ from ray.train.torch import TorchTrainer
 from ray_cora import storage
 from ray_cora.configs.pivot import PivotTrainRerankerConfig
 from ray_cora.configs.train import TRAIN_LOGGING_OPTIONS
+from ray_cora.data.pairs import iter_pawsx, iter_qqp, paper_mixture
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import ConfigError
+from ray_cora.encoders.hf import parse_spec
 from ray_cora.models.hf import load_hf_model
 from ray_cora.pivot.rerank import RERANK_OPTIONS
 from ray_cora.runtime import ray_session, worker_runtime_env
+from ray_cora.train.loop import build_scheduler
 from ray_cora.train.progress import LogSettings, ProgressMeter, format_duration
 from ray_cora.train.progress import say as print_line
 from ray_cora.train.tracking import MLflowRun, log_settings, tracking_callbacks
@@ -41,6 +47,8 @@ FIRST_KEYS = ("sentence1", "question1", "query")
 SECOND_KEYS = ("sentence2", "question2", "candidate")
 LABEL_KEYS = ("label", "is_duplicate")
 MODEL_KIND = "cross-encoder"
+# Outputs of the classification head each loss trains.
+LOSS_HEADS = {"softmax2": 2, "bce": 1}
 
 
 def iter_pairs(uri: str, *, bad_records: BadRecords | None = None) -> Iterator[dict[str, Any]]:
@@ -104,15 +112,104 @@ def mix_pairs(sources: Sequence[list[dict[str, Any]]], weights: Sequence[float] 
     return pairs
 
 
-def load_reranker_for_training(spec: str) -> Any:
-    """The cross-encoder to fine-tune (one-logit head), in float32 whatever dtype its folder was
-    saved in (transformers 5 loads ``dtype="auto"``; training wants float32 master weights)."""
+def load_reranker_for_training(spec: str, *, num_labels: int = 1) -> Any:
+    """The cross-encoder to fine-tune with a ``num_labels``-output head (a start model whose head
+    has another size gets a new one: :func:`head_note` says so), in float32 whatever dtype its
+    folder was saved in (transformers 5 loads ``dtype="auto"``; training wants float32 master weights)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     return load_hf_model(spec, AutoModelForSequenceClassification, options=RERANK_OPTIONS,
-                         what="sequence-classification model", to_device=False, num_labels=1,
-                         dtype=torch.float32)
+                         what="sequence-classification model", to_device=False, num_labels=num_labels,
+                         ignore_mismatched_sizes=True, dtype=torch.float32)
+
+
+def saved_head_size(spec: str) -> int | None:
+    """``num_labels`` of a sequence-classification folder (its ``config.json``), else None (a plain
+    encoder, or a model name in the Hugging Face cache)."""
+    source, _ = parse_spec(spec, "hf", RERANK_OPTIONS)
+    if "://" not in source and not os.path.isdir(os.path.expanduser(source)):
+        return None
+    loc = storage.resolve(os.path.expanduser(source)).join("config.json")
+    if not loc.is_file():
+        return None
+    config = json.loads(storage.read_bytes(loc))
+    if not any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or []):
+        return None
+    return int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)
+
+
+def head_note(saved: int | None, loss: str) -> str | None:
+    """The line that says a start model's head is replaced for ``loss``, or None.
+
+    >>> head_note(1, "softmax2")
+    'the start model has a 1-output head; --loss softmax2 trains a new 2-output head (use --loss bce to keep it)'
+    >>> head_note(2, "softmax2") is None and head_note(None, "bce") is None
+    True
+    """
+    want = LOSS_HEADS[loss]
+    if saved is None or saved == want:
+        return None
+    other = next((name for name, size in LOSS_HEADS.items() if size == saved), None)
+    keep = f" (use --loss {other} to keep it)" if other else ""
+    return f"the start model has a {saved}-output head; --loss {loss} trains a new {want}-output head{keep}"
+
+
+def pair_loss(logits: Any, labels: Any, loss: str) -> Any:
+    """The training loss of a batch of pair logits: ``bce`` on ``(n, 1)`` logits (sigmoid = the
+    paraphrase probability), ``softmax2`` cross-entropy on ``(n, 2)`` (softmax of label 1 = the
+    paraphrase probability); either way what :func:`ray_cora.pivot.rerank.pair_probability` reads.
+
+    >>> import torch
+    >>> round(float(pair_loss(torch.zeros(2, 2), torch.tensor([0, 1]), "softmax2")), 4)
+    0.6931
+    """
+    import torch.nn.functional as F
+
+    if loss not in LOSS_HEADS:
+        raise ValueError(f"unknown loss {loss!r}; use one of {', '.join(LOSS_HEADS)}")
+    if logits.shape[-1] != LOSS_HEADS[loss]:
+        raise ValueError(f"--loss {loss} needs {LOSS_HEADS[loss]} logits per pair, the model gives {logits.shape[-1]}")
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(logits[:, 0].float(), labels.float())
+    return F.cross_entropy(logits.float(), labels.long())
+
+
+def read_training_pairs(config: Any) -> tuple[list[dict[str, Any]], dict[str, int], BadRecords]:
+    """The pairs a pivot training config names (``PairInputs``): the paper's mixture of its
+    ``pawsx``/``qqp`` files, or its ``pairs`` files mixed by ``mix``; with the counts and the bad
+    records skipped."""
+    bad = BadRecords(config.on_bad_record)
+    if config.pairs:
+        sources = []
+        for uri in config.pairs:
+            sources.append(list(iter_pairs(uri, bad_records=bad)))
+            if not sources[-1]:
+                raise ConfigError(f"{uri}: no labelled pairs found")
+        pairs = mix_pairs(sources, config.mix, total=config.max_pairs, seed=config.seed)
+        return pairs, {"read": sum(len(s) for s in sources), "total": len(pairs)}, bad
+    pawsx = [p for uri in config.pawsx for p in iter_pawsx(uri, bad_records=bad)]
+    qqp = [p for uri in config.qqp for p in iter_qqp(uri, bad_records=bad)]
+    if not pawsx and not qqp:
+        raise ConfigError(f"no labelled pairs in {', '.join([*config.pawsx, *config.qqp])}")
+    pairs, counts = paper_mixture(pawsx, qqp, pawsx_share=config.pawsx_share, seed=config.seed)
+    return pairs, counts, bad
+
+
+def mixture_line(counts: dict[str, int], skipped: int) -> str:
+    """What the job says about its training pairs.
+
+    >>> mixture_line({"pawsx_read": 6, "qqp_read": 10, "pawsx_used": 6, "qqp_used": 2, "total": 8}, 0)
+    'pairs: 8 = 6 PAWS-X (all read, 75.0%) + 2 QQP (of 10 read, 25.0%)'
+    """
+    if "pawsx_used" not in counts:
+        line = f"pairs: {counts['total']} drawn from {counts['read']} read"
+    else:
+        total = max(counts["total"], 1)
+        line = (f"pairs: {counts['total']} = {counts['pawsx_used']} PAWS-X (all read, "
+                f"{100 * counts['pawsx_used'] / total:.1f}%) + {counts['qqp_used']} QQP (of {counts['qqp_read']} read, "
+                f"{100 * counts['qqp_used'] / total:.1f}%)")
+    return line + (f"; {skipped} bad line(s) skipped" if skipped else "")
 
 
 def steps_per_epoch(pairs: int, *, num_workers: int, batch_size: int) -> int:
@@ -126,17 +223,18 @@ def steps_per_epoch(pairs: int, *, num_workers: int, batch_size: int) -> int:
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: its shard of the pairs, BCE on the one-logit head. Rank 0
-    prints progress lines (:mod:`ray_cora.train.progress`), the epoch ends and each checkpoint."""
+    """Runs on every Ray Train worker: its shard of the pairs, :func:`pair_loss` (``config["loss"]``)
+    on the matching head, the learning rate decaying linearly (``lr_schedule="linear"``, after
+    ``warmup_steps``) over the whole run. Rank 0 prints progress lines
+    (:mod:`ray_cora.train.progress`), the epoch ends and each checkpoint."""
     import torch
 
     torch.manual_seed(config["seed"])
     log: LogSettings = config["log"]
-    loaded = load_reranker_for_training(config["model"])
+    loaded = load_reranker_for_training(config["model"], num_labels=LOSS_HEADS[config["loss"]])
     tokenizer = loaded.tokenizer
     model = ray.train.torch.prepare_model(loaded.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"])
-    loss_fn = torch.nn.BCEWithLogitsLoss()
     shard = ray.train.get_dataset_shard("train")
     device = ray.train.torch.get_device()
     context = ray.train.get_context()
@@ -144,6 +242,8 @@ def train_loop(config: dict[str, Any]) -> None:
     per_epoch = config["steps_per_epoch"]
     meter = ProgressMeter(job=log.job, total_steps=per_epoch * config["epochs"], steps_per_epoch=per_epoch,
                           every_steps=log.every_steps, every_s=log.every_s)
+    scheduler = (build_scheduler(optimizer, warmup_steps=config["warmup_steps"], total_steps=meter.total_steps)
+                 if config["lr_schedule"] == "linear" else None)
     mlflow_run = MLflowRun(log, config.get("log_params") or {})
     step = 0
 
@@ -160,17 +260,19 @@ def train_loop(config: dict[str, Any]) -> None:
                                         local_shuffle_buffer_size=1024, local_shuffle_seed=config["seed"] + epoch):
             inputs = tokenizer(batch["a"].tolist(), batch["b"].tolist(), padding=True, truncation=True,
                                max_length=config["max_length"], return_tensors="pt").to(device)
-            labels = torch.as_tensor(batch["label"], dtype=torch.float32, device=device)
-            loss = loss_fn(model(**inputs).logits[:, 0], labels)
+            labels = torch.as_tensor(batch["label"], dtype=torch.long, device=device)
+            loss = pair_loss(model(**inputs).logits, labels, config["loss"])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             total += float(loss)
             steps += 1
             step += 1
             meter.add(loss=float(loss), samples=len(labels) * world)
             if rank == 0 and meter.due(step):
-                metrics = meter.window(step=step, epoch=epoch + 1, lr=config["lr"])
+                metrics = meter.window(step=step, epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
                 say(meter.line(metrics))
                 mlflow_run.log(metrics, step=step)
         say(meter.epoch_line(epoch=epoch + 1, step=step))
@@ -191,23 +293,26 @@ def train_loop(config: dict[str, Any]) -> None:
 
 
 def train_reranker(config: PivotTrainRerankerConfig) -> dict[str, Any]:
-    """Run the Ray Train job and publish ``<out>/model``; returns its manifest."""
+    """Run the Ray Train job and publish ``<out>/model``; returns its manifest (with the mixture's
+    counts under ``pairs``)."""
 
-    sources = []
-    bad = BadRecords(config.on_bad_record)
-    for uri in config.pairs:
-        sources.append(list(iter_pairs(uri, bad_records=bad)))
-        if not sources[-1]:
-            raise ConfigError(f"{uri}: no labelled pairs found")
-    pairs = mix_pairs(sources, config.mix, total=config.max_pairs, seed=config.seed)
+    pairs, counts, bad = read_training_pairs(config)
     out = storage.resolve(config.out)
+    if bad.count:
+        storage.write_bytes(out.join("bad_records.jsonl"), bad.to_jsonl())
+    print(f"pivot train-reranker: {mixture_line(counts, bad.count)}", flush=True)
+    note = head_note(saved_head_size(config.model), config.loss)
+    if note:
+        print(f"pivot train-reranker: {note}", flush=True)
     started = time.monotonic()
     log = log_settings(config, "pivot train-reranker", out.join("ray-train").uri)
     loop_config = {"model": config.model, "lr": config.lr, "epochs": config.epochs, "seed": config.seed,
                    "batch_size": config.batch_size, "max_length": config.max_length, "log": log,
+                   "loss": config.loss, "lr_schedule": config.lr_schedule, "warmup_steps": config.warmup_steps,
                    "log_params": {k: v for k, v in config.to_dict().items() if k not in TRAIN_LOGGING_OPTIONS},
                    "steps_per_epoch": steps_per_epoch(len(pairs), num_workers=config.num_workers,
                                                       batch_size=config.batch_size)}
+    rows = [{"a": p["a"], "b": p["b"], "label": p["label"]} for p in pairs]
     with ray_session(address=config.ray_address, num_cpus=config.num_cpus):
         trainer = TorchTrainer(
             train_loop, train_loop_config=loop_config,
@@ -216,7 +321,7 @@ def train_reranker(config: PivotTrainRerankerConfig) -> dict[str, Any]:
             run_config=RunConfig(name="ray-train", storage_path=out.path, storage_filesystem=out.fs,
                                  callbacks=tracking_callbacks(config.tensorboard_dir),
                                  worker_runtime_env=worker_runtime_env()),
-            datasets={"train": ray.data.from_items(pairs)})
+            datasets={"train": ray.data.from_items(rows)})
         result = trainer.fit()
     if result.checkpoint is None:
         raise ConfigError("training reported no checkpoint (no pairs reached the workers?)")
@@ -226,7 +331,8 @@ def train_reranker(config: PivotTrainRerankerConfig) -> dict[str, Any]:
             if os.path.isfile(os.path.join(folder, name)):
                 with open(os.path.join(folder, name), "rb") as handle:
                     writer.write_bytes(name, handle.read())
-    manifest = writer.commit({"metrics": result.metrics, "num_pairs": len(pairs), "skipped_records": bad.count})
+    manifest = writer.commit({"metrics": result.metrics, "num_pairs": len(pairs), "pairs": counts,
+                              "loss": config.loss, "skipped_records": bad.count})
     print(f"pivot train-reranker: finished: {len(pairs)} pairs, {config.epochs} epoch(s), "
           f"{result.metrics.get('step', '?')} steps in {format_duration(time.monotonic() - started)}, final loss "
           f"{result.metrics.get('loss', float('nan')):.4f}; checkpoint "

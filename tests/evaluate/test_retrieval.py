@@ -283,3 +283,121 @@ def test_a_retrieval_manifest_whose_parts_are_not_a_list_is_one_line(tmp_path, c
     assert main(["evaluate", "retrieval", "--retrieval", str(tmp_path / "run"), "--out", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "run/manifest.json: field 'parts' must be a list of part file names" in error[0]
+
+
+# --- evaluate retrieval --compare: dense / BM25 / hybrid side by side --------------------------
+
+
+def _retrieve_folder(path, rows, retriever=None) -> str:
+    """A committed `ray-cora retrieve` folder as the retriever writes it (dense runs record no retriever)."""
+    from ray_cora.data.retrieval import RETRIEVAL_KIND
+    from ray_cora.storage import ArtifactWriter
+
+    writer = ArtifactWriter(str(path), kind=RETRIEVAL_KIND)
+    for lang in sorted({r["lang"] for r in rows}):
+        part = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r["lang"] == lang)
+        writer.write_bytes(f"parts/{lang}-00000.jsonl", part.encode("utf-8"))
+    writer.commit({"k": max(len(r["ctxs"]) for r in rows), "parts": [f"parts/{l}-00000.jsonl" for l in
+                                                                     sorted({r["lang"] for r in rows})],
+                   **({"retriever": retriever} if retriever else {})})
+    return str(path)
+
+
+def _ranked(ctx: dict, dense: int | None, bm25: int | None) -> dict:
+    return {**ctx, "retrievers": {"dense": dense, "bm25": bm25}}
+
+
+# The same four questions retrieved three ways: BM25 reverses the dense order; the hybrid keeps
+# two passages per question (so its k=3 is left out) with each passage's rank in both lists.
+BM25_ROWS = [{**r, "ctxs": [_ranked(c, 3 - i, i + 1) for i, c in enumerate(r["ctxs"][::-1])]} for r in ROWS]
+HYBRID_ROWS = [{**r, "ctxs": [_ranked(c, i + 2, 2 - i) for i, c in enumerate(r["ctxs"][1:])]} for r in ROWS]
+
+
+def _table(report: str, metric: str) -> dict[str, list[str]]:
+    """The side-by-side table of one metric: row name → cells (header under "language")."""
+    block = report.split(f"### {metric}:", 1)[1].split("###", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.splitlines()
+            if line.startswith("|") and not line.startswith("|---")]
+    return {row[0].strip("*"): row[1:] for row in rows}
+
+
+def test_compare_scores_each_run_as_alone_side_by_side_with_best_in_bold_and_a_plot(tmp_path, capsys):
+    from ray_cora.cli import main
+    from ray_cora.evaluate.retrieval import score_retrieval_file
+
+    dense = _retrieve_folder(tmp_path / "dense", ROWS)
+    bm25 = _retrieve_folder(tmp_path / "bm25", BM25_ROWS, retriever="bm25")
+    hybrid = _retrieve_folder(tmp_path / "hybrid-run", HYBRID_ROWS, retriever="hybrid")
+    out = tmp_path / "cmp"
+    assert main(["evaluate", "retrieval", "--retrieval", dense, "--compare", f"{bm25},{hybrid}",
+                 "--out", str(out), "--ks", "1,2,3"]) == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mode"] == "retrieval_comparison" and metrics["labels"] == ["dense", "bm25", "hybrid"]
+    assert metrics["questions"] == {"scored": 4, "left_out": {"dense": 0, "bm25": 0, "hybrid": 0}}
+    alone = {label: score_retrieval_file(uri, ks=[1, 2, 3], heatmap_k=10)
+             for label, uri in (("dense", dense), ("bm25", bm25), ("hybrid", hybrid))}
+    for label, expected in alone.items():
+        run = dict(metrics["runs"][label])
+        assert run.pop("retriever") == label and run == json.loads(json.dumps(expected))
+    assert alone["hybrid"]["ks"] == [1, 2] and alone["dense"] != alone["bm25"]  # the runs do differ
+
+    report = (out / "report.md").read_text()
+    for metric in ("R^L@1", "R^L@3", "R^multi@2", "R^gold@1"):
+        table = _table(report, metric)
+        assert table["language"] == ["dense", "bm25", "hybrid"]
+        rows = {lang: {label: alone[label]["per_language"][lang].get(metric) for label in alone}
+                for lang in ("en", "ja")} | {"macro": {label: alone[label]["macro"].get(metric) for label in alone}}
+        rows = {name: values for name, values in rows.items() if any(v is not None for v in values.values())}
+        assert set(table) == {"language", *rows}  # no R^gold row for English: it has no gold passages
+        for name, values in rows.items():
+            shown = [f"{v:.1f}" if v is not None else "–" for v in values.values()]
+            best = max(float(v) for v in shown if v != "–")
+            assert table[name] == [f"**{v}**" if v != "–" and float(v) == best else v for v in shown], (metric, name)
+    assert _table(report, "R^L@3")["ja"][2] == "–"  # hybrid has two passages per question
+    assert "k = 3 left out for hybrid" in report
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "per_language.png").exists()
+
+
+def test_compare_refuses_runs_of_different_questions_or_scores_those_they_share(tmp_path, capsys):
+    from ray_cora.cli import main
+    from ray_cora.evaluate.retrieval import score_retrieval_file
+
+    dense = _retrieve_folder(tmp_path / "dense", ROWS)
+    bm25 = _retrieve_folder(tmp_path / "bm25", BM25_ROWS[1:], retriever="bm25")  # ja qid 1 is missing
+    args = ["evaluate", "retrieval", "--retrieval", dense, "--compare", f"sparse={bm25}", "--ks", "1,3"]
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "dense" in error[0] and "has 4 questions and sparse" in error[0], error
+    assert "ja qid 1, only in dense" in error[0] and "--common-questions true" in error[0]
+    assert not (tmp_path / "refused").exists()
+
+    out = tmp_path / "shared"
+    assert main([*args, "--out", str(out), "--common-questions", "true"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["questions"] == {"scored": 3, "left_out": {"dense": 1, "sparse": 0}}
+    _write_jsonl(tmp_path / "dense_shared.jsonl", ROWS[1:])
+    assert metrics["runs"]["dense"]["per_language"] == score_retrieval_file(
+        str(tmp_path / "dense_shared.jsonl"), ks=[1, 3], heatmap_k=10)["per_language"]
+    assert "1 of dense" in (out / "report.md").read_text()
+
+
+def test_compare_labels_come_from_the_option_the_manifest_or_the_folder(tmp_path, capsys):
+    from ray_cora.cli import main
+    from ray_cora.configs.evaluate import split_labelled_run
+    from ray_cora.evaluate.retrieval import run_labels
+
+    one = _retrieve_folder(tmp_path / "mdpr", ROWS)
+    two = _retrieve_folder(tmp_path / "muse", ROWS)  # two dense runs: named by their folders
+    _write_jsonl(tmp_path / "cora out.jsonl", ROWS)
+    assert run_labels([(None, one), (None, two), (None, str(tmp_path / "cora out.jsonl"))]) == [
+        ("mdpr", "dense"), ("muse", "dense"), ("cora_out", None)]
+    assert run_labels([("mine", one), (None, two)]) == [("mine", "dense"), ("dense", "dense")]
+    assert split_labelled_run("s3://bucket/k=v") == (None, "s3://bucket/k=v")
+    assert split_labelled_run("bm25=s3://bucket/k=v") == ("bm25", "s3://bucket/k=v")
+    for extra, message in ((["--compare", f"x={one},x={two}"], "the label 'x' names two runs"),
+                           (["--label", "dense"], "--label only applies with --compare"),
+                           (["--compare", one], "would both be labelled 'mdpr'")):
+        assert main(["evaluate", "retrieval", "--retrieval", one, "--out", str(tmp_path / "o"), *extra]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and message in error[0], error

@@ -7,8 +7,8 @@ import io
 import matplotlib.image
 import pytest
 
-from ray_cora.reports.plots import language_heatmap, per_language_bar_chart
-from ray_cora.reports.tables import CORA_MKQA_GROUPS, CORA_XOR_GROUPS, paper_table
+from ray_cora.reports.plots import comparison_bar_chart, language_heatmap, per_language_bar_chart
+from ray_cora.reports.tables import CORA_MKQA_GROUPS, CORA_XOR_GROUPS, paper_table, side_by_side_table
 
 
 def _rows(table: str) -> list[list[str]]:
@@ -67,3 +67,26 @@ def test_plots_refuse_empty_input():
         per_language_bar_chart({}, ["a"])
     with pytest.raises(ValueError):
         language_heatmap({"macro": {"en": 1}})
+
+
+def test_side_by_side_table_bolds_the_best_run_of_each_row_as_shown():
+    rows = {"ja": {"dense": 40.0, "bm25": 60.0, "hybrid": 59.96},  # 59.96 shows as 60.0: a tie
+            "th": {"dense": 10.0, "bm25": None, "hybrid": 5.0},
+            "macro": {"dense": 25.0, "bm25": 60.0, "hybrid": 32.48}}
+    header, *body = _rows(side_by_side_table(rows, ["dense", "bm25", "hybrid"], title="R^L@1"))
+    assert header == ["language", "dense", "bm25", "hybrid"]
+    assert body[1:] == [["ja", "40.0", "**60.0**", "**60.0**"], ["th", "**10.0**", "–", "5.0"],
+                        ["**macro**", "25.0", "**60.0**", "32.5"]]
+    single = _rows(side_by_side_table({"ja": {"dense": 1.0}}, ["dense"]))
+    assert single[-1] == ["ja", "1.0"]  # one run: nothing to win
+
+
+def test_comparison_chart_draws_one_panel_per_metric():
+    panel = {"ja": {"dense": 40.0, "bm25": 60.0}, "en": {"dense": 70.0, "bm25": None},
+             "macro": {"dense": 55.0, "bm25": 60.0}}
+    one = _image(comparison_bar_chart({"R^L@10": panel}, ["dense", "bm25"], title="t"))
+    three = _image(comparison_bar_chart({"R^L@10": panel, "R^multi@10": panel, "R^gold@10": panel},
+                                        ["dense", "bm25"]))
+    assert three.shape[0] > 2 * one.shape[0]  # stacked panels
+    with pytest.raises(ValueError):
+        comparison_bar_chart({"R^L@10": {}}, ["dense"])

@@ -543,8 +543,8 @@ def test_retriever_deployment_fans_each_batch_out_to_every_group_and_merges(spli
     groups = [_Group(ShardedIndex.open(split_index, shards=shard_group(5, 2, g)), calls) for g in range(2)]
     body = _retriever_over(split_index, monkeypatch, {f"IndexShardGroup{g}": lambda g=g: groups[g] for g in range(2)})
     assert body.core.index is None  # the index lives in the groups only
-    batch = [("How tall is Mount Fuji?", 3, "en", None, None), ("富士山の高さは？", 12, "ja", None, None),
-             ("Who wrote Don Quixote?", 1, None, None, None)]
+    batch = [("How tall is Mount Fuji?", 3, "en", None, None, None), ("富士山の高さは？", 12, "ja", None, None, None),
+             ("Who wrote Don Quixote?", 1, None, None, None, None)]
     got = asyncio.run(Retriever.func_or_class.search.__wrapped__(body, batch))
     assert calls == [(3, 12, None), (3, 12, None)]
     whole = RetrieverCore.load(index=split_index)
@@ -552,7 +552,7 @@ def test_retriever_deployment_fans_each_batch_out_to_every_group_and_merges(spli
 
     # A request asking for its own nprobe shares the batch but gets its own search on every group.
     calls.clear()
-    mixed = [batch[0], ("Who wrote Don Quixote?", 2, None, 7, None), batch[1]]
+    mixed = [batch[0], ("Who wrote Don Quixote?", 2, None, 7, None, None), batch[1]]
     got = asyncio.run(Retriever.func_or_class.search.__wrapped__(body, mixed))
     assert calls == [(2, 12, None), (2, 12, None), (1, 2, 7), (1, 2, 7)]
     assert got == whole.retrieve([q[0] for q in mixed], [q[1] for q in mixed])
@@ -580,7 +580,7 @@ def test_a_dead_group_is_looked_up_again_else_a_503_names_it(split_index, monkey
     live, dead = _Group(indexes[1], calls), _Group(indexes[1], calls, dead=True)
     current = {"IndexShardGroup0": _Group(indexes[0], calls), "IndexShardGroup1": dead}
     body = _retriever_over(split_index, monkeypatch, {name: lambda name=name: current[name] for name in current})
-    batch = [("How tall is Mount Fuji?", 3, None, None, None)]
+    batch = [("How tall is Mount Fuji?", 3, None, None, None, None)]
     with pytest.raises(ClientError, match="IndexShardGroup1 .*unavailable.*retry") as err:  # not recreated yet
         asyncio.run(Retriever.func_or_class.search.__wrapped__(body, batch))
     assert (err.value.status, err.value.code) == (503, "unavailable")
@@ -612,7 +612,7 @@ def test_batches_take_turns_over_a_groups_copies_and_a_dead_copy_is_skipped(spli
     search = Retriever.func_or_class.search.__wrapped__
     questions = ["How tall is Mount Fuji?", "富士山の高さは？", "Who wrote Don Quixote?", "首尔是哪个国家的首都？"]
     for question in questions:
-        assert asyncio.run(search(body, [(question, 5, None, None, None)])) == whole.retrieve([question], [5])
+        assert asyncio.run(search(body, [(question, 5, None, None, None, None)])) == whole.retrieve([question], [5])
     # Each batch searched one copy of each group, the copies taking turns: 2 batches each.
     assert {copy: len(made) for copy, made in calls.items()} == {copy: 2 for copy in calls}
     assert asyncio.run(body.ping()) is True
@@ -621,7 +621,7 @@ def test_batches_take_turns_over_a_groups_copies_and_a_dead_copy_is_skipped(spli
         made.clear()
     current["IndexShardGroup1-0"] = body.groups[1][0] = _Group(indexes[1], calls[1, 0], dead=True)
     for question in questions:  # no error: group 1 answers from copy 1
-        assert asyncio.run(search(body, [(question, 5, None, None, None)])) == whole.retrieve([question], [5])
+        assert asyncio.run(search(body, [(question, 5, None, None, None, None)])) == whole.retrieve([question], [5])
     assert len(calls[0, 0]) == len(calls[0, 1]) == 2 and len(calls[1, 1]) == 4
     assert len(calls[1, 0]) == 1  # asked once; then it rests (re-looked up, not called, when due)
     assert asyncio.run(body.ping()) == ("degraded: IndexShardGroup1-0 did not answer (another copy of each "
@@ -630,12 +630,12 @@ def test_batches_take_turns_over_a_groups_copies_and_a_dead_copy_is_skipped(spli
     current["IndexShardGroup1-1"] = body.groups[1][1] = _Group(indexes[1], calls[1, 1], dead=True)
     with pytest.raises(ClientError, match="shard group 1 of the index is unavailable: none of its 2 copies "
                                           r"\(IndexShardGroup1-0, IndexShardGroup1-1\)") as err:
-        asyncio.run(search(body, [(questions[0], 5, None, None, None)]))
+        asyncio.run(search(body, [(questions[0], 5, None, None, None, None)]))
     assert (err.value.status, err.value.code) == (503, "unavailable")
     with pytest.raises(ClientError, match="shard group 1"):
         asyncio.run(body.ping())
     current["IndexShardGroup1-1"] = _Group(indexes[1], calls[1, 1])  # Serve recreated one copy
-    assert asyncio.run(search(body, [(questions[0], 5, None, None, None)])) == whole.retrieve(questions[:1], [5])
+    assert asyncio.run(search(body, [(questions[0], 5, None, None, None, None)])) == whole.retrieve(questions[:1], [5])
 
 
 def test_a_replica_starts_while_serve_recreates_a_copy_but_not_without_any_copy_of_a_group(split_index,
@@ -659,7 +659,7 @@ def test_a_replica_starts_while_serve_recreates_a_copy_but_not_without_any_copy_
     handles = {name: lambda name=name: lookup(name) for name in list(current)}
     del current["IndexShardGroup1-0"]
     body = _retriever_over(split_index, monkeypatch, handles, copies=2)
-    question = [("How tall is Mount Fuji?", 4, None, None, None)]
+    question = [("How tall is Mount Fuji?", 4, None, None, None, None)]
     for _ in range(2):
         got = asyncio.run(Retriever.func_or_class.search.__wrapped__(body, question))
         assert got == RetrieverCore.load(index=split_index).retrieve(["How tall is Mount Fuji?"], [4])
