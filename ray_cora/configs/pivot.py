@@ -92,10 +92,10 @@ class PivotCalibrateConfig(_PivotQueryConfig):
 # The Ray Train run options the reranker's training does not use (see PivotTrainRerankerConfig).
 RERANKER_UNUSED_RUN_OPTIONS = ("checkpoint_every", "max_failures")
 
-# Montero et al., "Pivot Through English" (MIA 2022), appendix: the reranker (XLM-R large) is
-# fine-tuned for 3 epochs at lr 1e-5 with a linearly decaying learning rate, on all of PAWS-X
-# (75% of the mixture) and QQP (25%). See docs/pivot.md for what was checked and what was not.
-PAPER = "Montero et al. 2022, appendix A"
+# Montero et al., "Pivot Through English" (MIA 2022), A.2-A.3 as issue 18 quotes them: the reranker
+# (XLM-R large) is fine-tuned for 3 epochs at lr 1e-5 with a linearly decaying learning rate, on all
+# of PAWS-X (75% of the mixture) and QQP (25%). docs/pivot.md says what could be checked here.
+PAPER = "Montero et al. 2022, A.2-A.3"
 
 
 class PairInputs(OptionGroup):
@@ -141,9 +141,10 @@ class PivotTrainRerankerConfig(PairInputs, TrainLoggingOptions, TrainRunConfig):
                        "XLM-R large)")
     out: str = Field(..., description="Output folder or URI: Ray Train checkpoints, and model/ at the end")
     loss: Literal["softmax2", "bce"] = Field(
-        "softmax2", description="softmax2: two-label head, softmax cross-entropy (a Hugging Face sequence "
-        f"classifier as {PAPER} fine-tunes one); bce: one-logit head, binary cross-entropy. A start model "
-        "with the other head size gets a new head")
+        "softmax2", description="softmax2: two-label head, softmax cross-entropy (the paper fine-tunes XLM-R as "
+        "a PAWS-X/QQP paraphrase classifier, a two-label sequence classifier; it does not name the loss: see "
+        "docs/pivot.md); bce: one-logit head, binary cross-entropy. A start model with the other head size "
+        "gets a new head")
     epochs: int = Field(3, ge=1, description=f"Passes over the pairs ({PAPER}: 3)")
     lr: float = Field(1e-5, gt=0, description=f"AdamW peak learning rate ({PAPER}: 1e-5 for XLM-R large)")
     lr_schedule: Literal["linear", "constant"] = Field(
@@ -187,7 +188,8 @@ class PivotTrainEncoderConfig(PairInputs, TrainLoggingOptions, TrainRunConfig):
                        "multilingual MiniLM / XLM-R sentence encoder)")
     out: str = Field(..., description="Output folder or URI: Ray Train checkpoints, and model/ at the end")
     epochs: int = Field(3, ge=1, description="Passes over the positive pairs (the reranker's recipe)")
-    lr: float = Field(1e-5, gt=0, description="AdamW peak learning rate, decaying linearly to 0 (the reranker's recipe)")
+    lr: float = Field(1e-5, gt=0, description="AdamW peak learning rate, decaying linearly to 0 (the reranker's "
+                      "recipe)")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before the decay")
     batch_size: int = Field(32, ge=1, description="Positive pairs per step over all workers: each pair's other "
                             "side is the positive, every other pair's its in-batch negatives")

@@ -32,6 +32,11 @@ With ``shard_groups=N`` (N > 1) the index's shards are split over N ``IndexShard
 (for an index larger than one replica's memory); the Retriever keeps the encoder and the passage
 store, sends each batch's vectors to every group and merges their top-k exactly.
 
+With ``lexical_index`` the Retriever also memory-maps a sharded BM25 index and answers each request
+by its ``retriever`` (dense, bm25 or hybrid: the two lists fused per question language; the logic is
+:class:`~ray_cora.serve.core.RetrieverCore`'s). The BM25 search runs in the Retriever itself, also
+with shard groups (they hold dense shards only).
+
 Why the groups are Serve *deployment-scoped actors* (``DeploymentActorConfig`` on the Retriever,
 Ray Serve >= 2.60) and not deployments of their own: a Serve hop (router, replica queue, the
 replica's request wrapper and event loop) cost about 2 ms more per fan-out than a direct call to a
@@ -401,7 +406,8 @@ ShardGroupActor = ray.remote(IndexShardGroup)
 
 @serve.deployment(name="Retriever", max_ongoing_requests=64)
 class Retriever:
-    """Question encoder + sharded index + passage store: ``retrieve(question, k)`` → passages.
+    """Question encoder + sharded index (+ lexical index) + passage store: ``retrieve(question, k,
+    lang, nprobe, ef_search, retriever)`` → passages.
 
     With ``shard_groups`` > 1 the index lives in the deployment's ``IndexShardGroup<g>`` actors
     instead: each batch of question vectors goes to every group by a direct actor call and their

@@ -182,7 +182,8 @@ class ErrorResponse(BaseModel):
     type: str = Field(description="invalid_request_error, authentication_error, unavailable_error or server_error")
     code: str = Field(description="Machine-readable cause, e.g. invalid_json, missing_field, unknown_field, "
                       "invalid_text, invalid_value, no_lexical_index, body_too_large, unsupported_media_type, "
-                      "unauthorized, not_found, method_not_allowed, not_configured, not_ready, unavailable, internal_error")
+                      "unauthorized, not_found, method_not_allowed, not_configured, not_ready, unavailable, "
+                      "internal_error")
 
 
 @dataclass(frozen=True)

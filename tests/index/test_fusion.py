@@ -11,10 +11,10 @@ import pytest
 from ray_cora import storage
 from ray_cora.cli import main
 from ray_cora.errors import ConfigError
-from ray_cora.index.fusion import (CROSS_LINGUAL_DEFAULT, FUSION_FILE, FusionGrid, FusionQuestion, FusionSetting, FusionWeights,
-                                   equal_rrf, evaluate_setting, fuse, fused_scores, load_weights,
-                                   merge_by_rank, neutral_terms, pool_rows, save_weights, sweep, tune_setting,
-                                   tune_weights)
+from ray_cora.index.fusion import (CROSS_LINGUAL_DEFAULT, FUSION_FILE, FusionGrid, FusionQuestion, FusionSetting,
+                                   FusionWeights, equal_rrf, evaluate_setting, find_weights, fuse, fuse_question,
+                                   fused_scores, lexical_lists, load_weights, merge_by_rank, neutral_terms, pool_rows,
+                                   save_weights, sweep, tune_setting, tune_weights)
 
 DENSE = [("a", 0.9), ("b", 0.7), ("c", 0.4)]
 BM25 = [("c", 20.0), ("d", 11.0), ("a", 2.0)]
@@ -147,6 +147,60 @@ def test_neutral_terms_keep_numbers_and_names_only():
 def test_merge_by_rank_interleaves_lists_and_keeps_each_pid_once():
     merged = merge_by_rank([[("a", 3.0), ("b", 2.0), ("c", 1.0)], [("b", 9.0), ("d", 4.0)]], depth=3)
     assert merged == [("b", 1.0), ("a", 1.0), ("d", 0.5)]
+
+
+def _tiny_lexical(root):
+    from ray_cora.index.lexical import (LexicalIndex, build_part, commit_lexical_index, part_prefix, passage_terms,
+                                        write_part)
+
+    corpus = {"en": [("en-1", "Super Bowl 50 was played in Santa Clara in 2016"), ("en-2", "The Rhine flows north"),
+                     ("en-3", "Denver won Super Bowl 50")],
+              "de": [("de-1", "Der Super Bowl 50 fand 2016 statt"), ("de-2", "Der Rhein fließt nach Norden")]}
+    parts = []
+    for number, (lang, rows) in enumerate(sorted(corpus.items())):
+        part = build_part([pid for pid, _ in rows], [passage_terms({"text": text}, lang) for _, text in rows])
+        prefix = part_prefix(number, lang)
+        parts.append({"number": number, "lang": lang, "prefix": prefix, "count": part.count,
+                      "total_len": part.total_len, "files": write_part(str(root), prefix, part)})
+    commit_lexical_index(str(root), parts, tokenizer="language", k1=0.9, b=0.4)
+    return LexicalIndex.open(str(root))
+
+
+def test_lexical_lists_search_the_question_language_and_neutral_terms_only_without_its_parts(tmp_path):
+    """What the pipeline's BM25 actors and the Serve retriever both compute per question."""
+    index = _tiny_lexical(tmp_path)
+    own = lexical_lists(index, "Where was Super Bowl 50 played?", "en", 2, neutral=True)
+    scores, pids = index.search_one("Where was Super Bowl 50 played?", "en", 2)
+    assert own == {"hits": [[p, s] for p, s in zip(pids, scores)], "has_lexical": True} and pids[0] == "en-1"
+    question = "Super Bowl 50 ilichezwa wapi mwaka 2016?"  # sw: no parts; its neutral terms: 50, 2016, Bowl
+    assert lexical_lists(index, question, "sw", 3) == {"hits": [], "has_lexical": False}
+    crossed = lexical_lists(index, question, "sw", 3, neutral=True)
+    terms = " ".join(neutral_terms(question))
+    expected = merge_by_rank([list(zip(*reversed(index.search_one(terms, lang, 3)))) for lang in ("de", "en")], 3)
+    assert crossed["neutral"] == expected and {"en-1", "de-1"} <= {pid for pid, _ in expected}
+    # fuse_question reads these: bm25 alone ranks the hits; hybrid fuses the neutral hits for sw.
+    assert fuse_question("en", None, own, retriever="bm25", weights=None, k=5) == \
+        [(p, s, {"bm25": r}) for r, (p, s) in enumerate(zip(pids, scores), 1)]
+    setting = FusionSetting("rrf", 0.5, rule="no-lexical")
+    fused = fuse_question("sw", [("x", 0.9)], crossed, retriever="hybrid", weights=FusionWeights(no_lexical=setting),
+                          k=3)
+    assert fused == [(h.pid, h.score, h.sources) for h in fuse([("x", 0.9)], expected, setting, 3)]
+
+
+def test_find_weights_takes_fusion_then_the_lexical_index_then_the_dense_index(tmp_path):
+    lexical, dense, given = (tmp_path / name for name in ("bm25", "dense", "given.json"))
+    lexical.mkdir()
+    dense.mkdir()
+    assert find_weights(None, str(lexical), str(dense)) == (FusionWeights(), None)
+    in_dense = FusionWeights(fallback=FusionSetting("rrf", 0.2, rule="pooled"))
+    save_weights(in_dense, str(dense / FUSION_FILE))
+    assert find_weights(None, str(lexical), str(dense)) == (in_dense, str(dense))
+    in_lexical = FusionWeights(fallback=FusionSetting("rrf", 0.7, rule="pooled"))
+    save_weights(in_lexical, str(lexical / FUSION_FILE))
+    assert find_weights(None, str(lexical), str(dense)) == (in_lexical, str(lexical))
+    save_weights(FusionWeights(), str(given))
+    assert find_weights(str(given), str(lexical), str(dense)) == (FusionWeights(), str(given))
+    assert find_weights(None, None, None) == (FusionWeights(), None)
 
 
 def _write_retrieval(path, rows):

@@ -1,7 +1,8 @@
 """The Serve application over real HTTP on 127.0.0.1: routes, every validation case, the API key,
 concurrent requests, the error body on every error (fuzzed with Hypothesis), batch poisoning, the
 body limit on chunked uploads, readiness, and recovery after a replica is killed. One app per module
-(demo corpus with mUSE, demo pivot database, no generator)."""
+(demo corpus with mUSE, its BM25 index with fusion weights but dense by default, demo pivot database,
+no generator)."""
 
 from __future__ import annotations
 
@@ -30,18 +31,33 @@ MAX_CHARS, MAX_K = 200, 20
 
 
 
+# The app's fusion weights: English tuned (convex, top 20 of each list), the other languages equal-weight RRF.
+APP_FUSION = {"en": {"method": "convex", "dense_weight": 0.3, "normalization": "minmax", "depth": 20,
+                     "rule": "tuned", "dev_questions": 60}}
+
+
 @pytest.fixture(scope="module")
-def app_url(ray_local):
+def app_fusion(tmp_path_factory) -> str:
+    from ray_cora.index.fusion import FusionSetting, FusionWeights, save_weights
+
+    path = str(tmp_path_factory.mktemp("app-fusion") / "fusion.json")
+    save_weights(FusionWeights({lang: FusionSetting(**s) for lang, s in APP_FUSION.items()}), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_url(ray_local, demo_lexical, app_fusion):
     from ray import serve
 
     from ray_cora.configs.serve import ServeConfig
     from ray_cora.serve.run import start_app
 
     os.environ[API_KEY_ENV] = API_KEY  # read by build_app in this process, handed to the Ingress
+    # With a lexical index but retriever=dense: every test here gets dense answers unless it asks.
     config = ServeConfig(port=free_port(), pivot_db="demo", max_question_chars=MAX_CHARS, max_k=MAX_K,
                          default_k=5, api_key_env=API_KEY_ENV, max_replicas=1, replica_cpus=0.25,
                          health_check_period_s=1, batch_wait_timeout_s=5,  # must not delay anything
-                         readiness_timeout_s=3)
+                         readiness_timeout_s=3, lexical_index=demo_lexical, fusion=app_fusion, retriever="dense")
     try:
         yield start_app(config)
     finally:
@@ -81,13 +97,56 @@ def test_retrieve_finds_the_passages_across_languages(app_url):
     body = response.json()
     assert (body["lang"], body["k"], len(body["passages"])) == ("ja", 4, 4)
     top = body["passages"][0]
-    assert "mount_fuji" in top["pid"] and set(top) == {"pid", "lang", "title", "text", "score"}
+    assert "mount_fuji" in top["pid"] and set(top) == {"pid", "lang", "title", "text", "score", "retrievers"}
+    assert body["retriever"] == "dense" and top["retrievers"] == {"dense": 1, "bm25": None}
     assert "3776" in top["text"].replace(",", "")
     default_k = _post(app_url, "/v1/retrieve", {"question": "How tall is Mount Fuji?"}).json()
     assert default_k["k"] == 5 and len(default_k["passages"]) == 5 and default_k["lang"] is None
     # A request's own nprobe travels to the search (a flat index has no lists: same passages).
     tuned = _post(app_url, "/v1/retrieve", {"question": "How tall is Mount Fuji?", "nprobe": 3, "ef_search": 40})
     assert tuned.status_code == 200 and tuned.json()["passages"] == default_k["passages"]
+
+
+def test_retrieve_answers_in_hybrid_and_bm25_mode_with_each_passage_rank_in_both_lists(app_url, muse, demo_index,
+                                                                                       demo_lexical):
+    """Issue 18: the app's BM25 index (the demo corpus's, built in the test session) and fusion
+    weights. hybrid == fuse(dense list, BM25 list) with the question language's setting, each passage
+    with its rank in both lists; bm25 == the lexical index's top-k in the question's language."""
+    from ray_cora.index.fusion import FusionSetting, FusionWeights, fuse
+    from ray_cora.index.lexical import LexicalIndex
+    from ray_cora.index.sharded import ShardedIndex
+
+    dense_index, lexical = ShardedIndex.open(demo_index), LexicalIndex.open(demo_lexical)
+    weights = FusionWeights({lang: FusionSetting(**s) for lang, s in APP_FUSION.items()})
+    both = 0
+    for question, lang, k in [("How tall is Mount Fuji?", "en", 5), ("富士山の高さは？", "ja", 4),
+                              ("Wer entwickelte die Relativitätstheorie?", "de", 3)]:
+        response = _post(app_url, "/v1/retrieve", {"question": question, "lang": lang, "k": k, "retriever": "hybrid"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["retriever"], body["lang"], body["k"]) == ("hybrid", lang, k)
+        setting = weights.setting_for(lang)
+        scores, pids = dense_index.search(muse.encode_queries([question]), setting.depth)
+        bm25_scores, bm25_pids = lexical.search_one(question, lang, setting.depth)
+        expected = fuse(list(zip(pids[0], map(float, scores[0]))), list(zip(bm25_pids, bm25_scores)), setting, k)
+        assert [(p["pid"], p["retrievers"]) for p in body["passages"]] == [(h.pid, h.sources) for h in expected]
+        assert [p["score"] for p in body["passages"]] == pytest.approx([h.score for h in expected], abs=1e-5)
+        both += sum(None not in p["retrievers"].values() for p in body["passages"])
+    assert both
+
+    response = _post(app_url, "/v1/retrieve", {"question": "富士山の高さは？", "lang": "ja", "k": 3, "retriever": "bm25"})
+    assert response.status_code == 200, response.text
+    scores, pids = lexical.search_one("富士山の高さは？", "ja", 3)
+    passages = response.json()["passages"]
+    assert [p["pid"] for p in passages] == pids and pids[0] == "ja-mount_fuji-1"
+    assert [p["score"] for p in passages] == pytest.approx(scores, abs=1e-5)
+    assert [p["retrievers"] for p in passages] == [{"dense": None, "bm25": r} for r in (1, 2, 3)]
+
+    info = requests.get(app_url + "/v1/info", headers=HEADERS, timeout=30).json()
+    assert info["retriever"] == {"default": "dense", "available": ["dense", "bm25", "hybrid"]}
+    assert info["lexical_index"]["uri"] == demo_lexical and info["lexical_index"]["passages"] == 176
+    assert info["fusion"]["languages"] == {"en": "convex minmax w=0.30"} and info["fusion"]["source"].endswith(
+        "fusion.json")
 
 
 def test_pivot_matches_the_english_question_and_answers(app_url):
@@ -122,6 +181,8 @@ LONG = "q" * (MAX_CHARS + 1)
     ("/v1/retrieve", {"question": "a", "nprobe": 0}, 422, "nprobe"),
     ("/v1/retrieve", {"question": "a", "nprobe": "8"}, 422, "nprobe"),
     ("/v1/retrieve", {"question": "a", "ef_search": 10**6}, 422, "ef_search"),
+    ("/v1/retrieve", {"question": "a", "retriever": "splade"}, 422, "retriever"),
+    ("/v1/retrieve", {"question": "a", "retriever": "bm25"}, 422, "lang"),
     ("/v1/retrieve", {}, 422, "question"),
     ("/v1/retrieve", [{"question": "a"}], 422, None),
     ("/v1/retrieve", '{"question": "a",', 400, None),
@@ -682,6 +743,12 @@ def test_answer_with_a_generator_returns_its_answer_and_the_evidence(app_url, ti
     assert len(body["passages"]) == 3 and "mount_fuji" in body["passages"][0]["pid"]
     expected = Generator.load(checkpoint, top_k=3).answer(["富士山の高さは？"], ["ja"], [body["passages"]])
     assert body["answer"] == expected[0] and body["lang"] == "ja"
+    # This app has no lexical index: a request for bm25 or hybrid is a 422 naming the field.
+    refused = _post(app_url, "/v1/retrieve", {"question": "富士山の高さは？", "lang": "ja", "retriever": "hybrid"})
+    assert refused.status_code == 422 and (_error_body(refused)["field"], refused.json()["code"]) == (
+        "retriever", "no_lexical_index")
+    info = requests.get(app_url + "/v1/info", headers=HEADERS, timeout=30).json()
+    assert info["retriever"] == {"default": "dense", "available": ["dense"]} and info["lexical_index"] is None
 
 
 def test_serve_start_says_why_in_one_line_for_a_busy_port_and_a_damaged_index(app_url, tmp_path):

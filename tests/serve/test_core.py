@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from ray_cora.configs.serve import ServeAppOptions
 from ray_cora.demo import DEMO_PASSAGES
 from ray_cora.errors import ConfigError
+from ray_cora.index.fusion import FusionSetting, FusionWeights
 from ray_cora.index.sharded import commit_index, merge_pid_arrays, write_shard
 from ray_cora.serve.core import (CopyRotation, RetrieverCore, build_index, fan_out, open_passages, pivot_response,
                                  shard_group)
@@ -170,6 +171,9 @@ def test_serve_command_parses_into_its_config():
     config = config_from_args(JOBS["serve"].config, args)
     assert (config.host, config.port, config.max_k) == ("127.0.0.1", 8123, 20)
     assert config.app_options().pivot_db == "demo"
+    args = build_parser().parse_args(["serve", "--lexical-index", "/bm25", "--fusion", "/f.json", "--retriever", "bm25"])
+    options = config_from_args(JOBS["serve"].config, args).app_options()
+    assert (options.lexical_index, options.fusion, options.default_retriever) == ("/bm25", "/f.json", "bm25")
 
 
 def test_app_refuses_to_start_when_its_api_key_variable_is_unset(monkeypatch):
@@ -523,12 +527,13 @@ def _get(ref):
     return ref
 
 
-def _retriever_over(split_index, monkeypatch, handles: dict, copies: int = 1):
+def _retriever_over(split_index, monkeypatch, handles: dict, copies: int = 1, **options):
     import ray_cora.serve.app as app
 
     monkeypatch.setattr(app.ray, "get", _get)
     monkeypatch.setattr(app.serve, "get_deployment_actor", lambda name: handles[name]())
-    return app.Retriever.func_or_class({"index": split_index, "shard_groups": 2, "shard_group_copies": copies})
+    return app.Retriever.func_or_class({"index": split_index, "shard_groups": 2, "shard_group_copies": copies,
+                                        **options})
 
 
 def test_retriever_deployment_fans_each_batch_out_to_every_group_and_merges(split_index, monkeypatch):
@@ -700,6 +705,178 @@ def test_index_query_format_is_the_recorded_one_unless_the_encoder_spec_says(tmp
     assert index_query_format(str(tmp_path), None) == TAGGED
     assert index_query_format(str(tmp_path), f"dpr:{tiny_cpt}?query_format=plain") == PLAIN
     assert index_query_format(None, None) == PLAIN
+
+
+# --- hybrid retrieval: dense + BM25, fused per question language ---------------------------------
+
+# A tuned language (convex, shallow), the pooled fallback for the others, and the cross-lingual rule
+# for a language the lexical index has no parts in: each of the three paths is taken below.
+HYBRID_WEIGHTS = FusionWeights(languages={"en": FusionSetting("convex", 0.3, normalization="minmax", depth=20,
+                                                              rule="tuned", dev_questions=60)},
+                               fallback=FusionSetting("rrf", 0.6, rrf_k=20, depth=30, rule="pooled"),
+                               no_lexical=FusionSetting("rrf", 0.8, rrf_k=60, depth=40, rule="no-lexical"))
+HYBRID_QUESTIONS = [("How tall is Mount Fuji?", "en", 5), ("富士山の高さは？", "ja", 4),
+                    ("Wer entwickelte die Relativitätstheorie?", "de", 3), ("Mount Fuji 3776 ni urefu gani?", "sw", 6),
+                    ("首尔是哪个国家的首都？", "zh_cn", 2)]
+
+
+@pytest.fixture(scope="module")
+def hybrid_core(demo_index, demo_lexical, tmp_path_factory):
+    """The demo index with the demo corpus's BM25 index and HYBRID_WEIGHTS (a fusion.json given as
+    ``fusion``); hybrid is then its default retriever."""
+    from ray_cora.index.fusion import save_weights
+
+    fusion = str(tmp_path_factory.mktemp("fusion") / "fusion.json")
+    save_weights(HYBRID_WEIGHTS, fusion)
+    return RetrieverCore.load(index=demo_index, lexical_index=demo_lexical, fusion=fusion)
+
+
+def _lists(core, question: str, lang: str, depth: int):
+    from ray_cora.index.fusion import merge_by_rank, neutral_terms
+
+    scores, pids = core.index.search(core.encode([question]), depth)
+    dense = list(zip(pids[0], map(float, scores[0])))
+    if lang in core.lexical.languages:
+        found_scores, found_pids = core.lexical.search_one(question, lang, depth)
+        return dense, list(zip(found_pids, found_scores))
+    terms = " ".join(neutral_terms(question))  # the cross-lingual case: neutral terms in every language
+    return dense, merge_by_rank([list(zip(*reversed(core.lexical.search_one(terms, other, depth))))
+                                 for other in core.lexical.languages], depth)
+
+
+def test_hybrid_ranks_equal_fuse_of_the_dense_and_bm25_lists(hybrid_core):
+    """Each question's hybrid passages (pids, fused scores, ranks in both lists) are exactly
+    ``fuse`` of its dense and BM25 lists with its language's setting: tuned (en), fallback (ja, de,
+    zh_cn) and no lexical parts (sw: dense + its language-neutral terms' hits)."""
+    from ray_cora.index.fusion import fuse
+
+    assert "sw" not in hybrid_core.lexical.languages and hybrid_core.default_retriever == "hybrid"
+    assert hybrid_core.weights == HYBRID_WEIGHTS
+    questions, langs, ks = zip(*[(q, lang, k) for q, lang, k in HYBRID_QUESTIONS])
+    got = hybrid_core.retrieve(questions, ks, langs)  # the default retriever, one batch
+    both = 0
+    for (question, lang, k), passages in zip(HYBRID_QUESTIONS, got):
+        setting = HYBRID_WEIGHTS.setting_for(lang, has_lexical=lang != "sw")
+        expected = fuse(*_lists(hybrid_core, question, lang, setting.depth), setting, k)
+        assert [p["pid"] for p in passages] == [h.pid for h in expected]
+        # (the batch encodes and searches 5 questions at once: the last bits of a score may differ)
+        assert [p["score"] for p in passages] == pytest.approx([h.score for h in expected], abs=1e-6)
+        assert [p["retrievers"] for p in passages] == [h.sources for h in expected]
+        both += sum(None not in p["retrievers"].values() for p in passages)
+    assert both  # some passages were found by both retrievers
+    assert got[0][0]["pid"] == "en-mount_fuji-1" and got[0][0]["text"]
+    # A batch mixing retrievers gives each question what it gives alone.
+    mixed = hybrid_core.retrieve(questions[:3], ks[:3], langs[:3], retrievers=["dense", "hybrid", "bm25"])
+    alone = [hybrid_core.retrieve([q], [k], [lang], retrievers=[r])[0]
+             for q, lang, k, r in zip(questions, langs, ks, ["dense", "hybrid", "bm25"])]
+    assert [[(p["pid"], p["retrievers"]) for p in r] for r in mixed] == \
+        [[(p["pid"], p["retrievers"]) for p in r] for r in alone]
+    assert [p["retrievers"] for p in mixed[0]] == [{"dense": r, "bm25": None} for r in range(1, 6)]
+    assert [p["retrievers"] for p in mixed[2]] == [{"dense": None, "bm25": r} for r in range(1, 4)]
+
+
+def test_hybrid_without_a_language_is_the_dense_list_alone(hybrid_core):
+    dense = hybrid_core.retrieve(["How tall is Mount Fuji?"], [5], retrievers=["dense"])[0]
+    hybrid = hybrid_core.retrieve(["How tall is Mount Fuji?"], [5], [None])[0]
+    assert hybrid == dense and [p["retrievers"] for p in dense] == [{"dense": r, "bm25": None} for r in range(1, 6)]
+    with pytest.raises(ConfigError, match="bm25 needs the question's language"):
+        hybrid_core.retrieve(["How tall is Mount Fuji?"], [5], [None], retrievers=["bm25"])
+
+
+def test_bm25_mode_is_the_lexical_index_top_k_without_a_dense_search(hybrid_core):
+    """bm25: the question's own language's top-k of the lexical index, BM25 scores, no dense rank;
+    the dense index is not searched (here it is taken away); a language without parts gets nothing."""
+    import dataclasses
+
+    no_dense = dataclasses.replace(hybrid_core, index=None)
+    questions, langs = ["How tall is Mount Fuji?", "富士山の高さは？", "Mount Fuji 3776?"], ["en", "ja", "sw"]
+    got = no_dense.retrieve(questions, [4, 2, 3], langs, retrievers=["bm25"] * 3)
+    for question, lang, k, passages in zip(questions, langs, [4, 2, 3], got):
+        scores, pids = hybrid_core.lexical.search_one(question, lang, k)
+        assert [p["pid"] for p in passages] == pids and [p["score"] for p in passages] == scores
+        assert [p["retrievers"] for p in passages] == [{"dense": None, "bm25": r} for r in range(1, len(pids) + 1)]
+        assert all(p["lang"] == lang for p in passages)
+    assert got[0][0]["pid"] == "en-mount_fuji-1" and got[2] == []
+    with pytest.raises(ConfigError, match="holds no index"):  # the dense side does need it
+        no_dense.retrieve(questions[:1], [4], langs[:1], retrievers=["hybrid"])
+
+
+def test_bm25_and_hybrid_need_a_lexical_index_and_a_request_asking_gets_422_naming_the_field(demo_core):
+    assert demo_core.retrievers == ("dense",) and demo_core.default_retriever == "dense"
+    with pytest.raises(ConfigError, match="needs a lexical index"):
+        demo_core.retrieve(["How tall is Mount Fuji?"], [3], ["en"], retrievers=["hybrid"])
+    # The Ingress's check, before the request reaches the Retriever.
+    plain = Limits()
+    assert plain.retriever(None) == plain.retriever("dense") == "dense"
+    for name in ("bm25", "hybrid"):
+        with pytest.raises(ClientError) as err:
+            plain.retriever(name)
+        error = err.value.body()
+        assert (err.value.status, error["field"], error["code"]) == (422, "retriever", "no_lexical_index")
+        assert "lexical_index=" in error["error"]
+    offered = Limits(retrievers=("dense", "bm25", "hybrid"), default_retriever="hybrid")
+    assert offered.retriever(None) == "hybrid" and offered.retriever("bm25") == "bm25"
+    # A retriever that does not exist is the request model's 422.
+    error = _error_for('{"question": "q", "retriever": "splade"}')
+    assert (error.status, error.field) == (422, "retriever")
+    assert RetrieveRequest.model_validate_json('{"question": "q", "retriever": "bm25"}').retriever == "bm25"
+
+
+def test_app_options_default_to_hybrid_with_a_lexical_index_and_refuse_it_without():
+    assert ServeAppOptions().default_retriever == "dense"
+    assert ServeAppOptions(lexical_index="/bm25").default_retriever == "hybrid"
+    assert ServeAppOptions(lexical_index="/bm25", retriever="dense").default_retriever == "dense"
+    with pytest.raises(ValidationError, match="retriever=bm25 needs lexical_index"):
+        ServeAppOptions(retriever="bm25")
+    with pytest.raises(ValidationError, match="fusion needs lexical_index"):
+        ServeAppOptions(fusion="/fusion.json")
+    with pytest.raises(ValidationError, match="retriever"):
+        ServeAppOptions(lexical_index="/bm25", retriever="splade")
+
+
+def test_retriever_core_finds_the_fusion_weights_beside_the_lexical_index(demo_index, demo_lexical, tmp_path):
+    """Without ``fusion``: the fusion.json in the lexical index, else the untuned default; /v1/info's
+    description names the source and each language's setting."""
+    import shutil
+
+    from ray_cora.index.fusion import FUSION_FILE, save_weights
+
+    lexical = shutil.copytree(demo_lexical, tmp_path / "bm25")
+    untuned = RetrieverCore.load(index=demo_index, lexical_index=str(lexical))
+    assert untuned.weights == FusionWeights() and untuned.fusion_source is None
+    save_weights(HYBRID_WEIGHTS, str(lexical / FUSION_FILE))
+    tuned = RetrieverCore.load(index=demo_index, lexical_index=str(lexical), retriever="dense")
+    assert tuned.weights == HYBRID_WEIGHTS and tuned.fusion_source == str(lexical)
+    described = tuned.describe_retrievers()
+    assert described["retriever"] == {"default": "dense", "available": ["dense", "bm25", "hybrid"]}
+    assert described["lexical_index"]["passages"] == 176 and "sw" not in described["lexical_index"]["languages"]
+    assert described["fusion"]["languages"] == {"en": "convex minmax w=0.30"}
+    assert described["fusion"]["source"] == str(lexical) and described["fusion"]["no_lexical"] == "rrf k=60 w=0.80"
+
+
+def test_the_retriever_deployment_with_shard_groups_searches_bm25_itself_and_fuses(split_index, demo_lexical,
+                                                                                   monkeypatch):
+    """shard_groups=2 and a lexical index: the groups search the dense shards (one search per group,
+    at the fusion's depth), the Retriever the BM25 index; the passages equal one core's over the
+    whole index, per retriever."""
+    import asyncio
+
+    from ray_cora.index.sharded import ShardedIndex
+    from ray_cora.serve.app import Retriever
+
+    calls = []
+    groups = [_Group(ShardedIndex.open(split_index, shards=shard_group(5, 2, g)), calls) for g in range(2)]
+    body = _retriever_over(split_index, monkeypatch, {f"IndexShardGroup{g}": lambda g=g: groups[g] for g in range(2)},
+                           lexical_index=demo_lexical)
+    assert body.core.index is None and body.core.default_retriever == "hybrid"
+    batch = [("How tall is Mount Fuji?", 3, "en", None, None, None), ("富士山の高さは？", 4, "ja", None, None, "bm25"),
+             ("Who wrote Don Quixote?", 2, "en", None, None, "dense")]
+    got = asyncio.run(Retriever.func_or_class.search.__wrapped__(body, batch))
+    assert calls == [(2, 100, None), (2, 100, None)]  # no dense search for the bm25 request
+    whole = RetrieverCore.load(index=split_index, lexical_index=demo_lexical)
+    assert got == whole.retrieve(*zip(*[(q, k, lang) for q, k, lang, *_ in batch]),
+                                 retrievers=["hybrid", "bm25", "dense"])
+    assert [p["retrievers"]["bm25"] for p in got[1]] == [1, 2, 3, 4]
 
 
 # --- the batcher: a lone request runs at once, overlapping ones share a batch -------------------
