@@ -496,7 +496,9 @@ def test_fan_out_searches_every_group_once_per_setting_and_merges_exactly(split_
     expected_scores, expected_pids = whole.search(vectors, 12)
     assert [row[:k] for row, k in zip(pids, [3, 12, 2, 1])] == [row[:k] for row, k in zip(expected_pids,
                                                                                           [3, 12, 2, 1])]
-    np.testing.assert_array_equal(scores[1], expected_scores[1])
+    # Equal up to float rounding: FAISS's SIMD kernels batch database vectors four at a time, so a
+    # vector's score may round differently in a group's index than in the whole one (seen: 1e-6).
+    np.testing.assert_allclose(scores[1], expected_scores[1], rtol=1e-5, atol=1e-6)
 
 
 _DIED = object()  # what a killed actor's call gives: ray.get raises
