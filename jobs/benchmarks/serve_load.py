@@ -116,7 +116,8 @@ def noop_app(answer: list[dict]):
         @api.post("/v1/retrieve", response_model=RetrieveResponse)
         async def retrieve(self, body: RetrieveRequest) -> dict:
             passages = await self.constant.retrieve.remote(body.question, body.k or K, body.lang)
-            return {"question": body.question, "lang": body.lang, "k": body.k or K, "passages": passages}
+            return {"question": body.question, "lang": body.lang, "k": body.k or K, "retriever": "dense",
+                    "passages": passages}
 
     return Ingress.bind(Constant.bind())
 
@@ -287,8 +288,14 @@ def verdicts(results: dict) -> dict:
     over_noop = one["vs_noop"]["ray_cora"]["median_minus_ms"]
     fanout = one["fanout"]["median_minus_ms"]
     speedup = results["speedups"].get("32", {}).get("median")
+    # The "+ 3 ms" was the work of a 3 ms direct call: p50_over_noop_ms includes ray_cora's
+    # own work (encoding, search), which a no-op does not do; beyond_noop_and_work_ms takes the
+    # direct call's time out, leaving what Serve adds beyond the no-op's hops.
+    beyond = one.get("beyond_noop_and_work_ms")
     return {"p50_over_noop_ms": {"value": over_noop, "target": f"<= {TARGET_OVER_NOOP_MS}",
                                  "met": over_noop is not None and over_noop <= TARGET_OVER_NOOP_MS},
+            "beyond_noop_and_work_ms": {"value": beyond, "target": f"<= {TARGET_OVER_NOOP_MS}",
+                                        "met": beyond is not None and beyond <= TARGET_OVER_NOOP_MS},
             "batched_speedup_32_clients": {"value": speedup, "target": f">= {TARGET_BATCH_SPEEDUP}",
                                            "met": speedup is not None and speedup >= TARGET_BATCH_SPEEDUP},
             "fanout_p50_ms": {"value": fanout, "target": f"<= {TARGET_FANOUT_MS}",
