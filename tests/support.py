@@ -127,6 +127,22 @@ CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain"
             ("Nepal", "Kathmandu"), ("Qatar", "Doha")]
 
 
+# A toy paraphrase set (pivot reranker and encoder tests): each question and its paraphrase; the
+# other questions' paraphrases are its non-paraphrases.
+PARAPHRASES = [
+    ("how tall is mount fuji", "what is the height of mount fuji"),
+    ("who wrote don quixote", "who is the author of don quixote"),
+    ("when was the eiffel tower built", "in what year was the eiffel tower completed"),
+    ("what is the capital of japan", "which city is the capital of japan"),
+    ("how long is the nile river", "what is the length of the nile river"),
+    ("who painted the mona lisa", "which artist painted the mona lisa"),
+    ("where is the great wall", "in which country is the great wall"),
+    ("what language is spoken in brazil", "which language do people in brazil speak"),
+    ("how many people live in tokyo", "what is the population of tokyo"),
+    ("who discovered penicillin", "which scientist discovered penicillin"),
+]
+
+
 def mdpr_examples(n: int = 16) -> list[dict]:
     """``n`` mDPR training examples ("what is the capital of X?"), cycling over CAPITALS; every fourth
     has no hard negative."""

@@ -565,7 +565,7 @@ class Batcher:
 
     Each request gets its own answer, and one request's failure is its own: when ``func`` raises on
     a batch of several, each of its requests is run again alone, so only the one(s) that fail alone
-    get an exception (a poisoned request costs one extra batch call, and never fails the others).
+    get an exception (a poisoned batch of n costs n more calls of one, and never fails the others).
     A result that is an exception instance is raised for its request only. A caller that is
     cancelled (client gone) is dropped from the batch not yet cut. One event loop (a Serve
     replica's) drives a batcher; ``batch_sizes`` counts the batch calls made.

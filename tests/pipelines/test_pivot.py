@@ -16,22 +16,9 @@ from ray_cora import faults
 from ray_cora.cli import main
 from ray_cora.demo import DEMO_PIVOT_DB, DEMO_QUESTIONS, DEMO_WIKIDATA_LABELS
 from ray_cora.faults import FaultPlan, SimulatedCrash
+from tests.support import PARAPHRASES
 
 pytestmark = pytest.mark.slow
-
-# A toy paraphrase set: each question, its paraphrase, and other questions as non-paraphrases.
-PARAPHRASES = [
-    ("how tall is mount fuji", "what is the height of mount fuji"),
-    ("who wrote don quixote", "who is the author of don quixote"),
-    ("when was the eiffel tower built", "in what year was the eiffel tower completed"),
-    ("what is the capital of japan", "which city is the capital of japan"),
-    ("how long is the nile river", "what is the length of the nile river"),
-    ("who painted the mona lisa", "which artist painted the mona lisa"),
-    ("where is the great wall", "in which country is the great wall"),
-    ("what language is spoken in brazil", "which language do people in brazil speak"),
-    ("how many people live in tokyo", "what is the population of tokyo"),
-    ("who discovered penicillin", "which scientist discovered penicillin"),
-]
 
 
 def toy_pairs() -> list[dict]:

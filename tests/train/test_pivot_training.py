@@ -16,20 +16,7 @@ from ray_cora.cli import main
 from ray_cora.data.pairs import PAWSX_HEADER, QQP_HEADER, iter_pawsx, iter_qqp, paper_mixture
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import BadRecordError, ConfigError
-
-# Each question, its paraphrase; the other questions' paraphrases are its non-paraphrases.
-PARAPHRASES = [
-    ("how tall is mount fuji", "what is the height of mount fuji"),
-    ("who wrote don quixote", "who is the author of don quixote"),
-    ("when was the eiffel tower built", "in what year was the eiffel tower completed"),
-    ("what is the capital of japan", "which city is the capital of japan"),
-    ("how long is the nile river", "what is the length of the nile river"),
-    ("who painted the mona lisa", "which artist painted the mona lisa"),
-    ("where is the great wall", "in which country is the great wall"),
-    ("what language is spoken in brazil", "which language do people in brazil speak"),
-    ("how many people live in tokyo", "what is the population of tokyo"),
-    ("who discovered penicillin", "which scientist discovered penicillin"),
-]
+from tests.support import PARAPHRASES
 
 
 def _tsv(path, header, rows) -> str:
