@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from ray_cora.configs.base import RayJobConfig, TrainRunConfig
 from ray_cora.configs.options import ActorPoolOptions, EncoderSpec, IndexOptions, OptionalLangCode, OptionGroup
 from ray_cora.configs.train import TrainLoggingOptions
+from ray_cora.data.pairs import PAWSX_LANGS
 from ray_cora.encoders import check_encoder_spec
 from ray_cora.pivot.rerank import check_reranker_spec
 
@@ -102,9 +103,20 @@ class PairInputs(OptionGroup):
     """The labelled paraphrase pairs a pivot training job reads (train-reranker, train-encoder)."""
 
     options_title: ClassVar[str | None] = "Paraphrase pairs"
-    pawsx: list[str] = Field(default_factory=list, description="PAWS-X TSV files (id sentence1 sentence2 label; "
-                             "e.g. x-final/*/train.tsv, translated_train.tsv): every pair is used "
-                             f"({PAPER}: all of PAWS-X, 0.75 of the mixture)")
+    pawsx_dir: str | None = Field(None, description="PAWS-X's x-final folder as Google ships it (x-final/<lang>/"
+                                  "train.tsv, translated_train.tsv, dev_2k.tsv, test_2k.tsv): cross-lingual pairs, "
+                                  "the English file joined by id with each --pawsx-langs file, both directions "
+                                  "(English s1 + other s2, other s1 + English s2), the English label; every pair "
+                                  f"is used ({PAPER}: all of PAWS-X, 0.75 of the mixture)")
+    pawsx_langs: list[str] | None = Field(None, description="With --pawsx-dir: the languages joined with English "
+                                          f"(default: all PAWS-X ships, {','.join(PAWSX_LANGS)})")
+    # None is train; left None so a run recorded before this option existed still resumes.
+    pawsx_split: Literal["train", "dev", "test"] | None = Field(
+        None, description="With --pawsx-dir: which files: train (en/train.tsv + <lang>/translated_train.tsv; the "
+        "default), dev (dev_2k.tsv), test (test_2k.tsv)")
+    pawsx: list[str] = Field(default_factory=list, description="PAWS-X TSV files read each on its own "
+                             "(same-language pairs; id sentence1 sentence2 label, e.g. x-final/en/train.tsv); every "
+                             "pair is used, beside --pawsx-dir's if both are given")
     qqp: list[str] = Field(default_factory=list, description="QQP TSV files (id qid1 qid2 question1 question2 "
                            "is_duplicate; GLUE QQP/train.tsv): pairs are drawn (seeded) to make 1 - pawsx_share of "
                            f"the mixture ({PAPER}: 0.25)")
@@ -120,12 +132,17 @@ class PairInputs(OptionGroup):
 
     @model_validator(mode="after")
     def _one_kind_of_input(self) -> "PairInputs":
-        if self.pairs and (self.pawsx or self.qqp):
-            raise ValueError("give --pawsx/--qqp (the paper's mixture) or --pairs (other pair files), not both")
-        if not (self.pairs or self.pawsx or self.qqp):
-            raise ValueError("no training pairs: give --pawsx and --qqp files (or --pairs)")
+        if self.pairs and (self.pawsx or self.qqp or self.pawsx_dir):
+            raise ValueError("give --pawsx-dir/--pawsx/--qqp (the paper's mixture) or --pairs (other pair files), "
+                             "not both")
+        if not (self.pairs or self.pawsx or self.qqp or self.pawsx_dir):
+            raise ValueError("no training pairs: give --pawsx-dir (or --pawsx) and --qqp files (or --pairs)")
         if (self.mix is not None or self.max_pairs is not None) and not self.pairs:
             raise ValueError("--mix and --max-pairs apply to --pairs only; --pawsx/--qqp use --pawsx-share")
+        if not self.pawsx_dir and (self.pawsx_langs is not None or self.pawsx_split is not None):
+            raise ValueError("--pawsx-langs and --pawsx-split choose files under --pawsx-dir: give --pawsx-dir")
+        if self.pawsx_langs is not None and not self.pawsx_langs:
+            raise ValueError("--pawsx-langs is empty: name at least one language to join with English")
         return self
 
 

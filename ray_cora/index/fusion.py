@@ -48,7 +48,7 @@ from ray_cora.index.lexical import LexicalIndex
 
 __all__ = ["CROSS_LINGUAL_DEFAULT", "FUSION_FILE", "FUSION_VERSION", "METHODS", "NORMALIZATIONS", "FusedHit", "FusionSetting",
            "FusionWeights", "FusionGrid", "FusionQuestion", "fuse", "fused_scores", "tune_setting",
-           "tune_weights", "evaluate_setting", "neutral_terms", "merge_by_rank", "equal_rrf",
+           "tune_weights", "evaluate_setting", "neutral_terms", "merge_by_rank", "equal_rrf", "fallback_languages",
            "load_weights", "save_weights", "find_weights", "sweep", "RETRIEVERS", "lexical_lists",
            "fuse_question", "fuse_block",
            "best_setting", "pool_rows", "weights_from_sweeps"]
@@ -275,6 +275,22 @@ class FusionWeights:
 
     def to_json(self) -> bytes:
         return (json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def fallback_languages(weights: FusionWeights, langs: Iterable[str], *,
+                       lexical_langs: Iterable[str] | None = None) -> list[str]:
+    """The question languages ``langs`` that the hybrid fuses with ``weights.fallback`` (rule 3 of
+    the module's rule: no setting of their own), sorted. A language with no lexical parts
+    (``lexical_langs`` given and without it) is not one of them: it gets ``no_lexical`` or the dense
+    list alone (rule 1).
+
+    >>> w = FusionWeights({"en": FusionSetting("convex", 0.2, rule="tuned", dev_questions=80)})
+    >>> fallback_languages(w, ["sw", "en", "ja", "ja"], lexical_langs=["en", "ja"])
+    ['ja']
+    """
+    lexical = None if lexical_langs is None else set(lexical_langs)
+    return sorted({lang for lang in langs
+                   if lang not in weights.languages and (lexical is None or lang in lexical)})
 
 
 def save_weights(weights: FusionWeights, uri: str) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from typing import Iterable
 
 import numpy as np
 import ray
@@ -55,7 +56,7 @@ from ray_cora.data.retrieval import (
 )
 from ray_cora.encoders import check_same_encoder, format_query, load_encoder, query_format_for
 from ray_cora.errors import ConfigError, RayCoraError, StorageError
-from ray_cora.index.fusion import FusionWeights, find_weights, fuse_block, lexical_lists
+from ray_cora.index.fusion import FusionWeights, fallback_languages, find_weights, fuse_block, lexical_lists
 from ray_cora.index.lexical import LexicalIndex, read_manifest
 from ray_cora.index.plan import absolute_uri
 from ray_cora.index.sharded import INDEX_KIND, iter_index_langs
@@ -261,7 +262,10 @@ def run_retrieval(config: RetrieveConfig) -> dict:
     if lexical:
         key |= {"retriever": config.retriever, "lexical_index": config.lexical_index, "fusion": config.fusion}
     check_job_settings(out, JOB_FILE, key, "retrieval run")
-    weights = fusion_weights(config) if config.retriever == "hybrid" else None
+    # The hybrid's fusion weights: --fusion, else the fusion.json beside the lexical index, else beside
+    # the dense index, else the untuned default (equal-weight RRF; dense alone without lexical parts).
+    weights, fusion_source = (find_weights(config.fusion, config.lexical_index, config.index)
+                              if config.retriever == "hybrid" else (None, None))
     depth = max([config.k] + ([s.depth for s in (*weights.languages.values(), weights.fallback, weights.no_lexical)
                                if s is not None] if weights else []))
 
@@ -275,10 +279,11 @@ def run_retrieval(config: RetrieveConfig) -> dict:
     answers_all = (answers_in_all_languages(config.questions, dataset=config.dataset)
                    if config.answers_all else None)
     done = finished_blocks(out)
-    items, counts, changed = [], {}, 0
+    items, counts, changed, question_langs = [], {}, 0, set()
     for block, questions in question_blocks(
             iter_questions(config.questions, dataset=config.dataset, langs=langs), config.block_size):
         counts[block] = len(questions)
+        question_langs.update(q["lang"] for q in questions)
         payload = {"questions": questions}
         if answers_all is not None:
             payload["answers_all"] = [answers_all.get(q["qid"], q["answers"]) for q in questions]
@@ -296,6 +301,11 @@ def run_retrieval(config: RetrieveConfig) -> dict:
     print(f"retrieve: {sum(counts.values())} questions in {len(counts)} blocks; {len(done)} already "
           f"written, {len(items)} to retrieve"
           + (f" ({changed} of them written before for questions that have changed since)" if changed else ""))
+    if weights is not None:
+        warning = fusion_fallback_line(weights, question_langs, lexical_langs=lexical_manifest.get("languages"),
+                                       source=fusion_source)
+        if warning:
+            print(warning, flush=True)
     progress = JobProgress("retrieve", unit="block", total=len(counts), items="questions", already_done=len(done),
                            already_items=sum(counts[block] for block in done),
                            todo_items=sum(counts[item["block"]] for item in items))
@@ -354,11 +364,29 @@ def run_retrieval(config: RetrieveConfig) -> dict:
     return summary
 
 
-def fusion_weights(config: RetrieveConfig) -> FusionWeights:
-    """The hybrid's fusion weights: ``--fusion``, else the ``fusion.json`` beside the lexical index,
-    else beside the dense index, else the untuned default (equal-weight RRF for every language, and
-    the dense list alone for a language without lexical parts)."""
-    return find_weights(config.fusion, config.lexical_index, config.index)[0]
+def fusion_fallback_line(weights: FusionWeights, langs: Iterable[str], *, lexical_langs: Iterable[str] | None,
+                         source: str | None) -> str | None:
+    """The one warning line of a hybrid run whose question languages include some without a fusion
+    setting of their own (:func:`~ray_cora.index.fusion.fallback_languages`), or None: which
+    languages, the fallback rule they get, and how to calibrate them. Untuned, that rule is
+    equal-weight RRF, which loses to BM25 alone at rank 1 on XQuAD (docs/retrieval_and_evaluation.md).
+
+    >>> print(fusion_fallback_line(FusionWeights(), ["sw", "en"], lexical_langs=None, source=None))
+    retrieve: warning: hybrid fusion has no setting for en, sw (no --fusion, and no fusion.json beside the lexical \
+or dense index): they use the fallback, equal-rrf (rrf k=60 w=0.50), untuned equal-weight RRF, worse than BM25 \
+alone at @1 on XQuAD; run `ray-cora tune fusion` on labelled dev questions and retrieve with its fusion.json
+    """
+    fallback = fallback_languages(weights, langs, lexical_langs=lexical_langs)
+    if not fallback:
+        return None
+    where = (f"{source} has none for them" if source
+             else "no --fusion, and no fusion.json beside the lexical or dense index")
+    setting = weights.fallback
+    cost = (", untuned equal-weight RRF, worse than BM25 alone at @1 on XQuAD" if setting.rule == "equal-rrf"
+            else "")
+    return (f"retrieve: warning: hybrid fusion has no setting for {', '.join(fallback)} ({where}): they use the "
+            f"fallback, {setting.rule} ({setting.describe()}){cost}; run `ray-cora tune fusion` on labelled dev "
+            "questions and retrieve with its fusion.json")
 
 
 def effective_search_params(config: RetrieveConfig, index_manifest: dict) -> dict:

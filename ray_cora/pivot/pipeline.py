@@ -76,7 +76,8 @@ class PivotPipeline:
 
     def answer(self, question: str, lang: str) -> dict[str, Any]:
         """One question → ``{prediction, matched_qid, matched_question, english_answer, score,
-        mips_score, abstained, translation_source}``."""
+        mips_score, abstained, threshold, translation_source}`` (``threshold``: the abstention
+        threshold the score was held to, None without one)."""
         return self.answer_batch([question], [lang])[0]
 
     def answer_batch(self, questions: Sequence[str], langs: Sequence[str]) -> list[dict[str, Any]]:
@@ -94,7 +95,7 @@ class PivotPipeline:
             results.append({"prediction": "", "matched_qid": qid, "matched_question": row["question"],
                             "english_answer": row["answer"], "answer_qid": row["answer_qid"],
                             "source_qid": row["source_qid"], "score": score, "mips_score": mips,
-                            "abstained": abstained, "translation_source": None})
+                            "abstained": abstained, "threshold": self.threshold, "translation_source": None})
         for lang in sorted(set(langs)):
             todo = [i for i, l in enumerate(langs) if l == lang and not results[i]["abstained"]]
             translated = self.translator.translate_many(

@@ -6,10 +6,13 @@ Run it with any of::
     serve run ray_cora.serve.app:build_app pivot_db=demo     # Serve CLI, args = ServeAppOptions
     serve deploy cluster/serve_config.yaml                   # a running cluster
 
-Routes: ``POST /v1/retrieve``, ``POST /v1/answer``, ``POST /v1/pivot``, ``GET /v1/info``, ``GET
-/healthz`` (liveness: the Ingress answers), ``GET /readyz`` (readiness: every model deployment
-answers), the OpenAPI schema at ``/openapi.json`` and its docs at ``/docs``. With an API key, every
-route but /healthz, /readyz, /docs and /openapi.json needs ``Authorization: Bearer <key>`` (or
+Routes: ``POST /v1/retrieve``, ``POST /v1/answer``, ``POST /v1/pivot``, ``POST /v1/detect-language``,
+``GET /v1/info``, ``GET /healthz`` (liveness: the Ingress answers), ``GET /readyz`` (readiness: every
+model deployment answers), the OpenAPI schema at ``/openapi.json`` and its docs at ``/docs``, and the
+browser page: ``GET /`` with its files ``GET /page/page.css``, ``/page/page.js`` and its settings
+``GET /page/config.json`` (static, so open; the page sends the key on its own /v1 calls; not in the
+OpenAPI schema). With an API key, every route but /healthz, /readyz, /docs, /openapi.json and the
+page needs ``Authorization: Bearer <key>`` (or
 ``X-API-Key: <key>``). Every error response — client mistakes, unknown routes and methods, bodies
 that are too large or not JSON, and failures inside the deployments — has the JSON body
 ``{"error", "field", "type", "code"}`` (:class:`~ray_cora.serve.schemas.ErrorResponse`), never a
@@ -76,7 +79,7 @@ import numpy as np
 import ray
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.exceptions import RayActorError
@@ -92,14 +95,19 @@ from ray_cora.index.fusion import RETRIEVERS
 from ray_cora.index.gpu import placement_line
 from ray_cora.index.sharded import INDEX_KIND, ShardedIndex
 from ray_cora.serve.core import (
+    PAGE_ASSETS,
+    PAGE_HEADERS,
     CopyRotation,
     RetrieverCore,
     batched,
     check_index_dims,
+    detected_language,
     fan_out,
     index_query_format,
     load_generator,
     load_pivot,
+    page_config,
+    page_file,
     pivot_response,
     shard_group,
     shard_group_copy_names,
@@ -108,6 +116,8 @@ from ray_cora.serve.schemas import (
     AnswerRequest,
     AnswerResponse,
     ClientError,
+    DetectLanguageRequest,
+    DetectLanguageResponse,
     ErrorResponse,
     Limits,
     PivotRequest,
@@ -158,8 +168,10 @@ def _copy_names(opts: ServeAppOptions) -> list[list[str]]:
 
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 500, 503)}
-OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
-ROUTES = "POST /v1/retrieve, /v1/answer, /v1/pivot; GET /v1/info, /healthz, /readyz, /docs, /openapi.json"
+OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/")
+PAGE_PREFIX = "/page/"  # the page's files and settings: open too (static; nothing secret)
+ROUTES = ("POST /v1/retrieve, /v1/answer, /v1/pivot, /v1/detect-language; GET /v1/info, /healthz, /readyz, /docs, "
+          "/openapi.json, / (the page)")
 REALM = 'Bearer realm="ray_cora"'  # the 401's WWW-Authenticate challenge (RFC 6750)
 # Seconds after which a client may retry a 503 (a replica being replaced, load being shed).
 RETRY_AFTER_S = "5"
@@ -283,7 +295,8 @@ def _refusal(request: Request) -> JSONResponse | None:
     """The 401/415/413 answer for a request that fails the API key, Content-Type or body-size check
     (headers only: the body is not read), else None."""
     key, limits = getattr(request.app.state, "api_key", None), getattr(request.app.state, "limits", None)
-    if key and request.url.path not in OPEN_PATHS:
+    path = request.url.path
+    if key and path not in OPEN_PATHS and not path.startswith(PAGE_PREFIX):
         given = presented_key(request.headers)
         if given is None:
             return _error(ClientError(401, f"missing API key: send Authorization: Bearer <key> (or the "
@@ -695,6 +708,35 @@ class Ingress:
             self.index_info = await self.retriever.describe.remote()
         return {"status": "ok", "retriever": True, "generator": self.generator is not None,
                 "pivot": self.pivot is not None, "index": self.index_info}
+
+    @api.get("/", include_in_schema=False)
+    async def page(self) -> Response:
+        """The browser page: a question box over the same /v1 routes any client calls."""
+        return Response(page_file("index.html"), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    @api.get("/page/config.json", include_in_schema=False)
+    async def page_settings(self) -> dict[str, Any]:
+        """What the page needs to know of this app (:func:`~ray_cora.serve.core.page_config`)."""
+        limits = self.limits
+        return page_config(needs_lang=self.needs_lang, retrievers=limits.retrievers,
+                           default_retriever=limits.default_retriever, generator=self.generator is not None,
+                           pivot=self.pivot is not None, max_question_chars=limits.max_question_chars,
+                           default_k=limits.default_k, max_k=limits.max_k)
+
+    @api.get("/page/{name}", include_in_schema=False)
+    async def page_asset(self, name: str) -> Response:
+        """The page's stylesheet and script, and nothing else (a 404 names what there is)."""
+        if name not in PAGE_ASSETS:
+            raise ClientError(404, f"no page file {name!r} (the page's files: {', '.join(sorted(PAGE_ASSETS))}, "
+                              "config.json)", code="not_found")
+        return Response(page_file(name), media_type=PAGE_ASSETS[name], headers=PAGE_HEADERS)
+
+    @api.post("/v1/detect-language", response_model=DetectLanguageResponse, responses=_ERRORS,
+              dependencies=AUTHENTICATED)
+    async def detect_language(self, body: DetectLanguageRequest) -> dict[str, Any]:
+        """The language of a question among ray_cora's language table, told by its script and, for
+        Latin-script text, by its function words; null when unsure (the page then asks the user)."""
+        return detected_language(self.limits.question(body.text, field="text"))
 
     @api.get("/v1/info", responses=_ERRORS, dependencies=AUTHENTICATED)
     async def info(self) -> dict[str, Any]:

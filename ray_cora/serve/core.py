@@ -1,5 +1,6 @@
 """What the Serve deployments host, without Serve: the retriever core, the generator and pivot
-adapters, and the request batcher. Everything here is plain Python (asyncio at most), so it is
+adapters, the request batcher, and the browser page's files, configuration and language detection.
+Everything here is plain Python (asyncio at most), so it is
 tested (and benchmarked) without Ray."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
@@ -25,7 +27,7 @@ from ray_cora.index.fusion import RETRIEVERS, FusionSetting, FusionWeights, find
 from ray_cora.index.lexical import LexicalIndex
 from ray_cora.index.sharded import (INDEX_KIND, ShardedIndex, commit_index, iter_index_langs, merge_pid_arrays,
                                     plan_shards, write_shard)
-from ray_cora.languages import UNKNOWN_LANG
+from ray_cora.languages import LANGUAGES, UNKNOWN_LANG, detect_language
 from ray_cora.models.mgen import Generator
 from ray_cora.pivot import PivotPipeline, build_database, iter_db_records
 
@@ -535,7 +537,8 @@ def pivot_response(question: str, lang: str, result: dict[str, Any]) -> dict[str
             "answer": None if result["abstained"] else result["prediction"],
             "abstained": bool(result["abstained"]), "matched_question": result["matched_question"],
             "matched_qid": result["matched_qid"], "score": float(result["score"]),
-            "english_answer": result["english_answer"], "translation_source": result["translation_source"]}
+            "english_answer": result["english_answer"], "translation_source": result["translation_source"],
+            "threshold": result.get("threshold")}
 
 
 def build_demo_pivot_db(encoder: str = "muse") -> str:
@@ -685,3 +688,64 @@ class batched:
                                                     max_concurrent_batches=self.max_concurrent_batches,
                                                     name=f"{type(obj).__name__}.{self.name}")
         return batcher
+
+
+# --- the browser page (GET /): its files, its configuration, language detection --------------
+
+PAGE_DIR = Path(__file__).resolve().parent / "page"
+# The page's files other than index.html, served at /page/<name>; nothing else is.
+PAGE_ASSETS = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8"}
+# The page runs only its own script and style, talks only to this origin, and cannot be framed: API
+# data is written into the page as text (page.js never uses innerHTML), and this policy stops any
+# inline script that still got in.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def page_file(name: str) -> bytes:
+    """The bytes of the page's file ``name`` (``index.html`` or one of :data:`PAGE_ASSETS`), read once
+    per process; a KeyError for any other name (the route answers 404: no path reaches the disk)."""
+    if name != "index.html" and name not in PAGE_ASSETS:
+        raise KeyError(name)
+    return (PAGE_DIR / name).read_bytes()
+
+
+def language_entry(code: str) -> dict[str, Any]:
+    """``{code, name, script, direction}`` of one language of the table, as the page shows it.
+
+    >>> language_entry("ar")
+    {'code': 'ar', 'name': 'Arabic', 'script': 'Arabic', 'direction': 'rtl'}
+    """
+    lang = LANGUAGES[code]
+    return {"code": lang.code, "name": lang.name, "script": lang.script, "direction": lang.direction}
+
+
+def page_config(*, needs_lang: bool, retrievers: Sequence[str], default_retriever: str, generator: bool,
+                pivot: bool, max_question_chars: int, default_k: int, max_k: int) -> dict[str, Any]:
+    """What the page needs to know of the app (``GET /page/config.json``, unauthenticated: nothing
+    here is secret, /healthz already says what is configured): whether retrieval needs the
+    question's language (the encoder's query format writes it), the retrievers, which models
+    answer, the languages it can pick from, and the question limits."""
+    return {"needs_lang": needs_lang, "retrievers": list(retrievers), "default_retriever": default_retriever,
+            "generator": generator, "pivot": pivot, "languages": [language_entry(c) for c in sorted(LANGUAGES)],
+            "max_question_chars": max_question_chars, "default_k": default_k, "max_k": max_k}
+
+
+def detected_language(text: str) -> dict[str, Any]:
+    """The ``/v1/detect-language`` body for ``text``: the language among the table's (see
+    :func:`~ray_cora.languages.detect_language`) with its name, script and direction, or nulls.
+
+    >>> detected_language("في أي عام اكتمل بناء برج إيفل؟")["direction"]
+    'rtl'
+    """
+    code, how = detect_language(text)
+    if code is None:
+        return {"lang": None, "name": None, "script": None, "direction": None, "how": how}
+    return {"lang": code, **{k: v for k, v in language_entry(code).items() if k != "code"}, "how": how}

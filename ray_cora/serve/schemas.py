@@ -171,7 +171,24 @@ class PivotResponse(BaseModel):
     matched_qid: str
     score: float
     english_answer: str
-    translation_source: str | None
+    translation_source: str | None = Field(description="Where the translated answer came from: label, alias, "
+                                           "mt, untranslated; null when the pipeline abstains")
+    threshold: float | None = Field(None, description="The abstention threshold the score was held to (it "
+                                    "abstains when score < threshold); null when the app has none")
+
+
+class DetectLanguageRequest(_Request):
+    text: StrictStr = Field(description="A question (or any short text)", examples=["في أي عام اكتمل بناء برج إيفل؟"])
+
+
+class DetectLanguageResponse(BaseModel):
+    lang: str | None = Field(description="The language code, among the language table's; null when unsure")
+    name: str | None = Field(description="The language's English name (null with lang)")
+    script: str | None = Field(description="Its writing script (null with lang)")
+    direction: Literal["ltr", "rtl"] | None = Field(description="Its writing direction (null with lang: write "
+                                                      "the text with dir=auto)")
+    how: str = Field(description="How it was told: script, letters, words; or why not (e.g. 'tied between "
+                     "da, no')")
 
 
 class ErrorResponse(BaseModel):
@@ -205,14 +222,14 @@ class Limits:
     retrievers: tuple[str, ...] = ("dense",)
     default_retriever: str = "dense"
 
-    def question(self, text: str) -> str:
+    def question(self, text: str, field: str = "question") -> str:
         text = text.strip()
         if not text:
-            raise ClientError(422, "question is empty", field="question", code="empty_question")
+            raise ClientError(422, f"{field} is empty", field=field, code="empty_question")
         if len(text) > self.max_question_chars:
-            raise ClientError(422, f"question is {len(text)} characters long; the limit is "
-                              f"{self.max_question_chars}", field="question", code="question_too_long")
-        return check_text(text, "question")
+            raise ClientError(422, f"{field} is {len(text)} characters long; the limit is "
+                              f"{self.max_question_chars}", field=field, code="question_too_long")
+        return check_text(text, field)
 
     def lang(self, code: str | None, *, required: bool = False) -> str | None:
         if code is None:

@@ -3,7 +3,8 @@ sentence encoder fine-tuned for MIPS on the reranker's paraphrase pairs — on t
 loop (:mod:`ray_cora.train.loop`: resumable checkpoints, linear decay, DDP).
 
 Training examples are the label-1 pairs of the mixture (:func:`ray_cora.train.reranker.read_training_pairs`:
-``--pawsx`` + ``--qqp`` as the paper mixes them, or ``--pairs``). Each step encodes both sides of a
+``--pawsx-dir`` — cross-lingual PAWS-X pairs, English joined by ``id`` with each language — and/or
+``--pawsx``, + ``--qqp``, as the paper mixes them; or ``--pairs``). Each step encodes both sides of a
 batch of pairs with one transformer (the ``hf:`` spec's pooling) and minimises
 :func:`symmetric_in_batch_loss`: each sentence's paraphrase among all the batch's other sides
 (gathered from every worker, as mDPR's loss is), in both directions, since the pivot asks in
@@ -47,7 +48,7 @@ from ray_cora.train.loop import (
     settings_dict,
 )
 from ray_cora.train.progress import format_duration
-from ray_cora.train.reranker import mixture_line, read_training_pairs
+from ray_cora.train.reranker import languages_line, mixture_line, read_training_pairs
 from ray_cora.train.tracking import log_settings
 
 MODEL_KIND = "pivot-sentence-encoder"
@@ -179,6 +180,8 @@ def train_pivot_encoder(config: PivotTrainEncoderConfig) -> dict[str, Any]:
     positives = [{"a": p["a"], "b": p["b"]} for p in pairs if p["label"] == 1]
     print(f"{JOB}: {mixture_line(counts, bad.count)}; {len(positives)} paraphrase pairs (label 1) train the "
           "encoder", flush=True)
+    if "pawsx_languages" in counts:
+        print(f"{JOB}: {languages_line(counts['pawsx_languages'])}", flush=True)
     steps = check_batching(batch_size=config.batch_size, num_workers=config.num_workers, grad_accumulation=1,
                            examples=len(positives))
     task = PairEncoderTask(init=config.model, max_length=config.max_length)

@@ -1,8 +1,11 @@
 """``ray-cora pivot train-reranker``: fine-tune a cross-encoder on labelled paraphrase pairs with
 Ray Train (``TorchTrainer``; DDP over gloo on CPU, nccl on GPU).
 
-The defaults are Montero et al.'s recipe (docs/pivot.md says what was checked): ``--pawsx`` files
-(every pair) and ``--qqp`` files (drawn to make 25% of the mixture, :func:`ray_cora.data.pairs.paper_mixture`),
+The defaults are Montero et al.'s recipe (docs/pivot.md says what was checked): ``--pawsx-dir``
+(PAWS-X's ``x-final`` folder: the English file joined by ``id`` with each other language's,
+cross-lingual pairs in both directions, :func:`ray_cora.data.pairs.cross_lingual_pawsx`; every
+pair) and/or same-language ``--pawsx`` files, and ``--qqp`` files (drawn to make 25% of the
+mixture, :func:`ray_cora.data.pairs.paper_mixture`),
 3 epochs, lr 1e-5 decaying linearly to 0 at the last step, a two-label head trained with softmax
 cross-entropy (``--loss softmax2``; ``--loss bce``: one logit, binary cross-entropy). Other pair
 files (JSONL or TSV with ``sentence1``/``sentence2``/``label`` or ``question1``/``question2``/
@@ -31,7 +34,15 @@ from ray.train.torch import TorchTrainer
 from ray_cora import storage
 from ray_cora.configs.pivot import PivotTrainRerankerConfig
 from ray_cora.configs.train import TRAIN_LOGGING_OPTIONS
-from ray_cora.data.pairs import iter_pawsx, iter_qqp, paper_mixture
+from ray_cora.data.pairs import (
+    PAWSX_LANGS,
+    PAWSX_SPLITS,
+    cross_lingual_pawsx,
+    iter_pawsx,
+    iter_qqp,
+    paper_mixture,
+    pawsx_files,
+)
 from ray_cora.data.records import BadRecords
 from ray_cora.errors import ConfigError
 from ray_cora.encoders.hf import parse_spec
@@ -175,10 +186,11 @@ def pair_loss(logits: Any, labels: Any, loss: str) -> Any:
     return F.cross_entropy(logits.float(), labels.long())
 
 
-def read_training_pairs(config: Any) -> tuple[list[dict[str, Any]], dict[str, int], BadRecords]:
-    """The pairs a pivot training config names (``PairInputs``): the paper's mixture of its
-    ``pawsx``/``qqp`` files, or its ``pairs`` files mixed by ``mix``; with the counts and the bad
-    records skipped."""
+def read_training_pairs(config: Any) -> tuple[list[dict[str, Any]], dict[str, Any], BadRecords]:
+    """The pairs a pivot training config names (``PairInputs``): the paper's mixture of its PAWS-X
+    pairs — cross-lingual from ``pawsx_dir`` (:func:`~ray_cora.data.pairs.cross_lingual_pawsx`), plus
+    any same-language ``pawsx`` files — and its ``qqp`` files, or its ``pairs`` files mixed by ``mix``;
+    with the counts (``pawsx_languages``: per language, with ``pawsx_dir``) and the bad records skipped."""
     bad = BadRecords(config.on_bad_record)
     if config.pairs:
         sources = []
@@ -188,12 +200,37 @@ def read_training_pairs(config: Any) -> tuple[list[dict[str, Any]], dict[str, in
                 raise ConfigError(f"{uri}: no labelled pairs found")
         pairs = mix_pairs(sources, config.mix, total=config.max_pairs, seed=config.seed)
         return pairs, {"read": sum(len(s) for s in sources), "total": len(pairs)}, bad
-    pawsx = [p for uri in config.pawsx for p in iter_pawsx(uri, bad_records=bad)]
+    pawsx, per_language = [], None
+    if config.pawsx_dir:
+        split = config.pawsx_split or "train"
+        english, others = pawsx_files(config.pawsx_dir, config.pawsx_langs or PAWSX_LANGS, split=split)
+        for uri in [english, *(uri for _, uri in others)]:
+            if not storage.resolve(uri).is_file():
+                shipped = " and ".join(dict.fromkeys(PAWSX_SPLITS[split]))
+                raise ConfigError(f"{uri}: no such file (--pawsx-dir, --pawsx-split {split}: PAWS-X "
+                                  f"ships {shipped} in x-final/<lang>/)")
+        pawsx, per_language = cross_lingual_pawsx(english, others, bad_records=bad)
+    pawsx += [p for uri in config.pawsx for p in iter_pawsx(uri, bad_records=bad)]
     qqp = [p for uri in config.qqp for p in iter_qqp(uri, bad_records=bad)]
     if not pawsx and not qqp:
-        raise ConfigError(f"no labelled pairs in {', '.join([*config.pawsx, *config.qqp])}")
+        given = [*([config.pawsx_dir] if config.pawsx_dir else []), *config.pawsx, *config.qqp]
+        raise ConfigError(f"no labelled pairs in {', '.join(given)}")
     pairs, counts = paper_mixture(pawsx, qqp, pawsx_share=config.pawsx_share, seed=config.seed)
+    if per_language is not None:
+        counts["pawsx_languages"] = per_language
     return pairs, counts, bad
+
+
+def languages_line(per_language: dict[str, dict[str, int]]) -> str:
+    """What the job says about the cross-lingual PAWS-X pairs, per language.
+
+    >>> languages_line({"de": {"ids": 40, "pairs": 80, "missing": 2, "not_in_english": 0, "label_conflicts": 1}})
+    'PAWS-X en-xx/xx-en: de 80 (40 ids; 2 English ids not in de, 0 not in English, 1 label conflict)'
+    """
+    parts = [f"{lang} {c['pairs']} ({c['ids']} ids; {c['missing']} English ids not in {lang}, {c['not_in_english']} "
+             f"not in English, {c['label_conflicts']} label conflict{'s' * (c['label_conflicts'] != 1)})"
+             for lang, c in per_language.items()]
+    return "PAWS-X en-xx/xx-en: " + "; ".join(parts)
 
 
 def mixture_line(counts: dict[str, int], skipped: int) -> str:
@@ -301,6 +338,8 @@ def train_reranker(config: PivotTrainRerankerConfig) -> dict[str, Any]:
     if bad.count:
         storage.write_bytes(out.join("bad_records.jsonl"), bad.to_jsonl())
     print(f"pivot train-reranker: {mixture_line(counts, bad.count)}", flush=True)
+    if "pawsx_languages" in counts:
+        print(f"pivot train-reranker: {languages_line(counts['pawsx_languages'])}", flush=True)
     note = head_note(saved_head_size(config.model), config.loss)
     if note:
         print(f"pivot train-reranker: {note}", flush=True)

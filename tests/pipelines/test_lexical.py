@@ -83,14 +83,20 @@ def test_retrieve_bm25_finds_the_passage_on_the_subject(ray_local, lexical, tmp_
 
 
 @pytest.mark.slow
-def test_retrieve_hybrid_is_the_fusion_of_the_dense_and_bm25_lists(ray_local, lexical, demo_index, tmp_path):
+def test_retrieve_hybrid_is_the_fusion_of_the_dense_and_bm25_lists(ray_local, lexical, demo_index, tmp_path,
+                                                                    capsys):
     """Hybrid top-5 == fuse(dense top-100, BM25 top-100) with the default weights (equal-weight RRF),
-    each passage with its rank in both lists."""
+    each passage with its rank in both lists; the run warns once that its languages fall back."""
     store = str(tmp_path / "store")
     dense = _retrieve(tmp_path / "dense", index=demo_index, k=100, passage_store=store)
     bm25 = _retrieve(tmp_path / "bm25", retriever="bm25", lexical_index=str(lexical), k=100, passage_store=store)
+    assert "warning: hybrid fusion" not in capsys.readouterr().out
     hybrid = _retrieve(tmp_path / "hybrid", retriever="hybrid", index=demo_index, lexical_index=str(lexical),
                        passage_store=store)
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning: hybrid fusion" in line]
+    assert len(warnings) == 1, warnings
+    assert "has no setting for en, es, fr, ja (no --fusion, and no fusion.json" in warnings[0]
+    assert "they use the fallback, equal-rrf (rrf k=60 w=0.50)" in warnings[0] and "ray-cora tune fusion" in warnings[0]
     setting = FusionWeights().setting_for("en")
     both = 0
     for key, record in hybrid.items():

@@ -113,6 +113,47 @@ def test_reranker_pairs_come_from_the_pawsx_and_qqp_files_as_configured(tmp_path
         PivotTrainRerankerConfig.load(overrides={"model": "hf:/m", "out": "o", "pawsx": [pawsx[0]], "mix": [1.0]})
 
 
+def _xfinal(root, rows_by_lang: dict[str, list[tuple]]) -> str:
+    """PAWS-X's layout: x-final/en/train.tsv and x-final/<lang>/translated_train.tsv."""
+    for lang, rows in rows_by_lang.items():
+        (root / "x-final" / lang).mkdir(parents=True, exist_ok=True)
+        _tsv(root / "x-final" / lang / ("train.tsv" if lang == "en" else "translated_train.tsv"), PAWSX_HEADER, rows)
+    return str(root / "x-final")
+
+
+def test_pawsx_dir_gives_cross_lingual_pairs_counted_per_language(tmp_path):
+    from ray_cora.configs.pivot import PivotTrainRerankerConfig, PivotTrainEncoderConfig
+    from ray_cora.train.reranker import languages_line, read_training_pairs
+
+    xfinal = _xfinal(tmp_path, {"en": _pawsx_rows(40), "de": _pawsx_rows(36), "ja": _pawsx_rows(40)[4:],
+                                "fr": _pawsx_rows(40)})
+    qqp = _tsv(tmp_path / "qqp.tsv", QQP_HEADER, _qqp_rows(100))
+    config = PivotTrainRerankerConfig(model="hf:/m", out=str(tmp_path / "o"), pawsx_dir=xfinal,
+                                      pawsx_langs=["de", "ja"], qqp=[qqp], seed=2)
+    pairs, counts, bad = read_training_pairs(config)
+    # de joins ids 0..35, ja ids 4..39 (fr is not asked for): 2 × 36 pairs each, both directions.
+    assert counts["pawsx_languages"] == {
+        "de": {"ids": 36, "pairs": 72, "missing": 4, "not_in_english": 0, "label_conflicts": 0},
+        "ja": {"ids": 36, "pairs": 72, "missing": 4, "not_in_english": 0, "label_conflicts": 0}}
+    assert {k: counts[k] for k in ("pawsx_used", "qqp_used", "total")} == {"pawsx_used": 144, "qqp_used": 48,
+                                                                           "total": 192}
+    assert {p["langs"] for p in pairs if p["source"] == "pawsx"} == {"en-de", "de-en", "en-ja", "ja-en"}
+    assert languages_line(counts["pawsx_languages"]).startswith("PAWS-X en-xx/xx-en: de 72 (36 ids; 4 English ids")
+    # Same-language --pawsx files add to the PAWS-X part; all six languages by default.
+    both = PivotTrainEncoderConfig(model="hf:/m", out=str(tmp_path / "e"), pawsx_dir=xfinal,
+                                   pawsx=[str(tmp_path / "x-final" / "en" / "train.tsv")])
+    with pytest.raises(ConfigError, match=r"x-final/es/translated_train\.tsv: no such file \(--pawsx-dir, "
+                                          r"--pawsx-split train"):
+        read_training_pairs(both)
+    both = both.model_copy(update={"pawsx_langs": ["fr"]})
+    _, counts, _ = read_training_pairs(both)
+    assert counts["pawsx_used"] == 80 + 40 and counts["pawsx_languages"]["fr"]["pairs"] == 80
+    with pytest.raises(ConfigError, match="--pawsx-langs and --pawsx-split choose files under --pawsx-dir"):
+        PivotTrainRerankerConfig.load(overrides={"model": "hf:/m", "out": "o", "qqp": [qqp], "pawsx_split": "dev"})
+    with pytest.raises(ConfigError, match="--pawsx-dir/--pawsx/--qqp .* or --pairs"):
+        PivotTrainRerankerConfig.load(overrides={"model": "hf:/m", "out": "o", "pawsx_dir": xfinal, "pairs": [qqp]})
+
+
 # ---------------------------------------------------------------- losses and heads
 
 def test_the_two_losses_and_the_heads_they_train(tmp_path):
@@ -205,7 +246,7 @@ def test_train_encoder_job_ranks_paraphrases_better_and_exports_an_hf_encoder(ti
 
 
 @pytest.mark.slow
-def test_train_reranker_job_trains_the_paper_mixture_with_a_two_label_head(tmp_path, ray_local):
+def test_train_reranker_job_trains_the_paper_mixture_with_a_two_label_head(tmp_path, ray_local, capsys):
     from ray_cora.pivot.rerank import CrossEncoder, build_tiny_cross_encoder
     from ray_cora.train.reranker import saved_head_size
 
@@ -213,19 +254,25 @@ def test_train_reranker_job_trains_the_paper_mixture_with_a_two_label_head(tmp_p
                                      layers=1)
     n = len(PARAPHRASES)
     rows = [(i, a, b, 1) for i, (a, b) in enumerate(PARAPHRASES)] + \
-           [(100 + i, a, PARAPHRASES[(i + 1) % n][1], 0) for i, (a, _) in enumerate(PARAPHRASES)] + \
-           [(200, "a line with", "no label", "")]
-    pawsx = _tsv(tmp_path / "pawsx.tsv", PAWSX_HEADER, rows)
+           [(100 + i, a, PARAPHRASES[(i + 1) % n][1], 0) for i, (a, _) in enumerate(PARAPHRASES)]
+    # The "German" file: the same sentences (the tiny model knows no German), 5 negatives untranslated.
+    xfinal = _xfinal(tmp_path, {"en": [*rows, (200, "a line with", "no label", "")], "de": rows[:15]})
     qqp = _tsv(tmp_path / "qqp.tsv", QQP_HEADER,
                [(i, 2 * i, 2 * i + 1, a, PARAPHRASES[(i + 2) % n][1], 0) for i, (a, _) in enumerate(PARAPHRASES)])
     out = tmp_path / "reranker"
-    assert main(["pivot", "train-reranker", "--model", f"hf:{start}", "--pawsx", pawsx, "--qqp", qqp,
-                 "--on-bad-record", "skip", "--epochs", "1", "--batch-size", "9", "--num-workers", "1",
+    assert main(["pivot", "train-reranker", "--model", f"hf:{start}", "--pawsx-dir", xfinal, "--pawsx-langs", "de",
+                 "--qqp", qqp, "--on-bad-record", "skip", "--epochs", "1", "--batch-size", "10", "--num-workers", "1",
                  "--cpus-per-worker", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
     manifest = json.loads((out / "model" / "manifest.json").read_text())
-    # 20 PAWS-X pairs (the unlabelled line skipped) + 7 of the 10 QQP pairs = 25% of 27: 3 steps of 9.
-    assert manifest["pairs"] == {"pawsx_read": 20, "qqp_read": 10, "pawsx_used": 20, "qqp_used": 7, "total": 27}
-    assert manifest["skipped_records"] == 1 and manifest["loss"] == "softmax2" and manifest["metrics"]["step"] == 3
+    # 15 ids joined × 2 directions = 30 cross-lingual PAWS-X pairs (the unlabelled English line
+    # skipped) + all 10 QQP pairs = 25% of 40: 4 steps of 10.
+    per_language = {"de": {"ids": 15, "pairs": 30, "missing": 5, "not_in_english": 0, "label_conflicts": 0}}
+    assert manifest["pairs"] == {"pawsx_read": 30, "qqp_read": 10, "pawsx_used": 30, "qqp_used": 10, "total": 40,
+                                 "pawsx_languages": per_language}
+    assert "pivot train-reranker: PAWS-X en-xx/xx-en: de 30 (15 ids; 5 English ids not in de, 0 not in English, " \
+           "0 label conflicts)" in printed
+    assert manifest["skipped_records"] == 1 and manifest["loss"] == "softmax2" and manifest["metrics"]["step"] == 4
     assert json.loads((out / "bad_records.jsonl").read_text().splitlines()[0])["line"] == 22
     assert saved_head_size(f"hf:{out}/model") == 2
     scores = CrossEncoder(f"hf:{out}/model").score(["how tall is mount fuji"], ["what is the height of mount fuji"])
