@@ -38,7 +38,7 @@ def test_page_files_are_the_package_files_and_nothing_else():
 def test_the_page_loads_nothing_from_another_origin_and_has_no_inline_script():
     html = page_file("index.html").decode()
     # Every src/href is this app's own path; no inline <script> body, no on* handler attributes.
-    assert set(re.findall(r'(?:src|href)="([^"]+)"', html)) == {"/page/page.css", "/page/page.js", "/docs"}
+    assert set(re.findall(r'(?:src|href)="([^"]+)"', html)) == {"/page/page.css", "/page/page.js", "/openapi.json", "/docs"}
     assert re.findall(r"<script[^>]*>([^<]*)</script>", html) == [""]
     assert not re.search(r"\son[a-z]+=", html) and "style=" not in html
     script = page_file("page.js").decode()
