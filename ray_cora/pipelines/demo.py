@@ -29,9 +29,10 @@ from ray_cora.languages import LANGUAGES
 from ray_cora.metrics.retrieval import first_answer_rank, first_gold_rank, recall_by_language
 from ray_cora.pipelines.encode import EncodePassages, EncodeQueries
 from ray_cora.pipelines.passage_source import PassageDatasource
-from ray_cora.pivot import AnswerTranslator, LabelTable, PivotDatabase, PivotPipeline, iter_db_records
+from ray_cora.pivot import AnswerTranslator, PivotDatabase, PivotPipeline, iter_db_records
 from ray_cora.pivot.calibrate import answer_is_correct
 from ray_cora.pivot.database import write_database
+from ray_cora.pivot.pipeline import answer_labels
 from ray_cora.reports.tables import language_name, retrieval_markdown
 from ray_cora.runtime import check_resources_fit, ray_session, worker_runtime_env
 
@@ -187,9 +188,7 @@ def _answer_through_pivot(config: DemoConfig, out: storage.Location, shown: list
     write_database(db_uri, records, iter([([r["qid"] for r in records], record_vectors)]),
                    encoder=encoder_record(config.encoder, dim=int(record_vectors.shape[1])), config=config.to_dict())
     db = PivotDatabase.open(db_uri)
-    answers = db.rows.table  # only the labels this database's answers can use, as PivotPipeline.load keeps
-    labels = LabelTable.load(str(DEMO_WIKIDATA_LABELS), answers=answers.column("answer").to_pylist(),
-                             qids=answers.column("answer_qid").to_pylist())
+    labels = answer_labels(str(DEMO_WIKIDATA_LABELS), db)  # as PivotPipeline.load keeps them
     pipeline = PivotPipeline(db, _Encoded(question_vectors), AnswerTranslator(labels), threshold=config.pivot_threshold)
     results = pipeline.answer_batch([q["question"] for q in shown], [q["lang"] for q in shown])
     return [pivot_row(q, r, config.pivot_threshold) for q, r in zip(shown, results)]

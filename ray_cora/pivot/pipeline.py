@@ -17,6 +17,14 @@ from ray_cora.pivot.database import KIND, PivotDatabase, check_database_manifest
 from ray_cora.pivot.rerank import RERANK_OPTIONS, CrossEncoder, rerank_order
 from ray_cora.pivot.translate import MT_OPTIONS, AnswerTranslator, HFTranslator, LabelTable
 
+def answer_labels(labels: str, database: PivotDatabase) -> LabelTable:
+    """The rows of the label table at ``labels`` that ``database``'s answers can use (by their QID
+    or their English label): a full Wikidata table does not fit in memory, this subset does."""
+    answer_table = database.rows.table
+    return LabelTable.load(labels, answers=answer_table.column("answer").to_pylist(),
+                           qids=answer_table.column("answer_qid").to_pylist())
+
+
 PREDICTION_FIELDS = ("qid", "lang", "prediction", "matched_qid", "score", "abstained", "translation_source")
 
 
@@ -48,10 +56,7 @@ class PivotPipeline:
         model = load_encoder(encoder or database.encoder_spec, threads=threads)
         # The same model, however its spec is spelled; also catches other bytes at the recorded path.
         check_same_encoder(database.manifest["encoder"], encoder_record(model), what=f"pivot database {db}")
-        # Only the labels this database's answers can use: a full Wikidata table does not fit.
-        answer_table = database.rows.table
-        label_table = LabelTable.load(labels, answers=answer_table.column("answer").to_pylist(),
-                                      qids=answer_table.column("answer_qid").to_pylist()) if labels else None
+        label_table = answer_labels(labels, database) if labels else None
         return cls(database, model,
                    AnswerTranslator(label_table,
                                     HFTranslator(translator, threads=threads) if translator else None),

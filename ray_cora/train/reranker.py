@@ -297,17 +297,19 @@ def train_loop(config: dict[str, Any]) -> None:
                                         local_shuffle_buffer_size=1024, local_shuffle_seed=config["seed"] + epoch):
             inputs = tokenizer(batch["a"].tolist(), batch["b"].tolist(), padding=True, truncation=True,
                                max_length=config["max_length"], return_tensors="pt").to(device)
-            labels = torch.as_tensor(batch["label"], dtype=torch.long, device=device)
+            # Ray Data hands read-only arrays; a copy keeps torch from warning about (and aliasing) them.
+            labels = torch.tensor(batch["label"], dtype=torch.long, device=device)
             loss = pair_loss(model(**inputs).logits, labels, config["loss"])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            total += float(loss)
+            loss_value = loss.item()
+            total += loss_value
             steps += 1
             step += 1
-            meter.add(loss=float(loss), samples=len(labels) * world)
+            meter.add(loss=loss_value, samples=len(labels) * world)
             if rank == 0 and meter.due(step):
                 metrics = meter.window(step=step, epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
                 say(meter.line(metrics))
