@@ -22,14 +22,17 @@ A passage has one posting per distinct term (82 for XQuAD's ~130-word English pa
 for CORA's 100-word passages), so a part costs about ``6 × distinct terms + 12 + len(pid)`` ≈
 450–500 bytes per passage plus its vocabulary (~24 bytes a term, sublinear in the passages): CORA's
 ~21M English passages make ~10 GB of English parts, held memory-mapped (the page cache is shared
-by every searcher process on a machine).
+by every searcher process on a machine). Measured on synthetic 100-word passages with 82 distinct
+terms each: 517 bytes a passage in 1M-passage parts, 557 in 100,000-passage parts
+(``docs/results/bm25_scale.md``).
 
 The files hold raw counts, not scores: the BM25 statistics are corpus-wide, per language. The
 number of passages and their total length per language are summed over the parts at commit and
 written to the manifest; a term's document frequency is the sum of its posting counts over the
 language's parts, looked up when a question is searched (one binary search per part and term).
 So a passage's score does not depend on how the corpus was cut, and the per-part top-k lists
-merge exactly (:func:`~ray_cora.index.sharded.merge_pid_arrays`) into the top-k of one BM25 over
+merge exactly (a stable sort of their scores, as :func:`~ray_cora.index.sharded.merge_pid_arrays`
+merges dense shards; only the k kept passages' ids are decoded) into the top-k of one BM25 over
 all passages of the language. Scoring is that of :class:`~ray_cora.index.bm25.BM25Index` (``bm25s``,
 ``method="lucene"``): ``idf = ln(1 + (N - df + 0.5) / (df + 0.5))``, ``tf / (tf + k1 (1 - b + b
 dl / avgdl))`` per occurrence of a question term; a passage sharing no term scores 0 and is not
@@ -54,17 +57,22 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ray_cora import storage
 from ray_cora.errors import ConfigError, StorageError
 from ray_cora.index.bm25 import Tokenizer, bm25_tokens, term_rule
-from ray_cora.index.sharded import merge_pid_arrays
 from ray_cora.languages import normalize_lang
 
-__all__ = ["LEXICAL_KIND", "PartArrays", "build_part", "write_part", "part_prefix", "commit_lexical_index",
-           "LexicalIndex", "StringTable", "passage_terms", "read_manifest"]
+__all__ = ["LEXICAL_KIND", "PartArrays", "PartBuilder", "build_part", "write_part", "part_prefix",
+           "commit_lexical_index", "LexicalIndex", "StringTable", "passage_terms", "read_manifest"]
 
 LEXICAL_KIND = "lexical-index"
+# Postings read / passages of a part from which the dense accumulator is the faster (measured on
+# a 100,000-passage part: equal at ~0.02, sparse 1.2× faster at 0.001, dense 10× at 2.6; see
+# LexicalIndex._search_part and docs/results/bm25_scale.md).
+DENSE_ABOVE = 0.02
 PART_FILES = ("terms.bin", "terms.npy", "indptr.npy", "docs.npy", "tfs.npy", "doc_len.npy", "pids.bin", "pids.npy")
 
 
@@ -93,22 +101,27 @@ class StringTable:
         return len(self.offsets) - 1
 
     def raw(self, i: int) -> bytes:
-        return self.blob[int(self.offsets[i]):int(self.offsets[i + 1])].tobytes()
+        start, end = self.offsets[i:i + 2].tolist()
+        return memoryview(self.blob)[start:end].tobytes()
 
     def __getitem__(self, i: int) -> str:
         return self.raw(i).decode("utf-8")
 
     def find(self, term: str) -> int:
         """Row of ``term`` in a table sorted by UTF-8 bytes, else -1."""
+        # Through memoryviews, not numpy slices (~1 µs each, more on a np.memmap): a question looks
+        # up each of its terms in every part; 6 µs a term here, 50 µs on the memmap before.
         key = term.encode("utf-8")
-        lo, hi = 0, len(self)
+        blob = memoryview(self.blob)
+        offsets = memoryview(np.ascontiguousarray(self.offsets, np.int64)).cast("B").cast("q")
+        lo, hi = 0, len(offsets) - 1
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.raw(mid) < key:
+            if blob[offsets[mid]:offsets[mid + 1]].tobytes() < key:
                 lo = mid + 1
             else:
                 hi = mid
-        return lo if lo < len(self) and self.raw(lo) == key else -1
+        return lo if lo < len(offsets) - 1 and blob[offsets[lo]:offsets[lo + 1]] == key else -1
 
 
 @dataclass
@@ -134,31 +147,101 @@ class PartArrays:
         return int(self.indptr[row + 1] - self.indptr[row])
 
 
+class PartBuilder:
+    """A part built passage by passage, as an ``index-bm25`` task streams its shard.
+
+    Every ``chunk`` passages, their terms go into one Arrow array (one C++ pass over the Python
+    strings) and are dictionary-encoded (a hash per term, no Python ``dict`` lookup per term);
+    the Python strings are then dropped. A term occurrence costs 4 bytes (its id in its chunk's
+    dictionary) instead of a Python ``str`` and a list slot (~60 bytes): a million 100-word
+    passages hold ~0.6 GB (measured 582 bytes a passage, chunk dictionaries included), not ~6 GB. :meth:`build` ranks all chunks' terms by UTF-8 bytes and
+    puts the postings in column order with one sort of ``term × passages + row`` (equal
+    neighbours are a passage's repeated term: its tf). About 4× the rate of the per-posting
+    Python loop it replaced, with identical arrays (``jobs/benchmarks/bm25_scale.py``).
+
+    >>> builder = PartBuilder()
+    >>> builder.add("a", ["x", "y", "x"])
+    >>> builder.add("b", ["y"])
+    >>> part = builder.build()
+    >>> [part.terms[i] for i in range(len(part.terms))], part.indptr.tolist(), part.tfs.tolist()
+    (['x', 'y'], [0, 1, 3], [2, 1, 1])
+    """
+
+    def __init__(self, chunk: int = 10_000) -> None:
+        self.chunk = chunk
+        self._pids: list[str] = []
+        self._pending: list[Sequence[str]] = []
+        self._lengths: list[np.ndarray] = []  # int64 per passage
+        self._ids: list[np.ndarray] = []  # per term occurrence: its row in the chunk's dictionary
+        self._dictionaries: list[pa.Array] = []
+
+    def __len__(self) -> int:
+        return len(self._pids)
+
+    def add(self, pid: str, terms: Sequence[str]) -> None:
+        self._pids.append(pid)
+        self._pending.append(terms)
+        if len(self._pending) >= self.chunk:
+            self._encode_pending()
+
+    def _encode_pending(self) -> None:
+        lists = pa.array(self._pending, pa.large_list(pa.large_string()))
+        self._pending = []
+        self._lengths.append(lists.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64))
+        encoded = pc.dictionary_encode(lists.flatten())
+        self._ids.append(encoded.indices.to_numpy(zero_copy_only=False))
+        self._dictionaries.append(encoded.dictionary)
+
+    def build(self) -> PartArrays:
+        """The part of the passages added so far."""
+        if self._pending or not self._lengths:
+            self._encode_pending()
+        n, spread = len(self._pids), max(len(self._pids), 1)
+        # One id per distinct term over all chunks, ranked by UTF-8 bytes (Arrow compares strings
+        # as bytes); each chunk's dictionary row → that rank.
+        every = pa.concat_arrays(self._dictionaries)
+        merged = pc.dictionary_encode(every)
+        order = pc.sort_indices(merged.dictionary).to_numpy()
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        global_ids = rank[merged.indices.to_numpy(zero_copy_only=False)]
+        lengths = np.concatenate(self._lengths)
+        keys = np.empty(int(lengths.sum()), np.int64)  # (term, row) of each occurrence as one number
+        at = first = 0
+        for ids, dictionary in zip(self._ids, self._dictionaries):
+            keys[at:at + len(ids)] = global_ids[first:first + len(dictionary)][ids]
+            at, first = at + len(ids), first + len(dictionary)
+        keys *= spread
+        keys += np.repeat(np.arange(n, dtype=np.int64), lengths)
+        keys.sort()  # term-major, row-minor: column order
+        first_of_run = np.ones(len(keys), bool)
+        np.not_equal(keys[1:], keys[:-1], out=first_of_run[1:])
+        starts = np.flatnonzero(first_of_run)
+        tfs = np.diff(starts, append=len(keys))
+        term_of, docs = np.divmod(keys[starts], spread)
+        indptr = np.zeros(len(order) + 1, np.int64)
+        np.cumsum(np.bincount(term_of, minlength=len(order)), out=indptr[1:])
+        tf_type = np.uint16 if (tfs.max(initial=0) <= np.iinfo(np.uint16).max) else np.uint32
+        vocab = merged.dictionary.take(pa.array(order, pa.int64())).to_pylist()
+        return PartArrays(StringTable.from_strings(vocab), indptr, docs.astype(np.int32), tfs.astype(tf_type),
+                          lengths.astype(np.int32), StringTable.from_strings(self._pids))
+
+
 def build_part(pids: Sequence[str], docs_terms: Sequence[Sequence[str]]) -> PartArrays:
-    """The part of the passages ``pids`` whose terms are ``docs_terms`` (one list per passage).
+    """The part of the passages ``pids`` whose terms are ``docs_terms`` (one list per passage); see
+    :class:`PartBuilder`, which a caller streaming many passages should use instead (it drops
+    the Python strings as it goes).
 
     >>> part = build_part(["a", "b"], [["x", "y", "x"], ["y"]])
     >>> [part.terms[i] for i in range(len(part.terms))], part.indptr.tolist(), part.tfs.tolist()
     (['x', 'y'], [0, 1, 3], [2, 1, 1])
     """
-    counts = [Counter(terms) for terms in docs_terms]
-    vocab = sorted({t for c in counts for t in c}, key=lambda t: t.encode("utf-8"))
-    ids = {t: i for i, t in enumerate(vocab)}
-    n_post = sum(len(c) for c in counts)
-    term_ids = np.empty(n_post, np.int64)
-    docs = np.empty(n_post, np.int32)
-    tfs = np.empty(n_post, np.int64)
-    at = 0
-    for row, c in enumerate(counts):
-        for term, tf in c.items():
-            term_ids[at], docs[at], tfs[at] = ids[term], row, tf
-            at += 1
-    order = np.lexsort((docs, term_ids))
-    indptr = np.zeros(len(vocab) + 1, np.int64)
-    np.cumsum(np.bincount(term_ids, minlength=len(vocab)), out=indptr[1:])
-    tf_type = np.uint16 if (tfs.max(initial=0) <= np.iinfo(np.uint16).max) else np.uint32
-    return PartArrays(StringTable.from_strings(vocab), indptr, docs[order], tfs[order].astype(tf_type),
-                      np.array([len(t) for t in docs_terms], np.int32), StringTable.from_strings(list(pids)))
+    if len(pids) != len(docs_terms):
+        raise ValueError(f"need one list of terms per passage: {len(pids)} pids, {len(docs_terms)} lists")
+    builder = PartBuilder()
+    for pid, terms in zip(pids, docs_terms):
+        builder.add(pid, terms)
+    return builder.build()
 
 
 def part_prefix(number: int, lang: str) -> str:
@@ -240,6 +323,9 @@ class LexicalIndex:
         self.tokenizer: Tokenizer = manifest["tokenizer"]
         self.k1, self.b = k1, b
         self._languages = languages
+        # Postings read, as a fraction of a part's passages, from which a part is scored with a
+        # dense accumulator (see _search_part); 0 always dense, inf never (the tests check both).
+        self.dense_above = DENSE_ABOVE
 
     @classmethod
     def open(cls, uri: str, *, cache_dir: str | None = None, k1: float | None = None,
@@ -295,45 +381,63 @@ class LexicalIndex:
         idf = [math.log(1 + (n - d + 0.5) / (d + 0.5)) for d in df]
         partials = [self._search_part(part, r, idf, list(weights.values()), language.avgdl, k)
                     for part, r in zip(language.parts, rows)]
-        top_scores, top_pids = merge_pid_arrays(partials, k)
-        row = top_pids[0]
-        return [float(s) for s in top_scores[0][:len(row)]], row
+        # The merge of merge_pid_arrays (stable: ties keep the parts' order, then their rows';
+        # float32 scores), on row numbers: only the k passages kept have their pids decoded.
+        scores = np.concatenate([s for s, _ in partials] or [np.zeros(0)])
+        which = np.concatenate([np.full(len(s), i, np.int64) for i, (s, _) in enumerate(partials)]
+                               or [np.zeros(0, np.int64)])
+        found = np.concatenate([r for _, r in partials] or [np.zeros(0, np.int64)])
+        top = np.argsort(-scores, kind="stable")[:k]
+        return ([float(s) for s in scores[top].astype(np.float32)],
+                [language.parts[int(i)].pids[int(r)] for i, r in zip(which[top], found[top])])
 
     def _search_part(self, part: PartArrays, rows: list[int], idf: list[float], weights: list[int],
                      avgdl: float, k: int) -> tuple[np.ndarray, np.ndarray]:
-        # Summed over the question terms' postings only (not a dense array per part): the work
-        # grows with the postings read, not with the part's size.
+        """One part's top-k (float64 scores, best first, and their rows; at most k) for the
+        question terms at ``rows``."""
+        spans = [(int(part.indptr[row]), int(part.indptr[row + 1]), term_idf, weight)
+                 for row, term_idf, weight in zip(rows, idf, weights) if row >= 0]
+        postings = sum(end - start for start, end, _, _ in spans)
+        # Dense accumulator (one float per passage of the part) once the postings read are a
+        # fair share of the part: O(postings + part size), no sort; else sum over the touched
+        # passages only (a sort of the postings, cheap when they are few). Both add a passage's
+        # term scores in the same order, so they give the same floats.
+        dense = postings >= self.dense_above * part.count
+        scores = np.zeros(part.count if dense else 0, np.float64)
         doc_chunks, score_chunks = [], []
-        for row, term_idf, weight in zip(rows, idf, weights):
-            if row < 0:
-                continue
-            start, end = int(part.indptr[row]), int(part.indptr[row + 1])
-            docs = np.asarray(part.docs[start:end])
-            tf = np.asarray(part.tfs[start:end], np.float64)
-            norm = self.k1 * (1 - self.b + self.b * np.asarray(part.doc_len[docs], np.float64) / avgdl)
-            doc_chunks.append(docs)
-            score_chunks.append(weight * term_idf * tf / (tf + norm))
-        touched, where = np.unique(np.concatenate(doc_chunks or [np.zeros(0, np.int32)]), return_inverse=True)
-        scores = np.bincount(where, weights=np.concatenate(score_chunks or [np.zeros(0)]), minlength=len(touched))
+        for start, end, term_idf, weight in spans:
+            docs = part.docs[start:end]
+            tf = part.tfs[start:end].astype(np.float64)
+            norm = self.k1 * (1 - self.b + self.b * part.doc_len[docs].astype(np.float64) / avgdl)
+            contribution = weight * term_idf * tf / (tf + norm)
+            if dense:
+                np.add.at(scores, docs, contribution)  # 2× `scores[docs] += …` (numpy ≥ 1.25)
+            else:
+                doc_chunks.append(docs)
+                score_chunks.append(contribution)
+        if dense:
+            touched = None
+        else:
+            touched, where = np.unique(np.concatenate(doc_chunks or [np.zeros(0, np.int32)]), return_inverse=True)
+            scores = np.bincount(where, weights=np.concatenate(score_chunks or [np.zeros(0)]),
+                                 minlength=len(touched))
         hits = np.flatnonzero(scores > 0)
         if len(hits) > k:
             hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
         hits = hits[np.argsort(-scores[hits], kind="stable")]
-        out_scores = np.full((1, k), -np.inf, np.float64)
-        out_pids = np.full((1, k), None, dtype=object)
-        out_scores[0, :len(hits)] = scores[hits]
-        out_pids[0, :len(hits)] = [part.pids[int(touched[h])] for h in hits]
-        return out_scores, out_pids
+        return scores[hits], (hits if touched is None else touched[hits]).astype(np.int64)
 
 
 def _open_part(artifact: storage.Artifact, prefix: str, cache: str) -> PartArrays:
+    # Plain ndarray views of the maps (np.asarray; the map stays open as their base): indexing a
+    # np.memmap costs a Python-level __getitem__ and __array_finalize__ per access.
     def load(name: str) -> np.ndarray:
         path = artifact.local_path(f"{prefix}/{name}", cache_dir=cache)
         if name.endswith(".bin"):
             # np.memmap refuses an empty file (a part whose passages have no terms)
-            return np.memmap(path, np.uint8, mode="r") if os.path.getsize(path) else np.zeros(0, np.uint8)
+            return np.asarray(np.memmap(path, np.uint8, mode="r")) if os.path.getsize(path) else np.zeros(0, np.uint8)
         try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
+            return np.asarray(np.load(path, mmap_mode="r", allow_pickle=False))
         except ValueError as exc:
             raise StorageError(f"{artifact.location(prefix + '/' + name).uri}: not a numpy array file ({exc}): "
                                "rebuild the lexical index") from exc
