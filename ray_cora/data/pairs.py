@@ -52,7 +52,7 @@ def iter_pawsx(uri: str, *, bad_records: BadRecords | None = None) -> Iterator[d
     >>> next(iter_pawsx(path))["label"]
     1
     """
-    for _, record in _iter_tsv(uri, PAWSX_HEADER, "PAWS-X", ("sentence1", "sentence2", "label"), bad_records):
+    for _, record in _numbered_pawsx(uri, bad_records):
         yield record
 
 
@@ -60,6 +60,11 @@ def iter_qqp(uri: str, *, bad_records: BadRecords | None = None) -> Iterator[dic
     """``{"a", "b", "label", "id", "source": "qqp"}`` per line of a QQP TSV file."""
     for _, record in _iter_tsv(uri, QQP_HEADER, "QQP", ("question1", "question2", "is_duplicate"), bad_records):
         yield record
+
+
+def _numbered_pawsx(uri: str, bad_records: BadRecords | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` per well-formed line of a PAWS-X file."""
+    return _iter_tsv(uri, PAWSX_HEADER, "PAWS-X", ("sentence1", "sentence2", "label"), bad_records)
 
 
 def _iter_tsv(uri: str, header: Sequence[str], name: str, keys: tuple[str, str, str],
@@ -196,7 +201,7 @@ def cross_lingual_pawsx(english: str, others: Sequence[str | tuple[str, str]], *
     if twice:
         raise ConfigError(f"PAWS-X languages given twice: {', '.join(twice)}")
     rows: dict[str, _EnglishRow] = {}
-    for line, record in _iter_tsv(english, PAWSX_HEADER, "PAWS-X", ("sentence1", "sentence2", "label"), bad):
+    for line, record in _numbered_pawsx(english, bad):
         if record["id"] in rows:
             bad.report(english, line, f"id {record['id']} repeats line {rows[record['id']].line}")
             continue
@@ -206,7 +211,7 @@ def cross_lingual_pawsx(english: str, others: Sequence[str | tuple[str, str]], *
     for lang, uri in sources:
         seen: dict[str, int] = {}
         joined = not_in_english = conflicts = 0
-        for line, record in _iter_tsv(uri, PAWSX_HEADER, "PAWS-X", ("sentence1", "sentence2", "label"), bad):
+        for line, record in _numbered_pawsx(uri, bad):
             key = record["id"]
             en = rows.get(key)
             if en is None:
