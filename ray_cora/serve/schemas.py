@@ -171,8 +171,11 @@ class PivotResponse(BaseModel):
     matched_qid: str
     score: float
     english_answer: str
-    translation_source: str | None = Field(description="Where the translated answer came from: label, alias, "
-                                           "mt, untranslated; null when the pipeline abstains")
+    translation_source: str | None = Field(description="Where the answer came from (ray_cora.pivot.translate."
+                                           "SOURCES): english (asked in English), wikidata_qid (the label of the "
+                                           "answer's Wikidata item), wikidata_en_match (an item whose English label "
+                                           "or alias is the answer), mt, untranslated (the English answer); null when "
+                                           "the pipeline abstains")
     threshold: float | None = Field(None, description="The abstention threshold the score was held to (it "
                                     "abstains when score < threshold); null when the app has none")
 
